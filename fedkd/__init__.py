@@ -1,0 +1,3 @@
+"""fedkd: federated, privacy-preserving knowledge distillation on Flower."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,82 @@
+"""One small name -> object registry, used for algorithms, aggregation rules, models and datasets.
+
+A registry maps a user-facing name (as written in the run config) to a class or factory. Looking
+up an unknown name raises :class:`UnknownNameError`, which lists every valid name, so a typo in a
+config file gives an error that says how to fix it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class UnknownNameError(KeyError, ValueError):
+    """Raised when a name is not registered; the message lists the valid names."""
+
+    def __str__(self) -> str:  # KeyError would otherwise wrap the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
+class Registry(Generic[T]):
+    """A mapping from names to objects, filled with the :meth:`register` decorator.
+
+    Parameters
+    ----------
+    kind
+        What the registry holds (``"model"``, ``"algorithm"``...), used in error messages.
+
+    Examples
+    --------
+    >>> MODELS: Registry[type] = Registry("model")
+    >>> @MODELS.register("mlp")
+    ... class MLP: ...
+    >>> MODELS.get("mlp") is MLP
+    True
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Return a decorator that registers its argument under ``name``."""
+
+        def decorator(obj: T) -> T:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            self._entries[name] = obj
+            return obj
+
+        return decorator
+
+    def get(self, name: str) -> T:
+        """Return the object registered under ``name``.
+
+        Raises
+        ------
+        UnknownNameError
+            If ``name`` is not registered; the message lists the valid names.
+        """
+        try:
+            return self._entries[name]
+        except KeyError:
+            valid = ", ".join(sorted(self._entries)) or "(none registered)"
+            raise UnknownNameError(
+                f"unknown {self.kind} {name!r}; valid names: {valid}"
+            ) from None
+
+    def names(self) -> list[str]:
+        """All registered names, sorted."""
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._entries)
