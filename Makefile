@@ -1,0 +1,36 @@
+# fedkd: `make run` runs the main job, `make test` runs the tests. Both set everything up first
+# (virtualenv with pinned dependencies, Debian's Fashion-MNIST package) and reuse it next time.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.fedkd-installed
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+PYTEST_ARGS ?=
+
+.PHONY: run test setup data
+
+run: setup data
+	$(PY) -m simulations.run
+
+test: setup data
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+setup: $(STAMP)
+
+# torch==2.13.0 resolves to the CPU wheel on this machine's disk; install it before anything
+# else can pull a CUDA build. The stamp is rewritten when the pins change.
+$(STAMP): requirements.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	@touch $(STAMP)
+
+data:
+	@if [ ! -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ]; then \
+	  echo "Fashion-MNIST not found in $(FMNIST_DIR): installing Debian's dataset-fashion-mnist"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
+	  $$SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null \
+	    || { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null; } \
+	    || { echo "could not install dataset-fashion-mnist: run 'apt-get install -y dataset-fashion-mnist' as root"; exit 1; }; \
+	fi

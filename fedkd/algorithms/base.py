@@ -1,0 +1,139 @@
+"""The algorithm interface: one class holds an algorithm's server half and its client half.
+
+The server loop (``server/loop.py``) owns everything every algorithm needs: waiting for and
+sampling nodes, sending messages with timeouts, validating replies against the phase contract,
+counting failures, evaluating, writing metrics. An algorithm only says what happens inside a
+round, through two hooks:
+
+* server half, :meth:`Algorithm.run_round`: build requests for the sampled nodes, call
+  ``exchange(phase, requests)`` as many times as the protocol needs (FedAvg once; FedMD twice),
+  and update the server's model(s) from the validated replies;
+* client half, :meth:`Algorithm.client_phase`: answer one request on one client.
+
+Adding an algorithm means writing one file in ``fedkd/algorithms/`` and registering it; nothing in
+``server/`` or ``client/`` changes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedkd.config import RunConfig
+from fedkd.data.federated import ClientData, FederatedData
+from fedkd.models import build_model
+from fedkd.protocol import PhaseSpec, Payload
+from fedkd.training import evaluate
+
+#: Personalised evaluation: every algorithm answers it with loss and accuracy on the local test split.
+EVALUATE_PHASE = PhaseSpec(
+    name="evaluate", message_type="evaluate", reply_metrics=("loss", "accuracy")
+)
+
+
+class QuorumError(RuntimeError):
+    """Too few valid replies for a phase to proceed."""
+
+
+@dataclass(frozen=True)
+class ExchangeResult:
+    """Validated replies of one phase, keyed by node id, and the nodes that failed."""
+
+    replies: dict[int, Payload]
+    failures: dict[int, str] = field(default_factory=dict)
+
+
+class Exchange(Protocol):
+    """Sends one request per node for a phase; returns the valid replies.
+
+    Implementations validate every reply against ``phase`` and raise :class:`QuorumError` when
+    fewer than the configured minimum are valid.
+    """
+
+    def __call__(self, phase: PhaseSpec, requests: Mapping[int, Payload]) -> ExchangeResult: ...
+
+
+@dataclass
+class ClientContext:
+    """Everything the client half may use on one node for one message.
+
+    ``state`` persists across rounds of one run on this node (Flower's ``Context.state``); the
+    client app saves whatever the algorithm leaves in it.
+    """
+
+    cfg: RunConfig
+    node_id: int
+    partition_id: int
+    data: ClientData
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    state: MutableMapping[str, np.ndarray] = field(default_factory=dict)
+
+
+class Algorithm(ABC):
+    """Base class of all algorithms.
+
+    Parameters
+    ----------
+    cfg
+        The run configuration.
+    num_classes, input_shape
+        Of the dataset in use.
+    """
+
+    #: Registry name, as written in the run config.
+    name: ClassVar[str]
+    #: True for baselines that upload model weights (FedAvg, FedGen as in the paper).
+    shares_weights: ClassVar[bool] = False
+
+    def __init__(self, cfg: RunConfig, num_classes: int, input_shape: tuple[int, int, int]) -> None:
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.input_shape = input_shape
+
+    # ----- shared -------------------------------------------------------------------------
+    def build_model(self, name: str | None = None, seed: int | None = None) -> nn.Module:
+        """A fresh model of the zoo (default: ``train.model``), initialised from ``seed``."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.cfg.seed if seed is None else seed)
+            return build_model(name or self.cfg.train.model, self.input_shape, self.num_classes)
+
+    # ----- server half --------------------------------------------------------------------
+    @abstractmethod
+    def setup_server(self, data: FederatedData) -> None:
+        """Build the server's state (global model, generator...) before round 1."""
+
+    @abstractmethod
+    def run_round(self, rnd: int, nodes: Sequence[int], exchange: Exchange) -> dict[str, float]:
+        """Run round ``rnd`` with the sampled ``nodes``; return round metrics to record."""
+
+    def global_model(self) -> nn.Module | None:
+        """The server's model evaluated on the global test set, if the algorithm has one."""
+        return None
+
+    def evaluation_request(self, rnd: int) -> Payload:
+        """What the server sends with the personalised-evaluation request."""
+        return Payload(config={"round": rnd})
+
+    # ----- client half --------------------------------------------------------------------
+    @abstractmethod
+    def client_phase(self, phase: str, request: Payload, client: ClientContext) -> Payload:
+        """Answer a request of ``phase`` on one client."""
+
+    def client_evaluation_model(self, request: Payload, client: ClientContext) -> nn.Module:
+        """The model a client evaluates on its local test split (default: its personal model)."""
+        raise NotImplementedError(f"{type(self).__name__} has no client evaluation model")
+
+    def client_evaluate(self, request: Payload, client: ClientContext) -> Payload:
+        """Loss and accuracy of :meth:`client_evaluation_model` on the local test split."""
+        model = self.client_evaluation_model(request, client)
+        stats = evaluate(model, client.data.test, batch_size=self.cfg.train.eval_batch_size)
+        return Payload(metrics={
+            "num-examples": stats.num_examples, "loss": stats.loss, "accuracy": stats.accuracy,
+        })

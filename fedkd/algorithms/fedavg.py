@@ -1,0 +1,132 @@
+"""FedAvg (McMahan et al., AISTATS 2017): a **weight-sharing baseline**.
+
+Clients upload their full model weights every round. fedkd exists so that clients share knowledge
+(logits) instead; FedAvg is here as the reference every results table needs, and it says so: the
+class sets ``shares_weights = True`` and the README lists it as a baseline.
+
+Round t, with sampled clients S_t and n_k training examples on client k:
+
+1. the server sends the global weights w_t;
+2. client k runs ``train.local-steps`` SGD steps of cross-entropy from w_t and returns w_t^k;
+3. the server sets w_{t+1} = sum_k n_k w_t^k / sum_k n_k over the valid replies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from torch import nn
+
+from fedkd.algorithms.base import Algorithm, ClientContext, Exchange
+from fedkd.algorithms.registry import ALGORITHMS
+from fedkd.data.federated import FederatedData
+from fedkd.protocol import ArraySpec, Payload, PhaseSpec
+from fedkd.training import fit_supervised, load_numpy_state, seeded_generator, state_to_numpy
+
+
+def weighted_average(
+    states: Sequence[dict[str, np.ndarray]], weights: Sequence[float]
+) -> dict[str, np.ndarray]:
+    """Average same-keyed arrays with non-negative weights (FedAvg's aggregation step).
+
+    Raises
+    ------
+    ValueError
+        If there is nothing to average or the weights sum to zero.
+    """
+    if not states:
+        raise ValueError("no client states to average")
+    w = np.asarray(weights, dtype=np.float64)
+    if (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"weights must be non-negative with a positive sum, got {list(w)}")
+    w = w / w.sum()
+    return {
+        key: np.sum([wi * s[key].astype(np.float64) for wi, s in zip(w, states)], axis=0)
+        .astype(states[0][key].dtype)
+        for key in states[0]
+    }
+
+
+@ALGORITHMS.register("fedavg")
+class FedAvg(Algorithm):
+    """Federated averaging of full model weights (baseline; uploads weights)."""
+
+    name = "fedavg"
+    shares_weights = True
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: D107 - see Algorithm
+        super().__init__(*args, **kwargs)
+        self._model: nn.Module | None = None
+
+    def fit_phase(self) -> PhaseSpec:
+        """The one phase of a round: weights down, locally trained weights up."""
+        shapes = {k: tuple(v.shape) for k, v in self._template().state_dict().items()}
+        return PhaseSpec(
+            name="fit",
+            message_type="train",
+            reply_arrays={k: ArraySpec(shape=s, dtype="float32") for k, s in shapes.items()},
+            reply_metrics=("loss", "accuracy"),
+        )
+
+    def _template(self) -> nn.Module:
+        if self._model is None:
+            self._model = self.build_model()
+        return self._model
+
+    # ----- server half --------------------------------------------------------------------
+    def setup_server(self, data: FederatedData) -> None:
+        self._model = self.build_model(seed=self.cfg.seed)
+
+    def global_model(self) -> nn.Module:
+        return self._template()
+
+    def run_round(self, rnd: int, nodes: Sequence[int], exchange: Exchange) -> dict[str, float]:
+        weights = state_to_numpy(self._template())
+        request = Payload(arrays=weights, config={"round": rnd})
+        result = exchange(self.fit_phase(), {node: request for node in nodes})
+        replies = list(result.replies.values())
+        counts = [float(r.metrics["num-examples"]) for r in replies]
+        load_numpy_state(self._template(), weighted_average([r.arrays for r in replies], counts))
+        total = sum(counts)
+        return {
+            "train-loss": sum(c * float(r.metrics["loss"]) for c, r in zip(counts, replies)) / total,
+            "train-accuracy": sum(c * float(r.metrics["accuracy"]) for c, r in zip(counts, replies))
+            / total,
+        }
+
+    def evaluation_request(self, rnd: int) -> Payload:
+        return Payload(arrays=state_to_numpy(self._template()), config={"round": rnd})
+
+    # ----- client half --------------------------------------------------------------------
+    def _client_model(self, request: Payload) -> nn.Module:
+        model = self.build_model()
+        load_numpy_state(model, request.arrays)
+        return model
+
+    def client_phase(self, phase: str, request: Payload, client: ClientContext) -> Payload:
+        if phase != "fit":
+            raise ValueError(f"fedavg has no client phase {phase!r}")
+        model = self._client_model(request)
+        train = self.cfg.train
+        stats = fit_supervised(
+            model,
+            client.data.train,
+            steps=train.local_steps,
+            batch_size=train.batch_size,
+            learning_rate=train.learning_rate,
+            momentum=train.momentum,
+            weight_decay=train.weight_decay,
+            generator=seeded_generator(self.cfg.seed, int(request.config["round"]), client.partition_id),
+        )
+        return Payload(
+            arrays=state_to_numpy(model),
+            metrics={
+                "num-examples": len(client.data.train),
+                "loss": stats.loss,
+                "accuracy": stats.accuracy,
+            },
+        )
+
+    def client_evaluation_model(self, request: Payload, client: ClientContext) -> nn.Module:
+        return self._client_model(request)

@@ -1,0 +1,248 @@
+"""Run configuration: frozen dataclasses built once from Flower's flat ``run_config``.
+
+Flower hands the apps a flat mapping of scalars (``bool | int | float | str``); TOML tables in
+``[tool.flwr.app.config]`` arrive as dotted keys (``data.alpha``). This module turns that mapping
+into a tree of frozen dataclasses, once, at the app boundary:
+
+* a top-level key maps to a field of :class:`RunConfig` (``num-server-rounds`` ->
+  ``num_server_rounds``);
+* ``<section>.<key>`` maps to field ``<key>`` (hyphens become underscores) of the section's
+  dataclass (``data`` -> :class:`fedkd.data.DataSpec`, ``train`` -> :class:`TrainConfig`...).
+
+Unknown keys, values of the wrong type and out-of-range values raise :class:`ConfigError` naming
+the key, so a typo never silently falls back to a default. :func:`to_flat` is the inverse and is
+what ``outputs/<run>/config.json`` records; a test keeps the defaults here and in
+``pyproject.toml`` identical.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+from fedkd.data.federated import DataSpec
+
+Scalar = Union[bool, int, float, str]
+
+
+class ConfigError(ValueError):
+    """A run-config key is unknown, has the wrong type, or an invalid value."""
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{name} must be > 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local training on a client (``train.*`` keys)."""
+
+    model: str = "cnn"
+    local_steps: int = 20
+    batch_size: int = 32
+    learning_rate: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    eval_batch_size: int = 512
+    num_threads: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("local_steps", "batch_size", "learning_rate", "eval_batch_size", "num_threads"):
+            _positive(f"train.{name.replace('_', '-')}", getattr(self, name))
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"train.momentum must be in [0, 1), got {self.momentum!r}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"train.weight-decay must be >= 0, got {self.weight_decay!r}")
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """Sampling, quorum and timeouts of the server's round loop (``federation.*`` keys)."""
+
+    fraction_train: float = 1.0
+    min_nodes: int = 2
+    min_replies: int = 2
+    round_timeout: float = 300.0
+    first_round_timeout: float = 900.0
+    node_wait_timeout: float = 300.0
+    evaluate_clients: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fraction_train <= 1.0:
+            raise ConfigError(
+                f"federation.fraction-train must be in (0, 1], got {self.fraction_train!r}"
+            )
+        for name in ("min_nodes", "min_replies", "round_timeout", "first_round_timeout",
+                     "node_wait_timeout"):
+            _positive(f"federation.{name.replace('_', '-')}", getattr(self, name))
+        if self.min_replies > self.min_nodes:
+            raise ConfigError(
+                f"federation.min-replies ({self.min_replies}) cannot exceed "
+                f"federation.min-nodes ({self.min_nodes})"
+            )
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """Where results go (``output.*`` keys)."""
+
+    dir: str = "outputs"
+    run_name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.dir:
+            raise ConfigError("output.dir must not be empty")
+        if "/" in self.run_name or self.run_name in (".", ".."):
+            raise ConfigError(f"output.run-name must be a plain name, got {self.run_name!r}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The whole run configuration; build it with :meth:`from_flat`."""
+
+    algorithm: str = "fedavg"
+    seed: int = 0
+    num_server_rounds: int = 3
+    data: DataSpec = field(default_factory=DataSpec)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def __post_init__(self) -> None:
+        _positive("num-server-rounds", self.num_server_rounds)
+        # Imported here: the registries import modules that import this one.
+        from fedkd.algorithms import ALGORITHMS
+        from fedkd.models import MODELS
+
+        for registry, name, key in ((ALGORITHMS, self.algorithm, "algorithm"),
+                                    (MODELS, self.train.model, "train.model")):
+            if name not in registry:
+                raise ConfigError(
+                    f"{key}: unknown {registry.kind} {name!r}; valid names: "
+                    f"{', '.join(registry.names())}"
+                )
+
+    @classmethod
+    def from_flat(cls, flat: Mapping[str, Scalar]) -> RunConfig:
+        """Build the configuration from a flat Flower ``run_config``.
+
+        Keys not given keep their defaults. Raises :class:`ConfigError` for an unknown key, a
+        value of the wrong type, or a value the section rejects.
+        """
+        return _build(cls, flat, prefix="")
+
+    def to_flat(self) -> dict[str, Scalar]:
+        """The flat ``run_config`` mapping this configuration was (or could be) built from."""
+        return _flatten(self, prefix="")
+
+    def with_overrides(self, **sections: Any) -> RunConfig:
+        """A copy with whole fields replaced (``cfg.with_overrides(seed=1)``)."""
+        return dataclasses.replace(self, **sections)
+
+
+def pyproject_defaults(path: str | Path) -> dict[str, Scalar]:
+    """The flat defaults of ``[tool.flwr.app.config]`` in a ``pyproject.toml``, as Flower sees them.
+
+    Nested tables become dotted keys (``[tool.flwr.app.config.data] alpha`` -> ``data.alpha``).
+    """
+    with open(path, "rb") as fh:
+        table = tomllib.load(fh)["tool"]["flwr"]["app"]["config"]
+
+    def flatten(t: Mapping[str, Any], prefix: str) -> dict[str, Scalar]:
+        out: dict[str, Scalar] = {}
+        for k, v in t.items():
+            if isinstance(v, Mapping):
+                out.update(flatten(v, f"{prefix}{k}."))
+            else:
+                out[prefix + k] = v
+        return out
+
+    return flatten(table, "")
+
+
+def _key(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_section(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the field type ``tp``; ints are accepted where floats are."""
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{key} must be finite, got {value!r}")
+            return float(value)
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key} must be a string (TOML-quoted on the command line), got {value!r}")
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is Union:
+        raise TypeError(f"config field {key} must have a single scalar type, not {tp}")
+    raise TypeError(f"unsupported config field type {tp} for {key}")
+
+
+def _build(cls: type, flat: Mapping[str, Scalar], prefix: str) -> Any:
+    hints = _hints(cls)
+    fields = {_key(f.name): f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    sections: dict[str, dict[str, Scalar]] = {}
+    for key, value in flat.items():
+        head, dot, rest = key.partition(".")
+        full = prefix + key
+        if head not in fields:
+            valid = ", ".join(sorted(prefix + k for k in fields))
+            raise ConfigError(f"unknown config key {full!r}; valid keys here: {valid}")
+        f = fields[head]
+        tp = hints[f.name]
+        if _is_section(tp):
+            if not dot:
+                raise ConfigError(f"{full!r} is a section; set its keys as {full}.<key>")
+            sections.setdefault(f.name, {})[rest] = value
+        else:
+            if dot:
+                raise ConfigError(f"unknown config key {full!r}: {prefix + head!r} is not a section")
+            kwargs[f.name] = _coerce(full, value, tp)
+    for name, sub in sections.items():
+        kwargs[name] = _build(hints[name], sub, prefix=f"{prefix}{_key(name)}.")
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as err:  # a section's own validation (e.g. DataSpec)
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {err}") from err
+
+
+def _flatten(obj: Any, prefix: str) -> dict[str, Scalar]:
+    out: dict[str, Scalar] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = prefix + _key(f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(_flatten(value, key + "."))
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,306 @@
+"""Start and stop Flower processes offline: our own simulation SuperLink, ``flwr run``, status.
+
+Flower's default ``local`` connection installs app dependencies from the package index on every
+run and leaves a detached SuperLink behind, so fedkd never uses it. Instead this module starts its
+own ``flower-superlink --simulation --disable-runtime-dependency-installation`` on 127.0.0.1 with
+a private ``FLWR_HOME``, update checks and telemetry off, submits runs to it with ``flwr run``, and
+stops exactly the processes it started, by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+#: Environment every Flower process gets: nothing may call out.
+OFFLINE_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_OFFLINE": "1",
+}
+
+CONNECTION = "fedkd-sim"
+TERMINAL_PREFIX = "finished"
+
+
+class LaunchError(RuntimeError):
+    """A Flower process could not be started, or a run did not complete."""
+
+
+def bin_path(name: str) -> str:
+    """Path of a console script installed next to the running Python (the venv's ``bin``)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def offline_env(flwr_home: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default: this process's environment) plus :data:`OFFLINE_ENV` and ``FLWR_HOME``."""
+    env = dict(os.environ if base is None else base)
+    env.update(OFFLINE_ENV)
+    env["FLWR_HOME"] = str(flwr_home)
+    return env
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    """Whether 127.0.0.1:``port`` can be bound now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def stop_process(proc: subprocess.Popen[Any], grace: float = 15.0) -> None:
+    """SIGTERM the process group ``proc`` leads (started with a new session), then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def toml_value(value: bool | int | float | str) -> str:
+    """A scalar written as a TOML value (``--run-config`` needs TOML syntax)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))  # a TOML basic string for ordinary text
+
+
+class SimulationSuperLink:
+    """Our own simulation SuperLink on 127.0.0.1, with a private ``FLWR_HOME``.
+
+    Use it as a context manager; on exit it stops the SuperLink's process group and removes the
+    temporary ``FLWR_HOME`` it made.
+
+    Parameters
+    ----------
+    port
+        Port to bind; ``None`` picks a free one.
+    flwr_home
+        Directory for Flower's config and state; ``None`` makes a temporary one.
+    log_path
+        Where the SuperLink's output goes; default ``<flwr_home>/superlink.log`` (a temporary
+        ``FLWR_HOME`` is removed on stop, so pass a path to keep the log).
+    """
+
+    def __init__(
+        self, port: int | None = None, flwr_home: Path | None = None, log_path: Path | None = None
+    ) -> None:
+        if port is not None and not port_is_free(port):
+            raise LaunchError(
+                f"port {port} on 127.0.0.1 is already in use; choose another port or stop "
+                "whatever listens there"
+            )
+        self.port = port or free_port()
+        self._own_home = flwr_home is None
+        self.flwr_home = Path(flwr_home or tempfile.mkdtemp(prefix="fedkd-flwr-home-"))
+        self.flwr_home.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_path or self.flwr_home / "superlink.log"
+        self.env = offline_env(self.flwr_home)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, ready_timeout: float = 60.0) -> SimulationSuperLink:
+        """Start the SuperLink and wait until its health endpoint answers."""
+        (self.flwr_home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+            f'[superlink.{CONNECTION}]\naddress = "{self.address}"\ninsecure = true\n'
+        )
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                bin_path("flower-superlink"), "--insecure", "--simulation",
+                "--disable-runtime-dependency-installation",
+                "--host", "127.0.0.1", "--port", str(self.port),
+                "--database", str(self.flwr_home / "superlink.db"),
+            ],
+            env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise LaunchError(
+                    f"flower-superlink exited with code {self.proc.returncode}; see {self.log_path}"
+                )
+            try:
+                with urllib.request.urlopen(f"http://{self.address}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        return self
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise LaunchError(f"flower-superlink not ready after {ready_timeout:g} s; see {self.log_path}")
+
+    def stop(self) -> None:
+        """Stop the SuperLink (its whole process group) and close its log."""
+        if self.proc is not None:
+            stop_process(self.proc)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self._own_home:
+            shutil.rmtree(self.flwr_home, ignore_errors=True)
+
+    def __enter__(self) -> SimulationSuperLink:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # ----- runs ---------------------------------------------------------------------------
+    def flwr(self, *args: str, timeout: float = 120.0, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a ``flwr`` CLI command against this SuperLink's ``FLWR_HOME``."""
+        proc = subprocess.run(
+            [bin_path("flwr"), *args], env=self.env, capture_output=True, text=True,
+            timeout=timeout, stdin=subprocess.DEVNULL,
+        )
+        if check and proc.returncode != 0:
+            raise LaunchError(f"flwr {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def _run_args(
+        self,
+        app_dir: Path,
+        run_config: Mapping[str, bool | int | float | str],
+        federation_config: Mapping[str, bool | int | float | str],
+    ) -> list[str]:
+        args = [bin_path("flwr"), "run", str(app_dir), CONNECTION]
+        for key, value in run_config.items():
+            args += ["--run-config", f"{key}={toml_value(value)}"]
+        fed = " ".join(f"{k}={toml_value(v)}" for k, v in federation_config.items())
+        if fed:
+            args += ["--federation-config", fed]
+        return args
+
+    def run_streaming(
+        self,
+        app_dir: Path,
+        run_config: Mapping[str, bool | int | float | str],
+        federation_config: Mapping[str, bool | int | float | str],
+        on_line: Callable[[str], None],
+        timeout: float,
+    ) -> tuple[int, str]:
+        """Run with ``flwr run --stream``, passing each log line to ``on_line``.
+
+        Returns ``(run_id, status)``. ``flwr run`` exits 0 even when the ServerApp failed, so the
+        status comes from ``flwr ls``; check it is ``finished:completed``.
+        """
+        args = self._run_args(app_dir, run_config, federation_config) + ["--stream"]
+        proc = subprocess.Popen(
+            args, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            stdin=subprocess.DEVNULL, start_new_session=True, bufsize=1,
+        )
+        deadline = time.monotonic() + timeout
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                on_line(line.rstrip("\n"))
+                if time.monotonic() > deadline:
+                    raise LaunchError(f"run did not finish within {timeout:g} s")
+            proc.wait()
+        finally:
+            stop_process(proc, grace=5.0)
+        runs = self.runs()
+        if not runs:
+            raise LaunchError(f"flwr run exited with code {proc.returncode} and started no run")
+        latest = max(runs, key=lambda r: int(r["run-id"]))
+        run_id = int(latest["run-id"])
+        status = self.status(run_id)
+        if not status.startswith(TERMINAL_PREFIX):  # stream ended early (e.g. interrupted)
+            self.flwr("stop", str(run_id), CONNECTION, check=False)
+        return run_id, status
+
+    def runs(self) -> list[dict[str, Any]]:
+        """All runs this SuperLink knows, as ``flwr ls --format json`` lists them."""
+        proc = self.flwr("ls", CONNECTION, "--format", "json")
+        return list(json.loads(proc.stdout).get("runs", []))
+
+    def submit(
+        self,
+        app_dir: Path,
+        run_config: Mapping[str, bool | int | float | str],
+        federation_config: Mapping[str, bool | int | float | str],
+    ) -> int:
+        """Submit a run (non-blocking) and return its run id."""
+        args = self._run_args(app_dir, run_config, federation_config)[1:] + ["--format", "json"]
+        proc = self.flwr(*args, timeout=300.0)
+        try:
+            return int(json.loads(proc.stdout)["run-id"])
+        except (ValueError, KeyError) as err:
+            raise LaunchError(f"unexpected output from flwr run:\n{proc.stdout}\n{proc.stderr}") from err
+
+    def status(self, run_id: int) -> str:
+        """The run's status string, e.g. ``running`` or ``finished:completed``."""
+        proc = self.flwr("ls", CONNECTION, "--run-id", str(run_id), "--format", "json")
+        runs = json.loads(proc.stdout).get("runs", [])
+        return str(runs[0]["status"]) if runs else "unknown"
+
+    def logs(self, run_id: int) -> str:
+        """The run's log so far."""
+        return self.flwr("log", str(run_id), CONNECTION, "--show", check=False, timeout=60).stdout
+
+    def wait(
+        self, run_id: int, timeout: float, poll: float = 2.0, echo: IO[str] | None = None,
+        echo_filter: Sequence[str] = ("[fedkd]",),
+    ) -> str:
+        """Wait until the run finishes; optionally echo new log lines containing a filter string.
+
+        Returns the final status; raises :class:`LaunchError` on timeout.
+        """
+        deadline = time.monotonic() + timeout
+        printed = 0
+        while True:
+            status = self.status(run_id)
+            if echo is not None:
+                lines = [ln for ln in self.logs(run_id).splitlines()
+                         if any(f in ln for f in echo_filter)]
+                for line in lines[printed:]:
+                    print(line, file=echo, flush=True)
+                printed = max(printed, len(lines))
+            if status.startswith(TERMINAL_PREFIX):
+                return status
+            if time.monotonic() > deadline:
+                self.flwr("stop", str(run_id), CONNECTION, check=False)
+                raise LaunchError(f"run {run_id} did not finish within {timeout:g} s (status {status})")
+            time.sleep(poll)

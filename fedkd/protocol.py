@@ -1,0 +1,236 @@
+"""The message contract: what each phase may carry, codecs to Flower records, reply validation.
+
+This is the only module of the ``fedkd`` library that imports Flower. Algorithms speak in
+:class:`Payload` objects (named numpy arrays, a config mapping, metrics); the server and client
+apps turn them into Flower ``RecordDict`` objects with :func:`encode` and back with
+:func:`decode`.
+
+Every algorithm declares, per phase, a :class:`PhaseSpec`: the message type, and for the reply
+the arrays it may contain (:class:`ArraySpec`: shape, dtype, value bounds), the metrics it must
+contain, and a size bound. The server calls :func:`validate_reply` on every reply before it is
+used; an invalid reply raises :class:`InvalidReply` with a reason, and the round loop counts and
+skips it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Union
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, MessageType, MetricRecord, RecordDict
+
+ConfigValue = Union[bool, int, float, str, bytes, list[int], list[float], list[str]]
+MetricValue = Union[int, float, list[int], list[float]]
+
+ARRAYS_KEY = "arrays"
+CONFIG_KEY = "config"
+METRICS_KEY = "metrics"
+PHASE_KEY = "phase"
+
+#: Metrics every reply carries (DESIGN.md §4).
+REQUIRED_METRICS: tuple[str, ...] = ("num-examples",)
+
+
+class InvalidReply(ValueError):
+    """A client reply broke the phase's contract; ``str(err)`` is the reason."""
+
+
+@dataclass
+class Payload:
+    """What one message carries, free of Flower types.
+
+    Parameters
+    ----------
+    arrays
+        Named numpy arrays (weights, logits, counts...). Order is kept.
+    config
+        Scalars and short lists: round number, phase name, indices.
+    metrics
+        Numbers reported by a client: ``num-examples``, ``loss``, ``accuracy``...
+    """
+
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    config: dict[str, ConfigValue] = field(default_factory=dict)
+    metrics: dict[str, MetricValue] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """The declared form of one array in a reply.
+
+    Parameters
+    ----------
+    shape
+        Expected shape; ``None`` on an axis accepts any length there.
+    dtype
+        Expected numpy dtype name (exact match, e.g. ``"float32"``).
+    low, high
+        Inclusive bounds on every value; ``None`` means unbounded. Values must be finite either way.
+    """
+
+    shape: tuple[int | None, ...]
+    dtype: str = "float32"
+    low: float | None = None
+    high: float | None = None
+
+    @property
+    def max_nbytes(self) -> int | None:
+        """Largest payload this spec admits, or ``None`` if an axis is free."""
+        if any(d is None for d in self.shape):
+            return None
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+
+@dataclass(frozen=True)
+class PhaseSpec:
+    """One exchange of a round: what the server asks and what the reply may contain.
+
+    Parameters
+    ----------
+    name
+        Phase name, sent in the request's config under ``"phase"`` (e.g. ``"fit"``).
+    message_type
+        Flower message type: ``"train"``, ``"evaluate"`` or ``"query"``.
+    reply_arrays
+        Every array the reply must contain, and nothing else.
+    reply_metrics
+        Metric keys the reply must contain (``num-examples`` is always required).
+    max_reply_bytes
+        Bound on the encoded reply; by default the arrays' declared size plus 64 KiB.
+    """
+
+    name: str
+    message_type: str = MessageType.TRAIN
+    reply_arrays: Mapping[str, ArraySpec] = field(default_factory=dict)
+    reply_metrics: tuple[str, ...] = ()
+    max_reply_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        base = self.message_type.split(".", 1)[0]
+        if base not in (MessageType.TRAIN, MessageType.EVALUATE, MessageType.QUERY):
+            raise ValueError(f"phase {self.name!r}: invalid message type {self.message_type!r}")
+
+    @property
+    def reply_byte_bound(self) -> int | None:
+        """The size bound applied to replies of this phase."""
+        if self.max_reply_bytes is not None:
+            return self.max_reply_bytes
+        sizes = [s.max_nbytes for s in self.reply_arrays.values()]
+        if any(s is None for s in sizes):
+            return None
+        return sum(sizes, 0) + 64 * 1024  # type: ignore[arg-type]
+
+
+def encode(payload: Payload) -> RecordDict:
+    """Encode a payload as a Flower ``RecordDict`` (arrays, config, metrics records)."""
+    arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in payload.arrays.items()})
+    return RecordDict({
+        ARRAYS_KEY: arrays,
+        CONFIG_KEY: ConfigRecord(dict(payload.config)),
+        METRICS_KEY: MetricRecord(dict(payload.metrics)),
+    })
+
+
+def decode(content: RecordDict) -> Payload:
+    """Decode a ``RecordDict`` written by :func:`encode`.
+
+    Arrays are decoded lazily only as far as Flower does; use :func:`decode_checked` on replies
+    from clients, which validates before converting.
+    """
+    arrays_rec = content.get(ARRAYS_KEY)
+    config_rec = content.get(CONFIG_KEY)
+    metrics_rec = content.get(METRICS_KEY)
+    arrays = {k: a.numpy() for k, a in arrays_rec.items()} if arrays_rec is not None else {}
+    return Payload(
+        arrays=arrays,
+        config=dict(config_rec) if config_rec is not None else {},
+        metrics=dict(metrics_rec) if metrics_rec is not None else {},
+    )
+
+
+def content_nbytes(content: RecordDict) -> int:
+    """Bytes of all records in ``content`` as Flower counts them (array data plus keys)."""
+    return sum(rec.count_bytes() for rec in content.values())
+
+
+def validate_reply(content: RecordDict, spec: PhaseSpec) -> Payload:
+    """Check a client reply against ``spec`` and return it decoded.
+
+    Raises
+    ------
+    InvalidReply
+        On an unexpected record, an undeclared or missing array, a wrong dtype or shape, a payload
+        whose byte length does not match its declared shape, a non-finite or out-of-bounds value,
+        a missing or non-finite metric, or a reply larger than the phase's bound.
+    """
+    unexpected = set(content.keys()) - {ARRAYS_KEY, CONFIG_KEY, METRICS_KEY}
+    if unexpected:
+        raise InvalidReply(f"unexpected records {sorted(unexpected)}")
+    arrays_rec = content.get(ARRAYS_KEY)
+    metrics_rec = content.get(METRICS_KEY)
+    if arrays_rec is not None and not isinstance(arrays_rec, ArrayRecord):
+        raise InvalidReply(f"record {ARRAYS_KEY!r} is not an ArrayRecord")
+    if metrics_rec is None or not isinstance(metrics_rec, MetricRecord):
+        raise InvalidReply(f"missing metrics record {METRICS_KEY!r}")
+
+    bound = spec.reply_byte_bound
+    if bound is not None:
+        size = content_nbytes(content)
+        if size > bound:
+            raise InvalidReply(f"reply of {size} bytes exceeds the bound of {bound} bytes")
+
+    got = list(arrays_rec.keys()) if arrays_rec is not None else []
+    extra = [k for k in got if k not in spec.reply_arrays]
+    missing = [k for k in spec.reply_arrays if k not in got]
+    if extra:
+        raise InvalidReply(f"undeclared arrays {extra[:5]}")
+    if missing:
+        raise InvalidReply(f"missing arrays {missing[:5]}")
+
+    arrays: dict[str, np.ndarray] = {}
+    for name, aspec in spec.reply_arrays.items():
+        arrays[name] = _check_array(name, arrays_rec[name], aspec)  # type: ignore[index]
+
+    metrics = dict(metrics_rec)
+    for key in (*REQUIRED_METRICS, *spec.reply_metrics):
+        if key not in metrics:
+            raise InvalidReply(f"missing metric {key!r}")
+    for key, value in metrics.items():
+        values = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            raise InvalidReply(f"metric {key!r} is not finite")
+    n = metrics["num-examples"]
+    if not isinstance(n, int) or n < 0:
+        raise InvalidReply(f"metric 'num-examples' must be a non-negative integer, got {n!r}")
+
+    config_rec = content.get(CONFIG_KEY)
+    return Payload(arrays=arrays, config=dict(config_rec) if config_rec else {}, metrics=metrics)
+
+
+def _check_array(name: str, array: Array, spec: ArraySpec) -> np.ndarray:
+    if array.dtype != spec.dtype:
+        raise InvalidReply(f"array {name!r}: dtype {array.dtype} != declared {spec.dtype}")
+    shape = tuple(array.shape)
+    if len(shape) != len(spec.shape) or any(
+        want is not None and want != have for want, have in zip(spec.shape, shape)
+    ):
+        raise InvalidReply(f"array {name!r}: shape {shape} != declared {spec.shape}")
+    expected_bytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize
+    if array.stype != "numpy.ndarray":
+        raise InvalidReply(f"array {name!r}: unsupported serialisation {array.stype!r}")
+    try:
+        value = array.numpy()
+    except Exception as err:  # malformed bytes from a hostile or broken client
+        raise InvalidReply(f"array {name!r}: cannot decode ({type(err).__name__}: {err})") from None
+    if value.dtype != np.dtype(spec.dtype) or value.shape != shape or value.nbytes != expected_bytes:
+        raise InvalidReply(f"array {name!r}: payload does not match its declared dtype and shape")
+    if value.dtype.kind == "f" and not np.isfinite(value).all():
+        raise InvalidReply(f"array {name!r}: contains NaN or Inf")
+    if spec.low is not None and value.size and value.min() < spec.low:
+        raise InvalidReply(f"array {name!r}: value {value.min()} below bound {spec.low}")
+    if spec.high is not None and value.size and value.max() > spec.high:
+        raise InvalidReply(f"array {name!r}: value {value.max()} above bound {spec.high}")
+    return value

@@ -1,0 +1,90 @@
+"""Run outputs: ``outputs/<run>/config.json``, ``metrics.jsonl`` (one row per round), ``summary.json``.
+
+Rows are appended and flushed to disk as each round ends, so a run that stops early keeps every
+finished round readable.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from fedkd.config import RunConfig
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+
+
+def default_run_name(cfg: RunConfig, now: float | None = None) -> str:
+    """``<algorithm>-<dataset>-<UTC timestamp>``, used when ``output.run-name`` is empty."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
+    return f"{cfg.algorithm}-{cfg.data.dataset}-{stamp}"
+
+
+def _jsonable(value: Any) -> Any:
+    """Replace non-finite floats by ``None`` so every line is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+class RunOutput:
+    """The output directory of one run.
+
+    Parameters
+    ----------
+    directory
+        ``<output.dir>/<run name>``; created if missing.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = directory / METRICS_FILE
+
+    @classmethod
+    def for_config(cls, cfg: RunConfig) -> RunOutput:
+        """Create the run directory named by ``cfg.output`` and record the resolved config."""
+        name = cfg.output.run_name or default_run_name(cfg)
+        out = cls(Path(cfg.output.dir).expanduser().resolve() / name)
+        out.write_config(cfg)
+        return out
+
+    def write_config(self, cfg: RunConfig, **extra: Any) -> None:
+        """Write the resolved flat configuration (every key, defaults included)."""
+        _write_json_atomic(self.directory / CONFIG_FILE, {"run-config": cfg.to_flat(), **extra})
+
+    def append_metrics(self, row: Mapping[str, Any]) -> None:
+        """Append one round's row to ``metrics.jsonl`` and flush it to disk."""
+        with self.metrics_path.open("a") as fh:
+            fh.write(json.dumps(_jsonable(row), sort_keys=True) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def write_summary(self, summary: Mapping[str, Any]) -> None:
+        """Write ``summary.json`` (atomically)."""
+        _write_json_atomic(self.directory / SUMMARY_FILE, summary)
+
+
+def read_metrics(path: Path | str) -> list[dict[str, Any]]:
+    """Rows of a ``metrics.jsonl`` file (or of ``<dir>/metrics.jsonl`` given a run directory)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / METRICS_FILE
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]

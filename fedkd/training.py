@@ -1,0 +1,137 @@
+"""Local training and evaluation loops shared by every algorithm.
+
+All randomness comes from an explicit ``torch.Generator``; nothing here touches global RNG state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedkd.data.datasets import ArrayDataset
+
+#: An extra loss term added to each step: ``(model, x, y, logits) -> loss`` (e.g. distillation).
+ExtraLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class FitStats:
+    """What one call of :func:`fit_supervised` did."""
+
+    loss: float  #: mean training loss over the steps
+    accuracy: float  #: accuracy on the training batches seen
+    steps: int
+    samples_seen: int
+
+
+@dataclass(frozen=True)
+class EvalStats:
+    """Loss and accuracy of a model on a dataset."""
+
+    loss: float
+    accuracy: float
+    num_examples: int
+
+
+def seeded_generator(*seeds: int) -> torch.Generator:
+    """A ``torch.Generator`` seeded from several integers (run seed, round, client...)."""
+    seed = int(np.random.SeedSequence([int(s) for s in seeds]).generate_state(1, np.uint64)[0])
+    return torch.Generator().manual_seed(seed % (2**63 - 1))
+
+
+def batch_indices(
+    num_samples: int, batch_size: int, steps: int, generator: torch.Generator
+) -> Iterator[torch.Tensor]:
+    """Yield ``steps`` index batches, walking through fresh shuffles of the data.
+
+    Within one pass over the data no sample repeats; the last, short batch of a pass is dropped
+    unless the dataset is smaller than one batch.
+    """
+    if num_samples <= 0:
+        raise ValueError("cannot draw batches from an empty dataset")
+    batch_size = min(batch_size, num_samples)
+    perm = torch.randperm(num_samples, generator=generator)
+    pos = 0
+    for _ in range(steps):
+        if pos + batch_size > num_samples:
+            perm = torch.randperm(num_samples, generator=generator)
+            pos = 0
+        yield perm[pos : pos + batch_size]
+        pos += batch_size
+
+
+def fit_supervised(
+    model: nn.Module,
+    data: ArrayDataset,
+    *,
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    generator: torch.Generator,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    extra_loss: ExtraLoss | None = None,
+) -> FitStats:
+    """Train ``model`` with SGD on cross-entropy for ``steps`` mini-batches.
+
+    Parameters
+    ----------
+    extra_loss
+        Optional term added to the cross-entropy at every step (e.g. a distillation term).
+    """
+    x_all = torch.from_numpy(data.x)
+    y_all = torch.from_numpy(data.y)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=learning_rate, momentum=momentum, weight_decay=weight_decay
+    )
+    model.train()
+    total_loss, correct, seen, done = 0.0, 0, 0, 0
+    for idx in batch_indices(len(data), batch_size, steps, generator):
+        x, y = x_all[idx], y_all[idx]
+        optimizer.zero_grad(set_to_none=True)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        if extra_loss is not None:
+            loss = loss + extra_loss(model, x, y, logits)
+        loss.backward()
+        optimizer.step()
+        total_loss += float(loss.detach())
+        correct += int((logits.detach().argmax(1) == y).sum())
+        seen += len(y)
+        done += 1
+    return FitStats(
+        loss=total_loss / max(done, 1), accuracy=correct / max(seen, 1), steps=done, samples_seen=seen
+    )
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: ArrayDataset, *, batch_size: int = 512) -> EvalStats:
+    """Mean cross-entropy and accuracy of ``model`` on ``data`` (eval mode, no gradients)."""
+    if len(data) == 0:  # reported with weight 0, so the placeholders never enter a mean
+        return EvalStats(loss=0.0, accuracy=0.0, num_examples=0)
+    model.eval()
+    x_all = torch.from_numpy(data.x)
+    y_all = torch.from_numpy(data.y)
+    total_loss, correct = 0.0, 0
+    for start in range(0, len(data), batch_size):
+        x, y = x_all[start : start + batch_size], y_all[start : start + batch_size]
+        logits = model(x)
+        total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+    n = len(data)
+    return EvalStats(loss=total_loss / n, accuracy=correct / n, num_examples=n)
+
+
+def state_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:
+    """The model's ``state_dict`` as float32 numpy arrays (copies), in module order."""
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def load_numpy_state(model: nn.Module, arrays: dict[str, np.ndarray]) -> None:
+    """Load arrays produced by :func:`state_to_numpy` (strict: same keys and shapes)."""
+    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()}, strict=True)

@@ -1,0 +1,1 @@
+"""fedkd's Flower ServerApp: config -> algorithm -> round loop -> results."""

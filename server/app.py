@@ -1,0 +1,34 @@
+"""The ServerApp (component ``server.app:app`` in pyproject.toml)."""
+
+from __future__ import annotations
+
+from logging import INFO, WARNING
+
+from flwr.app import Context
+from flwr.common.logger import log
+from flwr.serverapp import Grid, ServerApp
+
+from fedkd.algorithms import ALGORITHMS
+from fedkd.config import RunConfig
+from fedkd.data.federated import load_federated
+from fedkd.results import RunOutput
+from server.loop import run_rounds
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Build the config once, then run the algorithm's rounds and write the outputs."""
+    cfg = RunConfig.from_flat(context.run_config)
+    data = load_federated(cfg.data)
+    algorithm_cls = ALGORITHMS.get(cfg.algorithm)
+    if algorithm_cls.shares_weights:
+        log(WARNING, "[fedkd] %s is a WEIGHT-SHARING BASELINE: clients upload model weights",
+            cfg.algorithm)
+    algorithm = algorithm_cls(cfg, data.num_classes, data.input_shape)
+    output = RunOutput.for_config(cfg)
+    log(INFO, "[fedkd] %s on %s, %d rounds; outputs in %s", cfg.algorithm, cfg.data.dataset,
+        cfg.num_server_rounds, output.directory)
+    summary = run_rounds(grid, cfg, algorithm, data, output)
+    log(INFO, "[fedkd] done: %s", summary["final"])
