@@ -153,7 +153,8 @@ def _check_labels(labels: Tensor, logits: Tensor) -> Tensor:
         low, high = int(labels.min()), int(labels.max())
         if low < 0 or high >= c:
             raise ValueError(
-                f"class-index labels must lie in [0, {c - 1}] for C = {c}, got range [{low}, {high}]"
+                f"class-index labels must lie in [0, {c - 1}] for C = {c}, "
+                f"got range [{low}, {high}]"
             )
         return labels.long()
     if labels.dim() == 2:
@@ -328,7 +329,8 @@ def cross_entropy(student_logits: Tensor, labels: Tensor) -> Tensor:
     .. math:: L_{CE} = CE(y, \sigma(z_s)) = -\sum_{i=1}^{C} y_i \log p_s^i, \qquad p_s = \sigma(z_s)
 
     (The survey writes the class count as ``N`` here; it is ``C`` in this module.) The student is
-    evaluated at temperature 1. Thin validating wrapper around :func:`torch.nn.functional.cross_entropy`.
+    evaluated at temperature 1. Thin validating wrapper around
+    :func:`torch.nn.functional.cross_entropy`.
 
     Parameters
     ----------
@@ -625,7 +627,7 @@ def relation_kd_loss(
 
 
 def attention_map(activations: Tensor, p: float = 2.0) -> Tensor:
-    r"""Activation-based attention mapping ``f`` of survey eq. (3.1.3.1) (Zagoruyko & Komodakis, 2017).
+    r"""Attention mapping ``f`` of survey eq. (3.1.3.1) (Zagoruyko & Komodakis, 2017).
 
     .. math:: f(A) = \frac{Q}{\|Q\|_2}, \qquad Q_l = \sum_{c} |A_{c,l}|^p
 
@@ -709,7 +711,7 @@ def activation_loss(
 
 
 def information_entropy(student_logits: Tensor) -> Tensor:
-    r"""Information-entropy loss of data-free distillation, survey eq. (3.2.1.1) (Lopes et al., 2017).
+    r"""Information-entropy loss, survey eq. (3.2.1.1) (data-free KD, Lopes et al., 2017).
 
     .. math:: L_{information} = -\frac{1}{N} \sum_{i=1}^{N} p_s^i \log(p_s^i),
               \qquad p_s^i = \sigma(z_s^i)

@@ -84,15 +84,14 @@ def fit_supervised(
     extra_loss
         Optional term added to the cross-entropy at every step (e.g. a distillation term).
     """
-    x_all = torch.from_numpy(data.x)
-    y_all = torch.from_numpy(data.y)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=learning_rate, momentum=momentum, weight_decay=weight_decay
     )
     model.train()
     total_loss, correct, seen, done = 0.0, 0, 0, 0
     for idx in batch_indices(len(data), batch_size, steps, generator):
-        x, y = x_all[idx], y_all[idx]
+        rows = idx.numpy()
+        x, y = torch.from_numpy(data.x[rows]), torch.from_numpy(data.y[rows])  # fancy index copies
         optimizer.zero_grad(set_to_none=True)
         logits = model(x)
         loss = F.cross_entropy(logits, y)
@@ -115,11 +114,11 @@ def evaluate(model: nn.Module, data: ArrayDataset, *, batch_size: int = 512) -> 
     if len(data) == 0:  # reported with weight 0, so the placeholders never enter a mean
         return EvalStats(loss=0.0, accuracy=0.0, num_examples=0)
     model.eval()
-    x_all = torch.from_numpy(data.x)
-    y_all = torch.from_numpy(data.y)
     total_loss, correct = 0.0, 0
     for start in range(0, len(data), batch_size):
-        x, y = x_all[start : start + batch_size], y_all[start : start + batch_size]
+        # Cached datasets are read-only; copy each batch rather than share memory with torch.
+        x = torch.tensor(data.x[start : start + batch_size])
+        y = torch.tensor(data.y[start : start + batch_size])
         logits = model(x)
         total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())

@@ -240,14 +240,13 @@ def _load_fashion_mnist(data_dir: Path | None) -> TrainTestData:
     folder = Path(data_dir if data_dir is not None else DEFAULT_FASHION_MNIST_DIR)
     if not folder.is_dir():
         raise DataFileError(folder, "Fashion-MNIST data folder not found")
-    arrays = {
-        role: read_idx(_find_idx_file(folder, name)) for role, name in FASHION_MNIST_FILES.items()
-    }
+    # Find all four files before reading any, so a missing one is reported at once.
+    files = {role: _find_idx_file(folder, name) for role, name in FASHION_MNIST_FILES.items()}
+    arrays = {role: read_idx(path) for role, path in files.items()}
     splits: dict[str, ArrayDataset] = {}
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        images_file = folder / FASHION_MNIST_FILES[f"{split}_images"]
-        labels_file = folder / FASHION_MNIST_FILES[f"{split}_labels"]
+        images_file, labels_file = files[f"{split}_images"], files[f"{split}_labels"]
         if images.ndim != 3 or images.dtype != np.uint8:
             raise DataFileError(
                 images_file,
@@ -275,7 +274,7 @@ def _load_fashion_mnist(data_dir: Path | None) -> TrainTestData:
     train_hw, test_hw = splits["train"].input_shape, splits["test"].input_shape
     if train_hw != test_hw:
         raise DataFileError(
-            folder / FASHION_MNIST_FILES["test_images"],
+            files["test_images"],
             f"test images have shape {test_hw[1:]} but train images {train_hw[1:]}",
         )
     return TrainTestData(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -47,7 +48,11 @@ def labels_01() -> torch.Tensor:
 
 
 def close(x: torch.Tensor, expected: float, tol: float = 1e-10) -> bool:
-    return math.isclose(float(x), expected, rel_tol=tol, abs_tol=tol)
+    return math.isclose(val(x), expected, rel_tol=tol, abs_tol=tol)
+
+
+def val(x: torch.Tensor) -> float:
+    return x.detach().item()
 
 
 def sgd_step(x: torch.Tensor, loss: torch.Tensor, lr: float) -> torch.Tensor:
@@ -86,15 +91,15 @@ def test_kd_kl_temperature_squared_scaling() -> None:
     zs, zt = torch.randn(5, 7, generator=g, dtype=DT), torch.randn(5, 7, generator=g, dtype=DT)
     l1 = L.kd_kl(zs, zt, 1.0)
     l2 = L.kd_kl(2 * zs, 2 * zt, 2.0)
-    assert float(l1) > 0
-    assert close(l2, 4 * float(l1), tol=1e-9)
+    assert val(l1) > 0
+    assert close(l2, 4 * val(l1), tol=1e-9)
 
 
 def test_kd_kl_zero_for_identical_and_shifted_logits() -> None:
     z = t([[1.0, -2.0, 0.5], [3.0, 3.0, -1.0]])
-    assert abs(float(L.kd_kl(z, z.clone(), 3.0))) < 1e-12
+    assert abs(val(L.kd_kl(z, z.clone(), 3.0))) < 1e-12
     # softmax is invariant to a per-row additive constant
-    assert abs(float(L.kd_kl(z, z + t([[5.0], [-2.0]]), 3.0))) < 1e-12
+    assert abs(val(L.kd_kl(z, z + t([[5.0], [-2.0]]), 3.0))) < 1e-12
 
 
 def test_kd_kl_is_batchmean_not_sum_or_elementwise_mean() -> None:
@@ -114,7 +119,7 @@ def test_kd_kl_gradient_moves_student_towards_teacher() -> None:
     zs1 = sgd_step(zs, loss0, lr=0.5)
     loss1 = L.kd_kl(zs1, zt, 2.0)
     p1 = torch.softmax(zs1.detach(), 1).gather(1, target[:, None])
-    assert float(loss1) < float(loss0)
+    assert val(loss1) < val(loss0)
     assert bool((p1 > p0).all())
 
 
@@ -154,7 +159,7 @@ def test_kd_kl_from_probs_temperature_squared() -> None:
 
 
 def test_kd_kl_from_probs_zero_when_probs_match() -> None:
-    assert abs(float(L.kd_kl_from_probs(t([Z_A]), t([[0.5, 0.25, 0.25]]), 1.0))) < 1e-12
+    assert abs(val(L.kd_kl_from_probs(t([Z_A]), t([[0.5, 0.25, 0.25]]), 1.0))) < 1e-12
 
 
 def test_kd_kl_from_probs_with_zero_teacher_prob_and_extreme_student_is_finite() -> None:
@@ -163,14 +168,14 @@ def test_kd_kl_from_probs_with_zero_teacher_prob_and_extreme_student_is_finite()
     loss = L.kd_kl_from_probs(zs, pt, 1.0)
     (g,) = torch.autograd.grad(loss, zs)
     assert torch.isfinite(loss) and torch.isfinite(g).all()
-    assert float(loss) < 1e-6
+    assert val(loss) < 1e-6
 
 
 def test_kd_kl_from_probs_agrees_with_logit_version() -> None:
     g = torch.Generator().manual_seed(1)
     zs, zt = torch.randn(4, 6, generator=g, dtype=DT), torch.randn(4, 6, generator=g, dtype=DT)
     pt = torch.softmax(zt / 2.5, dim=1)
-    assert close(L.kd_kl_from_probs(zs, pt, 2.5), float(L.kd_kl(zs, zt, 2.5)), tol=1e-9)
+    assert close(L.kd_kl_from_probs(zs, pt, 2.5), val(L.kd_kl(zs, zt, 2.5)), tol=1e-9)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,7 +235,7 @@ def test_feature_loss_gradient_moves_student_towards_teacher() -> None:
     # d/dS of (1/N) sum ||T - S||^2 = 2 (S - T) / N = (S - T) for N = 2
     assert torch.allclose(g, t([[0.0, 2.0], [-3.0, -4.0]]), atol=1e-12)
     s1 = (s - 0.1 * g).detach()
-    assert float(L.feature_loss(s1, te)) < float(loss0)
+    assert val(L.feature_loss(s1, te)) < val(loss0)
 
 
 def test_feature_kd_loss_known_value() -> None:
@@ -262,7 +267,7 @@ def test_pairwise_distance_matrix_large_offset_keeps_precision() -> None:
 def test_pairwise_distance_matrix_gradient_finite_on_diagonal_and_duplicates() -> None:
     x = t([[1.0, 2.0], [1.0, 2.0], [4.0, 6.0]], requires_grad=True)  # rows 0 and 1 coincide
     d = L.pairwise_distance_matrix(x)
-    assert float(d[0, 1]) == 0.0 and bool((d.diagonal() == 0).all())
+    assert val(d[0, 1]) == 0.0 and bool((d.diagonal() == 0).all())
     (g,) = torch.autograd.grad(d.sum(), x)
     assert torch.isfinite(g).all()
     # only the pairs with row 2 (distance 5, direction (3,4)/5) carry gradient; each of the
@@ -288,7 +293,7 @@ def test_pairwise_cosine_matrix_zero_vector_is_finite() -> None:
     c = L.pairwise_cosine_matrix(x)
     (g,) = torch.autograd.grad(c.sum(), x)
     assert torch.isfinite(c).all() and torch.isfinite(g).all()
-    assert float(c[0, 1]) == 0.0
+    assert val(c[0, 1]) == 0.0
 
 
 def test_relation_loss_distance_known_value_and_different_dims() -> None:
@@ -323,7 +328,7 @@ def test_relation_loss_gradient_step_reduces_loss() -> None:
         s = torch.randn(5, 3, generator=g, dtype=DT, requires_grad=True)
         loss0 = L.relation_loss(s, te, kind)
         s1 = sgd_step(s, loss0, lr=0.01)
-        assert float(L.relation_loss(s1, te, kind)) < float(loss0)
+        assert val(L.relation_loss(s1, te, kind)) < val(loss0)
 
 
 def test_relation_kd_loss_known_value() -> None:
@@ -380,7 +385,7 @@ def test_activation_loss_gradient_step_reduces_loss() -> None:
     te = torch.randn(2, 5, 4, 4, generator=g, dtype=DT)
     loss0 = L.activation_loss(s, te)
     s1 = sgd_step(s, loss0, lr=0.5)
-    assert float(L.activation_loss(s1, te)) < float(loss0)
+    assert val(L.activation_loss(s1, te)) < val(loss0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -392,7 +397,7 @@ def test_information_entropy_known_value() -> None:
     # rows U and A: (ln 3 + 3/2 ln 2) / 2
     assert close(L.information_entropy(student_ua()), (H_U + H_A) / 2)
     # sign convention: non-negative, ~0 for confident (near one-hot) predictions
-    assert 0.0 <= float(L.information_entropy(t([[30.0, 0.0, 0.0]]))) < 1e-9
+    assert 0.0 <= val(L.information_entropy(t([[30.0, 0.0, 0.0]]))) < 1e-9
 
 
 def test_information_entropy_gradient_pushes_towards_one_hot() -> None:
@@ -402,7 +407,7 @@ def test_information_entropy_gradient_pushes_towards_one_hot() -> None:
     z1 = sgd_step(z, h0, lr=0.5)
     h1 = L.information_entropy(z1)
     top1 = torch.softmax(z1.detach(), 1).max(dim=1).values
-    assert float(h1) < float(h0)
+    assert val(h1) < val(h0)
     assert bool((top1 > top0).all())
     # uniform prediction is a stationary point (the maximum): zero gradient
     zu = t([Z_U], requires_grad=True)
@@ -441,7 +446,7 @@ def test_multi_teacher_single_teacher_equals_response_kd() -> None:
     zs, zt = torch.randn(3, 4, generator=g, dtype=DT), torch.randn(3, 4, generator=g, dtype=DT)
     y = torch.tensor([0, 3, 1])
     multi = L.multi_teacher_kd_loss(zs, zt[None], y, 0.3, 2.0)
-    assert close(multi, float(L.response_kd_loss(zs, zt, y, 0.3, 2.0)), tol=1e-9)
+    assert close(multi, val(L.response_kd_loss(zs, zt, y, 0.3, 2.0)), tol=1e-9)
 
 
 def test_multi_teacher_mean_of_kls_vs_kl_of_mean() -> None:
@@ -455,7 +460,7 @@ def test_multi_teacher_mean_of_kls_vs_kl_of_mean() -> None:
     kl_mean = L.kd_kl_from_probs(zs, p_bar, 1.0)
     assert close(mean_kl, KL_A_U / 2)
     assert close(kl_mean, 5 / 12 * LN(5 / 4) + 7 / 12 * LN(7 / 8))
-    assert float(mean_kl) > float(kl_mean)
+    assert val(mean_kl) > val(kl_mean)
     # ... but the gradients w.r.t. the student coincide: p_s - p_bar = (1/3-5/12, 1/3-7/24, ...)
     (g1,) = torch.autograd.grad(mean_kl, zs)
     (g2,) = torch.autograd.grad(kl_mean, zs)
@@ -502,8 +507,8 @@ def test_diversity_loss_decreases_when_outputs_spread() -> None:
     o = (0.1 * torch.randn(6, 5, generator=g, dtype=DT)).requires_grad_(True)
     loss0 = L.diversity_loss(eps, o)
     o1 = sgd_step(o, loss0, lr=1.0)
-    assert float(L.diversity_loss(eps, o1)) < float(loss0)
-    assert float(torch.cdist(o1, o1, p=1).mean()) > float(torch.cdist(o, o, p=1).mean())
+    assert val(L.diversity_loss(eps, o1)) < val(loss0)
+    assert val(torch.cdist(o1, o1, p=1).mean()) > val(torch.cdist(o, o, p=1).mean())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -604,9 +609,10 @@ def test_bad_teacher_probs_raise() -> None:
 
 
 def test_bad_options_raise() -> None:
+    bad: Any = "p"  # not a valid Literal; the functions must reject it at run time
     with pytest.raises(ValueError, match="teacher_format"):
-        L.response_kd_loss(student_ua(), t([Z_A, Z_A]), labels_01(), 0.5, 1.0, teacher_format="p")  # type: ignore[arg-type]
+        L.response_kd_loss(student_ua(), t([Z_A, Z_A]), labels_01(), 0.5, 1.0, teacher_format=bad)
     with pytest.raises(ValueError, match="kind"):
-        L.relation_loss(t([[1.0]]), t([[1.0]]), kind="l2")  # type: ignore[arg-type]
+        L.relation_loss(t([[1.0]]), t([[1.0]]), kind=bad)
     with pytest.raises(ValueError, match="p must be"):
         L.attention_map(torch.ones(1, 2, 2), p=0.0)
