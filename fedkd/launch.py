@@ -25,6 +25,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+import tomli_w
+
 #: Environment every Flower process gets: nothing may call out.
 OFFLINE_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -50,9 +52,13 @@ def bin_path(name: str) -> str:
 
 
 def offline_env(flwr_home: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """``base`` (default: this process's environment) plus :data:`OFFLINE_ENV` and ``FLWR_HOME``."""
+    """``base`` (default: this process's environment) plus :data:`OFFLINE_ENV`, ``FLWR_HOME`` and
+    the running interpreter's ``bin`` directory first on ``PATH``."""
     env = dict(os.environ if base is None else base)
     env.update(OFFLINE_ENV)
+    # Flower starts helpers (flower-superexec, flwr-serverapp) by name: put our venv first.
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([venv_bin, env.get("PATH", "")])
     env["FLWR_HOME"] = str(flwr_home)
     return env
 
@@ -65,8 +71,9 @@ def free_port() -> int:
 
 
 def port_is_free(port: int) -> bool:
-    """Whether 127.0.0.1:``port`` can be bound now."""
+    """Whether 127.0.0.1:``port`` can be bound now (connections in TIME_WAIT do not count)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -97,6 +104,20 @@ def toml_value(value: bool | int | float | str) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     return json.dumps(str(value))  # a TOML basic string for ordinary text
+
+
+def run_config_toml(flat: Mapping[str, bool | int | float | str]) -> str:
+    """Flat dotted run-config overrides as a TOML document with nested tables."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        table = nested
+        for part in parents:
+            table = table.setdefault(part, {})
+            if not isinstance(table, dict):
+                raise ValueError(f"run-config key {key!r} conflicts with a scalar key")
+        table[leaf] = value
+    return tomli_w.dumps(nested)
 
 
 class SimulationSuperLink:
@@ -132,6 +153,7 @@ class SimulationSuperLink:
         self.env = offline_env(self.flwr_home)
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self._runs_submitted = 0
 
     @property
     def address(self) -> str:
@@ -206,8 +228,14 @@ class SimulationSuperLink:
         federation_config: Mapping[str, bool | int | float | str],
     ) -> list[str]:
         args = [bin_path("flwr"), "run", str(app_dir), CONNECTION]
-        for key, value in run_config.items():
-            args += ["--run-config", f"{key}={toml_value(value)}"]
+        if run_config:
+            # One TOML file, not repeated --run-config k=v: flwr 1.42 parses each k=v into a
+            # nested dict and merges them with a shallow dict.update, so `data.a=1` followed by
+            # `data.b=2` silently drops data.a.
+            self._runs_submitted += 1
+            path = self.flwr_home / f"run-config-{self._runs_submitted}.toml"
+            path.write_text(run_config_toml(run_config))
+            args += ["--run-config", str(path)]
         fed = " ".join(f"{k}={toml_value(v)}" for k, v in federation_config.items())
         if fed:
             args += ["--federation-config", fed]
