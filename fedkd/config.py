@@ -46,7 +46,7 @@ class TrainConfig:
     """Local training on a client (``train.*`` keys)."""
 
     model: str = "cnn"
-    local_steps: int = 20
+    local_steps: int = 50
     batch_size: int = 32
     learning_rate: float = 0.05
     momentum: float = 0.0
@@ -110,7 +110,7 @@ class RunConfig:
 
     algorithm: str = "fedavg"
     seed: int = 0
-    num_server_rounds: int = 3
+    num_server_rounds: int = 5
     data: DataSpec = field(default_factory=DataSpec)
     train: TrainConfig = field(default_factory=TrainConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)

@@ -31,4 +31,5 @@ def main(grid: Grid, context: Context) -> None:
     log(INFO, "[fedkd] %s on %s, %d rounds; outputs in %s", cfg.algorithm, cfg.data.dataset,
         cfg.num_server_rounds, output.directory)
     summary = run_rounds(grid, cfg, algorithm, data, output)
-    log(INFO, "[fedkd] done: %s", summary["final"])
+    log(INFO, "[fedkd] done: %d rounds in %.1f s; results in %s", summary["rounds"],
+        summary["wall-time-s"], output.directory)

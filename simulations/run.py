@@ -28,6 +28,7 @@ from pathlib import Path
 
 from fedkd.config import ConfigError, RunConfig, pyproject_defaults
 from fedkd.data.datasets import load_dataset
+from fedkd.data.federated import load_federated
 from fedkd.data.idx import DataFileError
 from fedkd.launch import LaunchError, SimulationSuperLink
 from fedkd.results import default_run_name, read_metrics
@@ -88,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     print(f"[fedkd] {cfg.algorithm} on {cfg.data.dataset}: {args.num_clients} clients, "
           f"{cfg.num_server_rounds} rounds; outputs in {run_dir}", flush=True)
+    partition = load_federated(cfg.data).describe()
+    (run_dir / "partition.txt").write_text(partition + "\n")
+    print(partition, flush=True)
     federation = {
         "num-supernodes": args.num_clients,
         "client-resources-num-cpus": args.cpus_per_client,
@@ -103,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                 log_path.open("w") as log:
             def on_line(line: str) -> None:
                 log.write(line + "\n")
-                if "[fedkd]" in line or "ERROR" in line or "WARNING" in line:
+                if ("[fedkd]" in line or "ERROR" in line or "WARNING" in line) \
+                        and "default simulated SuperNodes" not in line:  # flwr's stale notice
                     print(line, flush=True)
 
             run_id, status = link.run_streaming(APP_DIR, overrides, federation, on_line, args.timeout)

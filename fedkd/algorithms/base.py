@@ -136,4 +136,5 @@ class Algorithm(ABC):
         stats = evaluate(model, client.data.test, batch_size=self.cfg.train.eval_batch_size)
         return Payload(metrics={
             "num-examples": stats.num_examples, "loss": stats.loss, "accuracy": stats.accuracy,
+            "partition-id": client.partition_id,
         })
