@@ -1,6 +1,9 @@
 # fedkd: `make run` runs the main job, `make test` runs the tests. Both set everything up first
 # (virtualenv with pinned dependencies, Debian's Fashion-MNIST package) and reuse it next time.
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+# This machine's pip config names local package folders that may be absent; hide that noise.
+QUIET_PIP := 2>&1 | { grep -v "is neither a file nor a directory" || true; }
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -22,8 +25,8 @@ setup: $(STAMP)
 # else can pull a CUDA build. The stamp is rewritten when the pins change.
 $(STAMP): requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0 $(QUIET_PIP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock $(QUIET_PIP)
 	@touch $(STAMP)
 
 data:
