@@ -81,20 +81,80 @@ def port_is_free(port: int) -> bool:
         return True
 
 
+def descendants(pid: int) -> list[int]:
+    """PIDs of every live descendant of ``pid`` (Linux ``/proc``), children before grandchildren."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                # the command name (field 2) may contain spaces; fields after ')' are fixed
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out: list[int] = []
+    frontier = [pid]
+    while frontier:
+        nxt = [c for p in frontier for c in children.get(p, [])]
+        out.extend(nxt)
+        frontier = nxt
+    return out
+
+
+def _signal_all(pids: list[int], groups: set[int], sig: int) -> None:
+    for pgid in groups:
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"  # zombies are already dead
+    except OSError:
+        return False
+
+
 def stop_process(proc: subprocess.Popen[Any], grace: float = 15.0) -> None:
-    """SIGTERM the process group ``proc`` leads (started with a new session), then SIGKILL."""
+    """Stop ``proc`` (started with ``start_new_session=True``) and everything it started.
+
+    Flower's SuperLink starts ``flower-superexec`` in a session of its own, which starts the
+    simulation process and Ray; if the SuperLink is stopped mid-run they are orphaned and keep
+    running. So the whole process tree is recorded first, then each process group in it gets
+    SIGTERM, and whatever is still alive after ``grace`` seconds gets SIGKILL. Only descendants
+    of ``proc`` are touched.
+    """
     if proc.poll() is not None:
         return
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+    tree = descendants(proc.pid)
+    groups = {proc.pid}
+    for pid in tree:
         try:
-            os.killpg(proc.pid, sig)
+            groups.add(os.getpgid(pid))
         except ProcessLookupError:
+            pass
+    groups.discard(os.getpgrp())  # never signal our own group
+    _signal_all(tree, groups, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        proc.poll()
+        if proc.returncode is not None and not any(_alive(p) for p in tree):
             return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+        time.sleep(0.2)
+    _signal_all([p for p in tree if _alive(p)], groups, signal.SIGKILL)
+    try:
+        proc.wait(timeout=5.0)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def toml_value(value: bool | int | float | str) -> str:

@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
 import time
 import tomllib
@@ -50,6 +51,10 @@ def parse_overrides(pairs: list[str]) -> dict[str, bool | int | float | str]:
                 f"override {pair!r}: value is not TOML (quote strings: {key.strip()}=\"text\")"
             ) from None
     return out
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         "init-args-logging-level": "ERROR",
         "init-args-log-to-driver": False,
     }
+    # Ctrl-C and SIGTERM both unwind through the `with` blocks below, which stop every process
+    # this run started. (A shell's background job may start with SIGINT ignored: re-arm it.)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     start = time.monotonic()
     log_path = run_dir / "run.log"
     try:
