@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Context, Message
+from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedkd.algorithms import ALGORITHMS, Algorithm, ClientContext
+from fedkd.attacks import apply_attack
 from fedkd.config import RunConfig
 from fedkd.data.federated import load_federated
+from fedkd.models import MODELS
 from fedkd.protocol import PHASE_KEY, decode, encode
 
 app = ClientApp()
@@ -36,45 +40,67 @@ def _algorithm(cfg: RunConfig, num_classes: int, input_shape: tuple[int, int, in
     return ALGORITHMS.get(cfg.algorithm)(cfg, num_classes, input_shape)
 
 
-def _client_context(context: Context, cfg: RunConfig) -> ClientContext:
-    node_cfg = context.node_config
-    if "partition-id" not in node_cfg:
+def client_context(
+    cfg: RunConfig, node_id: int, node_config: Mapping[str, Any], state: dict[str, np.ndarray]
+) -> ClientContext:
+    """Everything the algorithm's client half may use on this node for one message."""
+    if "partition-id" not in node_config:
         raise KeyError(
             "node config has no 'partition-id': start the SuperNode with "
             "--node-config 'partition-id=<i> num-partitions=<n>'"
         )
-    partition_id = int(node_cfg["partition-id"])
-    num_partitions = int(node_cfg.get("num-partitions", cfg.data.num_partitions))
+    partition_id = int(node_config["partition-id"])
+    num_partitions = int(node_config.get("num-partitions", cfg.data.num_partitions))
     data = load_federated(dataclasses.replace(cfg.data, num_partitions=num_partitions))
-    state: dict[str, np.ndarray] = {}
-    if STATE_KEY in context.state:
-        state = {k: a.numpy() for k, a in context.state[STATE_KEY].items()}
+    node_model = node_config.get("model")
+    model_name = cfg.train.model_for(partition_id, str(node_model) if node_model else None)
+    if model_name not in MODELS:
+        raise ValueError(
+            f"node config model={model_name!r} is not a model of the zoo; valid names: "
+            f"{', '.join(MODELS.names())}"
+        )
     return ClientContext(
         cfg=cfg,
-        node_id=int(context.node_id),
+        node_id=node_id,
         partition_id=partition_id,
         data=data.client(partition_id),
         num_classes=data.num_classes,
         input_shape=data.input_shape,
+        model_name=model_name,
+        public=data.public,
         state=state,
     )
 
 
-def _handle(msg: Message, context: Context) -> Message:
-    cfg = _config(tuple(sorted(context.run_config.items())))
-    torch.set_num_threads(cfg.train.num_threads)
-    request = decode(msg.content)
+def answer(content: RecordDict, client: ClientContext) -> RecordDict:
+    """Decode a request, let the algorithm's client half answer it, encode the reply."""
+    cfg = client.cfg
+    request = decode(content)
     phase = str(request.config.get(PHASE_KEY, ""))
-    client = _client_context(context, cfg)
     algorithm = _algorithm(cfg, client.num_classes, client.input_shape)
     if phase == "evaluate":
         reply = algorithm.client_evaluate(request, client)
     else:
         reply = algorithm.client_phase(phase, request, client)
+        if client.partition_id in cfg.attack.partition_ids:  # a simulated misbehaving client
+            rng = np.random.default_rng([cfg.seed, int(request.config.get("round", 0)),
+                                         client.partition_id])
+            reply.arrays = apply_attack(cfg.attack.mode, reply.arrays, rng, cfg.attack.scale)
+    return encode(reply)
+
+
+def _handle(msg: Message, context: Context) -> Message:
+    cfg = _config(tuple(sorted(context.run_config.items())))
+    torch.set_num_threads(cfg.train.num_threads)
+    state: dict[str, np.ndarray] = {}
+    if STATE_KEY in context.state:
+        state = {k: a.numpy() for k, a in context.state[STATE_KEY].items()}
+    client = client_context(cfg, int(context.node_id), context.node_config, state)
+    content = answer(msg.content, client)
     if client.state:
         context.state[STATE_KEY] = ArrayRecord({k: Array(np.ascontiguousarray(v))
                                                 for k, v in client.state.items()})
-    return Message(content=encode(reply), reply_to=msg)
+    return Message(content=content, reply_to=msg)
 
 
 @app.train()

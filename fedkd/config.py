@@ -53,6 +53,24 @@ class TrainConfig:
     weight_decay: float = 0.0
     eval_batch_size: int = 512
     num_threads: int = 1
+    client_models: str = ""
+
+    @property
+    def client_model_list(self) -> tuple[str, ...]:
+        """``client-models`` split on commas (empty: every client uses ``model``)."""
+        return tuple(m.strip() for m in self.client_models.split(",") if m.strip())
+
+    def model_for(self, partition_id: int, node_model: str | None = None) -> str:
+        """The architecture of one client.
+
+        A node's own choice (``--node-config model=...``) wins; otherwise ``client-models``
+        is cycled by partition id (``"cnn,mlp,resnet"``: client 0 cnn, 1 mlp, 2 resnet, 3 cnn...);
+        otherwise every client uses ``model``.
+        """
+        if node_model:
+            return node_model
+        models = self.client_model_list
+        return models[partition_id % len(models)] if models else self.model
 
     def __post_init__(self) -> None:
         for name in ("local_steps", "batch_size", "learning_rate", "eval_batch_size", "num_threads"):
@@ -91,11 +109,123 @@ class FederationConfig:
 
 
 @dataclass(frozen=True)
+class AggregationConfig:
+    """The multi-teacher aggregation rule for logit-sharing algorithms (``aggregation.*`` keys).
+
+    ``rule`` names an entry of :data:`fedkd.aggregation.AGGREGATORS`; the other keys are the
+    rules' options (each rule uses those that apply to it).
+    """
+
+    rule: str = "mean"
+    temperature: float = 1.0
+    trim_fraction: float = 0.2
+    era_temperature: float = 0.1
+    era_mode: str = "temperature"
+    era_beta: float = 2.0
+    max_abs_logit: float = 1000.0
+
+    def __post_init__(self) -> None:
+        _positive("aggregation.temperature", self.temperature)
+        _positive("aggregation.max-abs-logit", self.max_abs_logit)
+        if not 0.0 <= self.trim_fraction < 0.5:
+            raise ConfigError(
+                f"aggregation.trim-fraction must be in [0, 0.5), got {self.trim_fraction!r}"
+            )
+        if self.era_mode not in ("temperature", "power"):
+            raise ConfigError(
+                f"aggregation.era-mode must be 'temperature' or 'power', got {self.era_mode!r}"
+            )
+
+    def build(self):  # -> AggregationRule (import kept local: aggregation imports nothing here)
+        """The configured rule, with the options that apply to it."""
+        from fedkd.aggregation import AGGREGATORS, build_aggregator
+
+        options: dict[str, Any] = {"temperature": self.temperature}
+        if self.rule == "trimmed-mean":
+            options["trim_fraction"] = self.trim_fraction
+        elif self.rule == "era":
+            options.update(era_temperature=self.era_temperature, mode=self.era_mode,
+                           beta=self.era_beta)
+        if self.rule not in AGGREGATORS:
+            raise ConfigError(
+                f"aggregation.rule: unknown aggregation rule {self.rule!r}; valid names: "
+                f"{', '.join(AGGREGATORS.names())}"
+            )
+        try:
+            return build_aggregator(self.rule, **options)
+        except ValueError as err:
+            raise ConfigError(f"aggregation: {err}") from err
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Client-side distillation towards aggregated targets, used by FD and FedMD (``distill.*``).
+
+    ``weight`` is FD's gamma (CE + weight * T^2 * KL); ``steps`` are FedMD's digest steps on the
+    public batch per round; ``exclude-self`` is FD's rule of leaving a client's own logits out of
+    its targets (Jeong et al. 2018).
+    """
+
+    weight: float = 1.0
+    temperature: float = 1.0
+    steps: int = 20
+    exclude_self: bool = True
+    public_batch: int = 500
+    server_steps: int = 100
+    pretrain_public_steps: int = 0
+
+    def __post_init__(self) -> None:
+        _positive("distill.temperature", self.temperature)
+        _positive("distill.public-batch", self.public_batch)
+        for name in ("weight", "steps", "server_steps", "pretrain_public_steps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"distill.{name.replace('_', '-')} must be >= 0")
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """Simulated misbehaving clients, for robustness tests and benchmarks (``attack.*`` keys).
+
+    Clients whose partition id is listed in ``partitions`` corrupt every array they upload with
+    ``mode``; off (empty) by default. See :mod:`fedkd.attacks`.
+    """
+
+    partitions: str = ""
+    mode: str = "none"
+    scale: float = 100.0
+
+    @property
+    def partition_ids(self) -> frozenset[int]:
+        try:
+            return frozenset(int(p) for p in self.partitions.split(",") if p.strip())
+        except ValueError:
+            raise ConfigError(
+                f"attack.partitions must be comma-separated integers, got {self.partitions!r}"
+            ) from None
+
+    def __post_init__(self) -> None:
+        from fedkd.attacks import ATTACKS
+
+        _ = self.partition_ids
+        if self.mode != "none" and self.mode not in ATTACKS:
+            raise ConfigError(
+                f"attack.mode: unknown attack {self.mode!r}; valid names: none, "
+                f"{', '.join(ATTACKS.names())}"
+            )
+
+
+@dataclass(frozen=True)
 class OutputConfig:
-    """Where results go (``output.*`` keys)."""
+    """Where results go (``output.*`` keys).
+
+    ``audit-replies`` writes ``replies.jsonl``: one line per client reply (round, phase, node,
+    accepted or why not, and the name, shape, dtype and size of every array it carried), so what
+    left each client can be checked after the run.
+    """
 
     dir: str = "outputs"
     run_name: str = ""
+    audit_replies: bool = True
 
     def __post_init__(self) -> None:
         if not self.dir:
@@ -114,16 +244,22 @@ class RunConfig:
     data: DataSpec = field(default_factory=DataSpec)
     train: TrainConfig = field(default_factory=TrainConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def __post_init__(self) -> None:
         _positive("num-server-rounds", self.num_server_rounds)
         # Imported here: the registries import modules that import this one.
+        from fedkd.aggregation import AGGREGATORS
         from fedkd.algorithms import ALGORITHMS
         from fedkd.models import MODELS
 
-        for registry, name, key in ((ALGORITHMS, self.algorithm, "algorithm"),
-                                    (MODELS, self.train.model, "train.model")):
+        checks = [(ALGORITHMS, self.algorithm, "algorithm"), (MODELS, self.train.model, "train.model")]
+        checks += [(MODELS, m, "train.client-models") for m in self.train.client_model_list]
+        checks += [(AGGREGATORS, self.aggregation.rule, "aggregation.rule")]
+        for registry, name, key in checks:
             if name not in registry:
                 raise ConfigError(
                     f"{key}: unknown {registry.kind} {name!r}; valid names: "

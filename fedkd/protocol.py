@@ -15,7 +15,7 @@ skips it.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -100,6 +100,9 @@ class PhaseSpec:
         Metric keys the reply must contain (``num-examples`` is always required).
     max_reply_bytes
         Bound on the encoded reply; by default the arrays' declared size plus 64 KiB.
+    check
+        Optional check of the decoded reply's meaning (e.g. counts consistent with the work
+        asked for); raises :class:`InvalidReply`. Runs after every structural check passed.
     """
 
     name: str
@@ -107,6 +110,7 @@ class PhaseSpec:
     reply_arrays: Mapping[str, ArraySpec] = field(default_factory=dict)
     reply_metrics: tuple[str, ...] = ()
     max_reply_bytes: int | None = None
+    check: Callable[[Payload], None] | None = None
 
     def __post_init__(self) -> None:
         base = self.message_type.split(".", 1)[0]
@@ -207,7 +211,10 @@ def validate_reply(content: RecordDict, spec: PhaseSpec) -> Payload:
         raise InvalidReply(f"metric 'num-examples' must be a non-negative integer, got {n!r}")
 
     config_rec = content.get(CONFIG_KEY)
-    return Payload(arrays=arrays, config=dict(config_rec) if config_rec else {}, metrics=metrics)
+    payload = Payload(arrays=arrays, config=dict(config_rec) if config_rec else {}, metrics=metrics)
+    if spec.check is not None:
+        spec.check(payload)
+    return payload
 
 
 def _check_array(name: str, array: Array, spec: ArraySpec) -> np.ndarray:

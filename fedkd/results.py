@@ -19,6 +19,7 @@ from fedkd.config import RunConfig
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+AUDIT_FILE = "replies.jsonl"
 
 
 def default_run_name(cfg: RunConfig, now: float | None = None) -> str:
@@ -44,6 +45,14 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def _append_line(path: Path, obj: Mapping[str, Any], sync: bool) -> None:
+    with path.open("a") as fh:
+        fh.write(json.dumps(_jsonable(obj), sort_keys=True) + "\n")
+        if sync:
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
 class RunOutput:
     """The output directory of one run.
 
@@ -57,6 +66,7 @@ class RunOutput:
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.metrics_path = directory / METRICS_FILE
+        self.audit_path = directory / AUDIT_FILE
 
     @classmethod
     def for_config(cls, cfg: RunConfig) -> RunOutput:
@@ -72,19 +82,20 @@ class RunOutput:
 
     def append_metrics(self, row: Mapping[str, Any]) -> None:
         """Append one round's row to ``metrics.jsonl`` and flush it to disk."""
-        with self.metrics_path.open("a") as fh:
-            fh.write(json.dumps(_jsonable(row), sort_keys=True) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        _append_line(self.metrics_path, row, sync=True)
+
+    def append_audit(self, record: Mapping[str, Any]) -> None:
+        """Append one reply's record to ``replies.jsonl`` (what left a client, as received)."""
+        _append_line(self.audit_path, record, sync=False)
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         """Write ``summary.json`` (atomically)."""
         _write_json_atomic(self.directory / SUMMARY_FILE, summary)
 
 
-def read_metrics(path: Path | str) -> list[dict[str, Any]]:
-    """Rows of a ``metrics.jsonl`` file (or of ``<dir>/metrics.jsonl`` given a run directory)."""
+def read_metrics(path: Path | str, name: str = METRICS_FILE) -> list[dict[str, Any]]:
+    """Rows of a JSON-lines file, or of ``<dir>/<name>`` given a run directory."""
     p = Path(path)
     if p.is_dir():
-        p = p / METRICS_FILE
+        p = p / name
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]

@@ -14,9 +14,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedkd.data.datasets import ArrayDataset
+from fedkd.losses import kd_kl_from_probs
 
 #: An extra loss term added to each step: ``(model, x, y, logits) -> loss`` (e.g. distillation).
 ExtraLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+#: Called after each step with the batch's detached logits and labels (e.g. FD's per-class tracker).
+BatchObserver = Callable[[torch.Tensor, torch.Tensor], None]
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ def fit_supervised(
     momentum: float = 0.0,
     weight_decay: float = 0.0,
     extra_loss: ExtraLoss | None = None,
+    observe: BatchObserver | None = None,
 ) -> FitStats:
     """Train ``model`` with SGD on cross-entropy for ``steps`` mini-batches.
 
@@ -83,6 +87,8 @@ def fit_supervised(
     ----------
     extra_loss
         Optional term added to the cross-entropy at every step (e.g. a distillation term).
+    observe
+        Optional callback given each batch's detached logits and labels.
     """
     optimizer = torch.optim.SGD(
         model.parameters(), lr=learning_rate, momentum=momentum, weight_decay=weight_decay
@@ -101,6 +107,8 @@ def fit_supervised(
         optimizer.step()
         total_loss += float(loss.detach())
         correct += int((logits.detach().argmax(1) == y).sum())
+        if observe is not None:
+            observe(logits.detach(), y)
         seen += len(y)
         done += 1
     return FitStats(
@@ -134,3 +142,55 @@ def state_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:
 def load_numpy_state(model: nn.Module, arrays: dict[str, np.ndarray]) -> None:
     """Load arrays produced by :func:`state_to_numpy` (strict: same keys and shapes)."""
     model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()}, strict=True)
+
+
+def fit_to_targets(
+    model: nn.Module,
+    x: np.ndarray,
+    targets: np.ndarray,
+    *,
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    temperature: float,
+    generator: torch.Generator,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+) -> FitStats:
+    """Distil ``model`` towards soft ``targets`` [N, C] on inputs ``x`` [N, ...].
+
+    Minimises T^2 * KL(targets || softmax(model(x) / T)) (the survey's eq. 1.1.3 with the
+    teacher given as probabilities) with SGD over ``steps`` mini-batches. ``accuracy`` is the
+    agreement of the model's argmax with the targets' argmax on the batches seen.
+    """
+    if len(x) != len(targets):
+        raise ValueError(f"{len(x)} inputs but {len(targets)} targets")
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=learning_rate, momentum=momentum, weight_decay=weight_decay
+    )
+    model.train()
+    total_loss, agree, seen, done = 0.0, 0, 0, 0
+    for idx in batch_indices(len(x), batch_size, steps, generator):
+        rows = idx.numpy()
+        xb = torch.from_numpy(np.ascontiguousarray(x[rows]))
+        tb = torch.from_numpy(np.ascontiguousarray(targets[rows], dtype=np.float32))
+        optimizer.zero_grad(set_to_none=True)
+        logits = model(xb)
+        loss = kd_kl_from_probs(logits, tb, temperature)
+        loss.backward()
+        optimizer.step()
+        total_loss += float(loss.detach())
+        agree += int((logits.detach().argmax(1) == tb.argmax(1)).sum())
+        seen += len(rows)
+        done += 1
+    return FitStats(
+        loss=total_loss / max(done, 1), accuracy=agree / max(seen, 1), steps=done, samples_seen=seen
+    )
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: np.ndarray, *, batch_size: int = 512) -> np.ndarray:
+    """Logits [N, C] of ``model`` on ``x`` in eval mode, without gradients, as float32."""
+    model.eval()
+    out = [model(torch.tensor(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+    return torch.cat(out).numpy().astype(np.float32, copy=False)

@@ -12,7 +12,7 @@ from fedkd.algorithms import ALGORITHMS
 from fedkd.config import RunConfig
 from fedkd.data.federated import load_federated
 from fedkd.results import RunOutput
-from server.loop import run_rounds
+from server.loop import FlowerExchange, run_rounds, wait_for_nodes
 
 app = ServerApp()
 
@@ -30,6 +30,11 @@ def main(grid: Grid, context: Context) -> None:
     output = RunOutput.for_config(cfg)
     log(INFO, "[fedkd] %s on %s, %d rounds; outputs in %s", cfg.algorithm, cfg.data.dataset,
         cfg.num_server_rounds, output.directory)
-    summary = run_rounds(grid, cfg, algorithm, data, output)
+    fed = cfg.federation
+    summary = run_rounds(
+        cfg, algorithm, data, output,
+        online_nodes=lambda: wait_for_nodes(grid, fed.min_nodes, fed.node_wait_timeout),
+        make_exchange=lambda *args, **kwargs: FlowerExchange(grid, *args, **kwargs),
+    )
     log(INFO, "[fedkd] done: %d rounds in %.1f s; results in %s", summary["rounds"],
         summary["wall-time-s"], output.directory)

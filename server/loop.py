@@ -9,14 +9,15 @@ row to ``metrics.jsonl``.
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import Message
+from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
@@ -41,59 +42,90 @@ class Traffic:
     up: Counter[int] = field(default_factory=Counter)
 
 
-class FlowerExchange:
-    """Sends one message per node for a phase and returns the replies that pass validation.
+#: Why a node's reply was not used: rejected by the contract check, an error raised by the
+#: client, or no reply within the timeout.
+FAILURE_KINDS = ("rejected", "client-error", "timeout")
 
-    Failures (client errors, timeouts, invalid replies) are logged with the node and the reason,
+
+@dataclass(frozen=True)
+class Failure:
+    kind: str
+    reason: str
+
+
+def describe_arrays(content: RecordDict) -> dict[str, dict[str, Any]]:
+    """Name -> declared shape, dtype and bytes of every array in a reply (nothing is decoded)."""
+    out: dict[str, dict[str, Any]] = {}
+    for rec_name, rec in content.items():
+        if isinstance(rec, ArrayRecord):
+            for name, arr in rec.items():
+                out[f"{rec_name}/{name}"] = {
+                    "shape": list(arr.shape), "dtype": arr.dtype, "bytes": len(arr.data),
+                }
+    return out
+
+
+class RoundExchange(ABC):
+    """One round's message exchanges: send one request per node, validate, count, log.
+
+    Subclasses only move messages (:meth:`_send`): :class:`FlowerExchange` through Flower's
+    ``Grid``; tests use an in-process one. Everything else, the contract check, the failure
+    accounting, the audit records, the traffic counts and the quorum, is shared.
+
+    Failures (client errors, timeouts, rejected replies) are logged with the node and the reason,
     recorded in :attr:`failures`, and skipped. Fewer than ``min_replies`` valid replies raise
-    :class:`QuorumError`.
+    :class:`QuorumError`. ``audit`` (if given) receives one record per reply.
     """
 
-    def __init__(self, grid: Grid, rnd: int, timeout: float, min_replies: int, traffic: Traffic) -> None:
-        self.grid = grid
+    def __init__(
+        self, rnd: int, timeout: float, min_replies: int, traffic: Traffic,
+        audit: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self.rnd = rnd
         self.timeout = timeout
         self.min_replies = min_replies
         self.traffic = traffic
-        self.failures: dict[str, dict[int, str]] = {}
+        self.audit = audit
+        self.failures: dict[str, dict[int, Failure]] = {}
+
+    @abstractmethod
+    def _send(self, phase: PhaseSpec, requests: dict[int, RecordDict]) -> dict[int, RecordDict | Failure]:
+        """Deliver each request; return each node's reply content, or a failure (no entry: no reply)."""
 
     def __call__(
         self, phase: PhaseSpec, requests: Mapping[int, Payload], *, min_replies: int | None = None
     ) -> ExchangeResult:
-        messages = []
+        contents = {}
         for node, payload in requests.items():
-            content = encode(Payload(
+            contents[node] = encode(Payload(
                 arrays=payload.arrays,
                 config={**payload.config, PHASE_KEY: phase.name},
                 metrics=payload.metrics,
             ))
-            self.traffic.down[node] += content_nbytes(content)
-            messages.append(Message(
-                content=content, dst_node_id=node, message_type=phase.message_type,
-                group_id=str(self.rnd),
-            ))
-        replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
-        target = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+            self.traffic.down[node] += content_nbytes(contents[node])
+        answers = self._send(phase, contents)
 
         valid: dict[int, Payload] = {}
-        failures: dict[int, str] = {}
-        for reply in replies:
-            node = target.get(reply.metadata.reply_to_message_id)
-            if node is None or node in valid or node in failures:
-                continue  # not a reply to this exchange, or a duplicate
-            if reply.has_error():
-                failures[node] = f"client error {reply.error.code}: {reply.error.reason}"
-                continue
-            self.traffic.up[node] += content_nbytes(reply.content)
-            try:
-                valid[node] = validate_reply(reply.content, phase)
-            except InvalidReply as err:
-                failures[node] = f"invalid reply: {err}"
+        failures: dict[int, Failure] = {}
         for node in requests:
-            if node not in valid and node not in failures:
-                failures[node] = f"no reply within {self.timeout:g} s"
-        for node, reason in failures.items():
-            log(WARNING, "round %d, phase %s: node %d skipped: %s", self.rnd, phase.name, node, reason[:500])
+            answer = answers.get(node)
+            if answer is None:
+                failures[node] = Failure("timeout", f"no reply within {self.timeout:g} s")
+                self._audit(phase, node, "timeout", failures[node].reason, None)
+            elif isinstance(answer, Failure):
+                failures[node] = answer
+                self._audit(phase, node, answer.kind, answer.reason, None)
+            else:
+                self.traffic.up[node] += content_nbytes(answer)
+                try:
+                    valid[node] = validate_reply(answer, phase)
+                    self._audit(phase, node, "accepted", "", answer)
+                except InvalidReply as err:
+                    failures[node] = Failure("rejected", str(err))
+                    self._audit(phase, node, "rejected", str(err), answer)
+        for node, failure in failures.items():
+            log(WARNING, "round %d, phase %s: node %d skipped (%s): %s", self.rnd, phase.name, node,
+                failure.kind, failure.reason[:500])
         self.failures.setdefault(phase.name, {}).update(failures)
 
         needed = self.min_replies if min_replies is None else min_replies
@@ -101,9 +133,52 @@ class FlowerExchange:
             raise QuorumError(
                 f"round {self.rnd}, phase {phase.name!r}: only {len(valid)} valid replies of "
                 f"{len(requests)} (federation.min-replies = {needed}); failures: "
-                + "; ".join(f"node {n}: {r[:200]}" for n, r in failures.items())
+                + "; ".join(f"node {n} {f.kind}: {f.reason[:200]}" for n, f in failures.items())
             )
-        return ExchangeResult(replies=valid, failures=failures)
+        return ExchangeResult(replies=valid, failures={n: f.reason for n, f in failures.items()})
+
+    def _audit(self, phase: PhaseSpec, node: int, status: str, reason: str,
+               content: RecordDict | None) -> None:
+        if self.audit is None:
+            return
+        self.audit({
+            "round": self.rnd, "phase": phase.name, "node": node, "status": status,
+            "reason": reason[:500],
+            "arrays": describe_arrays(content) if content is not None else {},
+            "bytes": content_nbytes(content) if content is not None else 0,
+        })
+
+    def failure_counts(self) -> dict[str, int]:
+        """Failures of this round by kind (``rejected``, ``client-error``, ``timeout``)."""
+        counts = Counter(f.kind for per_phase in self.failures.values() for f in per_phase.values())
+        return {kind: counts.get(kind, 0) for kind in FAILURE_KINDS}
+
+
+class FlowerExchange(RoundExchange):
+    """A :class:`RoundExchange` over Flower's ``Grid`` (simulation or deployment)."""
+
+    def __init__(self, grid: Grid, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.grid = grid
+
+    def _send(self, phase: PhaseSpec, requests: dict[int, RecordDict]) -> dict[int, RecordDict | Failure]:
+        messages = [
+            Message(content=content, dst_node_id=node, message_type=phase.message_type,
+                    group_id=str(self.rnd))
+            for node, content in requests.items()
+        ]
+        replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
+        target = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}  # ids set on push
+        answers: dict[int, RecordDict | Failure] = {}
+        for reply in replies:
+            node = target.get(reply.metadata.reply_to_message_id)
+            if node is None or node in answers:
+                continue  # not a reply to this exchange, or a duplicate
+            if reply.has_error():
+                answers[node] = Failure("client-error", f"{reply.error.code}: {reply.error.reason}")
+            else:
+                answers[node] = reply.content
+        return answers
 
 
 def wait_for_nodes(grid: Grid, min_nodes: int, timeout: float, poll: float = 1.0) -> list[int]:
@@ -132,10 +207,27 @@ def _mean(values: Sequence[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+ExchangeFactory = Callable[..., RoundExchange]
+
+
 def run_rounds(
-    grid: Grid, cfg: RunConfig, algorithm: Algorithm, data: FederatedData, output: RunOutput
+    cfg: RunConfig,
+    algorithm: Algorithm,
+    data: FederatedData,
+    output: RunOutput,
+    online_nodes: Callable[[], list[int]],
+    make_exchange: ExchangeFactory,
 ) -> dict[str, Any]:
-    """Run every round; returns the run summary (also written to ``summary.json``)."""
+    """Run every round; returns the run summary (also written to ``summary.json``).
+
+    Parameters
+    ----------
+    online_nodes
+        Returns the node ids available now (waiting for a quorum if it must).
+    make_exchange
+        Builds a round's :class:`RoundExchange` from ``(rnd, timeout, min_replies, traffic,
+        audit=...)``.
+    """
     fed = cfg.federation
     algorithm.setup_server(data)
     rng = np.random.default_rng([cfg.seed, 0x5A3F])
@@ -144,10 +236,11 @@ def run_rounds(
     for rnd in range(1, cfg.num_server_rounds + 1):
         start = time.monotonic()
         timeout = fed.first_round_timeout if rnd == 1 else fed.round_timeout
-        online = wait_for_nodes(grid, fed.min_nodes, fed.node_wait_timeout)
+        online = online_nodes()
         sampled = sample_nodes(online, fed.fraction_train, rng)
         traffic = Traffic()
-        exchange = FlowerExchange(grid, rnd, timeout, fed.min_replies, traffic)
+        exchange = make_exchange(rnd, timeout, fed.min_replies, traffic,
+                                 audit=output.append_audit if cfg.output.audit_replies else None)
         row: dict[str, Any] = {"round": rnd, "algorithm": cfg.algorithm, "sampled": len(sampled)}
         row.update(algorithm.run_round(rnd, sampled, exchange))
 
@@ -161,7 +254,10 @@ def run_rounds(
             request = algorithm.evaluation_request(rnd)
             result = exchange(EVALUATE_PHASE, {n: request for n in online}, min_replies=0)
             clients = {str(n): dict(p.metrics) for n, p in sorted(result.replies.items())}
-        evaluated = [c for c in clients.values() if c["num-examples"] > 0]
+        for node in sorted(set(traffic.up) | set(traffic.down)):
+            clients.setdefault(str(node), {}).update(
+                {"bytes-up": traffic.up[node], "bytes-down": traffic.down[node]})
+        evaluated = [c for c in clients.values() if c.get("num-examples", 0) > 0]
         n_total = sum(c["num-examples"] for c in evaluated)
         row.update({
             "personalized-accuracy": _mean([c["accuracy"] for c in evaluated]),
@@ -173,8 +269,11 @@ def run_rounds(
             "bytes-up": sum(traffic.up.values()),
             "bytes-down-per-client": _mean(list(traffic.down.values())),
             "bytes-up-per-client": _mean(list(traffic.up.values())),
-            "failures": {ph: {str(n): r for n, r in f.items()} for ph, f in exchange.failures.items() if f},
+            "failures": {ph: {str(n): f"{f.kind}: {f.reason}" for n, f in per_phase.items()}
+                         for ph, per_phase in exchange.failures.items() if per_phase},
             "num-failures": sum(len(f) for f in exchange.failures.values()),
+            **{f"{kind}-replies" if kind == "rejected" else f"{kind}s": n
+               for kind, n in exchange.failure_counts().items()},
             "wall-time-s": time.monotonic() - start,
         })
         output.append_metrics(row)
@@ -196,6 +295,13 @@ def run_rounds(
     return summary
 
 
+def _human_bytes(n: float) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} B"
+
+
 def format_progress(row: Mapping[str, Any], rounds: int) -> str:
     """One human-readable line per round."""
     parts = [f"[fedkd] round {row['round']}/{rounds}"]
@@ -203,8 +309,9 @@ def format_progress(row: Mapping[str, Any], rounds: int) -> str:
         parts.append(f"global acc {row['global-accuracy']:.4f} loss {row['global-loss']:.4f}")
     if row.get("personalized-accuracy") is not None:
         parts.append(f"personal acc {row['personalized-accuracy']:.4f}")
-    parts.append(f"up {row['bytes-up'] / 1e6:.2f} MB down {row['bytes-down'] / 1e6:.2f} MB")
+    parts.append(f"up {_human_bytes(row['bytes-up'])} down {_human_bytes(row['bytes-down'])}")
     if row["num-failures"]:
-        parts.append(f"failures {row['num-failures']}")
+        parts.append(f"rejected {row['rejected-replies']} errors {row['client-errors']} "
+                     f"timeouts {row['timeouts']}")
     parts.append(f"{row['wall-time-s']:.1f} s")
     return " | ".join(parts)

@@ -1,14 +1,17 @@
 """Federated algorithms, one file each; each registers itself in :data:`ALGORITHMS`.
 
-| name | shares | file |
+| name | what leaves a client | file |
 |---|---|---|
 | ``fedavg`` | model weights (baseline) | ``fedavg.py`` |
+| ``fd`` | per-class mean logits [C, C] and counts [C] | ``fd.py`` |
+| ``fedmd`` | logits on announced public samples [N, C] | ``fedmd.py`` |
+| ``local`` | nothing (metrics only): local training, the personalised baseline | ``local.py`` |
 """
 
 from __future__ import annotations
 
 from fedkd.algorithms.registry import ALGORITHMS
 from fedkd.algorithms.base import Algorithm, ClientContext, Exchange, ExchangeResult, QuorumError
-from fedkd.algorithms import fedavg  # noqa: F401  (registers "fedavg")
+from fedkd.algorithms import fd, fedavg, fedmd, local  # noqa: F401  (register themselves)
 
 __all__ = ["ALGORITHMS", "Algorithm", "ClientContext", "Exchange", "ExchangeResult", "QuorumError"]

@@ -26,10 +26,14 @@ import torch
 from torch import nn
 
 from fedkd.config import RunConfig
+from fedkd.data.datasets import ArrayDataset
 from fedkd.data.federated import ClientData, FederatedData
 from fedkd.models import build_model
 from fedkd.protocol import PhaseSpec, Payload
-from fedkd.training import evaluate
+from fedkd.training import evaluate, load_numpy_state, state_to_numpy
+
+#: Prefix of the personal model's arrays in a client's node state.
+PERSONAL_PREFIX = "model/"
 
 #: Personalised evaluation: every algorithm answers it with loss and accuracy on the local test split.
 EVALUATE_PHASE = PhaseSpec(
@@ -64,7 +68,8 @@ class ClientContext:
     """Everything the client half may use on one node for one message.
 
     ``state`` persists across rounds of one run on this node (Flower's ``Context.state``); the
-    client app saves whatever the algorithm leaves in it.
+    client app saves whatever the algorithm leaves in it. ``public`` is the public split shared
+    by every node (for public-set algorithms such as FedMD).
     """
 
     cfg: RunConfig
@@ -73,6 +78,8 @@ class ClientContext:
     data: ClientData
     num_classes: int
     input_shape: tuple[int, int, int]
+    model_name: str
+    public: ArrayDataset
     state: MutableMapping[str, np.ndarray] = field(default_factory=dict)
 
 
@@ -126,9 +133,26 @@ class Algorithm(ABC):
     def client_phase(self, phase: str, request: Payload, client: ClientContext) -> Payload:
         """Answer a request of ``phase`` on one client."""
 
+    def personal_model(self, client: ClientContext) -> nn.Module:
+        """The client's own model: restored from its node state, or freshly initialised.
+
+        Fresh models are seeded from the run seed and the partition id, so a rerun with the same
+        seed starts every client from the same weights.
+        """
+        model = self.build_model(client.model_name, seed=self.cfg.seed * 1_000_003 + client.partition_id)
+        saved = {k[len(PERSONAL_PREFIX):]: v for k, v in client.state.items()
+                 if k.startswith(PERSONAL_PREFIX)}
+        if saved:
+            load_numpy_state(model, saved)
+        return model
+
+    def save_personal_model(self, client: ClientContext, model: nn.Module) -> None:
+        """Keep the client's model in its node state for the next round (it never leaves the node)."""
+        client.state.update({PERSONAL_PREFIX + k: v for k, v in state_to_numpy(model).items()})
+
     def client_evaluation_model(self, request: Payload, client: ClientContext) -> nn.Module:
         """The model a client evaluates on its local test split (default: its personal model)."""
-        raise NotImplementedError(f"{type(self).__name__} has no client evaluation model")
+        return self.personal_model(client)
 
     def client_evaluate(self, request: Payload, client: ClientContext) -> Payload:
         """Loss and accuracy of :meth:`client_evaluation_model` on the local test split."""

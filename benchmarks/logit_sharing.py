@@ -1,0 +1,128 @@
+"""Logit sharing against weight sharing and local training, through the real Flower simulation.
+
+Every run uses the same data (Fashion-MNIST, Dirichlet alpha over 20 clients), the same rounds,
+local steps and seed; only the algorithm (and, for one run, the client architectures) changes.
+Each run is a separate ``python -m simulations.run`` (own SuperLink, real Ray backend); the table
+is built from the runs' own ``metrics.jsonl`` files.
+
+Run (about 30-40 minutes on 2 CPU cores with the defaults)::
+
+    .venv/bin/python -m benchmarks.logit_sharing [--rounds 10] [--clients 20] [--alpha 0.1]
+
+Writes ``benchmarks/results/logit_sharing.{json,md}`` and prints the table: final global accuracy
+(server model on the official test set; FD and local have none), final mean personalized accuracy
+(each client's model on its local test split), bytes uploaded per client per round (mean over
+rounds), and wall time per round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fedkd.results import read_metrics
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: name -> run-config overrides on top of the shared settings.
+RUNS: dict[str, dict[str, Any]] = {
+    "fedavg (weights)": {"algorithm": "fedavg"},
+    "fd (mean)": {"algorithm": "fd"},
+    "fedmd (mean)": {"algorithm": "fedmd", "aggregation.rule": "mean"},
+    "fedmd (era)": {"algorithm": "fedmd", "aggregation.rule": "era"},
+    "local only": {"algorithm": "local"},
+    "fedmd (mean), mixed cnn/mlp/resnet": {
+        "algorithm": "fedmd", "aggregation.rule": "mean", "train.client-models": "cnn,mlp,resnet",
+    },
+}
+
+
+def toml(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, str) else str(value).lower() \
+        if isinstance(value, bool) else str(value)
+
+
+def run_one(name: str, overrides: dict[str, Any], args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
+    run_name = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    settings = {
+        "data.alpha": args.alpha, "train.model": "cnn", "train.local-steps": args.local_steps,
+        "seed": args.seed, "data.seed": args.seed, "federation.min-nodes": args.clients,
+        "federation.min-replies": max(1, args.clients // 2), **overrides,
+    }
+    cmd = [sys.executable, "-m", "simulations.run", "--num-clients", str(args.clients),
+           "--rounds", str(args.rounds), "--output-dir", str(out_dir), "--name", run_name]
+    for key, value in settings.items():
+        cmd += ["--set", f"{key}={toml(value)}"]
+    start = time.monotonic()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    rows = read_metrics(out_dir / run_name)
+    last = rows[-1]
+    return {
+        "name": name, "settings": settings, "run-dir": str(out_dir / run_name),
+        "global-accuracy": last.get("global-accuracy"),
+        "personalized-accuracy": last.get("personalized-accuracy"),
+        "bytes-up-per-client-per-round": statistics.mean(r["bytes-up-per-client"] for r in rows),
+        "bytes-down-per-client-per-round": statistics.mean(r["bytes-down-per-client"] for r in rows),
+        "wall-time-per-round-s": statistics.mean(r["wall-time-s"] for r in rows),
+        "rejected-replies": sum(r["rejected-replies"] for r in rows),
+        "process-wall-time-s": time.monotonic() - start,
+    }
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    base = next((r for r in results if r["name"].startswith("fedavg")), None)
+    lines = ["| run | global acc | personalized acc | bytes up / client / round | x fewer than FedAvg | s / round |",
+             "|---|---|---|---|---|---|"]
+    for r in results:
+        ratio = (base["bytes-up-per-client-per-round"] / r["bytes-up-per-client-per-round"]
+                 if base and r["bytes-up-per-client-per-round"] else None)
+        g = "-" if r["global-accuracy"] is None else f"{r['global-accuracy']:.4f}"
+        lines.append(
+            f"| {r['name']} | {g} | {r['personalized-accuracy']:.4f} | "
+            f"{r['bytes-up-per-client-per-round']:,.0f} | {'-' if ratio is None else f'{ratio:,.0f}'} | "
+            f"{r['wall-time-per-round-s']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--alpha", type=float, default=0.1)
+    parser.add_argument("--local-steps", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", nargs="*", help="run only these names (prefix match)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = parser.parse_args(argv)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for name, overrides in RUNS.items():
+        if args.only and not any(name.startswith(p) for p in args.only):
+            continue
+        print(f"running {name} ...", flush=True)
+        results.append(run_one(name, overrides, args, out / "runs"))
+        print(f"  {results[-1]}", flush=True)
+    header = (f"Fashion-MNIST, {args.clients} clients, Dirichlet alpha {args.alpha}, "
+              f"{args.rounds} rounds, {args.local_steps} local steps of batch 32, CNN unless noted, "
+              f"seed {args.seed}. Command: .venv/bin/python -m benchmarks.logit_sharing "
+              f"--rounds {args.rounds} --clients {args.clients} --alpha {args.alpha}")
+    md = header + "\n\n" + table(results) + "\n"
+    (out / "logit_sharing.md").write_text(md)
+    (out / "logit_sharing.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

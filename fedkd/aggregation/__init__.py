@@ -1,0 +1,34 @@
+"""Multi-teacher aggregation rules: teacher logits ``[K, N, C]`` -> soft targets ``[N, C]``.
+
+One file per rule; each registers itself in :data:`AGGREGATORS`. Build one by name with
+:func:`build_aggregator` and call it: ``rule(logits, weights=..., mask=...)``.
+
+| name | formula (``p_k = softmax(z_k / T)``) | options | file |
+|---|---|---|---|
+| ``mean`` | mean of ``p_k`` (survey eq. 3.4.2.1) | ``temperature`` | ``mean.py`` |
+| ``weighted`` | ``sum w p / sum w``; weights ``[K]`` or ``[K, N]`` required | ``temperature`` | ``weighted.py`` |
+| ``entropy`` | EBKD: ``w = (1 - H_k / sum H) / (K - 1)`` | ``temperature`` | ``entropy.py`` |
+| ``confidence`` | ``w = max_c p_k`` normalised | ``temperature`` | ``confidence.py`` |
+| ``era`` | DS-FL: ``softmax(mean p / T_era)`` or ``pbar**beta`` normalised | ``temperature``, ``era_temperature``, ``mode``, ``beta`` | ``era.py`` |
+| ``median`` | ``softmax(median z_k / T)`` (FedRAD, FedMedian) | ``temperature`` | ``median.py`` |
+| ``trimmed-mean`` | ``softmax(trimmed mean z_k / T)`` (FedTrimmedAvg) | ``temperature``, ``trim_fraction`` | ``trimmed_mean.py`` |
+
+Only ``weighted`` takes ``weights`` (the others raise if given them); every rule honours
+``mask`` ``[K, N]``. :func:`label_weights` turns per-label counts ``[K, C]`` into ``[K, N]``
+weights.
+"""
+
+from __future__ import annotations
+
+from fedkd.aggregation.base import AGGREGATORS, AggregationRule, build_aggregator, label_weights
+from fedkd.aggregation import (  # noqa: F401  (each import registers its rule)
+    confidence,
+    entropy,
+    era,
+    mean,
+    median,
+    trimmed_mean,
+    weighted,
+)
+
+__all__ = ["AGGREGATORS", "AggregationRule", "build_aggregator", "label_weights"]

@@ -1,0 +1,383 @@
+"""The aggregation-rule contract, its shared validation, the registry and numeric helpers.
+
+A multi-teacher aggregation rule turns the raw logits of ``K`` teachers (clients) on ``N`` shared
+samples into one soft target per sample::
+
+    logits [K, N, C]  --rule-->  targets [N, C]   (probabilities: rows sum to 1, float32)
+
+Rules are pure numpy. They compute in float64 and return float32. Every rule first softens each
+teacher with the rule's ``temperature`` ``T``: ``p_k = softmax(z_k / T)`` (or, for the rules that
+work on logits, ``z_k / T``). ``softmax`` subtracts the row maximum, so it cannot overflow.
+
+Optional inputs, validated once here for every rule (:meth:`AggregationRule.__call__`):
+
+``weights``
+    Non-negative per-teacher weights, shape ``[K]`` (e.g. sample counts, broadcast to every
+    sample) or ``[K, N]`` (per teacher per sample, e.g. from :func:`label_weights`). Only rules
+    that declare ``uses_weights`` (the ``weighted`` rule) accept them. Every other rule raises
+    :class:`ValueError` when weights are given, so a weighting is never silently dropped.
+``mask``
+    Boolean ``[K, N]``: ``mask[k, n]`` is true when teacher ``k`` has a prediction for sample
+    ``n`` (FD, for example: a client with no samples of a class has no logit vector for it).
+    Every rule excludes the invalid teachers sample by sample, and every sample needs at least
+    one valid teacher. The logits of masked-out entries are never read, but they must still be
+    finite numbers (fill them with 0).
+
+Rules register themselves in :data:`AGGREGATORS`; :func:`build_aggregator` builds one by name.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from abc import ABC, abstractmethod
+from numbers import Real
+from typing import Any, ClassVar
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from fedkd.registry import Registry
+
+__all__ = [
+    "AGGREGATORS",
+    "AggregationRule",
+    "build_aggregator",
+    "label_weights",
+    "softmax",
+    "log_softmax",
+    "entropy",
+    "masked_average",
+]
+
+FloatArray = NDArray[np.float64]
+BoolArray = NDArray[np.bool_]
+
+AGGREGATORS: Registry[type[AggregationRule]] = Registry("aggregation rule")
+"""Every aggregation rule, by the name used in run configs (``"mean"``, ``"median"``...)."""
+
+
+# --------------------------------------------------------------------------------------------
+# numeric helpers (float64 in, float64 out)
+# --------------------------------------------------------------------------------------------
+
+
+def log_softmax(x: FloatArray, axis: int = -1) -> FloatArray:
+    """Numerically stable ``log softmax(x)`` along ``axis`` (max subtracted first).
+
+    Entries equal to ``-inf`` give ``-inf``; at least one entry per slice must be finite.
+    """
+    shifted = x - np.max(x, axis=axis, keepdims=True)
+    with np.errstate(under="ignore"):
+        lse = np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+    return shifted - lse
+
+
+def softmax(x: FloatArray, axis: int = -1) -> FloatArray:
+    """Numerically stable ``softmax(x)`` along ``axis``; rows sum to 1.
+
+    Entries equal to ``-inf`` get probability 0; at least one entry per slice must be finite.
+    """
+    shifted = x - np.max(x, axis=axis, keepdims=True)
+    with np.errstate(under="ignore"):
+        e = np.exp(shifted)
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def entropy(log_p: FloatArray, axis: int = -1) -> FloatArray:
+    """Shannon entropy ``-sum p log p`` (nats) from log-probabilities, with ``0 log 0 = 0``."""
+    with np.errstate(under="ignore", invalid="ignore"):
+        p = np.exp(log_p)
+        terms = np.where(p > 0.0, p * log_p, 0.0)
+    return -np.sum(terms, axis=axis)
+
+
+def masked_average(values: FloatArray, weights: FloatArray, mask: BoolArray) -> FloatArray:
+    """Weighted average over teachers of ``values`` ``[K, N, C]`` with ``weights`` ``[K, N]``.
+
+    Masked-out teachers (``mask[k, n]`` false) are excluded whatever their weight or values.
+    The valid weights of every sample must sum to a positive number (the caller checks).
+    """
+    w = np.where(mask, weights, 0.0)
+    safe_values = np.where(mask[..., None], values, 0.0)
+    total = np.sum(w, axis=0)  # [N]
+    return np.einsum("kn,knc->nc", w, safe_values) / total[:, None]
+
+
+# --------------------------------------------------------------------------------------------
+# validation helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _check_positive_float(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    out = float(value)
+    if not math.isfinite(out) or out <= 0.0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return out
+
+
+def _as_real_array(name: str, value: ArrayLike) -> FloatArray:
+    arr = np.asarray(value)
+    if arr.dtype == np.bool_ or not (
+        np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+    ):
+        raise ValueError(f"{name} must be a real-valued numeric array, got dtype {arr.dtype}")
+    return arr.astype(np.float64, copy=False)
+
+
+def _check_finite(name: str, arr: FloatArray) -> None:
+    if np.isnan(arr).any():
+        raise ValueError(f"{name} contain NaN ({int(np.isnan(arr).sum())} entries)")
+    if np.isinf(arr).any():
+        raise ValueError(f"{name} contain Inf ({int(np.isinf(arr).sum())} entries)")
+
+
+# --------------------------------------------------------------------------------------------
+# the rule contract
+# --------------------------------------------------------------------------------------------
+
+
+class AggregationRule(ABC):
+    """Base class: aggregate teacher logits ``[K, N, C]`` into soft targets ``[N, C]``.
+
+    Subclasses set :attr:`name`, register with ``@AGGREGATORS.register(name)``, add their own
+    keyword-only options to ``__init__`` (validated there, :class:`ValueError` on bad values) and
+    implement :meth:`_aggregate`, which receives already validated float64 arrays.
+
+    Parameters
+    ----------
+    temperature
+        Softening temperature ``T > 0``: teachers are read as ``softmax(z / T)`` (or ``z / T``).
+    """
+
+    name: ClassVar[str]
+    uses_weights: ClassVar[bool] = False
+    """Whether the rule takes ``weights``; rules that do not raise when weights are given."""
+    requires_weights: ClassVar[bool] = False
+    """Whether ``weights`` are mandatory."""
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        self.temperature = _check_positive_float("temperature", temperature)
+
+    # -- public entry point ------------------------------------------------------------------
+
+    def __call__(
+        self,
+        logits: ArrayLike,
+        *,
+        weights: ArrayLike | None = None,
+        mask: ArrayLike | None = None,
+    ) -> NDArray[np.float32]:
+        """Aggregate ``logits`` into soft targets.
+
+        Parameters
+        ----------
+        logits
+            Raw teacher logits, shape ``[K, N, C]`` with ``K, N >= 1`` and ``C >= 2``; finite.
+        weights
+            Optional non-negative teacher weights, ``[K]`` or ``[K, N]``; only for rules with
+            ``uses_weights`` (``weighted``), which require them.
+        mask
+            Optional boolean ``[K, N]``; ``False`` excludes teacher ``k`` for sample ``n``.
+
+        Returns
+        -------
+        numpy.ndarray
+            Soft targets ``[N, C]``, float32, each row a probability distribution.
+
+        Raises
+        ------
+        ValueError
+            On a bad shape, dtype or non-finite value, on weights given to a rule that does not
+            use them (or missing where required), or on a sample with no valid teacher.
+        """
+        z = self._validate_logits(logits)
+        k, n, _ = z.shape
+        m = self._validate_mask(mask, k, n)
+        w = self._validate_weights(weights, k, n, m)
+        z = np.where(m[..., None], z, 0.0)  # never let masked-out garbage reach the arithmetic
+        with np.errstate(over="ignore"):
+            scaled = z / self.temperature
+        if not np.isfinite(scaled).all():
+            raise ValueError(
+                f"logits / temperature overflows float64 (temperature={self.temperature}); "
+                "use a larger temperature or smaller logits"
+            )
+        out = self._aggregate(scaled, m, w)
+        return np.asarray(out, dtype=np.float32)
+
+    @abstractmethod
+    def _aggregate(
+        self, scaled_logits: FloatArray, mask: BoolArray, weights: FloatArray | None
+    ) -> FloatArray:
+        """Compute the targets ``[N, C]`` from validated inputs.
+
+        Parameters
+        ----------
+        scaled_logits
+            ``z / T``, float64 ``[K, N, C]``, finite; masked-out entries are zero.
+        mask
+            Boolean ``[K, N]``; every sample has at least one true entry.
+        weights
+            Float64 ``[K, N]`` (``[K]`` already broadcast), or ``None``; passed only to rules
+            with ``uses_weights``; every sample's valid weights sum to a positive number.
+        """
+
+    # -- validation --------------------------------------------------------------------------
+
+    @staticmethod
+    def _validate_logits(logits: ArrayLike) -> FloatArray:
+        z = _as_real_array("logits", logits)
+        if z.ndim != 3:
+            raise ValueError(
+                f"logits must be 3-D [K teachers, N samples, C classes], got shape {z.shape}"
+            )
+        k, n, c = z.shape
+        if k < 1:
+            raise ValueError("logits must hold at least one teacher (K >= 1), got K = 0")
+        if n < 1:
+            raise ValueError("logits must hold at least one sample (N >= 1), got N = 0")
+        if c < 2:
+            raise ValueError(f"logits must hold at least two classes (C >= 2), got C = {c}")
+        _check_finite("logits", z)
+        return z
+
+    @staticmethod
+    def _validate_mask(mask: ArrayLike | None, k: int, n: int) -> BoolArray:
+        if mask is None:
+            return np.ones((k, n), dtype=bool)
+        m = np.asarray(mask)
+        if m.dtype != np.bool_:
+            raise ValueError(f"mask must be a boolean array, got dtype {m.dtype}")
+        if m.shape != (k, n):
+            raise ValueError(f"mask must have shape [K, N] = {(k, n)}, got {m.shape}")
+        empty = np.flatnonzero(~m.any(axis=0))
+        if empty.size:
+            shown = ", ".join(str(i) for i in empty[:10]) + (", ..." if empty.size > 10 else "")
+            raise ValueError(
+                f"every sample needs at least one valid teacher; samples without one: {shown}"
+            )
+        return m
+
+    def _validate_weights(
+        self, weights: ArrayLike | None, k: int, n: int, mask: BoolArray
+    ) -> FloatArray | None:
+        if weights is None:
+            if self.requires_weights:
+                raise ValueError(f"aggregation rule {self.name!r} requires weights ([K] or [K, N])")
+            return None
+        if not self.uses_weights:
+            raise ValueError(
+                f"aggregation rule {self.name!r} does not use weights; pass weights only to "
+                f"the rules that use them: {', '.join(_weight_rules()) or '(none)'}"
+            )
+        w = _as_real_array("weights", weights)
+        if w.shape == (k,):
+            w = np.broadcast_to(w[:, None], (k, n))
+        elif w.shape != (k, n):
+            raise ValueError(
+                f"weights must have shape [K] = {(k,)} or [K, N] = {(k, n)}, got {w.shape}"
+            )
+        _check_finite("weights", w)
+        if (w < 0).any():
+            raise ValueError("weights must be non-negative")
+        zero = np.flatnonzero(np.sum(np.where(mask, w, 0.0), axis=0) <= 0.0)
+        if zero.size:
+            shown = ", ".join(str(i) for i in zero[:10]) + (", ..." if zero.size > 10 else "")
+            raise ValueError(f"the valid teachers' weights sum to 0 for samples: {shown}")
+        return np.array(w, dtype=np.float64)
+
+    # -- misc --------------------------------------------------------------------------------
+
+    def options(self) -> dict[str, Any]:
+        """The rule's options (the keyword arguments of its constructor) and their values."""
+        return {p: getattr(self, p) for p in _option_names(type(self))}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
+        return f"{type(self).__name__}({args})"
+
+
+def _weight_rules() -> list[str]:
+    return [name for name in AGGREGATORS if AGGREGATORS.get(name).uses_weights]
+
+
+def _option_names(cls: type[AggregationRule]) -> list[str]:
+    params = inspect.signature(cls.__init__).parameters.values()
+    return [
+        p.name
+        for p in params
+        if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+
+
+def build_aggregator(name: str, **options: Any) -> AggregationRule:
+    """Build the aggregation rule registered as ``name`` with its keyword ``options``.
+
+    Option names may use ``-`` for ``_`` (``trim-fraction``), as run-config keys do.
+
+    Raises
+    ------
+    fedkd.registry.UnknownNameError
+        If ``name`` is not registered; the message lists the valid names.
+    TypeError
+        If an option is not one the rule takes; the message lists the valid options.
+    ValueError
+        If an option has an invalid value.
+    """
+    cls = AGGREGATORS.get(name)
+    valid = _option_names(cls)
+    normalised: dict[str, Any] = {}
+    for key, value in options.items():
+        norm = key.replace("-", "_")
+        if norm in normalised:
+            raise TypeError(f"option {norm!r} given twice for aggregation rule {name!r}")
+        normalised[norm] = value
+    unknown = sorted(set(normalised) - set(valid))
+    if unknown:
+        raise TypeError(
+            f"unknown option(s) {', '.join(map(repr, unknown))} for aggregation rule {name!r}; "
+            f"valid options: {', '.join(valid)}"
+        )
+    return cls(**normalised)
+
+
+def label_weights(counts: ArrayLike, labels: ArrayLike) -> FloatArray:
+    """Per-sample teacher weights from per-label counts: ``w[k, n] = counts[k, labels[n]]``.
+
+    Used with the ``weighted`` rule, which normalises over teachers, so that each sample's
+    target weighs teacher ``k`` by how many training samples of that sample's class it holds
+    (FedGen/FedFTG/FedZGE: ``w_{k,n} = n_{k,y_n} / sum_j n_{j,y_n}``).
+
+    For unlabeled samples (a public set), use as ``labels`` the argmax of the ``mean`` rule's
+    targets on the same logits.
+
+    Parameters
+    ----------
+    counts
+        Non-negative, finite per-teacher per-class counts, shape ``[K, C]`` (may be noised).
+    labels
+        Integer class indices in ``[0, C)``, shape ``[N]``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Float64 ``[K, N]``.
+    """
+    cnt = _as_real_array("counts", counts)
+    if cnt.ndim != 2:
+        raise ValueError(f"counts must be 2-D [K teachers, C classes], got shape {cnt.shape}")
+    _check_finite("counts", cnt)
+    if (cnt < 0).any():
+        raise ValueError("counts must be non-negative")
+    lab = np.asarray(labels)
+    if lab.ndim != 1:
+        raise ValueError(f"labels must be 1-D [N], got shape {lab.shape}")
+    if lab.dtype == np.bool_ or not np.issubdtype(lab.dtype, np.integer):
+        raise ValueError(f"labels must be integer class indices, got dtype {lab.dtype}")
+    c = cnt.shape[1]
+    if lab.size and (lab.min() < 0 or lab.max() >= c):
+        raise ValueError(f"labels must lie in [0, {c}), got values in [{lab.min()}, {lab.max()}]")
+    return np.array(cnt[:, lab], dtype=np.float64)

@@ -1,0 +1,54 @@
+"""Local training only: every client trains its own model on its own data; nothing is shared.
+
+The reference point for personalised accuracy: a federated algorithm is worth its communication
+only if its clients beat this. Replies carry metrics only (no arrays), and there is no server
+model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from fedkd.algorithms.base import Algorithm, ClientContext, Exchange
+from fedkd.algorithms.registry import ALGORITHMS
+from fedkd.data.federated import FederatedData
+from fedkd.protocol import Payload, PhaseSpec
+from fedkd.training import fit_supervised, seeded_generator
+
+
+@ALGORITHMS.register("local")
+class LocalOnly(Algorithm):
+    """Each client trains alone (``train.local-steps`` per round); no federation."""
+
+    name = "local"
+
+    FIT_PHASE = PhaseSpec(name="fit", message_type="train", reply_metrics=("loss", "accuracy"))
+
+    def setup_server(self, data: FederatedData) -> None:
+        pass  # nothing to hold: there is no server model
+
+    def run_round(self, rnd: int, nodes: Sequence[int], exchange: Exchange) -> dict[str, float]:
+        result = exchange(self.FIT_PHASE, {node: Payload(config={"round": rnd}) for node in nodes})
+        replies = list(result.replies.values())
+        n = np.array([float(r.metrics["num-examples"]) for r in replies])
+        return {
+            "train-loss": float(np.average([r.metrics["loss"] for r in replies], weights=n)),
+            "train-accuracy": float(np.average([r.metrics["accuracy"] for r in replies], weights=n)),
+        }
+
+    def client_phase(self, phase: str, request: Payload, client: ClientContext) -> Payload:
+        if phase != "fit":
+            raise ValueError(f"local has no client phase {phase!r}")
+        model = self.personal_model(client)
+        train = self.cfg.train
+        stats = fit_supervised(
+            model, client.data.train, steps=train.local_steps, batch_size=train.batch_size,
+            learning_rate=train.learning_rate, momentum=train.momentum,
+            weight_decay=train.weight_decay,
+            generator=seeded_generator(self.cfg.seed, int(request.config["round"]), client.partition_id),
+        )
+        self.save_personal_model(client, model)
+        return Payload(metrics={"num-examples": len(client.data.train), "loss": stats.loss,
+                                "accuracy": stats.accuracy})
