@@ -54,8 +54,9 @@ def wrong_shape(arrays: Arrays, rng: np.random.Generator, scale: float) -> Array
 
 @ATTACKS.register("oversize")
 def oversize(arrays: Arrays, rng: np.random.Generator, scale: float) -> Arrays:
-    """Every array is repeated 50 times along its first axis (a huge reply)."""
-    return {k: np.concatenate([v] * 50) if v.ndim else v for k, v in arrays.items()}
+    """Every array is repeated along its first axis until it holds at least 1 MiB (a huge reply)."""
+    return {k: np.concatenate([v] * max(2, -(-(2**20) // max(v.nbytes, 1)))) if v.ndim else v
+            for k, v in arrays.items()}
 
 
 @ATTACKS.register("extra-key")

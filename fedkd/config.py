@@ -135,6 +135,7 @@ class AggregationConfig:
             raise ConfigError(
                 f"aggregation.era-mode must be 'temperature' or 'power', got {self.era_mode!r}"
             )
+        self.build()  # the rule validates its own options: fail now, not in round 1
 
     def build(self):  # -> AggregationRule (import kept local: aggregation imports nothing here)
         """The configured rule, with the options that apply to it."""

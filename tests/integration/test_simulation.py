@@ -19,20 +19,28 @@ from fedkd.results import read_metrics
 APP_DIR = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.integration
-def test_fedavg_simulation_end_to_end(tmp_path: Path) -> None:
-    port = free_port()
+def simulate(tmp_path: Path, *overrides: str, port: int | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m simulations.run` on digits with 3 clients and 2 rounds, plus ``overrides``."""
     cmd = [
         sys.executable, "-m", "simulations.run",
-        "--num-clients", "3", "--rounds", "2", "--port", str(port),
+        "--num-clients", "3", "--rounds", "2", "--port", str(port or free_port()),
         "--set", 'data.dataset="digits"', "--set", 'train.model="mlp"',
         "--set", "train.local-steps=15", "--set", "federation.min-nodes=3",
         "--output-dir", str(tmp_path), "--name", "it", "--timeout", "600",
     ]
+    for override in overrides:
+        cmd += ["--set", override]
     proc = subprocess.run(cmd, cwd=APP_DIR, env=offline_env(tmp_path / "flwr-home"),
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "round 2/2" in proc.stdout
+    return proc
+
+
+@pytest.mark.integration
+def test_fedavg_simulation_end_to_end(tmp_path: Path) -> None:
+    port = free_port()
+    simulate(tmp_path, port=port)
 
     rows = read_metrics(tmp_path / "it")
     assert [r["round"] for r in rows] == [1, 2]
@@ -62,3 +70,43 @@ def test_invalid_override_fails_before_starting_flower(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "unknown model 'vgg'; valid names:" in proc.stderr
+
+
+@pytest.mark.integration
+def test_fd_with_a_misbehaving_client_through_flower(tmp_path: Path) -> None:
+    # Client 0 sends NaN logits every round: rejected, counted, logged; the run completes with
+    # the other two. Every reply that crossed the real transport is in replies.jsonl.
+    simulate(tmp_path, 'algorithm="fd"', 'attack.partitions="0"', 'attack.mode="nan"',
+             "federation.min-replies=2")
+    rows = read_metrics(tmp_path / "it")
+    assert [r["rejected-replies"] for r in rows] == [1, 1]
+    assert all(r["client-errors"] == 0 and r["timeouts"] == 0 for r in rows)
+    audit = read_metrics(tmp_path / "it", "replies.jsonl")
+    assert len(audit) == 2 * (3 + 3)  # 2 rounds x (3 fit + 3 evaluate) replies
+    for a in audit:
+        if a["phase"] == "fit":
+            assert set(a["arrays"]) == {"arrays/class-logits", "arrays/class-counts"}
+            assert a["arrays"]["arrays/class-logits"]["shape"] == [10, 10]
+            assert a["arrays"]["arrays/class-counts"]["shape"] == [10]
+            # C x C + C numbers (8 bytes at most each) plus two 128-byte .npy headers
+            assert sum(v["bytes"] for v in a["arrays"].values()) <= (100 + 10) * 8 + 2 * 128
+        else:
+            assert a["phase"] == "evaluate" and a["arrays"] == {}
+    assert sum(a["status"] == "rejected" for a in audit) == 2
+
+
+@pytest.mark.integration
+def test_fedmd_mixed_architectures_through_flower(tmp_path: Path) -> None:
+    simulate(tmp_path, 'algorithm="fedmd"', 'train.client-models="mlp,fedgen-cnn,resnet"',
+             "distill.public-batch=64", "distill.server-steps=20", "distill.steps=5")
+    rows = read_metrics(tmp_path / "it")
+    assert all(r["num-failures"] == 0 and r["teachers"] == 3 for r in rows)
+    assert rows[-1]["global-accuracy"] is not None
+    audit = read_metrics(tmp_path / "it", "replies.jsonl")
+    assert {a["phase"] for a in audit} == {"logits", "digest", "evaluate"}
+    for a in audit:
+        if a["phase"] == "logits":  # N x C float32 logits, nothing else
+            assert a["arrays"] == {"arrays/logits": {"shape": [64, 10], "dtype": "float32",
+                                                     "bytes": 64 * 10 * 4 + 128}}
+        else:
+            assert a["arrays"] == {}

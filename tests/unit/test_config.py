@@ -50,6 +50,14 @@ def test_int_accepted_where_float_expected() -> None:
         ({"train.model": "vgg"}, r"unknown model 'vgg'; valid names: .*cnn"),
         ({"output.run-name": "a/b"}, r"run-name must be a plain name"),
         ({"train.model": 3}, r"train.model must be a string"),
+        ({"aggregation.rule": "avg"}, r"aggregation.rule: unknown aggregation rule 'avg'; valid names: .*median"),
+        ({"aggregation.trim-fraction": 0.5}, r"trim-fraction must be in \[0, 0.5\)"),
+        ({"aggregation.era-mode": "x"}, r"era-mode must be 'temperature' or 'power'"),
+        ({"aggregation.max-abs-logit": 0.0}, r"max-abs-logit must be > 0"),
+        ({"distill.public-batch": 0}, r"distill.public-batch must be > 0"),
+        ({"distill.steps": -1}, r"distill.steps must be >= 0"),
+        ({"attack.mode": "zap"}, r"unknown attack 'zap'; valid names: none, .*nan"),
+        ({"attack.partitions": "0,x"}, r"attack.partitions must be comma-separated integers"),
     ],
 )
 def test_invalid_values_give_clear_errors(flat: dict, message: str) -> None:
@@ -60,3 +68,22 @@ def test_invalid_values_give_clear_errors(flat: dict, message: str) -> None:
 def test_data_section_errors_are_config_errors() -> None:
     with pytest.raises(ConfigError, match=r"^data: .*alpha"):
         RunConfig.from_flat({"data.alpha": -1.0})
+
+
+def test_aggregation_config_builds_the_rule_with_its_options() -> None:
+    rule = RunConfig.from_flat({"aggregation.rule": "trimmed-mean",
+                                "aggregation.trim-fraction": 0.3}).aggregation.build()
+    assert rule.name == "trimmed-mean" and rule.options()["trim_fraction"] == 0.3
+    era = RunConfig.from_flat({"aggregation.rule": "era", "aggregation.era-temperature": 0.5}
+                              ).aggregation.build()
+    assert era.options()["era_temperature"] == 0.5
+
+
+def test_era_temperature_of_one_or_more_is_rejected() -> None:
+    with pytest.raises(ConfigError, match=r"aggregation: .*era_temperature"):
+        RunConfig.from_flat({"aggregation.rule": "era", "aggregation.era-temperature": 1.5})
+
+
+def test_attack_partitions_parse() -> None:
+    cfg = RunConfig.from_flat({"attack.partitions": "0, 3", "attack.mode": "flip"})
+    assert cfg.attack.partition_ids == frozenset({0, 3})

@@ -1,0 +1,50 @@
+"""Misbehaving clients (fedkd.attacks) against the server's contract check, in-process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedkd.algorithms import QuorumError
+from tests.algorithms.inprocess import run_inprocess
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "mode", "reason"),
+    [
+        ("fd", "nan", "contains NaN or Inf"),
+        ("fd", "inf", "contains NaN or Inf"),
+        ("fd", "wrong-shape", "!= declared"),
+        ("fd", "oversize", "exceeds the bound"),
+        ("fd", "extra-key", "undeclared arrays ['weights']"),
+        ("fd", "scale", "bound"),
+        ("fedmd", "nan", "contains NaN or Inf"),
+        ("fedmd", "oversize", "exceeds the bound"),
+        ("fedavg", "wrong-shape", "!= declared"),
+    ],
+)
+def test_malformed_replies_are_rejected_counted_and_the_run_completes(
+    tmp_path: Path, algorithm: str, mode: str, reason: str
+) -> None:
+    overrides = {"algorithm": algorithm, "attack.partitions": "0", "attack.mode": mode,
+                 "attack.scale": 1e6, "train.local-steps": 3, "distill.public-batch": 50,
+                 "distill.server-steps": 5}
+    rows, audit, _ = run_inprocess(overrides, 3, tmp_path)
+    assert [r["round"] for r in rows] == [1, 2]
+    for row in rows:
+        assert row["rejected-replies"] == 1 and row["client-errors"] == 0 and row["timeouts"] == 0
+        (failures,) = row["failures"].values()
+        (message,) = failures.values()
+        assert message.startswith("rejected:") and reason in message
+    rejected = [a for a in audit if a["status"] == "rejected"]
+    assert len(rejected) == 2 and all(reason in a["reason"] for a in rejected)
+
+
+def test_too_few_valid_replies_fail_the_round_with_a_clear_message(tmp_path: Path) -> None:
+    overrides = {"algorithm": "fd", "attack.partitions": "0,1", "attack.mode": "nan",
+                 "train.local-steps": 3, "federation.min-replies": 2}
+    with pytest.raises(QuorumError, match=r"only 1 valid replies of 3 \(federation.min-replies = 2\)"):
+        run_inprocess(overrides, 3, tmp_path)
+    # The failed round wrote no metrics row: nothing half-done is recorded.
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
