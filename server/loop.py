@@ -1,7 +1,7 @@
 """The one round loop every algorithm runs through.
 
 Per round: wait for enough online nodes, sample, let the algorithm run its phases through a
-:class:`FlowerExchange` (which sends, waits with a timeout, validates and counts), evaluate the
+:class:`RoundExchange` (which sends, waits with a timeout, validates and counts), evaluate the
 server model on the global test set and every online client on its local test split, append a
 row to ``metrics.jsonl``.
 """
@@ -42,9 +42,10 @@ class Traffic:
     up: Counter[int] = field(default_factory=Counter)
 
 
-#: Why a node's reply was not used: rejected by the contract check, an error raised by the
-#: client, or no reply within the timeout.
-FAILURE_KINDS = ("rejected", "client-error", "timeout")
+#: Why a node's reply was not used (rejected by the contract check, an error raised by the
+#: client, no reply within the timeout) -> the round metric that counts it.
+FAILURE_METRICS = {"rejected": "rejected-replies", "client-error": "client-errors",
+                   "timeout": "timeouts"}
 
 
 @dataclass(frozen=True)
@@ -149,9 +150,10 @@ class RoundExchange(ABC):
         })
 
     def failure_counts(self) -> dict[str, int]:
-        """Failures of this round by kind (``rejected``, ``client-error``, ``timeout``)."""
+        """This round's failures by kind, as metrics: ``rejected-replies``, ``client-errors``,
+        ``timeouts``."""
         counts = Counter(f.kind for per_phase in self.failures.values() for f in per_phase.values())
-        return {kind: counts.get(kind, 0) for kind in FAILURE_KINDS}
+        return {metric: counts.get(kind, 0) for kind, metric in FAILURE_METRICS.items()}
 
 
 class FlowerExchange(RoundExchange):
@@ -272,8 +274,7 @@ def run_rounds(
             "failures": {ph: {str(n): f"{f.kind}: {f.reason}" for n, f in per_phase.items()}
                          for ph, per_phase in exchange.failures.items() if per_phase},
             "num-failures": sum(len(f) for f in exchange.failures.values()),
-            **{f"{kind}-replies" if kind == "rejected" else f"{kind}s": n
-               for kind, n in exchange.failure_counts().items()},
+            **exchange.failure_counts(),
             "wall-time-s": time.monotonic() - start,
         })
         output.append_metrics(row)
