@@ -20,7 +20,13 @@ weights.
 
 from __future__ import annotations
 
-from fedkd.aggregation.base import AGGREGATORS, AggregationRule, build_aggregator, label_weights
+from fedkd.aggregation.base import (
+    AGGREGATORS,
+    AggregationRule,
+    Targets,
+    build_aggregator,
+    label_weights,
+)
 from fedkd.aggregation import (  # noqa: F401  (each import registers its rule)
     confidence,
     entropy,
@@ -31,4 +37,4 @@ from fedkd.aggregation import (  # noqa: F401  (each import registers its rule)
     weighted,
 )
 
-__all__ = ["AGGREGATORS", "AggregationRule", "build_aggregator", "label_weights"]
+__all__ = ["AGGREGATORS", "AggregationRule", "Targets", "build_aggregator", "label_weights"]

@@ -32,6 +32,7 @@ import inspect
 import math
 from abc import ABC, abstractmethod
 from numbers import Real
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -139,6 +140,27 @@ def _check_finite(name: str, arr: FloatArray) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Targets:
+    """What :meth:`AggregationRule.aggregate` returns.
+
+    Attributes
+    ----------
+    probs
+        Soft targets ``[N, C]``, float32; rows of unanswered samples carry no information.
+    answered
+        Boolean ``[N]``: ``False`` where the rule declined to answer (PATE's confidence
+        threshold); a student must not train on those samples.
+    privacy_events
+        Client-level releases this aggregation made (PATE's noisy votes), as ``dp_accounting``
+        events for the server's ledger; empty for the deterministic rules.
+    """
+
+    probs: NDArray[np.float32]
+    answered: NDArray[np.bool_]
+    privacy_events: tuple[Any, ...] = ()
+
+
 class AggregationRule(ABC):
     """Base class: aggregate teacher logits ``[K, N, C]`` into soft targets ``[N, C]``.
 
@@ -161,7 +183,23 @@ class AggregationRule(ABC):
     def __init__(self, temperature: float = 1.0) -> None:
         self.temperature = _check_positive_float("temperature", temperature)
 
-    # -- public entry point ------------------------------------------------------------------
+    # -- public entry points -----------------------------------------------------------------
+
+    def aggregate(
+        self,
+        logits: ArrayLike,
+        *,
+        weights: ArrayLike | None = None,
+        mask: ArrayLike | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> Targets:
+        """Aggregate and say which samples got an answer (and at what privacy cost).
+
+        Algorithms call this; deterministic rules answer every sample, spend nothing and ignore
+        ``rng``. Randomised rules (PATE) draw their noise from ``rng`` and require it.
+        """
+        probs = self(logits, weights=weights, mask=mask)
+        return Targets(probs=probs, answered=np.ones(probs.shape[0], dtype=bool))
 
     def __call__(
         self,
