@@ -184,6 +184,60 @@ class DistillConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    """Differential privacy (``privacy.*`` keys); see README "Privacy" for the units.
+
+    Example level (one training example of one client): ``dp-sgd`` trains every client update
+    with Opacus DP-SGD (``noise-multiplier``, or a ``target-epsilon`` the planned rounds spend;
+    ``max-grad-norm``; ``accountant`` rdp or prv; ``grad-sample-mode`` hooks or ghost), each
+    client's accountant carried across rounds in its node state; ``output-noise`` > 0 clips every
+    released logit row to ``output-clip`` and adds Gaussian noise to what leaves the client (and
+    its counts), accounted in the same ledger; ``epsilon-budget`` > 0 stops a client whose next
+    round would exceed it. Client level (one client's whole data): randomised aggregation
+    (``aggregation.rule = "pate"``) in the server's ledger (``server-accountant`` rdp or pld).
+    """
+
+    dp_sgd: bool = False
+    noise_multiplier: float = 1.0
+    target_epsilon: float = 0.0
+    max_grad_norm: float = 1.0
+    delta: float = 1e-5
+    accountant: str = "rdp"
+    grad_sample_mode: str = "hooks"
+    epsilon_budget: float = 0.0
+    output_noise: float = 0.0
+    output_clip: float = 10.0
+    server_accountant: str = "rdp"
+
+    def __post_init__(self) -> None:
+        _positive("privacy.max-grad-norm", self.max_grad_norm)
+        _positive("privacy.output-clip", self.output_clip)
+        if not 0.0 < self.delta < 1.0:
+            raise ConfigError(f"privacy.delta must be in (0, 1), got {self.delta!r}")
+        for name in ("noise_multiplier", "target_epsilon", "epsilon_budget", "output_noise"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"privacy.{name.replace('_', '-')} must be >= 0")
+        if self.accountant not in ("rdp", "prv"):
+            raise ConfigError(f"privacy.accountant must be 'rdp' or 'prv', got {self.accountant!r}")
+        if self.server_accountant not in ("rdp", "pld"):
+            raise ConfigError(
+                f"privacy.server-accountant must be 'rdp' or 'pld', got {self.server_accountant!r}"
+            )
+        if self.grad_sample_mode not in ("hooks", "ghost"):
+            raise ConfigError(
+                "privacy.grad-sample-mode must be 'hooks' or 'ghost' (the modes that handle the "
+                f"empty batches Poisson sampling gives small clients), got {self.grad_sample_mode!r}"
+            )
+        if self.dp_sgd and self.noise_multiplier == 0 and self.target_epsilon == 0:
+            raise ConfigError("privacy.dp-sgd needs noise-multiplier > 0 or target-epsilon > 0")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether anything a client releases is differentially private (example level)."""
+        return self.dp_sgd or self.output_noise > 0
+
+
+@dataclass(frozen=True)
 class AttackConfig:
     """Simulated misbehaving clients, for robustness tests and benchmarks (``attack.*`` keys).
 
@@ -247,6 +301,7 @@ class RunConfig:
     federation: FederationConfig = field(default_factory=FederationConfig)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 

@@ -25,6 +25,7 @@ from fedkd.algorithms import Algorithm, ExchangeResult, QuorumError
 from fedkd.algorithms.base import EVALUATE_PHASE
 from fedkd.config import RunConfig
 from fedkd.data.federated import FederatedData
+from fedkd.privacy.dpsgd import BUDGET_EXHAUSTED
 from fedkd.protocol import PHASE_KEY, InvalidReply, Payload, PhaseSpec, content_nbytes, encode, validate_reply
 from fedkd.results import RunOutput
 from fedkd.training import evaluate
@@ -45,7 +46,7 @@ class Traffic:
 #: Why a node's reply was not used (rejected by the contract check, an error raised by the
 #: client, no reply within the timeout) -> the round metric that counts it.
 FAILURE_METRICS = {"rejected": "rejected-replies", "client-error": "client-errors",
-                   "timeout": "timeouts"}
+                   "timeout": "timeouts", BUDGET_EXHAUSTED: BUDGET_EXHAUSTED}
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,8 @@ class RoundExchange(ABC):
                 failures[node] = Failure("timeout", f"no reply within {self.timeout:g} s")
                 self._audit(phase, node, "timeout", failures[node].reason, None)
             elif isinstance(answer, Failure):
+                if answer.kind == "client-error" and BUDGET_EXHAUSTED in answer.reason:
+                    answer = Failure(BUDGET_EXHAUSTED, answer.reason)  # it chose not to train
                 failures[node] = answer
                 self._audit(phase, node, answer.kind, answer.reason, None)
             else:
@@ -275,6 +278,7 @@ def run_rounds(
                          for ph, per_phase in exchange.failures.items() if per_phase},
             "num-failures": sum(len(f) for f in exchange.failures.values()),
             **exchange.failure_counts(),
+            **privacy_metrics(cfg, clients, algorithm),
             "wall-time-s": time.monotonic() - start,
         })
         output.append_metrics(row)
@@ -291,9 +295,34 @@ def run_rounds(
         ),
         "wall-time-s": time.monotonic() - run_start,
         "output-dir": str(output.directory),
+        "privacy": {k: v for k, v in rows[-1].items() if k.startswith(("epsilon", "server-epsilon",
+                                                                          "delta", "privacy"))},
     }
     output.write_summary(summary)
     return summary
+
+
+def privacy_metrics(
+    cfg: RunConfig, clients: Mapping[str, Mapping[str, Any]], algorithm: Algorithm
+) -> dict[str, Any]:
+    """The round's privacy report: each client's epsilon is in ``clients``; here the maximum and
+    mean over clients (example level, their accountant) and the server's client-level epsilon."""
+    out: dict[str, Any] = {}
+    p = cfg.privacy
+    eps = [float(c["epsilon"]) for c in clients.values() if "epsilon" in c]
+    if p.enabled:
+        out.update({
+            "epsilon-max": max(eps) if eps else None,
+            "epsilon-mean": float(np.mean(eps)) if eps else None,
+            "delta": p.delta,
+            "privacy-accountant": p.accountant,
+            "privacy-unit": "example",
+        })
+    server_eps = algorithm.server_ledger.epsilon()
+    if server_eps is not None:
+        out.update({"server-epsilon": server_eps, "server-delta": p.delta,
+                    "server-accountant": p.server_accountant, "server-privacy-unit": "client"})
+    return out
 
 
 def _human_bytes(n: float) -> str:
@@ -311,8 +340,12 @@ def format_progress(row: Mapping[str, Any], rounds: int) -> str:
     if row.get("personalized-accuracy") is not None:
         parts.append(f"personal acc {row['personalized-accuracy']:.4f}")
     parts.append(f"up {_human_bytes(row['bytes-up'])} down {_human_bytes(row['bytes-down'])}")
+    if row.get("epsilon-max") is not None:
+        parts.append(f"eps max {row['epsilon-max']:.2f}")
+    if row.get("server-epsilon") is not None:
+        parts.append(f"server eps {row['server-epsilon']:.2f}")
     if row["num-failures"]:
         parts.append(f"rejected {row['rejected-replies']} errors {row['client-errors']} "
-                     f"timeouts {row['timeouts']}")
+                     f"timeouts {row['timeouts']} budget-exhausted {row[BUDGET_EXHAUSTED]}")
     parts.append(f"{row['wall-time-s']:.1f} s")
     return " | ".join(parts)

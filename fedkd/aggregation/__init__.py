@@ -12,6 +12,7 @@ One file per rule; each registers itself in :data:`AGGREGATORS`. Build one by na
 | ``era`` | DS-FL: ``softmax(mean p / T_era)`` or ``pbar**beta`` normalised | ``temperature``, ``era_temperature``, ``mode``, ``beta`` | ``era.py`` |
 | ``median`` | ``softmax(median z_k / T)`` (FedRAD, FedMedian) | ``temperature`` | ``median.py`` |
 | ``trimmed-mean`` | ``softmax(trimmed mean z_k / T)`` (FedTrimmedAvg) | ``temperature``, ``trim_fraction`` | ``trimmed_mean.py`` |
+| ``pate`` | PATE noisy vote (GNMax, Confident-GNMax), one-hot; ``aggregate(..., rng=)`` | ``sigma``, ``threshold``, ``sigma_threshold`` | ``pate.py`` |
 
 Only ``weighted`` takes ``weights`` (the others raise if given them); every rule honours
 ``mask`` ``[K, N]``. :func:`label_weights` turns per-label counts ``[K, C]`` into ``[K, N]``
@@ -33,6 +34,7 @@ from fedkd.aggregation import (  # noqa: F401  (each import registers its rule)
     era,
     mean,
     median,
+    pate,
     trimmed_mean,
     weighted,
 )

@@ -179,6 +179,7 @@ class AggregationRule(ABC):
     """Whether the rule takes ``weights``; rules that do not raise when weights are given."""
     requires_weights: ClassVar[bool] = False
     """Whether ``weights`` are mandatory."""
+    randomized: ClassVar[bool] = False  # draws noise: use aggregate(..., rng=...), not rule(...)
 
     def __init__(self, temperature: float = 1.0) -> None:
         self.temperature = _check_positive_float("temperature", temperature)

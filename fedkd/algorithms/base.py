@@ -29,8 +29,19 @@ from fedkd.config import RunConfig
 from fedkd.data.datasets import ArrayDataset
 from fedkd.data.federated import ClientData, FederatedData
 from fedkd.models import build_model
+from fedkd.privacy.accounting import ServerLedger
 from fedkd.protocol import PhaseSpec, Payload
-from fedkd.training import evaluate, load_numpy_state, state_to_numpy
+from fedkd.privacy.dpsgd import ClientPrivacy
+from fedkd.training import (
+    BatchObserver,
+    ExtraLoss,
+    FitStats,
+    evaluate,
+    fit_supervised,
+    load_numpy_state,
+    seeded_generator,
+    state_to_numpy,
+)
 
 #: Prefix of the personal model's arrays in a client's node state.
 PERSONAL_PREFIX = "model/"
@@ -103,6 +114,9 @@ class Algorithm(ABC):
         self.cfg = cfg
         self.num_classes = num_classes
         self.input_shape = input_shape
+        #: Client-level privacy the server spends (randomised aggregation such as PATE votes).
+        self.server_ledger = ServerLedger(delta=cfg.privacy.delta,
+                                          accountant=cfg.privacy.server_accountant)
 
     # ----- shared -------------------------------------------------------------------------
     def build_model(self, name: str | None = None, seed: int | None = None) -> nn.Module:
@@ -154,11 +168,48 @@ class Algorithm(ABC):
         """The model a client evaluates on its local test split (default: its personal model)."""
         return self.personal_model(client)
 
+    def client_privacy(self, client: ClientContext) -> ClientPrivacy:
+        """The client's example-level privacy ledger, restored from its node state."""
+        return ClientPrivacy(self.cfg.privacy, client.state, self.cfg.num_server_rounds)
+
+    def local_fit(
+        self,
+        client: ClientContext,
+        model: nn.Module,
+        rnd: int,
+        *,
+        extra_loss: ExtraLoss | None = None,
+        observe: BatchObserver | None = None,
+        releases: int = 0,
+    ) -> FitStats:
+        """``train.local-steps`` steps on the client's private data: DP-SGD when
+        ``privacy.dp-sgd`` is on (accounted in the client's ledger), plain SGD otherwise.
+
+        ``releases``: output releases the caller will account after training (they count
+        towards the budget check).
+        """
+        train = self.cfg.train
+        kwargs = dict(
+            steps=train.local_steps, batch_size=train.batch_size,
+            learning_rate=train.learning_rate, momentum=train.momentum,
+            weight_decay=train.weight_decay, extra_loss=extra_loss, observe=observe,
+            generator=seeded_generator(self.cfg.seed, rnd, client.partition_id),
+        )
+        if not self.cfg.privacy.dp_sgd:
+            return fit_supervised(model, client.data.train, **kwargs)
+        privacy = self.client_privacy(client)
+        stats = privacy.fit(model, client.data.train, releases=releases, **kwargs)
+        privacy.save()
+        return stats
+
     def client_evaluate(self, request: Payload, client: ClientContext) -> Payload:
         """Loss and accuracy of :meth:`client_evaluation_model` on the local test split."""
         model = self.client_evaluation_model(request, client)
         stats = evaluate(model, client.data.test, batch_size=self.cfg.train.eval_batch_size)
-        return Payload(metrics={
+        metrics: dict[str, int | float] = {
             "num-examples": stats.num_examples, "loss": stats.loss, "accuracy": stats.accuracy,
             "partition-id": client.partition_id,
-        })
+        }
+        if self.cfg.privacy.enabled:
+            metrics["epsilon"] = self.client_privacy(client).epsilon()
+        return Payload(metrics=metrics)

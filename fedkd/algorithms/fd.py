@@ -35,10 +35,17 @@ import torch
 
 from fedkd.algorithms.base import Algorithm, ClientContext, Exchange
 from fedkd.algorithms.registry import ALGORITHMS
+from fedkd.config import ConfigError
 from fedkd.data.federated import FederatedData
 from fedkd.losses import kd_kl_from_probs
+from fedkd.privacy.output_noise import noisy_class_means, private_class_sums, private_counts
 from fedkd.protocol import ArraySpec, InvalidReply, Payload, PhaseSpec
-from fedkd.training import fit_supervised, seeded_generator
+from fedkd.training import predict_logits
+
+#: Seed stream of the server's randomised aggregation (PATE votes).
+AGGREGATION_STREAM = 0xA66
+#: Seed stream of a client's output noise.
+OUTPUT_NOISE_STREAM = 0x0B7
 
 
 @ALGORITHMS.register("fd")
@@ -49,29 +56,39 @@ class FD(Algorithm):
 
     def __init__(self, *args, **kwargs) -> None:  # noqa: D107 - see Algorithm
         super().__init__(*args, **kwargs)
+        privacy = self.cfg.privacy
+        if privacy.dp_sgd != (privacy.output_noise > 0):
+            raise ConfigError(
+                "fd computes its per-class logits on private data: privacy needs both "
+                "privacy.dp-sgd (a DP model) and privacy.output-noise > 0 (noise on the released "
+                "per-class sums and counts), or neither"
+            )
         self.rule = self.cfg.aggregation.build()
+        self._rng = np.random.default_rng([self.cfg.seed, AGGREGATION_STREAM])
         #: Last round's uploads: node -> (class logits [C, C], class counts [C]).
         self._uploads: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def fit_phase(self) -> PhaseSpec:
         """Targets down; per-class mean logits and counts up."""
         c, bound = self.num_classes, self.cfg.aggregation.max_abs_logit
-        max_count = self.cfg.train.local_steps * self.cfg.train.batch_size
+        privacy = self.cfg.privacy
+        seen = self.cfg.train.local_steps * self.cfg.train.batch_size
+        # Without DP: counts of the samples seen in training. With DP: noisy counts of the whole
+        # local training set (num-examples), within 6 noise standard deviations.
+        slack = 6 * privacy.output_noise * np.sqrt(c) + 1 if privacy.enabled else 0
 
         def check_counts(reply: Payload) -> None:
             total = int(reply.arrays["class-counts"].sum())
-            if not 0 < total <= max_count:
-                raise InvalidReply(
-                    f"class counts sum to {total}; expected 1..{max_count} "
-                    "(train.local-steps x train.batch-size)"
-                )
+            limit = (int(reply.metrics["num-examples"]) + slack) if privacy.enabled else seen
+            if not 0 < total <= limit:
+                raise InvalidReply(f"class counts sum to {total}; expected 1..{limit:g}")
 
         return PhaseSpec(
             name="fit",
             message_type="train",
             reply_arrays={
                 "class-logits": ArraySpec(shape=(c, c), dtype="float32", low=-bound, high=bound),
-                "class-counts": ArraySpec(shape=(c,), dtype="int64", low=0, high=max_count),
+                "class-counts": ArraySpec(shape=(c,), dtype="int64", low=0),
             },
             reply_metrics=("loss", "accuracy"),
             check=check_counts,
@@ -98,7 +115,10 @@ class FD(Algorithm):
         rows = np.flatnonzero(has_teacher)
         mask = counts[:, rows] > 0
         weights = counts[:, rows] if self.rule.uses_weights else None
-        targets[rows] = self.rule(logits[:, rows, :], weights=weights, mask=mask)
+        result = self.rule.aggregate(logits[:, rows, :], weights=weights, mask=mask, rng=self._rng)
+        self.server_ledger.record(result.privacy_events)
+        targets[rows] = result.probs
+        has_teacher[rows] &= result.answered
         return targets, has_teacher
 
     def run_round(self, rnd: int, nodes: Sequence[int], exchange: Exchange) -> dict[str, float]:
@@ -119,7 +139,7 @@ class FD(Algorithm):
         return {
             "train-loss": float(np.average([r.metrics["loss"] for r in replies], weights=n)),
             "train-accuracy": float(np.average([r.metrics["accuracy"] for r in replies], weights=n)),
-            "classes-with-targets": int(self.targets_for(None)[1].sum()),
+            "classes-with-teachers": int(np.any([c > 0 for _, c in self._uploads.values()], axis=0).sum()),
         }
 
     # ----- client half --------------------------------------------------------------------
@@ -137,7 +157,10 @@ class FD(Algorithm):
             use = has_target[y]
             if weight == 0 or not bool(use.any()):
                 return logits.new_zeros(())
-            return weight * kd_kl_from_probs(logits[use], targets[y[use]], temperature)
+            # A sum over the samples with a target, divided by the whole batch: every sample's
+            # loss keeps the same scale whatever the mix (what per-sample clipping assumes).
+            share = float(use.sum()) / len(y)
+            return weight * share * kd_kl_from_probs(logits[use], targets[y[use]], temperature)
 
         sums = torch.zeros(c, c, dtype=torch.float64)
         counts = torch.zeros(c, dtype=torch.int64)
@@ -146,18 +169,46 @@ class FD(Algorithm):
             sums.index_add_(0, y, logits.double())
             counts.add_(torch.bincount(y, minlength=c))
 
+        rnd = int(request.config["round"])
+        private = self.cfg.privacy.enabled
         model = self.personal_model(client)
-        train = self.cfg.train
-        stats = fit_supervised(
-            model, client.data.train, steps=train.local_steps, batch_size=train.batch_size,
-            learning_rate=train.learning_rate, momentum=train.momentum,
-            weight_decay=train.weight_decay, extra_loss=distill_term, observe=track,
-            generator=seeded_generator(self.cfg.seed, int(request.config["round"]), client.partition_id),
-        )
+        stats = self.local_fit(client, model, rnd, extra_loss=distill_term,
+                               observe=None if private else track, releases=2 if private else 0)
         self.save_personal_model(client, model)
-        means = sums / counts.clamp(min=1).unsqueeze(1).double()
+        if private:
+            class_logits, class_counts = self._private_statistics(model, client, rnd)
+        else:
+            class_logits = (sums / counts.clamp(min=1).unsqueeze(1).double()).float().numpy()
+            class_counts = counts.numpy()
         return Payload(
-            arrays={"class-logits": means.float().numpy(), "class-counts": counts.numpy()},
+            arrays={"class-logits": class_logits, "class-counts": class_counts},
             metrics={"num-examples": len(client.data.train), "loss": stats.loss,
                      "accuracy": stats.accuracy},
         )
+
+    def _private_statistics(
+        self, model: torch.nn.Module, client: ClientContext, rnd: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per-class means and counts released with example-level DP.
+
+        The DP-trained model's logits on every local training example are clipped to
+        ``privacy.output-clip``, summed per class and noised (sensitivity: the clip bound), the
+        class counts are noised (sensitivity 1), and the means are their ratio (post-processing).
+        Both releases are accounted in the client's ledger; classes whose noisy count is below 1
+        are reported empty.
+        """
+        p = self.cfg.privacy
+        data = client.data.train
+        rng = np.random.default_rng([self.cfg.seed, rnd, client.partition_id, OUTPUT_NOISE_STREAM])
+        logits = predict_logits(model, data.x, batch_size=self.cfg.train.eval_batch_size)
+        sums = private_class_sums(logits, data.y, self.num_classes, clip_bound=p.output_clip,
+                                  noise_multiplier=p.output_noise, rng=rng)
+        counts = private_counts(data.y, self.num_classes, noise_multiplier=p.output_noise, rng=rng)
+        ledger = self.client_privacy(client)
+        ledger.account(sums)
+        ledger.account(counts)
+        ledger.save()
+        means, present = noisy_class_means(sums, counts)
+        means[~present] = 0.0
+        released_counts = np.where(present, np.maximum(np.rint(counts.values), 1), 0)
+        return means.astype(np.float32), released_counts.astype(np.int64)

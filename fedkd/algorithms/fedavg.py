@@ -22,7 +22,8 @@ from fedkd.algorithms.base import Algorithm, ClientContext, Exchange
 from fedkd.algorithms.registry import ALGORITHMS
 from fedkd.data.federated import FederatedData
 from fedkd.protocol import ArraySpec, Payload, PhaseSpec
-from fedkd.training import fit_supervised, load_numpy_state, seeded_generator, state_to_numpy
+from fedkd.config import ConfigError
+from fedkd.training import load_numpy_state, state_to_numpy
 
 
 def weighted_average(
@@ -57,6 +58,9 @@ class FedAvg(Algorithm):
 
     def __init__(self, *args, **kwargs) -> None:  # noqa: D107 - see Algorithm
         super().__init__(*args, **kwargs)
+        if self.cfg.privacy.output_noise > 0:
+            raise ConfigError("fedavg releases weights, not logits: privacy.output-noise does not "
+                              "apply; use privacy.dp-sgd")
         self._model: nn.Module | None = None
 
     def fit_phase(self) -> PhaseSpec:
@@ -108,17 +112,7 @@ class FedAvg(Algorithm):
         if phase != "fit":
             raise ValueError(f"fedavg has no client phase {phase!r}")
         model = self._client_model(request)
-        train = self.cfg.train
-        stats = fit_supervised(
-            model,
-            client.data.train,
-            steps=train.local_steps,
-            batch_size=train.batch_size,
-            learning_rate=train.learning_rate,
-            momentum=train.momentum,
-            weight_decay=train.weight_decay,
-            generator=seeded_generator(self.cfg.seed, int(request.config["round"]), client.partition_id),
-        )
+        stats = self.local_fit(client, model, int(request.config["round"]))
         return Payload(
             arrays=state_to_numpy(model),
             metrics={

@@ -31,6 +31,7 @@ from fedkd.algorithms.base import Algorithm, ClientContext, Exchange
 from fedkd.algorithms.registry import ALGORITHMS
 from fedkd.data.datasets import ArrayDataset
 from fedkd.data.federated import FederatedData
+from fedkd.privacy.output_noise import private_public_logits
 from fedkd.protocol import ArraySpec, Payload, PhaseSpec
 from fedkd.training import fit_supervised, fit_to_targets, predict_logits, seeded_generator
 
@@ -38,6 +39,8 @@ from fedkd.training import fit_supervised, fit_to_targets, predict_logits, seede
 PRETRAINED_KEY = "fedmd/pretrained"
 #: Seed stream of the server student's batches (client streams use partition ids).
 SERVER_STREAM = 2**31 - 1
+#: Seed stream of a client's output noise.
+OUTPUT_NOISE_STREAM = 0x0B7
 
 
 @ALGORITHMS.register("fedmd")
@@ -88,7 +91,13 @@ class FedMD(Algorithm):
         weights = None
         if self.rule.uses_weights:  # teachers weighted by their private training-set size
             weights = np.array([float(result.replies[k].metrics["num-examples"]) for k in teachers])
-        targets = self.rule(logits, weights=weights).astype(np.float32)
+        result = self.rule.aggregate(logits, weights=weights, rng=self._rng)
+        self.server_ledger.record(result.privacy_events)
+        # Only samples the rule answered (PATE may abstain) are distilled, by the student and
+        # by the clients.
+        indices, targets = indices[result.answered], result.probs[result.answered]
+        if len(indices) == 0:
+            return {"teachers": len(teachers), "answered": 0}
 
         x_pub = self._public.x[indices]
         distill = self.cfg.distill
@@ -104,6 +113,7 @@ class FedMD(Algorithm):
         n_ex = np.array([float(r.metrics["num-examples"]) for r in replies])
         return {
             "teachers": len(teachers),
+            "answered": len(indices),
             "consensus-accuracy": float((targets.argmax(1) == self._public.y[indices]).mean()),
             "student-distill-loss": student_stats.loss,
             "train-loss": float(np.average([r.metrics["loss"] for r in replies], weights=n_ex)),
@@ -136,6 +146,18 @@ class FedMD(Algorithm):
         n_train = len(client.data.train)
         if phase == "logits":
             logits = predict_logits(model, x_pub, batch_size=self.cfg.train.eval_batch_size)
+            privacy = self.cfg.privacy
+            if privacy.output_noise > 0 and not privacy.dp_sgd:
+                # A non-private model's logits on public inputs: one example can move every row
+                # (sensitivity 2 C sqrt(m)). With DP-SGD they are post-processing and free.
+                rng = np.random.default_rng([self.cfg.seed, int(request.config["round"]),
+                                             client.partition_id, OUTPUT_NOISE_STREAM])
+                release = private_public_logits(logits, privacy.output_clip,
+                                                privacy.output_noise, rng)
+                ledger = self.client_privacy(client)
+                ledger.account(release)
+                ledger.save()
+                logits = release.values.astype(np.float32)
             return Payload(arrays={"logits": logits}, metrics={"num-examples": n_train})
         if phase != "digest":
             raise ValueError(f"fedmd has no client phase {phase!r}")
@@ -145,11 +167,6 @@ class FedMD(Algorithm):
         fit_to_targets(model, x_pub, targets, steps=distill.steps, batch_size=train.batch_size,
                        learning_rate=train.learning_rate, temperature=distill.temperature,
                        generator=seeded_generator(self.cfg.seed, rnd, client.partition_id, 1))
-        stats = fit_supervised(
-            model, client.data.train, steps=train.local_steps, batch_size=train.batch_size,
-            learning_rate=train.learning_rate, momentum=train.momentum,
-            weight_decay=train.weight_decay,
-            generator=seeded_generator(self.cfg.seed, rnd, client.partition_id, 2),
-        )
+        stats = self.local_fit(client, model, rnd)  # revisit: private data, DP-SGD if on
         self.save_personal_model(client, model)
         return Payload(metrics={"num-examples": n_train, "loss": stats.loss, "accuracy": stats.accuracy})

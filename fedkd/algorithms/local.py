@@ -15,7 +15,6 @@ from fedkd.algorithms.base import Algorithm, ClientContext, Exchange
 from fedkd.algorithms.registry import ALGORITHMS
 from fedkd.data.federated import FederatedData
 from fedkd.protocol import Payload, PhaseSpec
-from fedkd.training import fit_supervised, seeded_generator
 
 
 @ALGORITHMS.register("local")
@@ -42,13 +41,7 @@ class LocalOnly(Algorithm):
         if phase != "fit":
             raise ValueError(f"local has no client phase {phase!r}")
         model = self.personal_model(client)
-        train = self.cfg.train
-        stats = fit_supervised(
-            model, client.data.train, steps=train.local_steps, batch_size=train.batch_size,
-            learning_rate=train.learning_rate, momentum=train.momentum,
-            weight_decay=train.weight_decay,
-            generator=seeded_generator(self.cfg.seed, int(request.config["round"]), client.partition_id),
-        )
+        stats = self.local_fit(client, model, int(request.config["round"]))
         self.save_personal_model(client, model)
         return Payload(metrics={"num-examples": len(client.data.train), "loss": stats.loss,
                                 "accuracy": stats.accuracy})

@@ -111,7 +111,7 @@ def test_fd_run_uploads_only_class_logits(tmp_path: Path) -> None:
     assert [r["round"] for r in rows] == [1, 2, 3]
     assert rows[-1].get("global-accuracy") is None  # FD has no server model
     assert rows[-1]["personalized-accuracy"] > 0.3  # digits, 10 classes: chance is 0.1
-    assert rows[-1]["classes-with-targets"] == 10
+    assert rows[-1]["classes-with-teachers"] == 10
     fits = [a for a in audit if a["phase"] == "fit"]
     assert len(fits) == 9 and all(a["status"] == "accepted" for a in fits)
     for a in fits:  # Flower ships arrays in .npy format: the data plus a 128-byte header

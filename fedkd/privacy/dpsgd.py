@@ -1,0 +1,261 @@
+"""DP-SGD on a client's local training (Opacus), with one accountant per client across rounds.
+
+Privacy unit: one training example of one client (add/remove adjacency, Poisson sampling).
+
+Flower gives a client no persistent object, only its node state (``Context.state``), and each
+message may run in a fresh process. So every time a client trains, :class:`ClientPrivacy`
+
+1. restores the client's accountant history (list of ``(noise multiplier, sample rate, steps)``)
+   from the node state;
+2. checks the budget: if ``privacy.epsilon-budget`` > 0 and the planned round would push the
+   client past it, raises :class:`BudgetExhausted` before touching the data;
+3. wraps a fresh optimizer and the model with Opacus (``make_private``; ``hooks`` or ``ghost``),
+   trains ``train.local-steps`` Poisson-sampled steps (empty batches included: they still add
+   noise and count), and unwraps the model (``to_standard_module``: no hooks are left behind);
+4. accounts any release of private outputs (:mod:`fedkd.privacy.output_noise`) as further
+   Gaussian steps of the same accountant, so one epsilon covers training and releases;
+5. writes the history back to the node state.
+
+The accountant restored each round composes exactly as one accountant that saw every step
+(tests pin this). Noise: ``privacy.noise-multiplier``, or, with ``privacy.target-epsilon`` > 0,
+the multiplier that spends that epsilon over ``num-server-rounds`` participations of
+``train.local-steps`` steps each (conservative: a client that is not sampled every round spends
+less). Logits computed after training for distillation or release come from the unwrapped model
+under ``no_grad``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from fedkd.config import PrivacyConfig
+from fedkd.data.datasets import ArrayDataset
+from fedkd.privacy.output_noise import Release
+from fedkd.training import BatchObserver, ExtraLoss, FitStats
+
+#: Node-state key of the accountant history: float64 [H, 3] rows (sigma, sample rate, steps).
+HISTORY_KEY = "privacy/history"
+#: Node-state key of the accountant's mechanism name, as uint8 bytes.
+MECHANISM_KEY = "privacy/mechanism"
+
+#: Marker in the error a client raises when its budget is spent; the server counts it.
+BUDGET_EXHAUSTED = "budget-exhausted"
+
+
+class BudgetExhausted(RuntimeError):
+    """The client's next round would exceed ``privacy.epsilon-budget``; it did not train."""
+
+    def __init__(self, epsilon: float, planned: float, budget: float) -> None:
+        super().__init__(
+            f"{BUDGET_EXHAUSTED}: epsilon {epsilon:.4f} so far, {planned:.4f} after this round, "
+            f"budget {budget:g}"
+        )
+
+
+def _accountant(mechanism: str):  # -> opacus IAccountant
+    from opacus.accountants import create_accountant
+
+    return create_accountant(mechanism=mechanism)
+
+
+@functools.lru_cache(maxsize=64)
+def calibrated_noise_multiplier(
+    target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str
+) -> float:
+    """The noise multiplier that spends ``target_epsilon`` in ``steps`` steps (cached per process)."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
+                                      sample_rate=sample_rate, steps=steps, accountant=accountant))
+
+
+def epsilon_of(history: list[tuple[float, float, int]], delta: float, mechanism: str) -> float:
+    """Epsilon at ``delta`` of an accountant history (0.0 for an empty one)."""
+    if not history:
+        return 0.0
+    acct = _accountant(mechanism)
+    acct.history = _compact(history)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # PRV's log(0) at sample rate 1
+        return float(acct.get_epsilon(delta=delta))
+
+
+def _compact(history: list[tuple[float, float, int]]) -> list[tuple[float, float, int]]:
+    """Merge entries with equal (sigma, q): composition commutes, so epsilon is unchanged."""
+    merged: dict[tuple[float, float], int] = {}
+    for sigma, q, steps in history:
+        merged[(float(sigma), float(q))] = merged.get((float(sigma), float(q)), 0) + int(steps)
+    return [(s, q, n) for (s, q), n in merged.items()]
+
+
+@dataclass
+class ClientPrivacy:
+    """One client's example-level privacy state for one message.
+
+    Parameters
+    ----------
+    cfg
+        The privacy configuration.
+    state
+        The client's node state; the accountant history is read from and written to it.
+    planned_rounds
+        Participations the budget is planned over (``num-server-rounds``).
+    """
+
+    cfg: PrivacyConfig
+    state: MutableMapping[str, np.ndarray]
+    planned_rounds: int
+
+    def __post_init__(self) -> None:
+        saved = self.state.get(HISTORY_KEY)
+        self.history: list[tuple[float, float, int]] = (
+            [(float(s), float(q), int(n)) for s, q, n in np.asarray(saved).reshape(-1, 3)]
+            if saved is not None else []
+        )
+        mechanism = self.state.get(MECHANISM_KEY)
+        if mechanism is not None and bytes(np.asarray(mechanism, np.uint8)).decode() != self.cfg.accountant:
+            raise ValueError(
+                f"this node's privacy ledger was kept with the "
+                f"{bytes(np.asarray(mechanism, np.uint8)).decode()!r} accountant, not "
+                f"{self.cfg.accountant!r}: keep privacy.accountant fixed for a run"
+            )
+
+    # ----- ledger -------------------------------------------------------------------------
+    def epsilon(self) -> float:
+        """Epsilon spent so far at ``privacy.delta``."""
+        return epsilon_of(self.history, self.cfg.delta, self.cfg.accountant)
+
+    def save(self) -> None:
+        """Write the history back to the node state."""
+        self.state[HISTORY_KEY] = np.asarray(self.history, dtype=np.float64).reshape(-1, 3)
+        self.state[MECHANISM_KEY] = np.frombuffer(self.cfg.accountant.encode(), dtype=np.uint8).copy()
+
+    def account(self, release: Release) -> None:
+        """Record one release of private outputs as a Gaussian step (sample rate 1)."""
+        if release.noise_multiplier <= 0:
+            raise ValueError("a release without noise cannot be accounted: its epsilon is infinite")
+        self.history.append((float(release.noise_multiplier), 1.0, 1))
+
+    # ----- DP-SGD -------------------------------------------------------------------------
+    @staticmethod
+    def sample_rate(num_examples: int, batch_size: int) -> float:
+        """Poisson sample rate of one step: 1 / number of batches per pass."""
+        return 1.0 / math.ceil(num_examples / min(batch_size, num_examples))
+
+    def noise_multiplier(self, sample_rate: float, steps_per_round: int) -> float:
+        """DP-SGD sigma: configured, or calibrated to the target epsilon over the planned rounds."""
+        if self.cfg.target_epsilon > 0:
+            return calibrated_noise_multiplier(
+                self.cfg.target_epsilon, self.cfg.delta, sample_rate,
+                steps_per_round * self.planned_rounds, self.cfg.accountant,
+            )
+        return self.cfg.noise_multiplier
+
+    def check_budget(self, sigma: float, sample_rate: float, steps: int, releases: int = 0) -> None:
+        """Raise :class:`BudgetExhausted` if training ``steps`` more steps (and ``releases``
+        output releases at ``privacy.output-noise``) would exceed ``privacy.epsilon-budget``."""
+        if self.cfg.epsilon_budget <= 0:
+            return
+        planned = self.history + [(sigma, sample_rate, steps)]
+        if releases:
+            planned.append((self.cfg.output_noise, 1.0, releases))
+        after = epsilon_of(planned, self.cfg.delta, self.cfg.accountant)
+        if after > self.cfg.epsilon_budget:
+            raise BudgetExhausted(self.epsilon(), after, self.cfg.epsilon_budget)
+
+    def fit(
+        self,
+        model: nn.Module,
+        data: ArrayDataset,
+        *,
+        steps: int,
+        batch_size: int,
+        learning_rate: float,
+        generator: torch.Generator,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        extra_loss: ExtraLoss | None = None,
+        observe: BatchObserver | None = None,
+        releases: int = 0,
+    ) -> FitStats:
+        """Train ``model`` in place with DP-SGD for ``steps`` Poisson-sampled steps.
+
+        ``releases`` is the number of output releases the caller will account after training
+        (they count towards the budget check). The model comes back unwrapped, without hooks.
+        """
+        from opacus import PrivacyEngine
+        from opacus.data_loader import DPDataLoader
+
+        if self.cfg.grad_sample_mode == "ghost" and extra_loss is not None:
+            raise ValueError(
+                "privacy.grad-sample-mode 'ghost' needs a plain per-sample criterion; this "
+                "algorithm adds a distillation term: use 'hooks'"
+            )
+        q = self.sample_rate(len(data), batch_size)
+        sigma = self.noise_multiplier(q, steps)
+        self.check_budget(sigma, q, steps, releases)
+
+        tensors = TensorDataset(torch.from_numpy(np.array(data.x)), torch.from_numpy(np.array(data.y)))
+        loader = DPDataLoader.from_data_loader(
+            DataLoader(tensors, batch_size=min(batch_size, len(data))),
+            generator=torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator))),
+        )
+        optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=momentum,
+                                    weight_decay=weight_decay)
+        engine = PrivacyEngine(accountant=self.cfg.accountant)
+        noise_gen = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
+            warnings.filterwarnings("ignore", message=".*Full backward hook.*")
+            wrapped = engine.make_private(
+                module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=sigma,
+                max_grad_norm=self.cfg.max_grad_norm, poisson_sampling=False,
+                noise_generator=noise_gen, grad_sample_mode=self.cfg.grad_sample_mode,
+                criterion=torch.nn.CrossEntropyLoss(),
+            )
+        if self.cfg.grad_sample_mode == "ghost":
+            dp_model, dp_opt, criterion, dp_loader = wrapped
+        else:
+            (dp_model, dp_opt, dp_loader), criterion = wrapped, None
+        model.train()
+        total_loss, correct, seen, done = 0.0, 0, 0, 0
+        try:
+            while done < steps:
+                for x, y in dp_loader:
+                    if done >= steps:
+                        break
+                    dp_opt.zero_grad(set_to_none=True)
+                    logits = dp_model(x)
+                    if len(y) == 0:  # an empty Poisson batch still takes a (noise-only) step
+                        loss = logits.sum() * 0.0
+                    elif criterion is not None:
+                        loss = criterion(logits, y)
+                    else:
+                        loss = F.cross_entropy(logits, y)
+                        if extra_loss is not None:
+                            loss = loss + extra_loss(dp_model, x, y, logits)
+                    loss.backward()
+                    dp_opt.step()
+                    done += 1
+                    if len(y):
+                        total_loss += float(loss.detach())
+                        correct += int((logits.detach().argmax(1) == y).sum())
+                        seen += len(y)
+                        if observe is not None:
+                            observe(logits.detach(), y)
+        finally:
+            dp_model.to_standard_module()  # remove every hook; `model` holds the trained weights
+        self.history.extend(engine.accountant.history)
+        self.history = _compact(self.history)
+        return FitStats(loss=total_loss / max(done, 1), accuracy=correct / max(seen, 1),
+                        steps=done, samples_seen=seen)

@@ -1,0 +1,250 @@
+"""The server's client-level privacy ledger and the GNMax epsilon (pinned: opacus-1.6 notes §9)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import dp_accounting
+import numpy as np
+import pytest
+
+from fedkd.aggregation import build_aggregator
+from fedkd.privacy.accounting import ServerLedger, gnmax_epsilon
+
+SQRT2 = math.sqrt(2.0)
+
+
+def votes(sigma: float, count: int) -> dp_accounting.DpEvent:
+    return dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(sigma / SQRT2), count)
+
+
+def threshold(sigma_1: float, count: int) -> dp_accounting.DpEvent:
+    return dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(sigma_1), count)
+
+
+# ------------------------------------------------------------------------------------------
+# pinned values
+# ------------------------------------------------------------------------------------------
+
+
+def test_gnmax_pinned_rdp() -> None:
+    # sigma 40, 1000 queries, delta 1e-5: 5.3777 (Opacus RDP = dp-accounting RDP = closed form)
+    assert gnmax_epsilon(40.0, 1000, 1e-5) == pytest.approx(5.3777, rel=1e-3)
+    assert gnmax_epsilon(40.0, 1000, 1e-5, accountant="rdp") == pytest.approx(5.3777, rel=1e-3)
+
+
+def test_gnmax_pinned_pld() -> None:
+    assert gnmax_epsilon(40.0, 1000, 1e-5, accountant="pld") == pytest.approx(4.983, rel=1e-2)
+
+
+def test_confident_gnmax_mnist_setting() -> None:
+    # PATE 2018 MNIST: sigma_1 = 150, sigma_2 = 40, 640 queries, all charged as answered
+    eps = gnmax_epsilon(40.0, 640, 1e-5, sigma_threshold=150.0)
+    assert eps == pytest.approx(4.25, abs=0.01)
+    assert eps > gnmax_epsilon(40.0, 640, 1e-5)  # the threshold step costs something
+
+
+def test_gnmax_calibration_note() -> None:
+    # notes §9: epsilon 2 at delta 1e-5 over 1000 queries needs sigma of about 89 (PLD)
+    assert gnmax_epsilon(89.0, 1000, 1e-5, accountant="pld") == pytest.approx(2.0, abs=0.02)
+    assert gnmax_epsilon(89.0, 1000, 1e-5) > 2.1  # RDP is looser
+
+
+def test_gnmax_edge_cases_and_validation() -> None:
+    assert gnmax_epsilon(40.0, 0, 1e-5) == 0.0
+    assert gnmax_epsilon(0.0, 10, 1e-5) == math.inf
+    assert gnmax_epsilon(40.0, 10, 1e-5, sigma_threshold=0.0) == math.inf
+    # more noise, fewer queries -> less epsilon
+    assert gnmax_epsilon(80.0, 1000, 1e-5) < gnmax_epsilon(40.0, 1000, 1e-5)
+    assert gnmax_epsilon(40.0, 100, 1e-5) < gnmax_epsilon(40.0, 1000, 1e-5)
+    for bad in (
+        {"sigma": -1.0},
+        {"sigma": float("nan")},
+        {"queries": -1},
+        {"queries": 2.5},
+        {"delta": 0.0},
+        {"delta": 1.0},
+        {"accountant": "prv"},
+        {"sigma_threshold": -1.0},
+    ):
+        kwargs = {"sigma": 40.0, "queries": 10, "delta": 1e-5} | bad
+        with pytest.raises(ValueError):
+            gnmax_epsilon(**kwargs)
+
+
+# ------------------------------------------------------------------------------------------
+# the ledger
+# ------------------------------------------------------------------------------------------
+
+
+def test_ledger_construction() -> None:
+    assert ServerLedger(1e-5).accountant == "rdp"
+    with pytest.raises(ValueError, match="'rdp', 'pld'"):
+        ServerLedger(1e-5, accountant="prv")
+    for delta in (0.0, 1.0, -1e-5, float("nan"), "1e-5"):
+        with pytest.raises(ValueError, match="delta"):
+            ServerLedger(delta)
+
+
+def test_empty_ledger_reports_none() -> None:
+    ledger = ServerLedger(1e-5)
+    assert ledger.epsilon() is None and ledger.num_events == 0
+    ledger.record([])
+    assert ledger.epsilon() is None and ledger.num_events == 0
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "pld"])
+def test_ledger_matches_gnmax_epsilon(accountant: str) -> None:
+    ledger = ServerLedger(1e-5, accountant=accountant)
+    ledger.record([votes(40.0, 1000)])
+    assert ledger.num_events == 1
+    assert ledger.epsilon() == pytest.approx(gnmax_epsilon(40.0, 1000, 1e-5, accountant), rel=1e-9)
+    confident = ServerLedger(1e-5, accountant=accountant)
+    confident.record([votes(40.0, 640), threshold(150.0, 640)])
+    expected = gnmax_epsilon(40.0, 640, 1e-5, accountant, sigma_threshold=150.0)
+    assert confident.epsilon() == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "pld"])
+def test_recording_in_rounds_equals_recording_at_once(accountant: str) -> None:
+    rounds = [[votes(40.0, 64), threshold(150.0, 64)] for _ in range(10)]
+    at_once = ServerLedger(1e-5, accountant)
+    at_once.record([event for events in rounds for event in events])
+    in_rounds = ServerLedger(1e-5, accountant)
+    for events in rounds:
+        in_rounds.record(events)
+    assert in_rounds.num_events == at_once.num_events == 20
+    assert in_rounds.epsilon() == at_once.epsilon()
+    # and both equal the one-shot formula for 640 queries
+    expected = gnmax_epsilon(40.0, 640, 1e-5, accountant, sigma_threshold=150.0)
+    assert in_rounds.epsilon() == pytest.approx(expected, rel=1e-9)
+
+
+def test_epsilon_grows_with_rounds() -> None:
+    ledger = ServerLedger(1e-5)
+    last = 0.0
+    for _ in range(5):
+        ledger.record([votes(40.0, 100)])
+        eps = ledger.epsilon()
+        assert eps is not None and eps > last
+        last = eps
+
+
+def test_composed_and_nested_events_are_flattened() -> None:
+    nested = dp_accounting.ComposedDpEvent(
+        [dp_accounting.SelfComposedDpEvent(votes(40.0, 10), 5), dp_accounting.NoOpDpEvent()]
+    )
+    ledger = ServerLedger(1e-5)
+    ledger.record([nested, dp_accounting.GaussianDpEvent(40.0 / SQRT2)])
+    assert ledger.epsilon() == pytest.approx(gnmax_epsilon(40.0, 51, 1e-5), rel=1e-9)
+
+
+def test_non_private_event_gives_inf() -> None:
+    ledger = ServerLedger(1e-5, "pld")
+    ledger.record([votes(40.0, 10)])
+    ledger.record([dp_accounting.NonPrivateDpEvent()])
+    assert ledger.epsilon() == math.inf
+    ledger.record([votes(40.0, 10)])
+    assert ledger.epsilon() == math.inf  # stays infinite
+    zero_noise = ServerLedger(1e-5)
+    zero_noise.record([dp_accounting.GaussianDpEvent(0.0)])
+    assert zero_noise.epsilon() == math.inf
+
+
+def test_noop_only_costs_nothing() -> None:
+    ledger = ServerLedger(1e-5)
+    ledger.record([dp_accounting.NoOpDpEvent()])
+    assert ledger.num_events == 1 and ledger.epsilon() == 0.0
+
+
+def test_unsupported_events_are_rejected_atomically() -> None:
+    ledger = ServerLedger(1e-5)
+    ledger.record([votes(40.0, 10)])
+    before = ledger.epsilon()
+    sampled = dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.GaussianDpEvent(1.0))
+    for bad in (sampled, dp_accounting.LaplaceDpEvent(1.0)):
+        with pytest.raises(ValueError, match="ServerLedger records only"):
+            ledger.record([votes(40.0, 10), bad])
+    assert ledger.num_events == 1 and ledger.epsilon() == before
+    with pytest.raises(TypeError, match="iterable"):
+        ledger.record(votes(40.0, 10))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "pld"])
+def test_state_dict_round_trip(accountant: str) -> None:
+    ledger = ServerLedger(1e-5, accountant)
+    for _ in range(3):
+        ledger.record([votes(40.0, 64), threshold(150.0, 64)])
+    ledger.record([votes(25.0, 7)])
+    state = json.loads(json.dumps(ledger.state_dict()))  # JSON-able
+    restored = ServerLedger(1e-5, accountant)
+    restored.load_state_dict(state)
+    assert restored.num_events == ledger.num_events == 7
+    assert restored.epsilon() == ledger.epsilon()
+    assert restored.state_dict() == ledger.state_dict()
+    # a restored ledger goes on recording as the original does
+    ledger.record([votes(40.0, 64)])
+    restored.record([votes(40.0, 64)])
+    assert restored.epsilon() == ledger.epsilon()
+
+
+def test_state_dict_round_trip_special_cases() -> None:
+    empty = ServerLedger(1e-5)
+    restored = ServerLedger(1e-5)
+    restored.load_state_dict(empty.state_dict())
+    assert restored.epsilon() is None
+    non_private = ServerLedger(1e-5)
+    non_private.record([votes(40.0, 3), dp_accounting.NonPrivateDpEvent()])
+    restored.load_state_dict(non_private.state_dict())
+    assert restored.epsilon() == math.inf and restored.num_events == 2
+
+
+def test_state_dict_mismatch_and_malformed() -> None:
+    state = ServerLedger(1e-5, "rdp").state_dict()
+    with pytest.raises(ValueError, match="delta"):
+        ServerLedger(1e-6, "rdp").load_state_dict(state)
+    with pytest.raises(ValueError, match="accountant"):
+        ServerLedger(1e-5, "pld").load_state_dict(state)
+    for broken in (
+        {k: v for k, v in state.items() if k != "events"},
+        state | {"version": 99},
+        state | {"events": [["laplace", 1.0, 1]]},
+        state | {"events": [["gaussian", -1.0, 1]]},
+        state | {"events": [["gaussian", 1.0, 0]]},
+        state | {"events": [["gaussian", 1.0]]},
+        state | {"num_events": -1},
+    ):
+        with pytest.raises(ValueError):
+            ServerLedger(1e-5, "rdp").load_state_dict(broken)
+
+
+def test_many_rounds_stay_compact_and_fast() -> None:
+    import time
+
+    ledger = ServerLedger(1e-5)
+    start = time.perf_counter()
+    for _ in range(500):
+        ledger.record([votes(40.0, 20), threshold(150.0, 20)])
+        eps = ledger.epsilon()  # reported every round
+    assert time.perf_counter() - start < 5.0  # about 0.5 s here
+    assert len(ledger.state_dict()["events"]) == 2  # compacted
+    assert eps == pytest.approx(gnmax_epsilon(40.0, 10_000, 1e-5, sigma_threshold=150.0))
+
+
+# ------------------------------------------------------------------------------------------
+# with the pate rule
+# ------------------------------------------------------------------------------------------
+
+
+def test_ledger_of_pate_rounds() -> None:
+    rule = build_aggregator("pate", sigma=40.0, threshold=200.0, sigma_threshold=150.0)
+    rng = np.random.default_rng(0)
+    ledger = ServerLedger(1e-5)
+    for _ in range(10):  # 10 rounds of 64 queries: the MNIST setting's 640 queries
+        z = rng.normal(size=(250, 64, 10))
+        ledger.record(rule.aggregate(z, rng=rng).privacy_events)
+    assert ledger.epsilon() == pytest.approx(4.25, abs=0.01)
+    noiseless = ServerLedger(1e-5)
+    noiseless.record(build_aggregator("pate", sigma=0.0).aggregate(z).privacy_events)
+    assert noiseless.epsilon() == math.inf

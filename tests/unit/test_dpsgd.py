@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from opacus.accountants import RDPAccountant
+
+from fedkd.config import PrivacyConfig
+from fedkd.data.datasets import ArrayDataset
+from fedkd.models import build_model
+from fedkd.privacy.dpsgd import (
+    HISTORY_KEY,
+    BudgetExhausted,
+    ClientPrivacy,
+    calibrated_noise_multiplier,
+    epsilon_of,
+)
+from fedkd.privacy.output_noise import private_counts
+from fedkd.training import seeded_generator
+
+warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
+
+
+def data(n: int = 96) -> ArrayDataset:
+    rng = np.random.default_rng(0)
+    return ArrayDataset(x=rng.uniform(-1, 1, (n, 1, 8, 8)).astype(np.float32),
+                        y=rng.integers(0, 10, n).astype(np.int64))
+
+
+def fit(privacy: ClientPrivacy, model: torch.nn.Module, rnd: int, steps: int = 6) -> None:
+    privacy.fit(model, data(), steps=steps, batch_size=16, learning_rate=0.1,
+                generator=seeded_generator(0, rnd))
+
+
+def opacus_hooks(model: torch.nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._backward_hooks) + len(m._forward_pre_hooks)
+               for m in model.modules())
+
+
+def test_ledger_carried_across_rounds_equals_one_accountant_over_all_steps() -> None:
+    cfg = PrivacyConfig(dp_sgd=True, noise_multiplier=1.1, max_grad_norm=1.0)
+    state: dict[str, np.ndarray] = {}
+    model = build_model("mlp", (1, 8, 8), 10)
+    for rnd in range(1, 4):  # a fresh ClientPrivacy each round, as in a fresh process
+        privacy = ClientPrivacy(cfg, state, planned_rounds=3)
+        fit(privacy, model, rnd)
+        privacy.save()
+        assert opacus_hooks(model) == 0  # nothing left behind between rounds
+    # 96 examples, batch 16: q = 1/6; 3 rounds x 6 steps.
+    np.testing.assert_allclose(state[HISTORY_KEY], [[1.1, 1 / 6, 18]])
+    reference = RDPAccountant()
+    reference.history = [(1.1, 1 / 6, 18)]
+    expected = reference.get_epsilon(delta=1e-5)
+    assert ClientPrivacy(cfg, state, 3).epsilon() == pytest.approx(expected, rel=1e-12)
+    assert expected == pytest.approx(5.2095, abs=1e-3)  # pinned: Opacus RDP, delta 1e-5
+
+
+def test_releases_compose_in_the_same_ledger() -> None:
+    cfg = PrivacyConfig(dp_sgd=True, noise_multiplier=1.0, output_noise=5.0)
+    state: dict[str, np.ndarray] = {}
+    privacy = ClientPrivacy(cfg, state, planned_rounds=1)
+    fit(privacy, build_model("mlp", (1, 8, 8), 10), 1)
+    privacy.account(private_counts(data().y, 10, 5.0, np.random.default_rng(0)))
+    reference = RDPAccountant()
+    reference.history = [(1.0, 1 / 6, 6), (5.0, 1.0, 1)]
+    assert privacy.epsilon() == pytest.approx(reference.get_epsilon(1e-5), rel=1e-12)
+
+
+def test_budget_exhaustion_stops_before_training() -> None:
+    cfg = PrivacyConfig(dp_sgd=True, noise_multiplier=1.0, epsilon_budget=5.0)
+    state: dict[str, np.ndarray] = {}
+    model = build_model("mlp", (1, 8, 8), 10)
+    privacy = ClientPrivacy(cfg, state, planned_rounds=5)
+    fit(privacy, model, 1)  # 6 steps at q 1/6: epsilon 4.26; 12 steps would be 5.34
+    privacy.save()
+    before = [p.detach().clone() for p in model.parameters()]
+    privacy = ClientPrivacy(cfg, state, planned_rounds=5)
+    with pytest.raises(BudgetExhausted, match="budget-exhausted: epsilon .* so far, .* after this round, budget 5"):
+        fit(privacy, model, 2)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # did not train
+    assert privacy.epsilon() == pytest.approx(4.2569, abs=1e-3)
+
+
+def test_target_epsilon_calibrates_the_whole_run() -> None:
+    cfg = PrivacyConfig(dp_sgd=True, target_epsilon=3.0)
+    state: dict[str, np.ndarray] = {}
+    model = build_model("mlp", (1, 8, 8), 10)
+    for rnd in (1, 2):
+        privacy = ClientPrivacy(cfg, state, planned_rounds=2)
+        fit(privacy, model, rnd)
+        privacy.save()
+    eps = ClientPrivacy(cfg, state, 2).epsilon()
+    assert 2.9 <= eps <= 3.0  # get_noise_multiplier's tolerance is 0.01 below the target
+    sigma = calibrated_noise_multiplier(3.0, 1e-5, 1 / 6, 12, "rdp")
+    assert state[HISTORY_KEY][0][0] == pytest.approx(sigma)
+
+
+def test_epsilon_of_empty_history_is_zero_and_accountant_must_not_change() -> None:
+    assert epsilon_of([], 1e-5, "rdp") == 0.0
+    state: dict[str, np.ndarray] = {}
+    p = ClientPrivacy(PrivacyConfig(dp_sgd=True), state, 1)
+    p.history.append((1.0, 0.1, 10))
+    p.save()
+    with pytest.raises(ValueError, match="kept with the 'rdp' accountant, not 'prv'"):
+        ClientPrivacy(PrivacyConfig(dp_sgd=True, accountant="prv"), state, 1)
+
+
+def test_ghost_mode_trains_and_refuses_extra_loss_terms() -> None:
+    cfg = PrivacyConfig(dp_sgd=True, grad_sample_mode="ghost")
+    model = build_model("mlp", (1, 8, 8), 10)
+    privacy = ClientPrivacy(cfg, {}, 1)
+    stats = privacy.fit(model, data(), steps=4, batch_size=16, learning_rate=0.1,
+                        generator=seeded_generator(0))
+    assert stats.steps == 4 and opacus_hooks(model) == 0
+    with pytest.raises(ValueError, match="ghost.*use 'hooks'"):
+        privacy.fit(model, data(), steps=1, batch_size=16, learning_rate=0.1,
+                    generator=seeded_generator(0), extra_loss=lambda m, x, y, z: z.sum() * 0)
