@@ -110,3 +110,18 @@ def test_fedmd_mixed_architectures_through_flower(tmp_path: Path) -> None:
                                                      "bytes": 64 * 10 * 4 + 128}}
         else:
             assert a["arrays"] == {}
+
+
+@pytest.mark.integration
+def test_fd_with_dp_sgd_reports_growing_epsilon_through_flower(tmp_path: Path) -> None:
+    # Each client's Opacus ledger lives in its node state between rounds; a fresh engine each
+    # round must continue it, not restart it.
+    simulate(tmp_path, 'algorithm="fd"', "privacy.dp-sgd=true", "privacy.noise-multiplier=1.0",
+             "privacy.output-noise=2.0", "train.local-steps=5")
+    rows = read_metrics(tmp_path / "it")
+    first, second = ({n: c["epsilon"] for n, c in r["clients"].items()} for r in rows)
+    assert set(first) == set(second) and len(first) == 3
+    assert all(0 < first[n] < second[n] for n in first)
+    assert rows[-1]["epsilon-max"] == max(second.values())
+    summary = (tmp_path / "it" / "summary.json").read_text()
+    assert '"epsilon-max"' in summary and '"privacy-accountant": "rdp"' in summary
