@@ -122,6 +122,9 @@ class AggregationConfig:
     era_temperature: float = 0.1
     era_mode: str = "temperature"
     era_beta: float = 2.0
+    pate_sigma: float = 40.0
+    pate_threshold: float = 0.0
+    pate_sigma_threshold: float = 150.0
     max_abs_logit: float = 1000.0
 
     def __post_init__(self) -> None:
@@ -147,6 +150,9 @@ class AggregationConfig:
         elif self.rule == "era":
             options.update(era_temperature=self.era_temperature, mode=self.era_mode,
                            beta=self.era_beta)
+        elif self.rule == "pate":
+            options.update(sigma=self.pate_sigma, sigma_threshold=self.pate_sigma_threshold,
+                           threshold=self.pate_threshold if self.pate_threshold > 0 else None)
         if self.rule not in AGGREGATORS:
             raise ConfigError(
                 f"aggregation.rule: unknown aggregation rule {self.rule!r}; valid names: "

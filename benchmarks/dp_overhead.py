@@ -1,0 +1,217 @@
+"""The cost of DP-SGD on one client round: plain SGD against Opacus DP-SGD (hooks and ghost).
+
+One Fashion-MNIST client (Dirichlet partition of the pool into ``--clients`` clients, ``--alpha``,
+partition ``--partition``; its local train split) trains ``--steps`` steps of batch ``--batch-size``
+with fedkd's own code paths:
+
+* ``plain``: :func:`fedkd.training.fit_supervised` (what a client runs without ``privacy.dp-sgd``);
+* ``dp-hooks`` / ``dp-ghost``: :meth:`fedkd.privacy.dpsgd.ClientPrivacy.fit` with
+  ``grad_sample_mode`` ``hooks`` / ``ghost``, noise multiplier 1.0, clip 1.0, a fresh
+  ``ClientPrivacy`` with an empty node state each time (what a client runs with
+  ``privacy.dp-sgd``; ``make_private``, Poisson sampling with the same expected batch, per-sample
+  clipping, noise, unwrapping and the ledger update are all inside the timed region).
+
+Everything runs in ONE process with ``torch.set_num_threads(1)``. One untimed warm-up round of
+every (model, mode) comes first (imports, allocator), then ``--repeats`` timed repeats interleave
+all (model, mode) pairs, the order of the modes rotating from repeat to repeat so that a slow
+phase of the machine does not land on one mode only. Each round starts from a freshly built
+model (same seed; building it is not timed). Per round we record process CPU time
+(``time.process_time``) and wall time (``time.perf_counter``); the table gives medians over the
+repeats and the ratio DP / plain of those medians. Process CPU time is the primary measure: it
+is far less sensitive than wall time to other jobs on a shared machine.
+
+Run (a few minutes on 2 CPU cores with the defaults)::
+
+    .venv/bin/python -m benchmarks.dp_overhead [--models cnn,fedgen-cnn] [--repeats 5]
+
+Writes ``benchmarks/results/dp_overhead.{json,md}`` and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import opacus
+import torch
+
+from fedkd.config import PrivacyConfig
+from fedkd.data.federated import DataSpec, load_federated
+from fedkd.models import build_model
+from fedkd.privacy.dpsgd import ClientPrivacy
+from fedkd.training import fit_supervised, seeded_generator
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: The project's target: DP-SGD costs at most this many times a plain round.
+TARGET_RATIO = 2.5
+
+MODES = ("plain", "dp-hooks", "dp-ghost")
+
+
+def one_round(model_name: str, mode: str, data: Any, input_shape: tuple[int, int, int],
+              num_classes: int, args: argparse.Namespace, rep: int) -> dict[str, Any]:
+    """Train one round of ``mode`` from a fresh model; returns CPU and wall seconds."""
+    torch.manual_seed(args.seed)
+    model = build_model(model_name, input_shape, num_classes)
+    generator = seeded_generator(args.seed, rep, args.partition)
+    kwargs = dict(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
+                  generator=generator)
+    ledger = None
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    if mode == "plain":
+        stats = fit_supervised(model, data, **kwargs)
+    else:
+        cfg = PrivacyConfig(dp_sgd=True, noise_multiplier=args.noise_multiplier,
+                            max_grad_norm=args.max_grad_norm,
+                            grad_sample_mode=mode.removeprefix("dp-"))
+        ledger = ClientPrivacy(cfg, {}, planned_rounds=1)
+        stats = ledger.fit(model, data, **kwargs)
+        ledger.save()
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    out = {"model": model_name, "mode": mode, "repeat": rep, "cpu-s": cpu, "wall-s": wall,
+           "steps": stats.steps, "samples-seen": stats.samples_seen, "train-loss": stats.loss}
+    if ledger is not None:
+        out["epsilon"] = ledger.epsilon()  # after the timed region
+    return out
+
+
+def summarise(rounds: list[dict[str, Any]], models: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for m in models:
+        med = {}
+        for mode in MODES:
+            rs = [r for r in rounds if r["model"] == m and r["mode"] == mode]
+            med[mode] = {"cpu-s": statistics.median(r["cpu-s"] for r in rs),
+                         "wall-s": statistics.median(r["wall-s"] for r in rs),
+                         "cpu-s-all": [round(r["cpu-s"], 4) for r in rs],
+                         "wall-s-all": [round(r["wall-s"], 4) for r in rs],
+                         "samples-seen": statistics.median(r["samples-seen"] for r in rs)}
+            if mode != "plain":
+                med[mode]["epsilon"] = rs[0]["epsilon"]
+        for mode in MODES[1:]:
+            cpu_ratio = med[mode]["cpu-s"] / med["plain"]["cpu-s"]
+            wall_ratio = med[mode]["wall-s"] / med["plain"]["wall-s"]
+            rows.append({
+                "model": m, "mode": mode,
+                "plain-cpu-s": med["plain"]["cpu-s"], "plain-wall-s": med["plain"]["wall-s"],
+                "dp-cpu-s": med[mode]["cpu-s"], "dp-wall-s": med[mode]["wall-s"],
+                "cpu-ratio": cpu_ratio, "wall-ratio": wall_ratio,
+                "target-met-cpu": cpu_ratio <= TARGET_RATIO,
+                "target-met-wall": wall_ratio <= TARGET_RATIO,
+                "epsilon-one-round": med[mode]["epsilon"],
+                "plain-cpu-s-all": med["plain"]["cpu-s-all"], "dp-cpu-s-all": med[mode]["cpu-s-all"],
+                "plain-wall-s-all": med["plain"]["wall-s-all"], "dp-wall-s-all": med[mode]["wall-s-all"],
+                "dp-samples-seen-median": med[mode]["samples-seen"],
+            })
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| model | DP mode | plain CPU s | DP CPU s | DP / plain (CPU) | plain wall s | "
+             "DP wall s | DP / plain (wall) | target <= 2.5x (CPU) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['mode'].removeprefix('dp-')} | {r['plain-cpu-s']:.3f} | "
+            f"{r['dp-cpu-s']:.3f} | {r['cpu-ratio']:.2f}x | {r['plain-wall-s']:.3f} | "
+            f"{r['dp-wall-s']:.3f} | {r['wall-ratio']:.2f}x | "
+            f"{'met' if r['target-met-cpu'] else 'NOT met'} |"
+        )
+    return "\n".join(lines)
+
+
+def verdict(rows: list[dict[str, Any]]) -> str:
+    met = [r for r in rows if r["target-met-cpu"]]
+    missed = [r for r in rows if not r["target-met-cpu"]]
+    parts = []
+    if met:
+        parts.append("met (CPU time) for " + ", ".join(
+            f"{r['model']}/{r['mode'].removeprefix('dp-')} ({r['cpu-ratio']:.2f}x)" for r in met))
+    if missed:
+        parts.append("NOT met (CPU time) for " + ", ".join(
+            f"{r['model']}/{r['mode'].removeprefix('dp-')} ({r['cpu-ratio']:.2f}x)" for r in missed))
+    disagree = [r for r in rows if r["target-met-cpu"] != r["target-met-wall"]]
+    text = f"Target DP / plain <= {TARGET_RATIO}x: " + "; ".join(parts) + "."
+    if disagree:
+        text += (" Wall time gives a different verdict for " + ", ".join(
+            f"{r['model']}/{r['mode'].removeprefix('dp-')} ({r['wall-ratio']:.2f}x)"
+            for r in disagree) + " (wall time is the noisier measure here).")
+    return text
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="cnn,fedgen-cnn", help="comma-separated model names")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=50, help="train.local-steps")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--noise-multiplier", type=float, default=1.0)
+    parser.add_argument("--max-grad-norm", type=float, default=1.0)
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--partition", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+
+    fed = load_federated(DataSpec(dataset="fashion-mnist", partitioner="dirichlet",
+                                  num_partitions=args.clients, alpha=args.alpha, seed=args.seed))
+    data = fed.client(args.partition).train
+    print(f"client {args.partition}: {len(data)} local train samples; models {models}; "
+          f"{args.steps} steps of batch {args.batch_size}; {args.repeats} repeats", flush=True)
+
+    for m in models:  # untimed warm-up
+        for mode in MODES:
+            one_round(m, mode, data, fed.input_shape, fed.num_classes, args, rep=-1)
+    rounds: list[dict[str, Any]] = []
+    for rep in range(args.repeats):
+        order = MODES[rep % len(MODES):] + MODES[:rep % len(MODES)]
+        for m in models:
+            for mode in order:
+                r = one_round(m, mode, data, fed.input_shape, fed.num_classes, args, rep)
+                rounds.append(r)
+                print(f"  rep {rep} {m:<10} {mode:<8} cpu {r['cpu-s']:.3f}s wall {r['wall-s']:.3f}s",
+                      flush=True)
+    rows = summarise(rounds, models)
+
+    command = (f".venv/bin/python -m benchmarks.dp_overhead --models {','.join(models)} "
+               f"--repeats {args.repeats} --steps {args.steps}")
+    header = (
+        f"DP-SGD overhead on one client round. Fashion-MNIST, Dirichlet alpha {args.alpha:g} over "
+        f"{args.clients} clients, partition {args.partition} ({len(data)} local train samples), "
+        f"{args.steps} local steps of batch {args.batch_size} (DP: Poisson sampling, same expected "
+        f"batch), lr {args.lr:g}; DP-SGD via `ClientPrivacy.fit` (fresh ledger each round, noise "
+        f"multiplier {args.noise_multiplier:g}, clip {args.max_grad_norm:g}, opacus "
+        f"{opacus.__version__}); plain via `fit_supervised`. Medians of {args.repeats} interleaved "
+        f"repeats in one process after an untimed warm-up, `torch.set_num_threads(1)`, torch "
+        f"{torch.__version__} on CPU. Timings come from a shared 2-core machine "
+        f"({os.cpu_count()} CPUs visible) on which another benchmark may have been running: "
+        f"process CPU time is the primary measure, wall time is shown for reference and is "
+        f"inflated by contention.\n\nCommand: `{command}`"
+    )
+    md = header + "\n\n" + table(rows) + "\n\n" + verdict(rows) + "\n"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "dp_overhead.md").write_text(md)
+    (out / "dp_overhead.json").write_text(json.dumps({
+        "command": command, "args": vars(args), "target-ratio": TARGET_RATIO,
+        "local-train-samples": len(data), "torch": torch.__version__,
+        "opacus": opacus.__version__, "platform": platform.platform(),
+        "cpu-count": os.cpu_count(), "load-average-at-end": os.getloadavg(),
+        "results": rows, "rounds": rounds,
+    }, indent=2))
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
