@@ -60,7 +60,7 @@ def one_round(model_name: str, mode: str, data: Any, input_shape: tuple[int, int
     """Train one round of ``mode`` from a fresh model; returns CPU and wall seconds."""
     torch.manual_seed(args.seed)
     model = build_model(model_name, input_shape, num_classes)
-    generator = seeded_generator(args.seed, rep, args.partition)
+    generator = seeded_generator(args.seed, rep + 1, args.partition)  # warm-up: rep -1
     kwargs = dict(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
                   generator=generator)
     ledger = None

@@ -190,6 +190,45 @@ class DistillConfig:
 
 
 @dataclass(frozen=True)
+class FedGenConfig:
+    """Data-free distillation with a server-side generator (``fedgen.*`` keys).
+
+    ``fedgen`` (the paper, a weight-sharing baseline) uses ``teacher-loss``, ``generator-*``,
+    ``diversity-weight``, ``alpha0``, ``beta0``, ``decay`` and ``lr-decay`` as in the official
+    code; ``fedgen-logits`` uses ``generator-*``, ``diversity-weight``, ``synthetic-batch``,
+    ``student-ce-weight``, ``adversarial-weight``, ``decay`` and the ``distill.*`` keys.
+    """
+
+    teacher_loss: str = "code"
+    generator_steps: int = 50
+    generator_lr: float = 3e-4
+    generator_batch: int = 32
+    diversity_weight: float = 1.0
+    alpha0: float = 10.0
+    beta0: float = 10.0
+    decay: float = 0.98
+    lr_decay: float = 0.99
+    synthetic_batch: int = 256
+    student_ce_weight: float = 0.0
+    adversarial_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.teacher_loss not in ("code", "weighted"):
+            raise ConfigError(
+                f"fedgen.teacher-loss must be 'code' or 'weighted', got {self.teacher_loss!r}"
+            )
+        for name in ("generator_steps", "generator_lr", "generator_batch", "synthetic_batch"):
+            _positive(f"fedgen.{name.replace('_', '-')}", getattr(self, name))
+        for name in ("diversity_weight", "alpha0", "beta0", "student_ce_weight",
+                     "adversarial_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"fedgen.{name.replace('_', '-')} must be >= 0")
+        for name in ("decay", "lr_decay"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ConfigError(f"fedgen.{name.replace('_', '-')} must be in (0, 1]")
+
+
+@dataclass(frozen=True)
 class PrivacyConfig:
     """Differential privacy (``privacy.*`` keys); see README "Privacy" for the units.
 
@@ -307,6 +346,7 @@ class RunConfig:
     federation: FederationConfig = field(default_factory=FederationConfig)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    fedgen: FedGenConfig = field(default_factory=FedGenConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     output: OutputConfig = field(default_factory=OutputConfig)

@@ -1,0 +1,103 @@
+"""Conditional generators for data-free distillation.
+
+* :class:`LatentGenerator`: FedGen's generator (Zhu et al., ICML 2021, official code): noise
+  and a one-hot label to a latent feature vector that a classifier's ``head`` reads.
+* :class:`InputGenerator`: a conditional generator in input space (images in [-1, 1], matching the
+  data scaling), for black-box distillation where clients only answer with logits
+  (``fedgen-logits``).
+
+Both are built on the server and never trained with private data, so they may use BatchNorm.
+All randomness comes from explicit ``torch.Generator`` arguments.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LatentGenerator(nn.Module):
+    """FedGen's conditional generator: ``G(eps, y) -> z`` in a classifier's latent space.
+
+    ``h = ReLU(BN(Linear([eps, onehot(y)])))``, ``z = Linear(h)`` with no output activation;
+    ``eps ~ U[0, 1)^noise_dim`` (the official code draws uniform noise although a comment says
+    Gaussian).
+
+    Parameters
+    ----------
+    num_classes, latent_dim
+        Label count and the size of the latent layer it imitates (FedGen's CNN: 32).
+    noise_dim, hidden_dim
+        FedGen's MNIST settings: 32 and 256 (19,744 parameters with 10 classes and latent 32).
+    """
+
+    def __init__(self, num_classes: int, latent_dim: int = 32, noise_dim: int = 32,
+                 hidden_dim: int = 256) -> None:
+        super().__init__()
+        self.num_classes, self.latent_dim, self.noise_dim = num_classes, latent_dim, noise_dim
+        self.fc = nn.Linear(noise_dim + num_classes, hidden_dim)
+        self.bn = nn.BatchNorm1d(hidden_dim)
+        self.out = nn.Linear(hidden_dim, latent_dim)
+
+    def sample_noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``eps ~ U[0, 1)`` of shape [n, noise_dim]."""
+        return torch.rand(n, self.noise_dim, generator=generator)
+
+    def forward(self, noise: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        onehot = F.one_hot(labels, self.num_classes).to(noise.dtype)
+        h = F.relu(self.bn(self.fc(torch.cat([noise, onehot], dim=1))))
+        return self.out(h)
+
+
+class InputGenerator(nn.Module):
+    """A conditional image generator: ``G(eps, y) -> x`` in [-1, 1] with the data's shape.
+
+    ``eps ~ N(0, I)`` of ``noise_dim`` is concatenated with a learned label embedding, mapped by a
+    linear layer to ``width`` feature maps at a quarter of the image size, then upsampled twice
+    (nearest, 3x3 conv, BatchNorm, LeakyReLU) and projected to the image channels with ``tanh``,
+    the usual data-free distillation generator (DAFL, DFAD) made class-conditional.
+
+    Parameters
+    ----------
+    num_classes
+        Number of labels.
+    image_shape
+        ``(C, H, W)`` of the data; H and W must be divisible by 4.
+    noise_dim, width
+        Noise size and channels of the first feature map.
+    """
+
+    def __init__(self, num_classes: int, image_shape: tuple[int, int, int], noise_dim: int = 64,
+                 width: int = 64) -> None:
+        super().__init__()
+        c, h, w = image_shape
+        if h % 4 or w % 4:
+            raise ValueError(f"InputGenerator needs H and W divisible by 4, got {image_shape}")
+        self.num_classes, self.noise_dim, self.image_shape = num_classes, noise_dim, image_shape
+        self.init_size = (h // 4, w // 4)
+        self.embed = nn.Embedding(num_classes, noise_dim)
+        self.fc = nn.Linear(2 * noise_dim, width * self.init_size[0] * self.init_size[1])
+        self.width = width
+        self.blocks = nn.Sequential(
+            nn.BatchNorm2d(width),
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.BatchNorm2d(width),
+            nn.LeakyReLU(0.2),
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(width, width // 2, 3, padding=1),
+            nn.BatchNorm2d(width // 2),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(width // 2, c, 3, padding=1),
+            nn.Tanh(),
+        )
+
+    def sample_noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``eps ~ N(0, I)`` of shape [n, noise_dim]."""
+        return torch.randn(n, self.noise_dim, generator=generator)
+
+    def forward(self, noise: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        h = self.fc(torch.cat([noise, self.embed(labels)], dim=1))
+        h = h.view(-1, self.width, *self.init_size)
+        return self.blocks(h)
