@@ -31,7 +31,9 @@ from fedkd.data.federated import ClientData, FederatedData
 from fedkd.models import build_model
 from fedkd.privacy.accounting import ServerLedger
 from fedkd.protocol import PhaseSpec, Payload
+from fedkd.aggregation import AggregationRule, Targets
 from fedkd.privacy.dpsgd import ClientPrivacy
+from fedkd.privacy.output_noise import private_public_logits
 from fedkd.training import (
     BatchObserver,
     ExtraLoss,
@@ -39,12 +41,15 @@ from fedkd.training import (
     evaluate,
     fit_supervised,
     load_numpy_state,
+    predict_logits,
     seeded_generator,
     state_to_numpy,
 )
 
 #: Prefix of the personal model's arrays in a client's node state.
 PERSONAL_PREFIX = "model/"
+#: Seed stream of a client's output noise.
+OUTPUT_NOISE_STREAM = 0x0B7
 
 #: Personalised evaluation: every algorithm answers it with loss and accuracy on the local test split.
 EVALUATE_PHASE = PhaseSpec(
@@ -171,6 +176,37 @@ class Algorithm(ABC):
     def client_privacy(self, client: ClientContext) -> ClientPrivacy:
         """The client's example-level privacy ledger, restored from its node state."""
         return ClientPrivacy(self.cfg.privacy, client.state, self.cfg.num_server_rounds)
+
+    def release_logits(
+        self, client: ClientContext, model: nn.Module, x: np.ndarray, rnd: int
+    ) -> np.ndarray:
+        """The client's logits on shared, non-private inputs (public or synthetic), to send.
+
+        Computed in eval mode under ``no_grad``. With DP-SGD they are post-processing of a DP
+        model and cost nothing. With ``privacy.output-noise`` > 0 and no DP-SGD the model is not
+        private, so the rows are clipped and noised for a sensitivity of 2 C sqrt(m)
+        (:func:`fedkd.privacy.output_noise.private_public_logits`) and the release is accounted.
+        """
+        logits = predict_logits(model, x, batch_size=self.cfg.train.eval_batch_size)
+        privacy = self.cfg.privacy
+        if privacy.output_noise > 0 and not privacy.dp_sgd:
+            rng = np.random.default_rng([self.cfg.seed, rnd, client.partition_id, OUTPUT_NOISE_STREAM])
+            release = private_public_logits(logits, privacy.output_clip, privacy.output_noise, rng)
+            ledger = self.client_privacy(client)
+            ledger.account(release)
+            ledger.save()
+            logits = release.values.astype(np.float32)
+        return logits
+
+    def aggregate_teachers(
+        self, rule: AggregationRule, logits: np.ndarray, rng: np.random.Generator,
+        weights: np.ndarray | None = None, mask: np.ndarray | None = None,
+    ) -> Targets:
+        """Aggregate teacher logits with ``rule`` and record any client-level privacy it spent."""
+        result = rule.aggregate(logits, weights=weights if rule.uses_weights else None, mask=mask,
+                                rng=rng)
+        self.server_ledger.record(result.privacy_events)
+        return result
 
     def local_fit(
         self,

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from fedkd.algorithms.base import Algorithm, ClientContext, Exchange
+from fedkd.algorithms.base import OUTPUT_NOISE_STREAM, Algorithm, ClientContext, Exchange
 from fedkd.algorithms.registry import ALGORITHMS
 from fedkd.config import ConfigError
 from fedkd.data.federated import FederatedData
@@ -44,8 +44,7 @@ from fedkd.training import predict_logits
 
 #: Seed stream of the server's randomised aggregation (PATE votes).
 AGGREGATION_STREAM = 0xA66
-#: Seed stream of a client's output noise.
-OUTPUT_NOISE_STREAM = 0x0B7
+
 
 
 @ALGORITHMS.register("fd")
@@ -114,9 +113,8 @@ class FD(Algorithm):
         has_teacher = (counts > 0).any(axis=0)
         rows = np.flatnonzero(has_teacher)
         mask = counts[:, rows] > 0
-        weights = counts[:, rows] if self.rule.uses_weights else None
-        result = self.rule.aggregate(logits[:, rows, :], weights=weights, mask=mask, rng=self._rng)
-        self.server_ledger.record(result.privacy_events)
+        result = self.aggregate_teachers(self.rule, logits[:, rows, :], self._rng,
+                                         weights=counts[:, rows], mask=mask)
         targets[rows] = result.probs
         has_teacher[rows] &= result.answered
         return targets, has_teacher

@@ -31,16 +31,13 @@ from fedkd.algorithms.base import Algorithm, ClientContext, Exchange
 from fedkd.algorithms.registry import ALGORITHMS
 from fedkd.data.datasets import ArrayDataset
 from fedkd.data.federated import FederatedData
-from fedkd.privacy.output_noise import private_public_logits
 from fedkd.protocol import ArraySpec, Payload, PhaseSpec
-from fedkd.training import fit_supervised, fit_to_targets, predict_logits, seeded_generator
+from fedkd.training import fit_supervised, fit_to_targets, seeded_generator
 
 #: Node-state key marking that the public pre-training was done.
 PRETRAINED_KEY = "fedmd/pretrained"
 #: Seed stream of the server student's batches (client streams use partition ids).
 SERVER_STREAM = 2**31 - 1
-#: Seed stream of a client's output noise.
-OUTPUT_NOISE_STREAM = 0x0B7
 
 
 @ALGORITHMS.register("fedmd")
@@ -88,11 +85,9 @@ class FedMD(Algorithm):
 
         teachers = sorted(result.replies)
         logits = np.stack([result.replies[k].arrays["logits"] for k in teachers])  # [K, N, C]
-        weights = None
-        if self.rule.uses_weights:  # teachers weighted by their private training-set size
-            weights = np.array([float(result.replies[k].metrics["num-examples"]) for k in teachers])
-        result = self.rule.aggregate(logits, weights=weights, rng=self._rng)
-        self.server_ledger.record(result.privacy_events)
+        # With the weighted rule, teachers count by their private training-set size.
+        weights = np.array([float(result.replies[k].metrics["num-examples"]) for k in teachers])
+        result = self.aggregate_teachers(self.rule, logits, self._rng, weights=weights)
         # Only samples the rule answered (PATE may abstain) are distilled, by the student and
         # by the clients.
         indices, targets = indices[result.answered], result.probs[result.answered]
@@ -145,19 +140,7 @@ class FedMD(Algorithm):
         x_pub = self._public_inputs(request, client)
         n_train = len(client.data.train)
         if phase == "logits":
-            logits = predict_logits(model, x_pub, batch_size=self.cfg.train.eval_batch_size)
-            privacy = self.cfg.privacy
-            if privacy.output_noise > 0 and not privacy.dp_sgd:
-                # A non-private model's logits on public inputs: one example can move every row
-                # (sensitivity 2 C sqrt(m)). With DP-SGD they are post-processing and free.
-                rng = np.random.default_rng([self.cfg.seed, int(request.config["round"]),
-                                             client.partition_id, OUTPUT_NOISE_STREAM])
-                release = private_public_logits(logits, privacy.output_clip,
-                                                privacy.output_noise, rng)
-                ledger = self.client_privacy(client)
-                ledger.account(release)
-                ledger.save()
-                logits = release.values.astype(np.float32)
+            logits = self.release_logits(client, model, x_pub, int(request.config["round"]))
             return Payload(arrays={"logits": logits}, metrics={"num-examples": n_train})
         if phase != "digest":
             raise ValueError(f"fedmd has no client phase {phase!r}")
