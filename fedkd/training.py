@@ -156,15 +156,21 @@ def fit_to_targets(
     generator: torch.Generator,
     momentum: float = 0.0,
     weight_decay: float = 0.0,
+    loss_weight: float = 1.0,
+    labels: np.ndarray | None = None,
+    ce_weight: float = 0.0,
 ) -> FitStats:
     """Distil ``model`` towards soft ``targets`` [N, C] on inputs ``x`` [N, ...].
 
-    Minimises T^2 * KL(targets || softmax(model(x) / T)) (the survey's eq. 1.1.3 with the
-    teacher given as probabilities) with SGD over ``steps`` mini-batches. ``accuracy`` is the
+    Minimises ``loss_weight`` * T^2 * KL(targets || softmax(model(x) / T)) (the survey's eq.
+    1.1.3 with the teacher given as probabilities), plus ``ce_weight`` * CE(model(x), labels)
+    when ``labels`` are given, with SGD over ``steps`` mini-batches. ``accuracy`` is the
     agreement of the model's argmax with the targets' argmax on the batches seen.
     """
     if len(x) != len(targets):
         raise ValueError(f"{len(x)} inputs but {len(targets)} targets")
+    if labels is not None and len(labels) != len(x):
+        raise ValueError(f"{len(x)} inputs but {len(labels)} labels")
     optimizer = torch.optim.SGD(
         model.parameters(), lr=learning_rate, momentum=momentum, weight_decay=weight_decay
     )
@@ -176,7 +182,9 @@ def fit_to_targets(
         tb = torch.from_numpy(np.ascontiguousarray(targets[rows], dtype=np.float32))
         optimizer.zero_grad(set_to_none=True)
         logits = model(xb)
-        loss = kd_kl_from_probs(logits, tb, temperature)
+        loss = loss_weight * kd_kl_from_probs(logits, tb, temperature)
+        if labels is not None and ce_weight > 0:
+            loss = loss + ce_weight * F.cross_entropy(logits, torch.from_numpy(labels[rows]))
         loss.backward()
         optimizer.step()
         total_loss += float(loss.detach())

@@ -6,6 +6,7 @@
 | ``fedgen`` | model weights and label counts (baseline; FedGen, official code) | ``fedgen.py`` |
 | ``fd`` | per-class mean logits [C, C] and counts [C] | ``fd.py`` |
 | ``fedmd`` | logits on announced public samples [N, C] | ``fedmd.py`` |
+| ``fedgen-logits`` | logits on server-generated inputs [N, C] | ``fedgen_logits.py`` |
 | ``local`` | nothing (metrics only): local training, the personalised baseline | ``local.py`` |
 """
 
@@ -13,6 +14,6 @@ from __future__ import annotations
 
 from fedkd.algorithms.registry import ALGORITHMS
 from fedkd.algorithms.base import Algorithm, ClientContext, Exchange, ExchangeResult, QuorumError
-from fedkd.algorithms import fd, fedavg, fedgen, fedmd, local  # noqa: F401  (register themselves)
+from fedkd.algorithms import fd, fedavg, fedgen, fedgen_logits, fedmd, local  # noqa: F401  (register themselves)
 
 __all__ = ["ALGORITHMS", "Algorithm", "ClientContext", "Exchange", "ExchangeResult", "QuorumError"]
