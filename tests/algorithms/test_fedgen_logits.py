@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fedkd.config import ConfigError
+from fedkd.losses import diversity_loss
+from fedkd.models.generators import InputGenerator, LatentGenerator
+from tests.algorithms.inprocess import run_inprocess
+
+FAST = {"algorithm": "fedgen-logits", "fedgen.synthetic-batch": 40, "distill.server-steps": 10,
+        "fedgen.generator-steps": 3, "distill.steps": 3, "train.local-steps": 5}
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (1, 8, 8), (3, 32, 32)])
+def test_input_generator_shapes_and_range(shape: tuple[int, int, int]) -> None:
+    g = InputGenerator(10, shape)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        x = g(g.sample_noise(6, gen), torch.arange(6))
+    assert x.shape == (6, *shape) and float(x.abs().max()) <= 1.0
+
+
+def test_latent_generator_matches_fedgen_size() -> None:
+    g = LatentGenerator(10, latent_dim=32)
+    assert sum(p.numel() for p in g.parameters()) == 19_744  # FedGen's MNIST generator
+    z = g(g.sample_noise(5, torch.Generator().manual_seed(0)), torch.arange(5))
+    assert z.shape == (5, 32)
+
+
+def test_input_generator_rejects_sizes_not_divisible_by_four() -> None:
+    with pytest.raises(ValueError, match="divisible by 4"):
+        InputGenerator(10, (1, 30, 30))
+
+
+def test_diversity_loss_known_value_on_generated_shapes() -> None:
+    # Two samples: noise distance mean((0-1)^2, (0-1)^2) = 1 off the diagonal; outputs differ by
+    # mean |0 - 2| = 2. Pairs (i, j) over 2 x 2 with zero diagonal: exp(-(2 * 1 * 2) / 4) = e^-1.
+    noise = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    out = torch.tensor([[[[0.0, 0.0]]], [[[2.0, 2.0]]]])
+    assert float(diversity_loss(noise, out)) == pytest.approx(np.exp(-1.0), rel=1e-6)
+
+
+def test_replies_carry_only_logits(tmp_path: Path) -> None:
+    rows, audit, _ = run_inprocess({**FAST, "num-server-rounds": 2}, 3, tmp_path)
+    assert rows[-1]["num-failures"] == 0 and rows[-1]["global-accuracy"] is not None
+    assert {a["phase"] for a in audit} == {"logits", "distill", "evaluate"}
+    for a in audit:
+        if a["phase"] == "logits":
+            assert a["arrays"] == {"arrays/logits": {"shape": [40, 10], "dtype": "float32",
+                                                     "bytes": 40 * 10 * 4 + 128}}
+        else:
+            assert a["arrays"] == {}
+
+
+def test_weighted_rule_adds_only_the_declared_counts(tmp_path: Path) -> None:
+    _, audit, _ = run_inprocess({**FAST, "aggregation.rule": "weighted"}, 3, tmp_path)
+    for a in audit:
+        if a["phase"] == "logits":
+            assert set(a["arrays"]) == {"arrays/logits", "arrays/label-counts"}
+            assert a["arrays"]["arrays/label-counts"]["shape"] == [10]
+
+
+def test_a_seeded_run_is_reproducible(tmp_path: Path) -> None:
+    keys = ("global-accuracy", "global-loss", "train-loss", "generator-loss",
+            "student-distill-loss", "personalized-accuracy")
+    runs = []
+    for i in range(2):
+        rows, _, _ = run_inprocess({**FAST, "num-server-rounds": 2}, 3, tmp_path / str(i))
+        runs.append([[r[k] for k in keys] for r in rows])
+    assert runs[0] == runs[1]
+
+
+def test_weighted_rule_under_dp_needs_noised_counts(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="releases label counts"):
+        run_inprocess({**FAST, "aggregation.rule": "weighted", "privacy.dp-sgd": True}, 3, tmp_path)
