@@ -209,6 +209,7 @@ class FedGenConfig:
     decay: float = 0.98
     lr_decay: float = 0.99
     synthetic_batch: int = 256
+    replay_rounds: int = 10
     student_ce_weight: float = 0.0
     adversarial_weight: float = 0.0
 
@@ -217,7 +218,8 @@ class FedGenConfig:
             raise ConfigError(
                 f"fedgen.teacher-loss must be 'code' or 'weighted', got {self.teacher_loss!r}"
             )
-        for name in ("generator_steps", "generator_lr", "generator_batch", "synthetic_batch"):
+        for name in ("generator_steps", "generator_lr", "generator_batch", "synthetic_batch",
+                     "replay_rounds"):
             _positive(f"fedgen.{name.replace('_', '-')}", getattr(self, name))
         for name in ("diversity_weight", "alpha0", "beta0", "student_ce_weight",
                      "adversarial_weight"):

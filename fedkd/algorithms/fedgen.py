@@ -171,7 +171,8 @@ def label_weights(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _seed_int(*seeds: int) -> int:
-    return int(np.random.SeedSequence([int(s) for s in seeds]).generate_state(1, np.uint64)[0]) % (2**63 - 1)
+    state = np.random.SeedSequence([int(s) for s in seeds]).generate_state(1, np.uint64)
+    return int(state[0]) % (2**63 - 1)
 
 
 @ALGORITHMS.register("fedgen")
@@ -205,7 +206,7 @@ class FedGen(Algorithm):
         return self._model
 
     def new_generator(self, seed: int | None = None) -> LatentGenerator:
-        """A fresh generator for ``train.model``'s latent space, built without touching global RNG."""
+        """A fresh generator for ``train.model``'s latent space (global RNG untouched)."""
         latent_dim = int(self._template().feature_dim)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_seed_int(self.cfg.seed if seed is None else seed,
@@ -251,7 +252,7 @@ class FedGen(Algorithm):
         return state_to_numpy(self._generator)
 
     def run_round(self, rnd: int, nodes: Sequence[int], exchange: Exchange) -> dict[str, float]:
-        assert self._generator is not None and self._scheduler is not None, "setup_server not called"
+        assert self._scheduler is not None, "setup_server not called"
         arrays = state_to_numpy(self._template())
         arrays.update({GENERATOR_PREFIX + k: v for k, v in self.generator_state().items()})
         request = Payload(arrays=arrays, config={"round": rnd})
@@ -291,9 +292,9 @@ class FedGen(Algorithm):
         fg = self.cfg.fedgen
         counts = np.stack([r.arrays[LABEL_COUNTS] for r in replies])
         weights, qualified = label_weights(counts)
-        before = [p.detach().clone() for p in gen.parameters()]
         if len(qualified) == 0:  # cannot happen with valid replies (every batch has a label)
             return {"qualified-labels": 0}
+        before = [p.detach().clone() for p in gen.parameters()]
         w = torch.from_numpy(weights.astype(np.float32))  # [K, C]
         labels = torch.from_numpy(qualified.astype(np.int64))
         teachers = self._teacher_heads(replies)
@@ -317,7 +318,8 @@ class FedGen(Algorithm):
             opt.step()
             teacher_total += float(teacher.detach())
             diversity_total += float(diversity.detach())
-        change = torch.sqrt(sum(((p.detach() - q) ** 2).sum() for p, q in zip(gen.parameters(), before)))
+        change = torch.sqrt(sum(((p.detach() - q) ** 2).sum()
+                                for p, q in zip(gen.parameters(), before)))
         steps = fg.generator_steps
         return {
             "generator-teacher-loss": teacher_total / steps,

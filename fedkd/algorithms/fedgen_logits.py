@@ -22,7 +22,10 @@ student :math:`s` (``train.model``). Round t, with sampled clients :math:`S_t`:
    .. math:: L_s = T^2\,\mathrm{KL}\big(t_i \,\|\, \sigma(s(x_i)/T)\big)
              + \gamma_{ce}\,\mathrm{CE}(s(x_i), y_i)
 
-   (``distill.temperature``, ``fedgen.student-ce-weight``), warm-started from the last round.
+   (``distill.temperature``, ``fedgen.student-ce-weight``), warm-started from the last round, on
+   this round's samples and those of the previous ``fedgen.replay-rounds`` - 1 rounds with the
+   targets they got then (a replay buffer on the server: more distillation data at no extra
+   communication; older targets come from less trained teachers).
 5. **Train the generator** against the frozen student for ``fedgen.generator-steps`` Adam steps
    (``fedgen.generator-lr``) on fresh batches of ``fedgen.generator-batch``:
 
@@ -49,6 +52,7 @@ logits (and C counts with the weighted rule). Client architectures may differ.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 
 import numpy as np
@@ -92,6 +96,9 @@ class FedGenLogits(Algorithm):
         self._generator: InputGenerator | None = None
         self._optimizer: torch.optim.Optimizer | None = None
         self._rng = np.random.default_rng([self.cfg.seed, AGGREGATION_STREAM])
+        #: (inputs, targets, labels) of recent rounds, newest last.
+        self._replay: deque[tuple[np.ndarray, np.ndarray, np.ndarray]] = deque(
+            maxlen=self.cfg.fedgen.replay_rounds)
 
     # ----- the contract -------------------------------------------------------------------
     def logits_phase(self, n: int) -> PhaseSpec:
@@ -150,10 +157,12 @@ class FedGenLogits(Algorithm):
         answered = np.flatnonzero(targets.answered)
         t = targets.probs[answered]
 
+        self._replay.append((x[answered], t.astype(np.float32), y[answered]))
+        x_all, t_all, y_all = (np.concatenate(parts) for parts in zip(*self._replay))
         student_stats = fit_to_targets(
-            self._student, x[answered], t, steps=distill.server_steps,
+            self._student, x_all, t_all, steps=distill.server_steps,
             batch_size=self.cfg.train.batch_size, learning_rate=self.cfg.train.learning_rate,
-            temperature=distill.temperature, labels=y[answered], ce_weight=fg.student_ce_weight,
+            temperature=distill.temperature, labels=y_all, ce_weight=fg.student_ce_weight,
             generator=seeded_generator(self.cfg.seed, rnd, STUDENT_STREAM),
         )
         gen_loss = self.train_generator(rnd, noise[answered], labels[answered], t)
@@ -166,6 +175,7 @@ class FedGenLogits(Algorithm):
         return {
             "teachers": len(teachers),
             "answered": len(answered),
+            "replay-samples": len(x_all),
             "consensus-label-agreement": float((t.argmax(1) == y[answered]).mean()) if len(t) else 0.0,
             "student-distill-loss": student_stats.loss,
             "generator-loss": gen_loss,

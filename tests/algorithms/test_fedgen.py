@@ -1,4 +1,4 @@
-"""FedGen (official-code form): the pure pieces, the client's reply, and the real loop in-process."""
+"""FedGen (official-code form): pure pieces, the client's reply, the real loop in-process."""
 
 from __future__ import annotations
 
@@ -79,7 +79,8 @@ def digits_fedgen(**flat: object):
 
 
 def fit_request(algorithm: FedGen, rnd: int) -> Payload:
-    arrays = {k: v.detach().numpy().copy() for k, v in algorithm.global_model().state_dict().items()}
+    arrays = {k: v.detach().numpy().copy()
+              for k, v in algorithm.global_model().state_dict().items()}
     arrays.update({GENERATOR_PREFIX + k: v for k, v in algorithm.generator_state().items()})
     return Payload(arrays=arrays, config={"round": rnd})
 
@@ -110,7 +111,8 @@ def test_generator_terms_change_the_update_from_round_two() -> None:
     # 0.99), so the loss is much larger and the weights differ.
     regularised = algorithm.client_phase("fit", fit_request(algorithm, 2), client)
     assert regularised.metrics["loss"] > plain.metrics["loss"] + 1.0
-    assert not np.allclose(regularised.arrays["classifier.weight"], plain.arrays["classifier.weight"])
+    assert not np.allclose(regularised.arrays["classifier.weight"],
+                           plain.arrays["classifier.weight"])
 
 
 # ----- server half and the real loop ----------------------------------------------------------
@@ -175,7 +177,8 @@ def test_fedgen_run_learns_and_uploads_weights_and_label_counts(tmp_path: Path) 
     fits = [a for a in audit if a["phase"] == "fit"]
     assert len(fits) == 9 and all(a["status"] == "accepted" for a in fits)
     for a in fits:
-        assert {k: {"shape": v["shape"], "dtype": v["dtype"]} for k, v in a["arrays"].items()} == expected
+        got = {k: {"shape": v["shape"], "dtype": v["dtype"]} for k, v in a["arrays"].items()}
+        assert got == expected
     assert all(a["arrays"] == {} for a in audit if a["phase"] == "evaluate")
 
 
