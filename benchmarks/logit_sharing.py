@@ -19,17 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from fedkd.results import read_metrics
-
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks.common import ROOT, run_simulation
 
 #: name -> run-config overrides on top of the shared settings.
 RUNS: dict[str, dict[str, Any]] = {
@@ -44,38 +37,13 @@ RUNS: dict[str, dict[str, Any]] = {
 }
 
 
-def toml(value: Any) -> str:
-    return json.dumps(value) if isinstance(value, str) else str(value).lower() \
-        if isinstance(value, bool) else str(value)
-
-
 def run_one(name: str, overrides: dict[str, Any], args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
-    run_name = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     settings = {
         "data.alpha": args.alpha, "train.model": "cnn", "train.local-steps": args.local_steps,
         "seed": args.seed, "data.seed": args.seed, "federation.min-nodes": args.clients,
         "federation.min-replies": max(1, args.clients // 2), **overrides,
     }
-    cmd = [sys.executable, "-m", "simulations.run", "--num-clients", str(args.clients),
-           "--rounds", str(args.rounds), "--output-dir", str(out_dir), "--name", run_name]
-    for key, value in settings.items():
-        cmd += ["--set", f"{key}={toml(value)}"]
-    start = time.monotonic()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    rows = read_metrics(out_dir / run_name)
-    last = rows[-1]
-    return {
-        "name": name, "settings": settings, "run-dir": str(out_dir / run_name),
-        "global-accuracy": last.get("global-accuracy"),
-        "personalized-accuracy": last.get("personalized-accuracy"),
-        "bytes-up-per-client-per-round": statistics.mean(r["bytes-up-per-client"] for r in rows),
-        "bytes-down-per-client-per-round": statistics.mean(r["bytes-down-per-client"] for r in rows),
-        "wall-time-per-round-s": statistics.mean(r["wall-time-s"] for r in rows),
-        "rejected-replies": sum(r["rejected-replies"] for r in rows),
-        "process-wall-time-s": time.monotonic() - start,
-    }
+    return run_simulation(name, settings, clients=args.clients, rounds=args.rounds, out_dir=out_dir)
 
 
 def table(results: list[dict[str, Any]]) -> str:

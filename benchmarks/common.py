@@ -1,0 +1,56 @@
+"""Shared helpers for benchmarks that run whole simulations through ``python -m simulations.run``."""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fedkd.results import read_metrics
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def toml_value(value: Any) -> str:
+    """A run-config value written for ``--set KEY=VALUE``."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return json.dumps(value) if isinstance(value, str) else str(value)
+
+
+def run_simulation(name: str, settings: dict[str, Any], *, clients: int, rounds: int,
+                   out_dir: Path) -> dict[str, Any]:
+    """Run one simulation (own SuperLink, real Ray backend) and summarise its metrics."""
+    run_name = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    cmd = [sys.executable, "-m", "simulations.run", "--num-clients", str(clients),
+           "--rounds", str(rounds), "--output-dir", str(out_dir), "--name", run_name]
+    for key, value in settings.items():
+        cmd += ["--set", f"{key}={toml_value(value)}"]
+    start = time.monotonic()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    rows = read_metrics(out_dir / run_name)
+    last = rows[-1]
+    return {
+        "name": name, "settings": settings, "run-dir": str(out_dir / run_name),
+        "global-accuracy": last.get("global-accuracy"),
+        "personalized-accuracy": last.get("personalized-accuracy"),
+        "epsilon-max": last.get("epsilon-max"),
+        "epsilon-mean": last.get("epsilon-mean"),
+        "bytes-up-per-client-per-round": statistics.mean(r["bytes-up-per-client"] for r in rows),
+        "bytes-down-per-client-per-round": statistics.mean(r["bytes-down-per-client"] for r in rows),
+        "wall-time-per-round-s": statistics.mean(r["wall-time-s"] for r in rows),
+        "rejected-replies": sum(r["rejected-replies"] for r in rows),
+        "process-wall-time-s": time.monotonic() - start,
+    }
+
+
+def fmt(value: float | None, spec: str = ".4f") -> str:
+    """A table cell: ``-`` for a missing value."""
+    return "-" if value is None else format(value, spec)
