@@ -125,3 +125,23 @@ def test_fd_with_dp_sgd_reports_growing_epsilon_through_flower(tmp_path: Path) -
     assert rows[-1]["epsilon-max"] == max(second.values())
     summary = (tmp_path / "it" / "summary.json").read_text()
     assert '"epsilon-max"' in summary and '"privacy-accountant": "rdp"' in summary
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ('algorithm="fedgen"', 'train.model="fedgen-cnn"', "fedgen.generator-steps=5"),
+        ('algorithm="fedgen-logits"', "fedgen.synthetic-batch=40", "fedgen.generator-steps=3",
+         "distill.server-steps=10", "distill.steps=3"),
+    ],
+    ids=["fedgen", "fedgen-logits"],
+)
+def test_data_free_algorithms_through_flower(tmp_path: Path, overrides: tuple[str, ...]) -> None:
+    simulate(tmp_path, *overrides, "train.local-steps=5")
+    rows = read_metrics(tmp_path / "it")
+    assert [r["num-failures"] for r in rows] == [0, 0]
+    assert rows[-1]["global-accuracy"] is not None
+    audit = read_metrics(tmp_path / "it", "replies.jsonl")
+    if "fedgen-logits" in overrides[0]:  # only logits leave a client
+        assert all(set(a["arrays"]) <= {"arrays/logits"} for a in audit)
