@@ -217,6 +217,19 @@ def validate_reply(content: RecordDict, spec: PhaseSpec) -> Payload:
     return payload
 
 
+def _npy_header_size(data: bytes) -> int:
+    """Length of the .npy header (magic, version, header length field and header) of ``data``.
+
+    Flower ships numpy arrays in .npy format; versions 1.x use a 2-byte header length, 2.x and
+    3.x a 4-byte one.
+    """
+    if len(data) < 10 or data[:6] != b"\x93NUMPY":
+        return -1  # not .npy: never equal to a real size, so the reply is rejected
+    if data[6] == 1:
+        return 10 + int.from_bytes(data[8:10], "little")
+    return 12 + int.from_bytes(data[8:12], "little")
+
+
 def _check_array(name: str, array: Array, spec: ArraySpec) -> np.ndarray:
     if array.dtype != spec.dtype:
         raise InvalidReply(f"array {name!r}: dtype {array.dtype} != declared {spec.dtype}")
@@ -234,6 +247,9 @@ def _check_array(name: str, array: Array, spec: ArraySpec) -> np.ndarray:
         raise InvalidReply(f"array {name!r}: cannot decode ({type(err).__name__}: {err})") from None
     if value.dtype != np.dtype(spec.dtype) or value.shape != shape or value.nbytes != expected_bytes:
         raise InvalidReply(f"array {name!r}: payload does not match its declared dtype and shape")
+    if len(array.data) != _npy_header_size(array.data) + expected_bytes:
+        raise InvalidReply(f"array {name!r}: {len(array.data)} bytes for {expected_bytes} bytes of "
+                           "values (trailing or missing data)")
     if value.dtype.kind == "f" and not np.isfinite(value).all():
         raise InvalidReply(f"array {name!r}: contains NaN or Inf")
     if spec.low is not None and value.size and value.min() < spec.low:
