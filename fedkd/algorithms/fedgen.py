@@ -88,9 +88,13 @@ Deviations from the official code:
 * every client runs ``train.model`` (weights are averaged; per-client architectures are ignored,
   as in FedAvg).
 
-Limitations: DP-SGD is refused (the generated-sample term needs a non-private step; use
-``fedgen-logits``), and so is ``privacy.output-noise`` (what is released is weights and raw label
-counts, not logits). The label counts reveal each client's label histogram for the round.
+Under DP-SGD (``privacy.dp-sgd``, which then needs ``privacy.output-noise`` > 0): the real-data
+cross-entropy and the latent KL term touch private examples and go through the DP step; the
+generated-sample term touches only synthetic latents and runs as a separate non-private step
+with Opacus' hooks off (no privacy cost); its labels are drawn uniformly over all classes (the
+client's own label set is private); the label counts released are the noised histogram of the
+whole local training set plus one (sensitivity 1, accounted in the client's ledger) instead of
+the batch counts. Without DP the label counts reveal each client's label histogram for the round.
 All randomness comes from ``torch.Generator`` objects seeded from the run seed, the round and
 the partition id; no global RNG state is touched.
 """
@@ -104,13 +108,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedkd.algorithms.base import Algorithm, ClientContext, Exchange
+from fedkd.algorithms.base import OUTPUT_NOISE_STREAM, Algorithm, ClientContext, Exchange
 from fedkd.algorithms.fedavg import weighted_average
 from fedkd.algorithms.registry import ALGORITHMS
 from fedkd.config import ConfigError, FedGenConfig
 from fedkd.data.federated import FederatedData
 from fedkd.losses import diversity_loss, kd_kl_from_probs
 from fedkd.models.generators import LatentGenerator
+from fedkd.privacy.output_noise import private_counts
 from fedkd.protocol import ArraySpec, InvalidReply, Payload, PhaseSpec
 from fedkd.training import fit_supervised, load_numpy_state, seeded_generator, state_to_numpy
 
@@ -185,12 +190,11 @@ class FedGen(Algorithm):
     def __init__(self, *args, **kwargs) -> None:  # noqa: D107 - see Algorithm
         super().__init__(*args, **kwargs)
         privacy = self.cfg.privacy
-        if privacy.dp_sgd:
-            raise ConfigError("fedgen with DP-SGD is not supported: its generated-sample term "
-                              "needs a non-private step; use fedgen-logits")
-        if privacy.output_noise > 0:
-            raise ConfigError("fedgen releases weights and label counts, not logits: "
-                              "privacy.output-noise does not apply")
+        if privacy.dp_sgd != (privacy.output_noise > 0):
+            raise ConfigError(
+                "fedgen releases weights and label counts: privacy needs both privacy.dp-sgd "
+                "(for the weights) and privacy.output-noise > 0 (for the counts), or neither"
+            )
         if self.cfg.fedgen.generator_batch < 2:
             raise ConfigError("fedgen.generator-batch must be >= 2 (the generator's BatchNorm "
                               "trains on batch statistics)")
@@ -221,9 +225,17 @@ class FedGen(Algorithm):
                   for k, v in state_to_numpy(self._template()).items()}
         arrays[LABEL_COUNTS] = ArraySpec(shape=(c,), dtype="int64", low=1)
 
+        private = self.cfg.privacy.dp_sgd
+        slack = 6 * self.cfg.privacy.output_noise * np.sqrt(c) + c
+
         def check_counts(reply: Payload) -> None:
             total = int(reply.arrays[LABEL_COUNTS].sum())
             n = int(reply.metrics["num-examples"])
+            if private:  # a noised histogram of the local training set, plus one per class
+                if n < 1 or total > n + slack:
+                    raise InvalidReply(f"label counts sum to {total}; expected at most "
+                                       f"num-examples + {slack:g}")
+                return
             expected = train.local_steps * min(train.batch_size, n) + c
             if n < 1 or total != expected:
                 raise InvalidReply(f"label counts sum to {total}; expected local-steps x "
@@ -355,27 +367,37 @@ class FedGen(Algorithm):
         train, fg = self.cfg.train, self.cfg.fedgen
         model = self._client_model(request)
 
-        extra_loss = None
+        private = self.cfg.privacy.dp_sgd
+        latent_term = generated_term = None
         weights = regularizer_weights(fg, t)
         if weights is not None:
             alpha, beta = weights
             gen = self._client_generator(request)
-            own_labels = torch.from_numpy(np.unique(client.data.train.y).astype(np.int64))
+            # Under DP the client's own label set is private: draw from every class instead.
+            labels = (torch.arange(c) if private else
+                      torch.from_numpy(np.unique(client.data.train.y).astype(np.int64)))
             rng = seeded_generator(self.cfg.seed, rnd, client.partition_id, CLIENT_GENERATOR_STREAM)
             b_g = fg.generator_batch
             ratio = b_g / train.batch_size
 
-            def generator_terms(model, x, y, logits):  # noqa: ANN001 - see training.ExtraLoss
+            def latent_term(model, x, y, logits):  # noqa: ANN001 - see training.ExtraLoss
                 with torch.no_grad():  # q: the head's view of generated latents of the batch labels
                     q = F.softmax(model.head(gen(gen.sample_noise(len(y), rng), y)), dim=1)
-                latent = beta * kd_kl_from_probs(logits, q, 1.0)
-                y_hat = own_labels[torch.randint(len(own_labels), (b_g,), generator=rng)]
+                return beta * kd_kl_from_probs(logits, q, 1.0)
+
+            def generated_term(model):  # noqa: ANN001 - synthetic latents only
+                y_hat = labels[torch.randint(len(labels), (b_g,), generator=rng)]
                 with torch.no_grad():  # G is frozen: the term reaches the head only
                     z = gen(gen.sample_noise(b_g, rng), y_hat)
-                generated = alpha * F.cross_entropy(model.head(z), y_hat)
-                return ratio * generated + latent
+                return ratio * alpha * F.cross_entropy(model.head(z), y_hat)
 
-            extra_loss = generator_terms
+        if private:
+            return self._private_fit(client, model, rnd, latent_term, generated_term)
+        extra_loss = None
+        if latent_term is not None and generated_term is not None:
+            def extra_loss(model, x, y, logits):  # noqa: ANN001 - see training.ExtraLoss
+                latent = latent_term(model, x, y, logits)  # draws in the official code's order
+                return generated_term(model) + latent
 
         seen = torch.zeros(c, dtype=torch.int64)
 
@@ -390,6 +412,30 @@ class FedGen(Algorithm):
         )
         return Payload(
             arrays={**state_to_numpy(model), LABEL_COUNTS: (seen + 1).numpy().astype(np.int64)},
+            metrics={"num-examples": len(client.data.train), "loss": stats.loss,
+                     "accuracy": stats.accuracy},
+        )
+
+    def _private_fit(self, client: ClientContext, model: nn.Module, rnd: int,
+                     latent_term, generated_term) -> Payload:  # noqa: ANN001
+        """DP-SGD on the private terms, a non-private step for the generated term, noised counts."""
+        train, fg = self.cfg.train, self.cfg.fedgen
+        privacy = self.client_privacy(client)
+        stats = privacy.fit(
+            model, client.data.train, steps=train.local_steps, batch_size=train.batch_size,
+            learning_rate=train.learning_rate * fg.lr_decay ** (rnd - 1),
+            momentum=train.momentum, weight_decay=train.weight_decay, extra_loss=latent_term,
+            public_loss=generated_term, releases=1,
+            generator=seeded_generator(self.cfg.seed, rnd, client.partition_id),
+        )
+        rng = np.random.default_rng([self.cfg.seed, rnd, client.partition_id, OUTPUT_NOISE_STREAM])
+        counts = private_counts(client.data.train.y, self.num_classes,
+                                self.cfg.privacy.output_noise, rng)
+        privacy.account(counts)
+        privacy.save()
+        released = np.maximum(np.rint(counts.values), 0).astype(np.int64) + 1
+        return Payload(
+            arrays={**state_to_numpy(model), LABEL_COUNTS: released},
             metrics={"num-examples": len(client.data.train), "loss": stats.loss,
                      "accuracy": stats.accuracy},
         )

@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -148,6 +148,23 @@ class ClientPrivacy:
 
     # ----- DP-SGD -------------------------------------------------------------------------
     @staticmethod
+    def _public_step(dp_model: nn.Module, dp_opt: torch.optim.Optimizer,
+                     optimizer: torch.optim.Optimizer | None,
+                     public_loss: Callable[[nn.Module], torch.Tensor], model: nn.Module) -> None:
+        """One non-private step on ``public_loss`` with the per-sample hooks off (Opacus notes:
+        a backward through the wrapped model would otherwise leave per-sample gradients that
+        break the next private step)."""
+        assert optimizer is not None
+        dp_model.disable_hooks()
+        try:
+            optimizer.zero_grad(set_to_none=True)
+            public_loss(model).backward()
+            optimizer.step()
+        finally:
+            dp_model.enable_hooks()
+            dp_opt.zero_grad(set_to_none=True)
+
+    @staticmethod
     def sample_rate(num_examples: int, batch_size: int) -> float:
         """Poisson sample rate of one step: 1 / number of batches per pass."""
         return 1.0 / math.ceil(num_examples / min(batch_size, num_examples))
@@ -187,11 +204,15 @@ class ClientPrivacy:
         extra_loss: ExtraLoss | None = None,
         observe: BatchObserver | None = None,
         releases: int = 0,
+        public_loss: Callable[[nn.Module], torch.Tensor] | None = None,
     ) -> FitStats:
         """Train ``model`` in place with DP-SGD for ``steps`` Poisson-sampled steps.
 
         ``releases`` is the number of output releases the caller will account after training
-        (they count towards the budget check). The model comes back unwrapped, without hooks.
+        (they count towards the budget check). ``public_loss`` (optional) is a loss that touches
+        no private data (e.g. FedGen's generated-sample term): after each private step it takes
+        one ordinary SGD step with Opacus' hooks disabled, which costs no privacy. The model comes
+        back unwrapped, without hooks.
         """
         from opacus import PrivacyEngine
         from opacus.data_loader import DPDataLoader
@@ -228,6 +249,8 @@ class ClientPrivacy:
         else:
             (dp_model, dp_opt, dp_loader), criterion = wrapped, None
         model.train()
+        public_optimizer = (torch.optim.SGD(model.parameters(), lr=learning_rate)
+                            if public_loss is not None else None)
         total_loss, correct, seen, done = 0.0, 0, 0, 0
         try:
             while done < steps:
@@ -243,10 +266,13 @@ class ClientPrivacy:
                     else:
                         loss = F.cross_entropy(logits, y)
                         if extra_loss is not None:
-                            loss = loss + extra_loss(dp_model, x, y, logits)
+                            # the plain module: auxiliary forwards (under no_grad) skip the hooks
+                            loss = loss + extra_loss(model, x, y, logits)
                     loss.backward()
                     dp_opt.step()
                     done += 1
+                    if public_loss is not None:
+                        self._public_step(dp_model, dp_opt, public_optimizer, public_loss, model)
                     if len(y):
                         total_loss += float(loss.detach())
                         correct += int((logits.detach().argmax(1) == y).sum())

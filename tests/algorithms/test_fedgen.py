@@ -61,12 +61,27 @@ def test_label_weights_and_qualified_labels() -> None:
     assert qualified.tolist() == [1, 2]
 
 
-def test_privacy_options_are_refused() -> None:
-    with pytest.raises(ConfigError, match="fedgen with DP-SGD is not supported.*fedgen-logits"):
+def test_half_configured_privacy_is_refused() -> None:
+    with pytest.raises(ConfigError, match="needs both privacy.dp-sgd .* and privacy.output-noise"):
         FedGen(RunConfig.from_flat({"algorithm": "fedgen", "privacy.dp-sgd": True}), 10, (1, 8, 8))
-    with pytest.raises(ConfigError, match="output-noise does not apply"):
+    with pytest.raises(ConfigError, match="needs both privacy.dp-sgd"):
         FedGen(RunConfig.from_flat({"algorithm": "fedgen", "privacy.output-noise": 1.0}), 10,
                (1, 8, 8))
+
+
+def test_fedgen_with_dp_sgd_accumulates_epsilon_and_sends_noised_counts(tmp_path) -> None:
+    # Round 2 has the generator terms: the latent KL goes through the DP step, the generated
+    # term through a non-private step with the hooks off (it would crash the next DP step
+    # otherwise), and the released counts are a noised histogram.
+    rows, audit, _ = run_inprocess(
+        {**FAST, "privacy.dp-sgd": True, "privacy.output-noise": 3.0, "num-server-rounds": 2,
+         "federation.evaluate-clients": True},
+        3, tmp_path)
+    assert [r["num-failures"] for r in rows] == [0, 0]
+    first, second = ({n: c["epsilon"] for n, c in r["clients"].items()} for r in rows)
+    assert all(0 < first[n] < second[n] for n in first)
+    fits = [a for a in audit if a["phase"] == "fit"]
+    assert all(a["status"] == "accepted" and "arrays/label-counts" in a["arrays"] for a in fits)
 
 
 # ----- client half ----------------------------------------------------------------------------
