@@ -322,12 +322,16 @@ class OutputConfig:
 
     ``audit-replies`` writes ``replies.jsonl``: one line per client reply (round, phase, node,
     accepted or why not, and the name, shape, dtype and size of every array it carried), so what
-    left each client can be checked after the run.
+    left each client can be checked after the run. ``checkpoint`` writes the server's state
+    after every round (``checkpoint.pt``, atomically); with ``resume``, a run whose directory
+    holds a checkpoint continues after its last complete round.
     """
 
     dir: str = "outputs"
     run_name: str = ""
     audit_replies: bool = True
+    checkpoint: bool = True
+    resume: bool = True
 
     def __post_init__(self) -> None:
         if not self.dir:

@@ -20,6 +20,7 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 AUDIT_FILE = "replies.jsonl"
+CHECKPOINT_FILE = "checkpoint.pt"
 
 
 def default_run_name(cfg: RunConfig, now: float | None = None) -> str:
@@ -87,6 +88,35 @@ class RunOutput:
     def append_audit(self, record: Mapping[str, Any]) -> None:
         """Append one reply's record to ``replies.jsonl`` (what left a client, as received)."""
         _append_line(self.audit_path, record, sync=False)
+
+    def rewrite_metrics(self, rows: list[Mapping[str, Any]]) -> None:
+        """Replace ``metrics.jsonl`` by ``rows`` (a resumed run drops rows after its checkpoint)."""
+        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(_jsonable(r), sort_keys=True) + "\n" for r in rows))
+        os.replace(tmp, self.metrics_path)
+
+    def start_fresh(self) -> None:
+        """Remove the metrics, reply log and checkpoint of an earlier run in this directory."""
+        for name in (METRICS_FILE, AUDIT_FILE, CHECKPOINT_FILE, SUMMARY_FILE):
+            (self.directory / name).unlink(missing_ok=True)
+
+    def save_checkpoint(self, state: Mapping[str, Any]) -> None:
+        """Write the server's state after a round, atomically (temporary file, then rename)."""
+        import torch
+
+        path = self.directory / CHECKPOINT_FILE
+        tmp = path.with_suffix(".pt.tmp")
+        torch.save(dict(state), tmp)
+        os.replace(tmp, path)
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        """The last checkpoint of this run directory, or ``None``."""
+        import torch
+
+        path = self.directory / CHECKPOINT_FILE
+        if not path.exists():
+            return None
+        return torch.load(path, weights_only=False)  # our own file: numpy and Python objects
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         """Write ``summary.json`` (atomically)."""

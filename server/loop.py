@@ -237,8 +237,20 @@ def run_rounds(
     algorithm.setup_server(data)
     rng = np.random.default_rng([cfg.seed, 0x5A3F])
     rows: list[dict[str, Any]] = []
+    first_round = 1
+    checkpoint = output.load_checkpoint() if cfg.output.resume else None
+    if checkpoint is not None:
+        check_resumable(checkpoint["run-config"], cfg)
+        algorithm.load_server_state(checkpoint["algorithm"])
+        rng.bit_generator.state = checkpoint["sampling-rng"]
+        rows = list(checkpoint["rows"])
+        output.rewrite_metrics(rows)
+        first_round = int(checkpoint["round"]) + 1
+        log(INFO, "[fedkd] resuming after round %d from %s", first_round - 1, output.directory)
+    else:  # a fresh run: results of an earlier run in the same directory are replaced
+        output.start_fresh()
     run_start = time.monotonic()
-    for rnd in range(1, cfg.num_server_rounds + 1):
+    for rnd in range(first_round, cfg.num_server_rounds + 1):
         start = time.monotonic()
         timeout = fed.first_round_timeout if rnd == 1 else fed.round_timeout
         online = online_nodes()
@@ -283,6 +295,11 @@ def run_rounds(
         })
         output.append_metrics(row)
         rows.append(row)
+        if cfg.output.checkpoint:
+            output.save_checkpoint({
+                "round": rnd, "run-config": cfg.to_flat(), "rows": rows,
+                "sampling-rng": rng.bit_generator.state, "algorithm": algorithm.server_state(),
+            })
         log(INFO, "%s", format_progress(row, cfg.num_server_rounds))
 
     summary = {
@@ -300,6 +317,22 @@ def run_rounds(
     }
     output.write_summary(summary)
     return summary
+
+
+#: Keys a resumed run may change: how long it runs, and output switches.
+RESUMABLE_CHANGES = frozenset({"num-server-rounds", "output.resume", "output.checkpoint"})
+
+
+def check_resumable(saved: Mapping[str, Any], cfg: RunConfig) -> None:
+    """Refuse to resume a checkpoint written with a different configuration."""
+    current = cfg.to_flat()
+    changed = sorted(k for k in set(saved) | set(current)
+                     if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+    if changed:
+        raise ValueError(
+            f"the checkpoint in this run directory was written with a different configuration "
+            f"({', '.join(changed[:8])}); use another output.run-name, or output.resume=false"
+        )
 
 
 def privacy_metrics(

@@ -16,10 +16,11 @@ Adding an algorithm means writing one file in ``fedkd/algorithms/`` and register
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -114,6 +115,9 @@ class Algorithm(ABC):
     name: ClassVar[str]
     #: True for baselines that upload model weights (FedAvg, FedGen as in the paper).
     shares_weights: ClassVar[bool] = False
+    #: Attributes holding the server half's state between rounds (models, optimisers, random
+    #: generators, buffers): what a checkpoint saves and a resumed run restores.
+    SERVER_STATE: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: RunConfig, num_classes: int, input_shape: tuple[int, int, int]) -> None:
         self.cfg = cfg
@@ -142,6 +146,30 @@ class Algorithm(ABC):
     def global_model(self) -> nn.Module | None:
         """The server's model evaluated on the global test set, if the algorithm has one."""
         return None
+
+    def server_state(self) -> dict[str, Any]:
+        """The server half's state after a round (see :attr:`SERVER_STATE`), for a checkpoint."""
+        state: dict[str, Any] = {"server-ledger": self.server_ledger.state_dict()}
+        for name in self.SERVER_STATE:
+            value = getattr(self, name)
+            if hasattr(value, "state_dict"):  # modules, optimisers, schedulers
+                value = value.state_dict()
+            elif isinstance(value, np.random.Generator):
+                value = value.bit_generator.state
+            state[name] = copy.deepcopy(value)
+        return state
+
+    def load_server_state(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`server_state` (after :meth:`setup_server`)."""
+        self.server_ledger.load_state_dict(state["server-ledger"])
+        for name in self.SERVER_STATE:
+            current, saved = getattr(self, name), state[name]
+            if hasattr(current, "load_state_dict"):
+                current.load_state_dict(saved)
+            elif isinstance(current, np.random.Generator):
+                current.bit_generator.state = saved
+            else:
+                setattr(self, name, copy.deepcopy(saved))
 
     def evaluation_request(self, rnd: int) -> Payload:
         """What the server sends with the personalised-evaluation request."""

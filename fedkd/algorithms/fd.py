@@ -52,6 +52,7 @@ class FD(Algorithm):
     """Federated distillation with per-class mean logits (logit sharing; no public data)."""
 
     name = "fd"
+    SERVER_STATE = ("_uploads", "_rng")
 
     def __init__(self, *args, **kwargs) -> None:  # noqa: D107 - see Algorithm
         super().__init__(*args, **kwargs)

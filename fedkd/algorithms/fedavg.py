@@ -55,6 +55,7 @@ class FedAvg(Algorithm):
 
     name = "fedavg"
     shares_weights = True
+    SERVER_STATE = ("_model",)
 
     def __init__(self, *args, **kwargs) -> None:  # noqa: D107 - see Algorithm
         super().__init__(*args, **kwargs)

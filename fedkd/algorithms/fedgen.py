@@ -186,6 +186,7 @@ class FedGen(Algorithm):
 
     name = "fedgen"
     shares_weights = True
+    SERVER_STATE = ("_model", "_generator", "_optimizer", "_scheduler")
 
     def __init__(self, *args, **kwargs) -> None:  # noqa: D107 - see Algorithm
         super().__init__(*args, **kwargs)

@@ -82,6 +82,7 @@ class FedGenLogits(Algorithm):
     """Server-side input generator and student; clients share only logits on synthetic inputs."""
 
     name = "fedgen-logits"
+    SERVER_STATE = ("_student", "_generator", "_optimizer", "_replay", "_rng")
 
     def __init__(self, *args, **kwargs) -> None:  # noqa: D107 - see Algorithm
         super().__init__(*args, **kwargs)
