@@ -10,6 +10,11 @@ round, through two hooks:
   and update the server's model(s) from the validated replies;
 * client half, :meth:`Algorithm.client_phase`: answer one request on one client.
 
+Shared pieces for the halves: :meth:`Algorithm.local_fit` (local training, DP-SGD when
+configured), :meth:`Algorithm.release_logits` (logits on shared inputs, noised when the model is
+not private), :meth:`Algorithm.aggregate_teachers` (a rule plus its privacy accounting),
+personal models kept in the node state, and :attr:`Algorithm.SERVER_STATE` for checkpoints.
+
 Adding an algorithm means writing one file in ``fedkd/algorithms/`` and registering it; nothing in
 ``server/`` or ``client/`` changes.
 """
@@ -26,15 +31,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedkd.aggregation import AggregationRule, Targets
 from fedkd.config import RunConfig
 from fedkd.data.datasets import ArrayDataset
 from fedkd.data.federated import ClientData, FederatedData
 from fedkd.models import build_model
 from fedkd.privacy.accounting import ServerLedger
-from fedkd.protocol import PhaseSpec, Payload
-from fedkd.aggregation import AggregationRule, Targets
 from fedkd.privacy.dpsgd import ClientPrivacy
 from fedkd.privacy.output_noise import private_public_logits
+from fedkd.protocol import Payload, PhaseSpec
 from fedkd.training import (
     BatchObserver,
     ExtraLoss,
