@@ -20,7 +20,9 @@ from flwr.clientapp import ClientApp
 from fedkd.algorithms import ALGORITHMS, Algorithm, ClientContext
 from fedkd.attacks import apply_attack
 from fedkd.config import RunConfig
-from fedkd.data.federated import load_federated
+from fedkd.data.datasets import DATASETS, ArrayDataset
+from fedkd.data.device import load_device_data
+from fedkd.data.federated import ClientData, load_federated
 from fedkd.models import MODELS
 from fedkd.protocol import PHASE_KEY, decode, encode
 
@@ -44,11 +46,14 @@ def client_context(
     cfg: RunConfig, node_id: int, node_config: Mapping[str, Any], state: dict[str, np.ndarray]
 ) -> ClientContext:
     """Everything the algorithm's client half may use on this node for one message."""
-    if "partition-id" not in node_config:
+    if "partition-id" not in node_config and "data-path" not in node_config:
         raise KeyError(
-            "node config has no 'partition-id': start the SuperNode with "
-            "--node-config 'partition-id=<i> num-partitions=<n>'"
+            "node config has neither 'data-path' (a device's own data) nor 'partition-id' (a "
+            "partition of the run's dataset): start the SuperNode with --node-config "
+            "'data-path=/path/mine.npz' or 'partition-id=<i> num-partitions=<n>'"
         )
+    if "data-path" in node_config:
+        return _device_context(cfg, node_id, node_config, state)
     partition_id = int(node_config["partition-id"])
     num_partitions = int(node_config.get("num-partitions", cfg.data.num_partitions))
     data = load_federated(dataclasses.replace(cfg.data, num_partitions=num_partitions))
@@ -70,6 +75,38 @@ def client_context(
         public=data.public,
         state=state,
     )
+
+
+@functools.lru_cache(maxsize=4)
+def _device_data(path: str, input_shape: tuple[int, int, int], num_classes: int,
+                 test_fraction: float, seed: int) -> ClientData:
+    return load_device_data(path, input_shape, num_classes, test_fraction, seed)
+
+
+def _device_context(
+    cfg: RunConfig, node_id: int, node_config: Mapping[str, Any], state: dict[str, np.ndarray]
+) -> ClientContext:
+    """A device with its own data (``data-path``), checked against the run's dataset shape.
+
+    The public split (FedMD) comes from the run's dataset when this device has it; otherwise it
+    is empty and public-set algorithms say so.
+    """
+    source = DATASETS.get(cfg.data.dataset)
+    seed = int(node_config.get("seed", node_id % 2**31))
+    data = _device_data(str(node_config["data-path"]), source.input_shape, source.num_classes,
+                        cfg.data.local_test_fraction, seed)
+    try:
+        public = load_federated(dataclasses.replace(cfg.data, num_partitions=1)).public
+    except (OSError, ValueError):
+        public = ArrayDataset(x=np.zeros((0, *source.input_shape), np.float32),
+                              y=np.zeros(0, np.int64))
+    model_name = cfg.train.model_for(seed, str(node_config.get("model") or "") or None)
+    if model_name not in MODELS:
+        raise ValueError(f"node config model={model_name!r} is not a model of the zoo; valid "
+                         f"names: {', '.join(MODELS.names())}")
+    return ClientContext(cfg=cfg, node_id=node_id, partition_id=seed, data=data,
+                         num_classes=source.num_classes, input_shape=source.input_shape,
+                         model_name=model_name, public=public, state=state)
 
 
 def answer(content: RecordDict, client: ClientContext) -> RecordDict:

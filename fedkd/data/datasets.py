@@ -205,10 +205,15 @@ class DatasetSource:
     default_data_dir
         The folder used when the caller gives none, or ``None`` if the dataset reads no
         files (its ``data_dir`` argument is then ignored).
+    num_classes, input_shape
+        What every client's data must look like (a device with its own data is checked
+        against them without loading the dataset).
     """
 
     load: Callable[[Path | None], TrainTestData]
     default_data_dir: str | None
+    num_classes: int
+    input_shape: tuple[int, int, int]
 
 
 #: Dataset name -> :class:`DatasetSource`.
@@ -310,9 +315,12 @@ def _load_digits(data_dir: Path | None) -> TrainTestData:
 
 
 DATASETS.register("fashion-mnist")(
-    DatasetSource(load=_load_fashion_mnist, default_data_dir=DEFAULT_FASHION_MNIST_DIR)
+    DatasetSource(load=_load_fashion_mnist, default_data_dir=DEFAULT_FASHION_MNIST_DIR,
+                  num_classes=10, input_shape=(1, 28, 28))
 )
-DATASETS.register("digits")(DatasetSource(load=_load_digits, default_data_dir=None))
+DATASETS.register("digits")(
+    DatasetSource(load=_load_digits, default_data_dir=None, num_classes=10, input_shape=(1, 8, 8))
+)
 
 
 @functools.lru_cache(maxsize=None)
