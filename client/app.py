@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+from pathlib import Path
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,6 +32,8 @@ app = ClientApp()
 
 #: Key of the node's persistent algorithm state in ``Context.state``.
 STATE_KEY = "fedkd-state"
+#: Node-state keys of the privacy ledger (what ``state-path`` keeps across restarts and runs).
+PRIVACY_PREFIX = "privacy/"
 
 
 @functools.lru_cache(maxsize=8)
@@ -126,14 +130,41 @@ def answer(content: RecordDict, client: ClientContext) -> RecordDict:
     return encode(reply)
 
 
+def load_privacy_file(path: Path) -> dict[str, np.ndarray]:
+    """The privacy ledger a device keeps in its own file (node config ``state-path``)."""
+    if not path.exists():
+        return {}
+    with np.load(path, allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files if k.startswith(PRIVACY_PREFIX)}
+
+
+def save_privacy_file(path: Path, state: Mapping[str, np.ndarray]) -> None:
+    """Write the ledger entries of ``state`` to ``path`` atomically (temporary file, rename)."""
+    ledger = {k: np.asarray(v) for k, v in state.items() if k.startswith(PRIVACY_PREFIX)}
+    if not ledger:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as fh:
+        np.savez(fh, **ledger)
+    os.replace(tmp, path)
+
+
 def _handle(msg: Message, context: Context) -> Message:
     cfg = _config(tuple(sorted(context.run_config.items())))
     torch.set_num_threads(cfg.train.num_threads)
     state: dict[str, np.ndarray] = {}
     if STATE_KEY in context.state:
         state = {k: a.numpy() for k, a in context.state[STATE_KEY].items()}
+    # Flower keeps node state per run only: a device's privacy spend that must survive client
+    # restarts and later runs lives in its own file, which wins over the node state.
+    privacy_file = context.node_config.get("state-path")
+    if privacy_file:
+        state.update(load_privacy_file(Path(str(privacy_file))))
     client = client_context(cfg, int(context.node_id), context.node_config, state)
     content = answer(msg.content, client)
+    if privacy_file:
+        save_privacy_file(Path(str(privacy_file)), client.state)
     if client.state:
         context.state[STATE_KEY] = ArrayRecord({k: Array(np.ascontiguousarray(v))
                                                 for k, v in client.state.items()})

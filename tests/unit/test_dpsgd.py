@@ -117,3 +117,22 @@ def test_ghost_mode_trains_and_refuses_extra_loss_terms() -> None:
     with pytest.raises(ValueError, match="ghost.*use 'hooks'"):
         privacy.fit(model, data(), steps=1, batch_size=16, learning_rate=0.1,
                     generator=seeded_generator(0), extra_loss=lambda m, x, y, z: z.sum() * 0)
+
+
+def test_privacy_spend_survives_a_client_restart_through_its_state_file(tmp_path) -> None:
+    from client.app import load_privacy_file, save_privacy_file
+
+    cfg = PrivacyConfig(dp_sgd=True, noise_multiplier=1.0)
+    path = tmp_path / "node0-privacy.npz"
+    model = build_model("mlp", (1, 8, 8), 10)
+    for rnd in (1, 2):  # each round in a "new process": only the file carries the ledger over
+        state = load_privacy_file(path)
+        state["model/weight"] = np.zeros(3, np.float32)  # other state is not written to the file
+        privacy = ClientPrivacy(cfg, state, planned_rounds=2)
+        fit(privacy, model, rnd)
+        privacy.save()
+        save_privacy_file(path, state)
+    restored = load_privacy_file(path)
+    assert set(restored) == {"privacy/history", "privacy/mechanism"}
+    np.testing.assert_allclose(restored[HISTORY_KEY], [[1.0, 1 / 6, 12]])
+    assert ClientPrivacy(cfg, restored, 2).epsilon() == pytest.approx(epsilon_of([(1.0, 1 / 6, 12)], 1e-5, "rdp"))
