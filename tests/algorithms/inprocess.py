@@ -28,13 +28,17 @@ FIRST_NODE_ID = 1000
 class InProcessExchange(RoundExchange):
     """Delivers each request by calling the client app's `answer` directly."""
 
-    def __init__(self, clients: dict[int, ClientContext], *args: Any, **kwargs: Any) -> None:
+    def __init__(self, clients: dict[int, ClientContext], *args: Any,
+                 dropped: frozenset[int] = frozenset(), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.clients = clients
+        self.dropped = dropped
 
     def _send(self, phase: PhaseSpec, requests: dict[int, RecordDict]) -> dict[int, RecordDict | Failure]:
         out: dict[int, RecordDict | Failure] = {}
         for node, content in requests.items():
+            if node in self.dropped:  # gone this round: no reply at all, as after a crash
+                continue
             try:
                 out[node] = answer(content, self.clients[node])
             except Exception as err:  # a client that raises is a client error, as in Flower
@@ -45,8 +49,12 @@ class InProcessExchange(RoundExchange):
 def run_inprocess(
     overrides: dict[str, Any], num_clients: int, out_dir: Path,
     node_configs: dict[int, dict[str, Any]] | None = None,
+    dropouts: dict[int, set[int]] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Path]:
-    """Run a whole simulation in-process; returns (metrics rows, audit records, run directory)."""
+    """Run a whole simulation in-process; returns (metrics rows, audit records, run directory).
+
+    ``dropouts`` maps a round to the partition ids that do not answer in that round.
+    """
     flat = {"data.dataset": "digits", "train.model": "mlp", "train.local-steps": 10,
             "num-server-rounds": 2, **overrides,
             "data.num-partitions": num_clients, "output.dir": str(out_dir), "output.run-name": "run"}
@@ -63,7 +71,9 @@ def run_inprocess(
     run_rounds(
         cfg, algorithm, data, output,
         online_nodes=lambda: sorted(clients),
-        make_exchange=lambda *args, **kwargs: InProcessExchange(clients, *args, **kwargs),
+        make_exchange=lambda rnd, *args, **kwargs: InProcessExchange(
+            clients, rnd, *args,
+            dropped=frozenset(FIRST_NODE_ID + p for p in (dropouts or {}).get(rnd, ())), **kwargs),
     )
     audit = read_metrics(output.directory, "replies.jsonl") if cfg.output.audit_replies else []
     return read_metrics(output.directory), audit, output.directory

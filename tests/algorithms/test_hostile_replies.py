@@ -48,3 +48,16 @@ def test_too_few_valid_replies_fail_the_round_with_a_clear_message(tmp_path: Pat
         run_inprocess(overrides, 3, tmp_path)
     # The failed round wrote no metrics row: nothing half-done is recorded.
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_a_dropped_client_is_skipped_and_used_again_when_it_returns(tmp_path: Path) -> None:
+    rows, audit, _ = run_inprocess({"algorithm": "fd", "train.local-steps": 3,
+                                    "num-server-rounds": 3}, 3, tmp_path, dropouts={2: {1}})
+    assert [r["timeouts"] for r in rows] == [0, 2, 0]  # its fit and evaluate replies in round 2
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    node = 1001
+    by_round = {(a["round"], a["phase"]): a["status"] for a in audit if a["node"] == node}
+    assert by_round[(2, "fit")] == "timeout" and by_round[(3, "fit")] == "accepted"
+    assert "accuracy" not in rows[1]["clients"][str(node)]  # requests went out, nothing came back
+    assert rows[1]["clients"][str(node)]["bytes-up"] == 0
+    assert "accuracy" in rows[2]["clients"][str(node)]
