@@ -46,6 +46,18 @@ def _algorithm(cfg: RunConfig, num_classes: int, input_shape: tuple[int, int, in
     return ALGORITHMS.get(cfg.algorithm)(cfg, num_classes, input_shape)
 
 
+def _model_name(cfg: RunConfig, node_config: Mapping[str, Any], partition_id: int) -> str:
+    """This node's architecture: its own ``model=`` choice, else the run's rule."""
+    node_model = node_config.get("model")
+    model_name = cfg.train.model_for(partition_id, str(node_model) if node_model else None)
+    if model_name not in MODELS:
+        raise ValueError(
+            f"node config model={model_name!r} is not a model of the zoo; valid names: "
+            f"{', '.join(MODELS.names())}"
+        )
+    return model_name
+
+
 def client_context(
     cfg: RunConfig, node_id: int, node_config: Mapping[str, Any], state: dict[str, np.ndarray]
 ) -> ClientContext:
@@ -61,13 +73,7 @@ def client_context(
     partition_id = int(node_config["partition-id"])
     num_partitions = int(node_config.get("num-partitions", cfg.data.num_partitions))
     data = load_federated(dataclasses.replace(cfg.data, num_partitions=num_partitions))
-    node_model = node_config.get("model")
-    model_name = cfg.train.model_for(partition_id, str(node_model) if node_model else None)
-    if model_name not in MODELS:
-        raise ValueError(
-            f"node config model={model_name!r} is not a model of the zoo; valid names: "
-            f"{', '.join(MODELS.names())}"
-        )
+    model_name = _model_name(cfg, node_config, partition_id)
     return ClientContext(
         cfg=cfg,
         node_id=node_id,
@@ -104,10 +110,7 @@ def _device_context(
     except (OSError, ValueError):
         public = ArrayDataset(x=np.zeros((0, *source.input_shape), np.float32),
                               y=np.zeros(0, np.int64))
-    model_name = cfg.train.model_for(seed, str(node_config.get("model") or "") or None)
-    if model_name not in MODELS:
-        raise ValueError(f"node config model={model_name!r} is not a model of the zoo; valid "
-                         f"names: {', '.join(MODELS.names())}")
+    model_name = _model_name(cfg, node_config, seed)
     return ClientContext(cfg=cfg, node_id=node_id, partition_id=seed, data=data,
                          num_classes=source.num_classes, input_shape=source.input_shape,
                          model_name=model_name, public=public, state=state)

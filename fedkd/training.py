@@ -32,6 +32,28 @@ class FitStats:
     samples_seen: int
 
 
+class StepTally:
+    """Running totals of a training loop: mean loss per step, accuracy over the samples seen.
+
+    ``add`` counts every step; an empty batch (Poisson sampling under DP-SGD) adds no loss and no
+    samples.
+    """
+
+    def __init__(self) -> None:
+        self.loss_sum, self.hits, self.seen, self.steps = 0.0, 0, 0, 0
+
+    def add(self, loss: torch.Tensor, predicted: torch.Tensor, target: torch.Tensor) -> None:
+        self.steps += 1
+        if len(target):
+            self.loss_sum += float(loss.detach())
+            self.hits += int((predicted == target).sum())
+            self.seen += len(target)
+
+    def stats(self) -> FitStats:
+        return FitStats(loss=self.loss_sum / max(self.steps, 1), accuracy=self.hits / max(self.seen, 1),
+                        steps=self.steps, samples_seen=self.seen)
+
+
 @dataclass(frozen=True)
 class EvalStats:
     """Loss and accuracy of a model on a dataset."""
@@ -94,7 +116,7 @@ def fit_supervised(
         model.parameters(), lr=learning_rate, momentum=momentum, weight_decay=weight_decay
     )
     model.train()
-    total_loss, correct, seen, done = 0.0, 0, 0, 0
+    tally = StepTally()
     for idx in batch_indices(len(data), batch_size, steps, generator):
         rows = idx.numpy()
         x, y = torch.from_numpy(data.x[rows]), torch.from_numpy(data.y[rows])  # fancy index copies
@@ -105,15 +127,10 @@ def fit_supervised(
             loss = loss + extra_loss(model, x, y, logits)
         loss.backward()
         optimizer.step()
-        total_loss += float(loss.detach())
-        correct += int((logits.detach().argmax(1) == y).sum())
+        tally.add(loss, logits.detach().argmax(1), y)
         if observe is not None:
             observe(logits.detach(), y)
-        seen += len(y)
-        done += 1
-    return FitStats(
-        loss=total_loss / max(done, 1), accuracy=correct / max(seen, 1), steps=done, samples_seen=seen
-    )
+    return tally.stats()
 
 
 @torch.no_grad()
@@ -175,7 +192,7 @@ def fit_to_targets(
         model.parameters(), lr=learning_rate, momentum=momentum, weight_decay=weight_decay
     )
     model.train()
-    total_loss, agree, seen, done = 0.0, 0, 0, 0
+    tally = StepTally()
     for idx in batch_indices(len(x), batch_size, steps, generator):
         rows = idx.numpy()
         xb = torch.from_numpy(np.ascontiguousarray(x[rows]))
@@ -187,13 +204,8 @@ def fit_to_targets(
             loss = loss + ce_weight * F.cross_entropy(logits, torch.from_numpy(labels[rows]))
         loss.backward()
         optimizer.step()
-        total_loss += float(loss.detach())
-        agree += int((logits.detach().argmax(1) == tb.argmax(1)).sum())
-        seen += len(rows)
-        done += 1
-    return FitStats(
-        loss=total_loss / max(done, 1), accuracy=agree / max(seen, 1), steps=done, samples_seen=seen
-    )
+        tally.add(loss, logits.detach().argmax(1), tb.argmax(1))
+    return tally.stats()
 
 
 @torch.no_grad()

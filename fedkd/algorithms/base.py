@@ -38,7 +38,7 @@ from fedkd.data.federated import ClientData, FederatedData
 from fedkd.models import build_model
 from fedkd.privacy.accounting import ServerLedger
 from fedkd.privacy.dpsgd import ClientPrivacy
-from fedkd.privacy.output_noise import private_public_logits
+from fedkd.privacy.output_noise import Release, private_public_logits
 from fedkd.protocol import Payload, PhaseSpec
 from fedkd.training import (
     BatchObserver,
@@ -210,6 +210,13 @@ class Algorithm(ABC):
         """The client's example-level privacy ledger, restored from its node state."""
         return ClientPrivacy(self.cfg.privacy, client.state, self.cfg.num_server_rounds)
 
+    def account_releases(self, client: ClientContext, *releases: Release) -> None:
+        """Record released outputs in the client's ledger and save it to its node state."""
+        ledger = self.client_privacy(client)
+        for release in releases:
+            ledger.account(release)
+        ledger.save()
+
     def release_logits(
         self, client: ClientContext, model: nn.Module, x: np.ndarray, rnd: int
     ) -> np.ndarray:
@@ -225,9 +232,7 @@ class Algorithm(ABC):
         if privacy.output_noise > 0 and not privacy.dp_sgd:
             rng = np.random.default_rng([self.cfg.seed, rnd, client.partition_id, OUTPUT_NOISE_STREAM])
             release = private_public_logits(logits, privacy.output_clip, privacy.output_noise, rng)
-            ledger = self.client_privacy(client)
-            ledger.account(release)
-            ledger.save()
+            self.account_releases(client, release)
             logits = release.values.astype(np.float32)
         return logits
 

@@ -203,10 +203,7 @@ class FD(Algorithm):
         sums = private_class_sums(logits, data.y, self.num_classes, clip_bound=p.output_clip,
                                   noise_multiplier=p.output_noise, rng=rng)
         counts = private_counts(data.y, self.num_classes, noise_multiplier=p.output_noise, rng=rng)
-        ledger = self.client_privacy(client)
-        ledger.account(sums)
-        ledger.account(counts)
-        ledger.save()
+        self.account_releases(client, sums, counts)
         means, present = noisy_class_means(sums, counts)
         means[~present] = 0.0
         released_counts = np.where(present, np.maximum(np.rint(counts.values), 1), 0)

@@ -222,8 +222,8 @@ class FedGen(Algorithm):
         """Global weights and generator down; updated weights and label counts up."""
         c = self.num_classes
         train = self.cfg.train
-        arrays = {k: ArraySpec(shape=tuple(v.shape), dtype=v.dtype.name)
-                  for k, v in state_to_numpy(self._template()).items()}
+        arrays = {k: ArraySpec(shape=tuple(v.shape), dtype=str(v.dtype).removeprefix("torch."))
+                  for k, v in self._template().state_dict().items()}
         arrays[LABEL_COUNTS] = ArraySpec(shape=(c,), dtype="int64", low=1)
 
         private = self.cfg.privacy.dp_sgd
@@ -275,7 +275,7 @@ class FedGen(Algorithm):
         lr = float(self._optimizer.param_groups[0]["lr"])
         metrics = self.train_generator(rnd, replies)
         counts = [float(r.metrics["num-examples"]) for r in replies]
-        model_keys = list(state_to_numpy(self._template()))
+        model_keys = list(self._template().state_dict())
         states = [{k: r.arrays[k] for k in model_keys} for r in replies]
         load_numpy_state(self._template(), weighted_average(states, counts))
         self._scheduler.step()

@@ -262,7 +262,5 @@ class FedGenLogits(Algorithm):
             raise ConfigError("label counts under DP need privacy.output-noise > 0")
         rng = np.random.default_rng([self.cfg.seed, rnd, client.partition_id, OUTPUT_NOISE_STREAM, 1])
         release = private_counts(y, self.num_classes, privacy.output_noise, rng)
-        ledger = self.client_privacy(client)
-        ledger.account(release)
-        ledger.save()
+        self.account_releases(client, release)
         return np.maximum(release.values, 0.0).astype(np.float32)

@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from fedkd.config import PrivacyConfig
 from fedkd.data.datasets import ArrayDataset
 from fedkd.privacy.output_noise import Release
-from fedkd.training import BatchObserver, ExtraLoss, FitStats
+from fedkd.training import BatchObserver, ExtraLoss, FitStats, StepTally
 
 #: Node-state key of the accountant history: float64 [H, 3] rows (sigma, sample rate, steps).
 HISTORY_KEY = "privacy/history"
@@ -251,11 +251,11 @@ class ClientPrivacy:
         model.train()
         public_optimizer = (torch.optim.SGD(model.parameters(), lr=learning_rate)
                             if public_loss is not None else None)
-        total_loss, correct, seen, done = 0.0, 0, 0, 0
+        tally = StepTally()
         try:
-            while done < steps:
+            while tally.steps < steps:
                 for x, y in dp_loader:
-                    if done >= steps:
+                    if tally.steps >= steps:
                         break
                     dp_opt.zero_grad(set_to_none=True)
                     logits = dp_model(x)
@@ -270,18 +270,13 @@ class ClientPrivacy:
                             loss = loss + extra_loss(model, x, y, logits)
                     loss.backward()
                     dp_opt.step()
-                    done += 1
+                    tally.add(loss, logits.detach().argmax(1), y)
                     if public_loss is not None:
                         self._public_step(dp_model, dp_opt, public_optimizer, public_loss, model)
-                    if len(y):
-                        total_loss += float(loss.detach())
-                        correct += int((logits.detach().argmax(1) == y).sum())
-                        seen += len(y)
-                        if observe is not None:
-                            observe(logits.detach(), y)
+                    if len(y) and observe is not None:
+                        observe(logits.detach(), y)
         finally:
             dp_model.to_standard_module()  # remove every hook; `model` holds the trained weights
         self.history.extend(engine.accountant.history)
         self.history = _compact(self.history)
-        return FitStats(loss=total_loss / max(done, 1), accuracy=correct / max(seen, 1),
-                        steps=done, samples_seen=seen)
+        return tally.stats()
