@@ -329,7 +329,7 @@ def install_signal_handlers() -> None:
 # ----- one run --------------------------------------------------------------------------------
 @dataclass
 class RunResult:
-    """How one run ended: ``completed``, ``failed`` or ``interrupted``."""
+    """How one run ended: ``completed`` or ``failed`` (an interrupted run raises KeyboardInterrupt)."""
 
     outcome: str
     run_dir: Path

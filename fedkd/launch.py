@@ -180,6 +180,12 @@ def run_config_toml(flat: Mapping[str, bool | int | float | str]) -> str:
     return tomli_w.dumps(nested)
 
 
+def _port_in_use(port: int) -> str:
+    return (f"port {port} on 127.0.0.1 is already in use; choose another one (--port N of "
+            "`fedkd simulate` and `python -m simulations.run`), leave the port out to let fedkd "
+            "pick a free one, or stop whatever listens there")
+
+
 class SimulationSuperLink:
     """Our own simulation SuperLink on 127.0.0.1, with a private ``FLWR_HOME``.
 
@@ -201,10 +207,7 @@ class SimulationSuperLink:
         self, port: int | None = None, flwr_home: Path | None = None, log_path: Path | None = None
     ) -> None:
         if port is not None and not port_is_free(port):
-            raise LaunchError(
-                f"port {port} on 127.0.0.1 is already in use; choose another port or stop "
-                "whatever listens there"
-            )
+            raise LaunchError(_port_in_use(port))
         self.port = port or free_port()
         self._own_home = flwr_home is None
         self.flwr_home = Path(flwr_home or tempfile.mkdtemp(prefix="fedkd-flwr-home-"))
@@ -214,6 +217,7 @@ class SimulationSuperLink:
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self._runs_submitted = 0
+        self._log_offset = 0
 
     @property
     def address(self) -> str:
@@ -226,6 +230,7 @@ class SimulationSuperLink:
             f'[superlink.{CONNECTION}]\naddress = "{self.address}"\ninsecure = true\n'
         )
         self._log = self.log_path.open("ab")
+        self._log_offset = self._log.tell()  # the log may hold earlier runs' lines
         self.proc = subprocess.Popen(
             [
                 bin_path("flower-superlink"), "--insecure", "--simulation",
@@ -236,20 +241,35 @@ class SimulationSuperLink:
             env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
+        try:  # whatever interrupts the wait (Ctrl-C included) stops what was started
+            self._wait_ready(ready_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, ready_timeout: float) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if self._log is not None:
+                    self._log.flush()
+                with self.log_path.open("rb") as fh:
+                    fh.seek(self._log_offset)
+                    output = fh.read().decode(errors="replace")
+                if "address already in use" in output:
+                    raise LaunchError(f"{_port_in_use(self.port)}; see {self.log_path}")
                 raise LaunchError(
                     f"flower-superlink exited with code {self.proc.returncode}; see {self.log_path}"
                 )
             try:
                 with urllib.request.urlopen(f"http://{self.address}/health", timeout=2) as resp:
                     if resp.status == 200:
-                        return self
+                        return
             except (urllib.error.URLError, ConnectionError, OSError):
                 pass
             time.sleep(0.3)
-        self.stop()
         raise LaunchError(f"flower-superlink not ready after {ready_timeout:g} s; see {self.log_path}")
 
     def stop(self) -> None:
