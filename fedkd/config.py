@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 import types
 import typing
@@ -54,6 +55,7 @@ class TrainConfig:
     eval_batch_size: int = 512
     num_threads: int = 1
     client_models: str = ""
+    device: str = "cpu"
 
     @property
     def client_model_list(self) -> tuple[str, ...]:
@@ -79,6 +81,10 @@ class TrainConfig:
             raise ConfigError(f"train.momentum must be in [0, 1), got {self.momentum!r}")
         if self.weight_decay < 0:
             raise ConfigError(f"train.weight-decay must be >= 0, got {self.weight_decay!r}")
+        if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", self.device):
+            raise ConfigError(
+                f"train.device must be 'cpu', 'cuda', 'cuda:<index>' or 'auto', got {self.device!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,8 @@ class FederationConfig:
     first_round_timeout: float = 900.0
     node_wait_timeout: float = 300.0
     evaluate_clients: bool = True
+    evaluate_every: int = 1
+    client_state: str = "node"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction_train <= 1.0:
@@ -101,6 +109,14 @@ class FederationConfig:
         for name in ("min_nodes", "min_replies", "round_timeout", "first_round_timeout",
                      "node_wait_timeout"):
             _positive(f"federation.{name.replace('_', '-')}", getattr(self, name))
+        if self.evaluate_every < 0:
+            raise ConfigError(
+                f"federation.evaluate-every must be >= 0 (0: never), got {self.evaluate_every!r}"
+            )
+        if self.client_state not in ("node", "disk"):
+            raise ConfigError(
+                f"federation.client-state must be 'node' or 'disk', got {self.client_state!r}"
+            )
         if self.min_replies > self.min_nodes:
             raise ConfigError(
                 f"federation.min-replies ({self.min_replies}) cannot exceed "
@@ -196,7 +212,8 @@ class FedGenConfig:
     ``fedgen`` (the paper, a weight-sharing baseline) uses ``teacher-loss``, ``generator-*``,
     ``diversity-weight``, ``alpha0``, ``beta0``, ``decay`` and ``lr-decay`` as in the official
     code; ``fedgen-logits`` uses ``generator-*``, ``diversity-weight``, ``synthetic-batch``,
-    ``student-ce-weight``, ``adversarial-weight``, ``decay`` and the ``distill.*`` keys.
+    ``student-ce-weight``, ``adversarial-weight``, ``generator-queries``, ``zo-directions``, ``zo-epsilon``,
+    ``teacher-ce-weight``, ``decay`` and the ``distill.*`` keys.
     """
 
     teacher_loss: str = "code"
@@ -212,17 +229,22 @@ class FedGenConfig:
     replay_rounds: int = 10
     student_ce_weight: float = 0.0
     adversarial_weight: float = 0.0
+    generator_queries: int = 1
+    zo_directions: int = 0
+    zo_epsilon: float = 1e-3
+    teacher_ce_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.teacher_loss not in ("code", "weighted"):
             raise ConfigError(
                 f"fedgen.teacher-loss must be 'code' or 'weighted', got {self.teacher_loss!r}"
             )
-        for name in ("generator_steps", "generator_lr", "generator_batch", "synthetic_batch",
-                     "replay_rounds"):
+        for name in ("generator_lr", "generator_batch", "synthetic_batch", "replay_rounds",
+                     "generator_queries"):
             _positive(f"fedgen.{name.replace('_', '-')}", getattr(self, name))
+        _positive("fedgen.zo-epsilon", self.zo_epsilon)
         for name in ("diversity_weight", "alpha0", "beta0", "student_ce_weight",
-                     "adversarial_weight"):
+                     "adversarial_weight", "zo_directions", "teacher_ce_weight", "generator_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"fedgen.{name.replace('_', '-')} must be >= 0")
         for name in ("decay", "lr_decay"):

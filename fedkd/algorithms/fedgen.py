@@ -333,7 +333,7 @@ class FedGen(Algorithm):
             diversity_total += float(diversity.detach())
         change = torch.sqrt(sum(((p.detach() - q) ** 2).sum()
                                 for p, q in zip(gen.parameters(), before)))
-        steps = fg.generator_steps
+        steps = max(fg.generator_steps, 1)
         return {
             "generator-teacher-loss": teacher_total / steps,
             "generator-diversity-loss": diversity_total / steps,

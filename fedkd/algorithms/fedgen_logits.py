@@ -54,6 +54,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -71,10 +72,38 @@ from fedkd.privacy.output_noise import private_counts
 from fedkd.protocol import ArraySpec, Payload, PhaseSpec
 from fedkd.training import fit_to_targets, seeded_generator
 
-#: Node-state key of the synthetic inputs received in this round's query.
+#: Node-state key prefix of the synthetic inputs received in this round's queries (``/<query>``).
 INPUTS_KEY = "fedgen-logits/inputs"
 #: Seed streams of the server's generator, student and aggregation randomness.
 GENERATOR_STREAM, STUDENT_STREAM, AGGREGATION_STREAM = 0x6E4, 0x57D, 0xA66
+
+
+def zeroth_order_gradient(values: torch.Tensor, directions: torch.Tensor, mu: float) -> torch.Tensor:
+    """Forward-difference estimate of per-sample input gradients from function values only.
+
+    ``values`` [q + 1, n]: f_i at x_i (row 0) and at x_i + mu u_ij (row j); ``directions``
+    [q, n, d]: the unit vectors u_ij. Returns [n, d]:
+    g_i = (d / q) sum_j (f_i(x_i + mu u_ij) - f_i(x_i)) / mu * u_ij, which for u uniform on the
+    sphere is an unbiased estimate of the gradient of a smoothed f_i (DFME, FedZGE).
+    """
+    q, n, d = directions.shape
+    if values.shape != (q + 1, n):
+        raise ValueError(f"values of shape {tuple(values.shape)} for {q} directions and {n} samples")
+    slopes = (values[1:] - values[0]) / mu  # [q, n]
+    return (d / q) * (slopes.unsqueeze(2) * directions).sum(0)
+
+
+class QueryResult(NamedTuple):
+    """What one generate-query-aggregate cycle yields (rows: the answered synthetic samples)."""
+
+    x: np.ndarray  #: synthetic inputs [n, ...]
+    targets: np.ndarray  #: aggregated teacher probabilities [n, C]
+    y: np.ndarray  #: conditioning labels [n]
+    answered: np.ndarray  #: their indices in the query
+    noise: torch.Tensor  #: generator noise [n, noise_dim]
+    labels: torch.Tensor  #: conditioning labels as a tensor [n]
+    teachers: list[int]  #: nodes that answered
+    zo_loss: float  #: teachers' generator loss before the zeroth-order step (NaN without it)
 
 
 @ALGORITHMS.register("fedgen-logits")
@@ -93,6 +122,9 @@ class FedGenLogits(Algorithm):
                 "fedgen-logits with the weighted rule releases label counts: under DP-SGD they "
                 "need privacy.output-noise > 0"
             )
+        if self.cfg.fedgen.zo_directions and self.rule.name == "pate":
+            raise ConfigError("fedgen.zo-directions needs soft targets: the pate rule answers "
+                              "with noisy one-hot votes; use another aggregation.rule")
         self._student: nn.Module | None = None
         self._generator: InputGenerator | None = None
         self._optimizer: torch.optim.Optimizer | None = None
@@ -127,38 +159,30 @@ class FedGenLogits(Algorithm):
     def global_model(self) -> nn.Module | None:
         return self._student
 
-    def synthesize(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """A balanced labelled batch: (noise, labels, inputs) with ``n`` samples, no gradients."""
+    def synthesize(self, n: int, generator: torch.Generator, track_gradients: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A balanced labelled batch: (noise, labels, inputs) with ``n`` samples; the inputs keep
+        their graph through G when ``track_gradients`` (for the zeroth-order step)."""
         assert self._generator is not None, "setup_server not called"
         labels = torch.arange(n) % self.num_classes
         labels = labels[torch.randperm(n, generator=generator)]
         noise = self._generator.sample_noise(n, generator)
         self._generator.train()
-        with torch.no_grad():
+        with torch.set_grad_enabled(track_gradients):
             inputs = self._generator(noise, labels)
         return noise, labels, inputs
 
     def run_round(self, rnd: int, nodes: Sequence[int], exchange: Exchange) -> dict[str, float]:
         assert self._student is not None and self._generator is not None
         fg, distill = self.cfg.fedgen, self.cfg.distill
-        gen = seeded_generator(self.cfg.seed, rnd, GENERATOR_STREAM)
-        noise, labels, inputs = self.synthesize(fg.synthetic_batch, gen)
-        x = inputs.numpy().astype(np.float32)
-        y = labels.numpy()
+        teachers: Sequence[int] = nodes
+        queries: list[QueryResult] = []
+        for query in range(fg.generator_queries):  # teachers that drop out are not asked again
+            queries.append(self.query_teachers(rnd, query, teachers, exchange))
+            teachers = queries[-1].teachers
+        x, t, y = (np.concatenate([getattr(r, f) for r in queries]) for f in ("x", "targets", "y"))
 
-        query = Payload(arrays={"inputs": x}, config={"round": rnd})
-        result = exchange(self.logits_phase(len(x)), {node: query for node in nodes})
-        teachers = sorted(result.replies)
-        logits = np.stack([result.replies[k].arrays["logits"] for k in teachers])
-        weights = None
-        if self.rule.uses_weights:
-            counts = np.stack([result.replies[k].arrays["label-counts"] for k in teachers])
-            weights = label_weights(np.maximum(counts, 0.0) + 1e-6, y)
-        targets = self.aggregate_teachers(self.rule, logits, self._rng, weights=weights)
-        answered = np.flatnonzero(targets.answered)
-        t = targets.probs[answered]
-
-        self._replay.append((x[answered], t.astype(np.float32), y[answered]))
+        self._replay.append((x, t, y))
         x_all, t_all, y_all = (np.concatenate(parts) for parts in zip(*self._replay))
         student_stats = fit_to_targets(
             self._student, x_all, t_all, steps=distill.server_steps,
@@ -166,23 +190,109 @@ class FedGenLogits(Algorithm):
             temperature=distill.temperature, labels=y_all, ce_weight=fg.student_ce_weight,
             generator=seeded_generator(self.cfg.seed, rnd, STUDENT_STREAM),
         )
-        gen_loss = self.train_generator(rnd, noise[answered], labels[answered], t)
+        last = queries[-1]
+        gen_loss = self.train_generator(rnd, last.noise, last.labels, last.targets)
 
-        request = Payload(arrays={"targets": t.astype(np.float32)},
-                          config={"round": rnd, "answered": answered.tolist()})
+        request = Payload(arrays={"targets": t}, config={
+            "round": rnd,
+            "answered": np.concatenate([r.answered for r in queries]).tolist(),
+            "answered-per-query": [len(r.answered) for r in queries],
+        })
         done = exchange(self.DISTILL_PHASE, {node: request for node in teachers})
         replies = list(done.replies.values())
-        n = np.array([float(r.metrics["num-examples"]) for r in replies])
-        return {
+        k = np.array([float(r.metrics["num-examples"]) for r in replies])
+        metrics = {
             "teachers": len(teachers),
-            "answered": len(answered),
+            "answered": len(t),
             "replay-samples": len(x_all),
-            "consensus-label-agreement": float((t.argmax(1) == y[answered]).mean()) if len(t) else 0.0,
+            "consensus-label-agreement": float((t.argmax(1) == y).mean()) if len(t) else 0.0,
             "student-distill-loss": student_stats.loss,
             "generator-loss": gen_loss,
-            "train-loss": float(np.average([r.metrics["loss"] for r in replies], weights=n)),
-            "train-accuracy": float(np.average([r.metrics["accuracy"] for r in replies], weights=n)),
+            "train-loss": float(np.average([r.metrics["loss"] for r in replies], weights=k)),
+            "train-accuracy": float(np.average([r.metrics["accuracy"] for r in replies], weights=k)),
         }
+        if fg.zo_directions:
+            metrics["generator-teacher-loss"] = float(np.mean([r.zo_loss for r in queries]))
+        return metrics
+
+    def query_teachers(
+        self, rnd: int, query: int, nodes: Sequence[int], exchange: Exchange
+    ) -> QueryResult:
+        """One generate-query-aggregate cycle, and with ``zo-directions`` one zeroth-order
+        generator step."""
+        fg = self.cfg.fedgen
+        n = fg.synthetic_batch
+        gen = seeded_generator(self.cfg.seed, rnd, GENERATOR_STREAM, 3 * query)
+        noise, labels, inputs = self.synthesize(n, gen, track_gradients=fg.zo_directions > 0)
+        probes = self.zo_probes(inputs.detach(),
+                                seeded_generator(self.cfg.seed, rnd, GENERATOR_STREAM, 3 * query + 2))
+        x = inputs.detach().numpy().astype(np.float32)
+        y = labels.numpy()
+        queried = x if probes is None else np.concatenate([x, probes[0].numpy()])
+
+        request = Payload(arrays={"inputs": queried}, config={"round": rnd, "query": query})
+        result = exchange(self.logits_phase(len(queried)), {node: request for node in nodes})
+        teachers = sorted(result.replies)
+        logits = np.stack([result.replies[k].arrays["logits"] for k in teachers])
+        weights = None
+        if self.rule.uses_weights:
+            counts = np.stack([result.replies[k].arrays["label-counts"] for k in teachers])
+            weights = label_weights(np.maximum(counts, 0.0) + 1e-6, np.tile(y, len(queried) // n))
+        targets = self.aggregate_teachers(self.rule, logits, self._rng, weights=weights)
+        answered = np.flatnonzero(targets.answered[:n])
+        zo_loss = float("nan")
+        if probes is not None:
+            zo_loss = self.zo_generator_step(inputs, noise, labels, targets.probs, probes[1])
+        return QueryResult(
+            x=x[answered], targets=targets.probs[:n][answered].astype(np.float32), y=y[answered],
+            answered=answered, noise=noise[answered], labels=labels[answered], teachers=teachers,
+            zo_loss=zo_loss,
+        )
+
+    def zo_probes(self, inputs: torch.Tensor, generator: torch.Generator
+                  ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The q perturbed copies of each input for the zeroth-order estimate (or None, q = 0).
+
+        Returns (probes [q * N, ...] ordered direction-major, directions [q, N, d] of unit norm).
+        """
+        q = self.cfg.fedgen.zo_directions
+        if q == 0:
+            return None
+        n = len(inputs)
+        flat = inputs.reshape(n, -1)
+        u = torch.randn(q, n, flat.shape[1], generator=generator)
+        u = u / u.norm(dim=2, keepdim=True)
+        probes = (flat.unsqueeze(0) + self.cfg.fedgen.zo_epsilon * u).reshape(q * n, *inputs.shape[1:])
+        return probes, u
+
+    def teacher_objective(self, probs: np.ndarray, labels: torch.Tensor) -> torch.Tensor:
+        """Per-sample generator loss on the teachers' consensus ``probs`` [N, C]:
+        ``teacher-ce-weight`` * CE(t(x), y)."""
+        t = torch.from_numpy(np.asarray(probs, np.float32)).clamp_min(1e-8)
+        return -self.cfg.fedgen.teacher_ce_weight * t.log().gather(1, labels[:, None]).squeeze(1)
+
+    def zo_generator_step(self, inputs: torch.Tensor, noise: torch.Tensor, labels: torch.Tensor,
+                          probs: np.ndarray, directions: torch.Tensor) -> float:
+        """One Adam step of G on the teachers' objective through a zeroth-order gradient.
+
+        With f_i(x) the per-sample :meth:`teacher_objective` (the teachers are black boxes: only
+        their consensus at x_i and at the q probes x_i + mu u_ij is known), the input gradient is
+        the forward-difference estimate (FedZGE, DFME)
+        g_i = (d / q) sum_j (f_i(x_i + mu u_ij) - f_i(x_i)) / mu * u_ij, pushed back through G
+        together with the exact gradient of the diversity term.
+        """
+        assert self._generator is not None and self._optimizer is not None
+        fg = self.cfg.fedgen
+        n, q = len(inputs), fg.zo_directions
+        f = self.teacher_objective(probs, labels.repeat(q + 1)).reshape(q + 1, n)
+        grad = zeroth_order_gradient(f, directions, fg.zo_epsilon)
+        loss = (inputs.reshape(n, -1) * grad).sum() / n
+        if fg.diversity_weight > 0:
+            loss = loss + fg.diversity_weight * diversity_loss(noise, inputs)
+        self._optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self._optimizer.step()
+        return float(f[0].mean())
 
     def train_generator(
         self, rnd: int, round_noise: torch.Tensor, round_labels: torch.Tensor, targets: np.ndarray
@@ -229,18 +339,29 @@ class FedGenLogits(Algorithm):
             if x.ndim != 4 or tuple(x.shape[1:]) != tuple(client.input_shape):
                 raise ValueError(f"fedgen-logits: inputs of shape {x.shape} for data of shape "
                                  f"{client.input_shape}")
-            client.state[INPUTS_KEY] = x
+            query = int(request.config.get("query", 0))
+            if query == 0:  # a new round: forget inputs of an earlier, unfinished one
+                for key in [k for k in client.state if k.startswith(INPUTS_KEY)]:
+                    del client.state[key]
+            client.state[f"{INPUTS_KEY}/{query}"] = x
             arrays = {"logits": self.release_logits(client, model, x, rnd)}
             if self.rule.uses_weights:
                 arrays["label-counts"] = self._label_counts(client, rnd)
             return Payload(arrays=arrays, metrics={"num-examples": n_train})
         if phase != "distill":
             raise ValueError(f"fedgen-logits has no client phase {phase!r}")
-        if INPUTS_KEY not in client.state:
-            raise ValueError("fedgen-logits: distill request without this round's inputs")
-        answered = np.asarray(request.config["answered"], dtype=np.int64)
-        x = np.asarray(client.state.pop(INPUTS_KEY))[answered]
+        held = {int(k.rsplit("/", 1)[1]): client.state.pop(k)
+                for k in [k for k in client.state if k.startswith(INPUTS_KEY + "/")]}
+        per_query = [int(k) for k in request.config["answered-per-query"]]
+        if sorted(held) != list(range(len(per_query))):
+            raise ValueError(f"fedgen-logits: distill request for {len(per_query)} queries, but "
+                             f"this client holds the inputs of queries {sorted(held)}")
+        answered = np.split(np.asarray(request.config["answered"], dtype=np.int64),
+                            np.cumsum(per_query)[:-1])
+        x = np.concatenate([np.asarray(held[q])[a] for q, a in enumerate(answered)])
         targets = np.asarray(request.arrays["targets"], np.float32)
+        if len(targets) != len(x):
+            raise ValueError(f"fedgen-logits: {len(targets)} targets for {len(x)} inputs")
         train, distill = self.cfg.train, self.cfg.distill
         weight = distill.weight * self.cfg.fedgen.decay ** (rnd - 1)
         if len(x) and distill.steps and weight > 0:

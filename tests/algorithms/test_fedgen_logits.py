@@ -77,3 +77,51 @@ def test_a_seeded_run_is_reproducible(tmp_path: Path) -> None:
 def test_weighted_rule_under_dp_needs_noised_counts(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="releases label counts"):
         run_inprocess({**FAST, "aggregation.rule": "weighted", "privacy.dp-sgd": True}, 3, tmp_path)
+
+
+def test_zeroth_order_gradient_is_exact_for_a_linear_function_on_a_basis() -> None:
+    # f(x) = a . x; with the d basis vectors as directions (q = d), each slope is a_j exactly and
+    # (d / q) * sum_j a_j e_j = a.
+    from fedkd.algorithms.fedgen_logits import zeroth_order_gradient
+
+    a = torch.tensor([[1.0, -2.0, 0.5], [3.0, 0.0, -1.0]])  # two samples, d = 3
+    x = torch.tensor([[0.2, 0.1, -0.3], [0.0, 1.0, 2.0]])
+    mu = 1e-2
+    directions = torch.eye(3).unsqueeze(1).expand(3, 2, 3)  # [q, n, d]
+    probes = x.unsqueeze(0) + mu * directions
+    values = torch.cat([(a * x).sum(1, keepdim=True).T, (a.unsqueeze(0) * probes).sum(2)])
+    assert torch.allclose(zeroth_order_gradient(values, directions, mu), a, atol=1e-4)
+
+
+def test_zeroth_order_gradient_points_along_the_true_gradient_with_random_directions() -> None:
+    from fedkd.algorithms.fedgen_logits import zeroth_order_gradient
+
+    gen = torch.Generator().manual_seed(0)
+    d, q, mu = 20, 2000, 1e-3
+    x = torch.randn(1, d, generator=gen, dtype=torch.float64)
+    u = torch.randn(q, 1, d, generator=gen, dtype=torch.float64)
+    u = u / u.norm(dim=2, keepdim=True)
+    f = lambda z: (z ** 2).sum(-1) / 2  # gradient x  # noqa: E731
+    values = torch.cat([f(x).unsqueeze(0), f(x.unsqueeze(0) + mu * u)])  # [q + 1, 1]
+    g = zeroth_order_gradient(values, u, mu)
+    cosine = float(torch.nn.functional.cosine_similarity(g, x))
+    assert cosine > 0.9
+    assert float(g.norm() / x.norm()) == pytest.approx(1.0, abs=0.15)
+
+
+def test_zeroth_order_queries_send_only_logits_for_the_declared_probes(tmp_path: Path) -> None:
+    cfg = {**FAST, "fedgen.zo-directions": 2, "fedgen.generator-queries": 2,
+           "fedgen.generator-steps": 0, "num-server-rounds": 2}
+    rows, audit, _ = run_inprocess(cfg, 3, tmp_path)
+    assert rows[-1]["num-failures"] == 0 and rows[-1]["answered"] == 2 * 40
+    assert np.isfinite(rows[-1]["generator-teacher-loss"])
+    logits = [a for a in audit if a["phase"] == "logits"]
+    assert len(logits) == 2 * 2 * 3  # rounds x queries x clients
+    for a in logits:
+        assert a["arrays"] == {"arrays/logits": {"shape": [3 * 40, 10], "dtype": "float32",
+                                                 "bytes": 3 * 40 * 10 * 4 + 128}}
+
+
+def test_zeroth_order_needs_soft_targets(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="zo-directions needs soft targets"):
+        run_inprocess({**FAST, "fedgen.zo-directions": 1, "aggregation.rule": "pate"}, 3, tmp_path)
