@@ -10,8 +10,9 @@ Subcommands (``fedkd <command> --help`` shows each one's options and examples)::
 A *preset* is a TOML file of run-config overrides in ``simulations/configs/`` (the keys of
 ``[tool.flwr.app.config]`` in pyproject.toml, with TOML tables for the sections); the same file
 works with ``flwr run . <connection> --run-config simulations/configs/<preset>.toml``. A
-*profile* (``simulations/configs/profiles/``) holds the simulation's federation config: the CPU
-and GPU share of each simulated client.
+*profile* (``simulations/configs/profiles/``) holds the simulation's federation config (the CPU
+and GPU share of each simulated client) and, in an optional ``[run-config]`` table, run-config
+keys that go with it (such as the device clients train on).
 
 Every run goes through the real Flower simulation engine exactly as ``python -m
 simulations.run`` does (:class:`fedkd.launch.SimulationSuperLink`: our own SuperLink on
@@ -131,8 +132,18 @@ def load_preset(spec: str) -> Preset:
     return Preset(name=name, path=path.resolve(), values=_flatten(_load_toml(path, "preset")))
 
 
-def load_profile(spec: str) -> dict[str, Scalar]:
-    """A profile by name (``cpu``, ``gpu``) or by path: flat federation-config keys."""
+@dataclass(frozen=True)
+class Profile:
+    """Simulation resources: flat federation-config keys, plus optional run-config overrides (a
+    ``[run-config]`` table, e.g. the device clients train on) applied before ``--set``."""
+
+    name: str
+    federation: dict[str, Scalar]
+    run_config: dict[str, Scalar]
+
+
+def load_profile(spec: str) -> Profile:
+    """A profile by name (``cpu``, ``gpu``) or by the path of a TOML file."""
     path = Path(spec).expanduser()
     if path.suffix != ".toml" and os.sep not in spec:
         path = PROFILE_DIR / f"{spec}.toml"
@@ -142,10 +153,12 @@ def load_profile(spec: str) -> dict[str, Scalar]:
     elif not path.is_file():
         raise CliError(f"profile file {spec} not found")
     values = _load_toml(path, "profile")
+    run_config = values.pop("run-config", {})
     nested = [k for k, v in values.items() if isinstance(v, Mapping)]
-    if nested:
-        raise CliError(f"profile {path}: federation-config keys are flat; found tables {nested}")
-    return values
+    if nested or not isinstance(run_config, Mapping):
+        raise CliError(f"profile {path}: federation-config keys are flat, and the only table is "
+                       f"[run-config]; found {nested or ['run-config']}")
+    return Profile(path.stem, values, _flatten(run_config))
 
 
 def parse_sets(pairs: Sequence[str]) -> dict[str, Scalar]:
@@ -204,12 +217,12 @@ def resolve_config(
     return cfg, run_config
 
 
-def federation_config(profile: Mapping[str, Scalar], cfg: RunConfig) -> dict[str, Scalar]:
-    """The simulation's federation config: one SuperNode per partition, plus the profile."""
+def federation_config(profile: Profile, cfg: RunConfig) -> dict[str, Scalar]:
+    """The simulation's federation config: one SuperNode per partition, plus the profile's keys."""
     fed: dict[str, Scalar] = {
         "num-supernodes": cfg.data.num_partitions,
         "init-args-num-cpus": os.cpu_count() or 1,
-        **profile,
+        **profile.federation,
     }
     gpus = fed.get("client-resources-num-gpus", 0.0)
     if isinstance(gpus, (int, float)) and gpus > 0:
@@ -430,7 +443,8 @@ def _interrupted_message(run_dir: Path) -> str:
 # ----- simulate -------------------------------------------------------------------------------
 def cmd_simulate(args: argparse.Namespace) -> int:
     preset = load_preset(args.preset)
-    overrides = parse_sets(args.overrides)
+    profile = load_profile(args.profile)
+    overrides = {**profile.run_config, **parse_sets(args.overrides)}
     output_dir = Path(args.output_dir)
     name = args.name
     if name is None:
@@ -439,7 +453,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         name = f"{preset.name}-seed{seed if seed is not None else 0}-{stamp}"
     cfg, run_config = resolve_config(preset, overrides, seed=args.seed, rounds=args.rounds,
                                      output_dir=output_dir, run_name=name)
-    federation = federation_config(load_profile(args.profile), cfg)
+    federation = federation_config(profile, cfg)
     try:
         result = run_simulation(preset, cfg, run_config, federation, port=args.port,
                                 timeout=args.timeout, extra_record={"profile": args.profile,
@@ -485,9 +499,9 @@ def run_state(run_dir: Path, cfg: RunConfig) -> tuple[str, str]:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    overrides = parse_sets(args.overrides)
-    output_dir = Path(args.output_dir).resolve()
     profile = load_profile(args.profile)
+    overrides = {**profile.run_config, **parse_sets(args.overrides)}
+    output_dir = Path(args.output_dir).resolve()
     # Validate every run before starting any: a typo in the last preset fails now, not hours in.
     plan = []
     for spec in args.presets:

@@ -94,7 +94,25 @@ def test_profiles() -> None:
     assert cpu["num-supernodes"] == 7
     assert cpu["client-resources-num-cpus"] == 1 and cpu["client-resources-num-gpus"] == 0.0
     gpu = cli.load_profile("gpu")
-    assert 0 < gpu["client-resources-num-gpus"] < 1  # clients share one GPU
+    assert 0 < gpu.federation["client-resources-num-gpus"] < 1  # clients share one GPU
+    for name in cli.profile_names():  # a profile's run-config keys are valid ones
+        profile = cli.load_profile(name)
+        cli.resolve_config(cli.load_preset("tiny"), profile.run_config)
+
+
+def test_profile_run_config_comes_before_set(tmp_path: Path) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text("client-resources-num-cpus = 2\n[run-config]\ntrain.num-threads = 2\n"
+                    "train.local-steps = 3\n")
+    profile = cli.load_profile(str(path))
+    assert profile.federation == {"client-resources-num-cpus": 2}
+    assert profile.run_config == {"train.num-threads": 2, "train.local-steps": 3}
+    overrides = {**profile.run_config, **cli.parse_sets(["train.local-steps=9"])}
+    cfg, _ = cli.resolve_config(cli.load_preset("tiny"), overrides)
+    assert (cfg.train.num_threads, cfg.train.local_steps) == (2, 9)
+    path.write_text("[other]\nx = 1\n")
+    with pytest.raises(cli.CliError, match="the only table is"):
+        cli.load_profile(str(path))
 
 
 def test_gpu_profile_without_a_gpu_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
