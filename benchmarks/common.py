@@ -23,10 +23,15 @@ def toml_value(value: Any) -> str:
     return json.dumps(value) if isinstance(value, str) else str(value)
 
 
+def slug(name: str) -> str:
+    """The run directory name ``run_simulation`` uses for ``name``."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
 def run_simulation(name: str, settings: dict[str, Any], *, clients: int, rounds: int,
                    out_dir: Path) -> dict[str, Any]:
     """Run one simulation (own SuperLink, real Ray backend) and summarise its metrics."""
-    run_name = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    run_name = slug(name)
     cmd = [sys.executable, "-m", "simulations.run", "--num-clients", str(clients),
            "--rounds", str(rounds), "--output-dir", str(out_dir), "--name", run_name]
     for key, value in settings.items():
@@ -35,10 +40,16 @@ def run_simulation(name: str, settings: dict[str, Any], *, clients: int, rounds:
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    rows = read_metrics(out_dir / run_name)
+    return {**summarise_run(name, settings, out_dir / run_name),
+            "process-wall-time-s": time.monotonic() - start}
+
+
+def summarise_run(name: str, settings: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """The benchmark summary of a finished run, from its ``metrics.jsonl``."""
+    rows = read_metrics(run_dir)
     last = rows[-1]
     return {
-        "name": name, "settings": settings, "run-dir": str(out_dir / run_name),
+        "name": name, "settings": settings, "run-dir": str(run_dir),
         "global-accuracy": last.get("global-accuracy"),
         "personalized-accuracy": last.get("personalized-accuracy"),
         "epsilon-max": last.get("epsilon-max"),
@@ -47,7 +58,6 @@ def run_simulation(name: str, settings: dict[str, Any], *, clients: int, rounds:
         "bytes-down-per-client-per-round": statistics.mean(r["bytes-down-per-client"] for r in rows),
         "wall-time-per-round-s": statistics.mean(r["wall-time-s"] for r in rows),
         "rejected-replies": sum(r["rejected-replies"] for r in rows),
-        "process-wall-time-s": time.monotonic() - start,
     }
 
 

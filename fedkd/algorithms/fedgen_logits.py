@@ -2,9 +2,11 @@ r"""FedGen-logits: data-free federated distillation where only logits leave a cl
 
 FedGen's idea (a server-side conditional generator that carries the clients' knowledge back to
 them, Zhu et al. ICML 2021) moved to input space and made black-box: the server never sees a
-client's weights, only its logits on inputs the server generated. The split of work follows
-black-box data-free distillation (IDEAL-style): the generator is trained against the server's
-own student, never through a client model.
+client's weights, only its logits on inputs the server generated. Two ways to train the
+generator: against the server's own student only (IDEAL-style, ``fedgen.zo-directions = 0``), or
+also on the teachers themselves through zeroth-order gradients estimated from their logits on
+perturbed copies of the synthetic inputs (FedZGE/DFME-style, ``fedgen.zo-directions = q > 0``):
+still nothing but logits leaves a client.
 
 Server state: a conditional generator :math:`G` in input space
 (:class:`fedkd.models.generators.InputGenerator`, images in [-1, 1] like the data) and a global
@@ -12,11 +14,27 @@ student :math:`s` (``train.model``). Round t, with sampled clients :math:`S_t`:
 
 1. **Generate.** Labels :math:`y_i` balanced over the C classes, noise :math:`\epsilon_i \sim
    N(0, I)`, :math:`x_i = G(\epsilon_i, y_i)`, i = 1..N (``fedgen.synthetic-batch``).
+   With ``q = fedgen.zo-directions > 0`` the query also holds q probes per sample,
+   :math:`x_i + \mu u_{ij}` (``fedgen.zo-epsilon`` = :math:`\mu`, :math:`u_{ij}` uniform on the
+   unit sphere), so clients answer (q + 1) N rows.
 2. **Query** (phase ``logits``): each client k returns :math:`z_k(x) \in R^{N \times C}`, computed
    under ``no_grad`` from its personal model (free post-processing of a DP-SGD model). With the
    ``weighted`` rule it also returns its label counts [C] (noised when privacy is on), and the
    teachers are weighted per sample by :math:`n_{k, y_i}`.
 3. **Aggregate**: :math:`t = \mathrm{Agg}(z_1, \dots, z_K)` with ``aggregation.rule``.
+   **Zeroth-order generator step** (q > 0): with the per-sample objective
+
+   .. math:: f_i(x) = \gamma_t\,\mathrm{CE}\big(t(x), y_i\big)
+             - \lambda_{adv}\,\mathrm{KL}\big(t(x) \,\|\, \sigma(s(x))\big)
+
+   (``fedgen.teacher-ce-weight`` = :math:`\gamma_t`, ``fedgen.adversarial-weight`` =
+   :math:`\lambda_{adv}`; t(x) the teachers' consensus, known at :math:`x_i` and the probes only),
+   the input gradient is estimated as
+   :math:`\hat g_i = \frac{d}{q}\sum_j \frac{f_i(x_i + \mu u_{ij}) - f_i(x_i)}{\mu} u_{ij}`
+   (:func:`zeroth_order_gradient`) and pushed back through G with the exact gradient of
+   :math:`\eta L_{div}`: one Adam step. Steps 1-3 (and this step) repeat
+   ``fedgen.generator-queries`` times per round with fresh samples; all answered samples are
+   distilled on below.
 4. **Distil the student** for ``distill.server-steps`` steps:
 
    .. math:: L_s = T^2\,\mathrm{KL}\big(t_i \,\|\, \sigma(s(x_i)/T)\big)
@@ -44,10 +62,11 @@ student :math:`s` (``train.model``). Round t, with sampled clients :math:`S_t`:
    cross-entropy on their private data (DP-SGD when ``privacy.dp-sgd``). The synthetic steps
    touch no private data, so they run as ordinary steps even under DP-SGD.
 
-What crosses the network per client per round: down, the N synthetic inputs (N x C x H x W
-float32; sending the generator's weights and a seed instead would be larger here: 461k
-parameters against 200k input values at N = 256 on Fashion-MNIST) and N x C targets; up, N x C
-logits (and C counts with the weighted rule). Client architectures may differ.
+What crosses the network per client per round (m = ``generator-queries``): down, the m (q + 1) N
+synthetic inputs (float32; sending the generator's weights and a seed instead would be larger
+here: 461k parameters against 200k input values at N = 256 on Fashion-MNIST, and the probes would
+need bit-identical regeneration) and m N x C targets; up, m (q + 1) N x C logits (and C counts
+with the weighted rule). Client architectures may differ.
 """
 
 from __future__ import annotations
@@ -265,11 +284,22 @@ class FedGenLogits(Algorithm):
         probes = (flat.unsqueeze(0) + self.cfg.fedgen.zo_epsilon * u).reshape(q * n, *inputs.shape[1:])
         return probes, u
 
-    def teacher_objective(self, probs: np.ndarray, labels: torch.Tensor) -> torch.Tensor:
-        """Per-sample generator loss on the teachers' consensus ``probs`` [N, C]:
-        ``teacher-ce-weight`` * CE(t(x), y)."""
+    def teacher_objective(self, probs: np.ndarray, labels: torch.Tensor,
+                          inputs: torch.Tensor) -> torch.Tensor:
+        """Per-sample generator loss from the teachers' consensus ``probs`` [N, C] at ``inputs``:
+        ``teacher-ce-weight`` * CE(t(x), y) - ``adversarial-weight`` * KL(t(x) || s(x)), the
+        second term (the student s is evaluated here, on the server) seeking samples where the
+        student still disagrees with the teachers (FedZGE's beta_1 term, DFAD's idea)."""
+        fg = self.cfg.fedgen
         t = torch.from_numpy(np.asarray(probs, np.float32)).clamp_min(1e-8)
-        return -self.cfg.fedgen.teacher_ce_weight * t.log().gather(1, labels[:, None]).squeeze(1)
+        loss = -fg.teacher_ce_weight * t.log().gather(1, labels[:, None]).squeeze(1)
+        if fg.adversarial_weight > 0:
+            assert self._student is not None
+            self._student.eval()
+            with torch.no_grad():
+                log_s = F.log_softmax(self._student(inputs), dim=1)
+            loss = loss - fg.adversarial_weight * (t * (t.log() - log_s)).sum(1)
+        return loss
 
     def zo_generator_step(self, inputs: torch.Tensor, noise: torch.Tensor, labels: torch.Tensor,
                           probs: np.ndarray, directions: torch.Tensor) -> float:
@@ -284,7 +314,9 @@ class FedGenLogits(Algorithm):
         assert self._generator is not None and self._optimizer is not None
         fg = self.cfg.fedgen
         n, q = len(inputs), fg.zo_directions
-        f = self.teacher_objective(probs, labels.repeat(q + 1)).reshape(q + 1, n)
+        queried = torch.cat([inputs.detach(), (inputs.detach().reshape(n, -1).unsqueeze(0)
+                                               + fg.zo_epsilon * directions).reshape(q * n, *inputs.shape[1:])])
+        f = self.teacher_objective(probs, labels.repeat(q + 1), queried).reshape(q + 1, n)
         grad = zeroth_order_gradient(f, directions, fg.zo_epsilon)
         loss = (inputs.reshape(n, -1) * grad).sum() / n
         if fg.diversity_weight > 0:

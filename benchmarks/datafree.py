@@ -1,0 +1,148 @@
+"""Data-free distillation against weight sharing and logit sharing, through the real Flower simulation.
+
+Fashion-MNIST, 20 clients, Dirichlet alpha (0.1 and 1.0), McMahan's CNN for every client and
+server model, the same rounds, local steps, participation and seeds for every algorithm:
+
+* ``fedavg``: weights up and down (baseline).
+* ``fedgen``: FedGen as in its official code (latent generator, weight sharing: a baseline).
+* ``fedgen-logits``: server-side input generator trained on the teachers' logits through
+  zeroth-order probes; clients upload only logits on synthetic inputs.
+* ``fd``: per-class mean logits (Jeong et al.).
+* ``fedmd``: logits on a public split (taken out of the training set before partitioning).
+
+Each run is a separate ``python -m simulations.run`` (own SuperLink, real Ray backend); the table
+is built from the runs' own ``metrics.jsonl``. Finished runs (their ``summary.json`` exists) are
+read back, not rerun, so an interrupted benchmark continues where it stopped.
+
+Run (the README's numbers; several hours on 2 CPU cores)::
+
+    .venv/bin/python -m benchmarks.datafree --alphas 0.1 1.0 --seeds 0 1 2 --other-seeds 0
+
+Writes ``benchmarks/results/datafree.{json,md}``: per alpha and algorithm, mean +- std over seeds
+of the final global accuracy (server model on the official test set) and the mean personalized
+accuracy (each client's model on its local test split), bytes up per client per round, the ratio
+to FedAvg's, and wall time per round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import ROOT, fmt, run_simulation, slug, summarise_run
+
+#: FedGen-logits settings used here (see fedkd/algorithms/fedgen_logits.py): per round 4 cycles of
+#: 64 synthetic samples with 2 zeroth-order probes each (768 logit rows, 30,720 bytes up).
+FEDGEN_LOGITS: dict[str, Any] = {
+    "algorithm": "fedgen-logits", "fedgen.generator-steps": 0, "fedgen.zo-directions": 2,
+    "fedgen.generator-queries": 4, "fedgen.synthetic-batch": 64, "fedgen.generator-lr": 0.002,
+    "fedgen.adversarial-weight": 1.0,
+}
+
+#: name -> run-config overrides on top of the shared settings.
+RUNS: dict[str, dict[str, Any]] = {
+    "fedavg": {"algorithm": "fedavg"},
+    "fedgen (paper, weights)": {"algorithm": "fedgen"},
+    "fedgen-logits": FEDGEN_LOGITS,
+    "fd": {"algorithm": "fd"},
+    "fedmd": {"algorithm": "fedmd"},
+}
+
+
+def run_name(name: str, alpha: float, seed: int) -> str:
+    return f"{name.split(' ')[0]}-a{alpha}-s{seed}"
+
+
+def run_one(name: str, alpha: float, seed: int, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
+    settings = {
+        "data.alpha": alpha, "train.model": "cnn", "train.local-steps": args.local_steps,
+        "seed": seed, "data.seed": seed, "federation.min-nodes": args.clients,
+        "federation.fraction-train": args.fraction,
+        "federation.min-replies": max(1, int(args.clients * args.fraction) // 2), **RUNS[name],
+    }
+    label = run_name(name, alpha, seed)
+    if (out_dir / slug(label) / "summary.json").exists():
+        result = summarise_run(name, settings, out_dir / slug(label))
+    else:
+        result = run_simulation(label, settings, clients=args.clients, rounds=args.rounds, out_dir=out_dir)
+    return {**result, "name": name, "alpha": alpha, "seed": seed}
+
+
+def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    present = [v for v in values if v is not None]
+    if not present:
+        return None, None
+    return statistics.mean(present), statistics.stdev(present) if len(present) > 1 else 0.0
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = ["| alpha | algorithm | seeds | global acc | personalized acc | bytes up / client / round "
+             "| x fewer than FedAvg | s / round |", "|---|---|---|---|---|---|---|---|"]
+    for alpha in sorted({r["alpha"] for r in results}):
+        rows = [r for r in results if r["alpha"] == alpha]
+        base = [r["bytes-up-per-client-per-round"] for r in rows if r["name"] == "fedavg"]
+        for name in RUNS:
+            group = [r for r in rows if r["name"] == name]
+            if not group:
+                continue
+            g, gs = mean_std([r["global-accuracy"] for r in group])
+            p, ps = mean_std([r["personalized-accuracy"] for r in group])
+            up = statistics.mean(r["bytes-up-per-client-per-round"] for r in group)
+            wall = statistics.mean(r["wall-time-per-round-s"] for r in group)
+            ratio = f"{statistics.mean(base) / up:,.0f}" if base and up else "-"
+            cell = lambda m, s: "-" if m is None else f"{m:.4f} ± {s:.4f}"  # noqa: E731
+            lines.append(f"| {alpha} | {name} | {len(group)} | {cell(g, gs)} | {cell(p, ps)} | "
+                         f"{up:,.0f} | {ratio} | {fmt(wall, '.1f')} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--fraction", type=float, default=0.5, help="clients sampled per round")
+    parser.add_argument("--local-steps", type=int, default=20)
+    parser.add_argument("--alphas", type=float, nargs="+", default=[0.1, 1.0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="seeds for the first alpha (the headline rows)")
+    parser.add_argument("--other-seeds", type=int, nargs="+", default=[0],
+                        help="seeds for the other alphas")
+    parser.add_argument("--only", nargs="*", help="run only these algorithms (prefix match)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = parser.parse_args(argv)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for i, alpha in enumerate(args.alphas):
+        for seed in args.seeds if i == 0 else args.other_seeds:
+            for name in RUNS:
+                if args.only and not any(name.startswith(p) for p in args.only):
+                    continue
+                print(f"running {name} alpha={alpha} seed={seed} ...", flush=True)
+                results.append(run_one(name, alpha, seed, args, out / "runs"))
+                r = results[-1]
+                print(f"  global {r['global-accuracy']} personalized {r['personalized-accuracy']} "
+                      f"up {r['bytes-up-per-client-per-round']:,.0f} B "
+                      f"{r['wall-time-per-round-s']:.1f} s/round", flush=True)
+                write(out, args, results)
+
+
+def write(out: Path, args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
+    header = (f"Fashion-MNIST, {args.clients} clients ({args.fraction:.0%} sampled per round), "
+              f"Dirichlet alpha as listed, {args.rounds} rounds, {args.local_steps} local steps of "
+              f"batch 32, McMahan's CNN everywhere; mean ± std over the seeds listed. Command: "
+              f".venv/bin/python -m benchmarks.datafree --rounds {args.rounds} --alphas "
+              f"{' '.join(map(str, args.alphas))} --seeds {' '.join(map(str, args.seeds))} "
+              f"--other-seeds {' '.join(map(str, args.other_seeds))}")
+    md = header + "\n\n" + table(results) + "\n"
+    (out / "datafree.md").write_text(md)
+    (out / "datafree.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
+    print(md, flush=True)
+
+
+if __name__ == "__main__":
+    main()
