@@ -205,7 +205,10 @@ def sample_nodes(nodes: Sequence[int], fraction: float, rng: np.random.Generator
     k = max(1, int(np.ceil(fraction * len(nodes))))
     if k >= len(nodes):
         return list(nodes)
-    return sorted(int(n) for n in rng.choice(np.asarray(nodes), size=k, replace=False))
+    # Sample positions, not the ids: Flower's node ids are unsigned 64-bit, and a list that mixes
+    # ids above and below 2**63 becomes float64 in numpy (ids silently rounded).
+    picked = rng.choice(len(nodes), size=k, replace=False)
+    return sorted(int(nodes[i]) for i in picked)
 
 
 def _mean(values: Sequence[float]) -> float | None:
