@@ -35,11 +35,12 @@ from typing import Any
 from benchmarks.common import ROOT, fmt, run_simulation, slug, summarise_run
 
 #: FedGen-logits settings used here (see fedkd/algorithms/fedgen_logits.py): per round 4 cycles of
-#: 64 synthetic samples with 2 zeroth-order probes each (768 logit rows, 30,720 bytes up).
+#: 64 synthetic samples with 2 zeroth-order probes each (768 logit rows, 30,720 bytes up), and
+#: label-count weights (the client's 10 counts go up too).
 FEDGEN_LOGITS: dict[str, Any] = {
     "algorithm": "fedgen-logits", "fedgen.generator-steps": 0, "fedgen.zo-directions": 2,
     "fedgen.generator-queries": 4, "fedgen.synthetic-batch": 64, "fedgen.generator-lr": 0.002,
-    "fedgen.adversarial-weight": 1.0,
+    "aggregation.rule": "weighted",
 }
 
 #: name -> run-config overrides on top of the shared settings.
