@@ -13,6 +13,10 @@ pairs in OpenSSH format (``node0`` private, ``node0.pub`` public) for SuperNode 
 register the public key with ``flwr supernode register node0.pub <connection>`` and start the
 SuperNode with ``--auth-supernode-private-key node0``.
 
+:class:`LocalFederation` runs a whole deployment on 127.0.0.1 (a TLS SuperLink with node
+authentication, registered SuperNodes, runs submitted with ``flwr``) for the end-to-end tests and
+the deployed-vs-simulation benchmark.
+
 Private keys are written with mode 0600. Use real host names or addresses for real devices; the
 certificate must name the address clients connect to.
 """
@@ -22,15 +26,25 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import ipaddress
+import json
 import os
+import re
+import signal
+import ssl
+import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from fedkd.launch import bin_path, descendants, free_port, offline_env, run_config_toml, stop_process
 
 
 def _write(path: Path, data: bytes, private: bool = False) -> None:
@@ -106,6 +120,217 @@ def make_node_key(out: Path, name: str) -> tuple[Path, Path]:
     _write(public, key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                                  serialization.PublicFormat.OpenSSH) + b"\n")
     return private, public
+
+
+def _start_time(pid: int) -> str:
+    """A process's start time (``/proc/<pid>/stat`` field 22): with the PID, its identity."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+@dataclass
+class Node:
+    """One SuperNode of a :class:`LocalFederation`."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    node_id: int | None  # from its registration (None without node authentication)
+
+
+class LocalFederation:
+    """A whole deployment on 127.0.0.1 for tests and benchmarks: a TLS SuperLink (with node
+    authentication unless ``node_auth=False``), registered SuperNodes, runs submitted with ``flwr``.
+
+    Every process gets the offline environment and a private ``FLWR_HOME`` under ``root``, runs
+    in its own session, logs to ``root/<name>.log``, and is stopped, with whatever it started, by
+    :meth:`stop` (SuperNodes first). The ``flwr`` connection is named :attr:`CONNECTION`.
+    """
+
+    CONNECTION = "tls"
+
+    def __init__(self, root: Path, node_auth: bool = True) -> None:
+        self.root = root
+        self.node_auth = node_auth
+        (root / "flwr-home").mkdir(parents=True, exist_ok=True)
+        self.env = offline_env(root / "flwr-home")
+        self.certs = make_certificates(root / "certs", ["127.0.0.1", "localhost"])
+        self.port = free_port()
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.superlink_proc: subprocess.Popen[bytes] | None = None
+        self.nodes: dict[str, Node] = {}
+        # descendants of processes killed on purpose, (pid, start time): reaped on stop
+        self._killed: list[tuple[int, str]] = []
+        (root / "flwr-home" / "config.toml").write_text(
+            f'[superlink]\ndefault = "{self.CONNECTION}"\n\n[superlink.{self.CONNECTION}]\n'
+            f'address = "127.0.0.1:{self.port}"\nroot-certificates = "{self.certs["ca-cert"]}"\n'
+        )
+
+    # ----- processes ----------------------------------------------------------------------
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        """Start a daemon in its own session, output to ``root/<name>.log``."""
+        with (self.root / f"{name}.log").open("ab") as log:
+            proc = subprocess.Popen(list(args), env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def superlink(self, ready_timeout: float = 60.0) -> None:
+        """Start the TLS SuperLink (state in ``root/state.db``) and wait for its health check."""
+        c = self.certs
+        auth = ["--enable-supernode-auth"] if self.node_auth else []
+        self.superlink_proc = self.start(
+            "superlink", bin_path("flower-superlink"), "--ssl-ca-certfile", str(c["ca-cert"]),
+            "--ssl-certfile", str(c["server-cert"]), "--ssl-keyfile", str(c["server-key"]),
+            "--disable-runtime-dependency-installation", *auth,
+            "--database", str(self.root / "state.db"), "--host", "127.0.0.1",
+            "--port", str(self.port))
+        context = ssl.create_default_context(cafile=str(c["ca-cert"]))
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            if self.superlink_proc.poll() is not None:
+                break
+            try:
+                with urllib.request.urlopen(f"https://127.0.0.1:{self.port}/health", timeout=2,
+                                            context=context) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError(f"the TLS SuperLink did not become healthy; see {self.root / 'superlink.log'}")
+
+    def flwr(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        """Run a ``flwr`` CLI command with this federation's ``FLWR_HOME``."""
+        return subprocess.run([bin_path("flwr"), *args], env=self.env, capture_output=True,
+                              text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def supernode(self, name: str, key: Path | None, partition: int, partitions: int,
+                  node_config: str = "") -> subprocess.Popen[bytes]:
+        """Start a SuperNode for ``partition`` of ``partitions`` (``key``: its private key)."""
+        auth = ["--auth-supernode-private-key", str(key)] if key is not None else []
+        config = f"partition-id={partition} num-partitions={partitions} {node_config}".strip()
+        return self.start(name, bin_path("flower-supernode"), "--root-certificates",
+                          str(self.certs["ca-cert"]), "--superlink", f"127.0.0.1:{self.port}",
+                          "--host", "127.0.0.1", "--port", str(free_port()), *auth,
+                          "--node-config", config)
+
+    def register(self, public_key: Path) -> int:
+        """Register a node's public key; returns the node id the SuperLink gave it."""
+        reg = self.flwr("supernode", "register", str(public_key), self.CONNECTION, "--format", "json")
+        try:
+            out = json.loads(reg.stdout)
+        except json.JSONDecodeError:
+            out = {}
+        if not out.get("success"):
+            raise RuntimeError(f"registering {public_key} failed:\n{reg.stdout}\n{reg.stderr}")
+        return int(out["node-id"])
+
+    def add_nodes(self, count: int, node_config: str = "") -> list[Node]:
+        """Make keys, register them (with node authentication) and start ``count`` SuperNodes,
+        ``node<i>`` holding partition ``i`` of ``count``."""
+        nodes = []
+        for i in range(count):
+            name = f"node{i}"
+            key, node_id = None, None
+            if self.node_auth:
+                key, public = make_node_key(self.root / "keys", name)
+                node_id = self.register(public)
+            node = Node(name, self.supernode(name, key, i, count, node_config), node_id)
+            self.nodes[name] = node
+            nodes.append(node)
+        return nodes
+
+    def online_nodes(self) -> list[int]:
+        """Ids of the nodes the SuperLink lists as online (needs node authentication)."""
+        out = self.flwr("supernode", "list", self.CONNECTION, "--format", "json", timeout=60)
+        try:
+            nodes = json.loads(out.stdout).get("nodes", [])
+        except json.JSONDecodeError:
+            return []
+        return [int(n["node-id"]) for n in nodes if n.get("status") == "online"]
+
+    def wait_online(self, count: int, timeout: float = 120.0) -> None:
+        """Wait until ``count`` nodes are online."""
+        deadline = time.monotonic() + timeout
+        while len(self.online_nodes()) < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"fewer than {count} SuperNodes online after {timeout:g} s")
+            time.sleep(1.0)
+
+    def kill(self, proc: subprocess.Popen[bytes]) -> None:
+        """SIGKILL one process, as a crash would (its children are left to notice by
+        themselves, as Flower's are meant to; :meth:`stop` reaps any that do not)."""
+        self._killed.extend((pid, _start_time(pid)) for pid in descendants(proc.pid))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    def serverapp_pids(self) -> list[int]:
+        """PIDs of the running ``flwr-serverapp`` processes under the SuperLink."""
+        if self.superlink_proc is None:
+            return []
+        pids = []
+        for pid in descendants(self.superlink_proc.pid):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(part.endswith(b"flwr-serverapp") for part in cmdline[:2]):
+                pids.append(pid)
+        return pids
+
+    def stop(self) -> None:
+        """Stop every process started here, SuperNodes first, then the SuperLink."""
+        for proc in reversed(self.procs):
+            stop_process(proc, grace=15.0)
+        for pid, started in self._killed:
+            if started and _start_time(pid) == started:  # still the same process
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    # ----- runs ---------------------------------------------------------------------------
+    def write_run_config(self, name: str, flat: dict[str, bool | int | float | str]) -> Path:
+        """Flat dotted run-config keys as a TOML file under ``root``."""
+        path = self.root / f"{name}.toml"
+        path.write_text(run_config_toml(flat))
+        return path
+
+    def run(self, app_dir: Path, run_config: Path, timeout: float = 900) -> tuple[int | None, str, str]:
+        """``flwr run --stream``: wait for the run to end. Returns ``(run id, status, log)``;
+        the status comes from ``flwr ls`` (``flwr run`` exits 0 even when the ServerApp failed).
+        """
+        out = self.flwr("run", str(app_dir), self.CONNECTION, "--run-config", str(run_config),
+                        "--stream", timeout=timeout)
+        found = re.search(r"Successfully started run (\d+)", out.stdout)
+        if found is None:
+            return None, "not started", out.stdout + out.stderr
+        run_id = int(found.group(1))
+        return run_id, self.status(run_id), out.stdout + out.stderr
+
+    def submit(self, app_dir: Path, run_config: Path) -> int:
+        """Submit a run without waiting; returns its run id."""
+        out = self.flwr("run", str(app_dir), self.CONNECTION, "--run-config", str(run_config),
+                        "--format", "json", timeout=300)
+        try:
+            return int(json.loads(out.stdout)["run-id"])
+        except (json.JSONDecodeError, KeyError) as err:
+            raise RuntimeError(f"flwr run did not start a run:\n{out.stdout}\n{out.stderr}") from err
+
+    def status(self, run_id: int) -> str:
+        """A run's status, e.g. ``running`` or ``finished:completed``."""
+        out = self.flwr("ls", self.CONNECTION, "--run-id", str(run_id), "--format", "json", timeout=60)
+        try:
+            runs = json.loads(out.stdout).get("runs", [])
+        except json.JSONDecodeError:
+            runs = []
+        return str(runs[0]["status"]) if runs else "unknown"
+
+    def log(self, run_id: int) -> str:
+        """A run's log so far."""
+        return self.flwr("log", str(run_id), self.CONNECTION, "--show", timeout=60).stdout
 
 
 def main(argv: list[str] | None = None) -> int:

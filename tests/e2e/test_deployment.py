@@ -1,121 +1,166 @@
-"""A real deployment on 127.0.0.1: SuperLink with TLS and node authentication, SuperNodes, FD.
+"""A real deployment on 127.0.0.1: SuperLink with TLS and node authentication, SuperNodes.
 
 Marked ``e2e`` (left out of the default run; ``.venv/bin/python -m pytest -m e2e`` runs it).
-Every process is started in its own session and stopped, with its children, by PID.
+Every process is started in its own session and stopped, with its children, by PID
+(:class:`fedkd.deploy.LocalFederation`). The runs are small (scikit-learn digits, the MLP, 10
+local steps) because each message costs a fresh ClientApp process on every SuperNode.
+
+* FD over TLS with node authentication; an unregistered key is refused.
+* A SuperNode that sends NaN logits: its replies are rejected and counted, the run completes.
+* The ServerApp killed after round 1: the resubmitted run resumes at round 2 from the checkpoint
+  and ends where an uninterrupted run ends.
+* A SuperNode killed mid-run: the run completes with the other two, the drop is counted.
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
+import os
+import signal
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from fedkd.deploy import make_certificates, make_node_key
-from fedkd.launch import bin_path, free_port, offline_env, stop_process
+from fedkd.deploy import LocalFederation, make_node_key
 from fedkd.results import read_metrics
 
 APP_DIR = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
 
-
-class Federation:
-    """Processes of one local deployment, stopped together."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.env = offline_env(root / "flwr-home")
-        self.certs = make_certificates(root / "certs", ["127.0.0.1", "localhost"])
-        self.port = free_port()
-        self.procs: list[subprocess.Popen[bytes]] = []
-        (root / "flwr-home").mkdir()
-        (root / "flwr-home" / "config.toml").write_text(
-            '[superlink]\ndefault = "tls"\n\n[superlink.tls]\n'
-            f'address = "127.0.0.1:{self.port}"\nroot-certificates = "{self.certs["ca-cert"]}"\n'
-        )
-
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        log = (self.root / f"{name}.log").open("wb")
-        proc = subprocess.Popen(list(args), env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-        self.procs.append(proc)
-        return proc
-
-    def superlink(self) -> None:
-        c = self.certs
-        self.start("superlink", bin_path("flower-superlink"), "--ssl-ca-certfile", str(c["ca-cert"]),
-                   "--ssl-certfile", str(c["server-cert"]), "--ssl-keyfile", str(c["server-key"]),
-                   "--disable-runtime-dependency-installation", "--enable-supernode-auth",
-                   "--database", str(self.root / "state.db"), "--host", "127.0.0.1",
-                   "--port", str(self.port))
-        import ssl
-
-        context = ssl.create_default_context(cafile=str(c["ca-cert"]))
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"https://127.0.0.1:{self.port}/health", timeout=2,
-                                            context=context) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.5)
-        raise RuntimeError("the TLS SuperLink did not become healthy")
-
-    def flwr(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([bin_path("flwr"), *args], env=self.env, capture_output=True,
-                              text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-
-    def supernode(self, name: str, key: Path, partition: int, partitions: int) -> subprocess.Popen[bytes]:
-        return self.start(name, bin_path("flower-supernode"), "--root-certificates",
-                          str(self.certs["ca-cert"]), "--superlink", f"127.0.0.1:{self.port}",
-                          "--host", "127.0.0.1", "--port", str(free_port()),
-                          "--auth-supernode-private-key", str(key),
-                          "--node-config", f"partition-id={partition} num-partitions={partitions}")
-
-    def stop(self) -> None:
-        for proc in reversed(self.procs):  # SuperNodes first, then the SuperLink
-            stop_process(proc, grace=15.0)
+#: Small runs on three SuperNodes; generous timeouts only bound a broken run.
+BASE: dict[str, Any] = {
+    "data.dataset": "digits", "data.num-partitions": 3, "train.model": "mlp",
+    "train.local-steps": 10, "federation.min-nodes": 3, "federation.min-replies": 2,
+    "federation.first-round-timeout": 180.0, "federation.round-timeout": 120.0,
+    "federation.node-wait-timeout": 120.0,
+}
 
 
-@pytest.fixture
-def federation(tmp_path: Path) -> Iterator[Federation]:
-    fed = Federation(tmp_path)
+def run_config(fed: LocalFederation, out: Path, name: str, overrides: dict[str, Any]) -> Path:
+    """A run-config file: :data:`BASE`, the overrides, outputs in ``out/<name>``."""
+    flat = {**BASE, **overrides, "output.dir": str(out), "output.run-name": name}
+    return fed.write_run_config(name, flat)
+
+
+def run_to_completion(fed: LocalFederation, config: Path) -> str:
+    """Run to the end; returns the run's log."""
+    _, status, log = fed.run(APP_DIR, config)
+    assert "[fedkd] done" in log and status == "finished:completed", log[-5000:]
+    return log
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
+    """One TLS SuperLink with node authentication and three registered SuperNodes, shared by the
+    tests that leave it healthy."""
+    fed = LocalFederation(tmp_path_factory.mktemp("federation"))
     try:
+        fed.superlink()
+        fed.add_nodes(3)
         yield fed
     finally:
         fed.stop()
 
 
-def test_fd_over_tls_with_node_authentication(federation: Federation, tmp_path: Path) -> None:
-    federation.superlink()
-    keys = [make_node_key(tmp_path / "keys", f"node{i}") for i in range(3)]
-    for _, public in keys:
-        reg = federation.flwr("supernode", "register", str(public), "tls", "--format", "json")
-        assert json.loads(reg.stdout)["success"], reg.stdout + reg.stderr
-    for i, (private, _) in enumerate(keys):
-        federation.supernode(f"node{i}", private, i, 3)
-
+def test_fd_over_tls_with_node_authentication(federation: LocalFederation, tmp_path: Path) -> None:
     # A SuperNode whose key was never registered is refused and exits.
     rogue_key, _ = make_node_key(tmp_path / "keys", "rogue")
     rogue = federation.supernode("rogue", rogue_key, 0, 3)
     assert rogue.wait(timeout=120) != 0
-    assert "Failed to activate" in (tmp_path / "rogue.log").read_text()
+    assert "Failed to activate" in (federation.root / "rogue.log").read_text()
 
-    (tmp_path / "run.toml").write_text(
-        'algorithm = "fd"\nnum-server-rounds = 2\n[data]\ndataset = "digits"\n'
-        'num-partitions = 3\n[train]\nmodel = "mlp"\nlocal-steps = 10\n[federation]\n'
-        f'min-nodes = 3\n[output]\ndir = "{tmp_path / "out"}"\nrun-name = "fd"\n'
-    )
-    run = federation.flwr("run", str(APP_DIR), "tls", "--run-config", str(tmp_path / "run.toml"),
-                          "--stream", timeout=900)
-    assert "[fedkd] done" in run.stdout, run.stdout[-3000:] + run.stderr[-3000:]
-    status = json.loads(federation.flwr("ls", "tls", "--format", "json").stdout)["runs"][0]["status"]
-    assert status == "finished:completed"
-    rows = read_metrics(tmp_path / "out" / "fd")
+    run_to_completion(federation, run_config(federation, tmp_path, "fd",
+                                             {"algorithm": "fd", "num-server-rounds": 2}))
+    rows = read_metrics(tmp_path / "fd")
     assert [r["round"] for r in rows] == [1, 2]
     assert all(r["num-failures"] == 0 and len(r["clients"]) == 3 for r in rows)
+    assert all(r["personalized-accuracy"] is not None for r in rows)  # evaluated on every node
+
+
+def test_nan_replies_are_rejected_and_counted(federation: LocalFederation, tmp_path: Path) -> None:
+    # node0 (partition 0) poisons every reply with NaN logits; the other two carry the run.
+    attacker = federation.nodes["node0"].node_id
+    run_to_completion(federation, run_config(federation, tmp_path, "nan", {
+        "algorithm": "fd", "num-server-rounds": 1, "attack.partitions": "0", "attack.mode": "nan",
+        "federation.evaluate-clients": False}))
+    rows = read_metrics(tmp_path / "nan")
+    assert [r["round"] for r in rows] == [1]
+    assert (rows[0]["rejected-replies"], rows[0]["num-failures"]) == (1, 1)
+    reason = rows[0]["failures"]["fit"][str(attacker)]
+    assert reason.startswith("rejected:") and "NaN or Inf" in reason
+    audit = read_metrics(tmp_path / "nan", "replies.jsonl")
+    assert sorted((a["node"] == attacker, a["status"]) for a in audit) == [
+        (False, "accepted"), (False, "accepted"), (True, "rejected")]
+    assert "NaN or Inf" in next(a["reason"] for a in audit if a["status"] == "rejected")
+
+
+def test_a_killed_serverapp_resumes_from_its_checkpoint(federation: LocalFederation,
+                                                        tmp_path: Path) -> None:
+    # FedAvg: its clients keep no state between rounds, so the resumed run must end where an
+    # uninterrupted run (the same round loop and client code, in-process) ends.
+    settings = {"algorithm": "fedavg", "num-server-rounds": 2, "federation.evaluate-clients": False}
+    config = run_config(federation, tmp_path, "resume", settings)
+    run_dir = tmp_path / "resume"
+    first_run = federation.submit(APP_DIR, config)
+    wait_for(lambda: (run_dir / "checkpoint.pt").exists(), 300, "round 1's checkpoint")
+    pids = federation.serverapp_pids()
+    assert len(pids) == 1
+    os.kill(pids[0], signal.SIGKILL)  # the server process dies after round 1
+    round1 = read_metrics(run_dir)
+    assert [r["round"] for r in round1] == [1]
+    federation.flwr("stop", str(first_run), federation.CONNECTION)
+    wait_for(lambda: federation.status(first_run).startswith("finished"), 120, "the stopped run")
+
+    log = run_to_completion(federation, config)  # resubmitted unchanged: output.resume is on
+    assert "resuming after round 1" in log
+    rows = read_metrics(run_dir)
+    assert [r["round"] for r in rows] == [1, 2]
+    assert rows[0] == round1[0]  # round 1 comes from the first attempt, not a rerun
+
+    from tests.algorithms.inprocess import run_inprocess
+
+    straight, _, _ = run_inprocess({**settings, "train.local-steps": BASE["train.local-steps"]}, 3,
+                                   tmp_path / "straight")
+    for deployed, local in zip(rows, straight, strict=True):
+        # Same training; only the order in which the server sums the replies differs.
+        assert deployed["global-loss"] == pytest.approx(local["global-loss"], rel=1e-5)
+        assert deployed["global-accuracy"] == pytest.approx(local["global-accuracy"], abs=0.003)
+
+
+def test_a_killed_supernode_is_counted_and_the_run_goes_on(tmp_path: Path) -> None:
+    # Its own federation: one of its SuperNodes dies (SIGKILL) once round 1 is done. After two
+    # missed heartbeats (about a minute) the SuperLink answers the dead node's round-2 message
+    # with an error (or, past the round timeout, nothing comes: a timeout); either way the round
+    # goes on with the other two.
+    fed = LocalFederation(tmp_path / "federation")
+    try:
+        fed.superlink()
+        fed.add_nodes(3)
+        config = run_config(fed, tmp_path, "drop", {
+            "algorithm": "fd", "num-server-rounds": 2, "federation.evaluate-clients": False,
+            "federation.round-timeout": 90.0})
+        run_id = fed.submit(APP_DIR, config)
+        wait_for(lambda: (tmp_path / "drop" / "checkpoint.pt").exists(), 300, "round 1")
+        victim = fed.nodes["node2"]
+        fed.kill(victim.proc)
+        wait_for(lambda: (tmp_path / "drop" / "summary.json").exists(), 240, "the end of the run")
+        wait_for(lambda: fed.status(run_id).startswith("finished"), 60, "the run's final status")
+        assert fed.status(run_id) == "finished:completed"
+    finally:
+        fed.stop()
+    rows = read_metrics(tmp_path / "drop")
+    assert [r["round"] for r in rows] == [1, 2]
+    assert rows[0]["num-failures"] == 0
+    assert rows[1]["timeouts"] + rows[1]["client-errors"] == 1
+    assert list(rows[1]["failures"]["fit"]) == [str(victim.node_id)]
+    assert sum(1 for c in rows[1]["clients"].values() if c["bytes-up"] > 0) == 2

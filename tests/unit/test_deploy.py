@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import ipaddress
+import signal
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from fedkd.deploy import main, make_certificates, make_node_key
+from fedkd.launch import _alive, descendants
 
 
 def test_server_certificate_is_signed_by_the_ca_and_names_every_host(tmp_path: Path) -> None:
@@ -41,3 +44,25 @@ def test_cli_requires_a_host(tmp_path: Path) -> None:
         main(["certs", "--out", str(tmp_path)])
     assert main(["node-keys", "--out", str(tmp_path), "--name", "a", "--name", "b"]) == 0
     assert (tmp_path / "a.pub").exists() and (tmp_path / "b").exists()
+
+
+def test_local_federation_writes_a_tls_connection_and_reaps_what_a_kill_orphans(tmp_path: Path) -> None:
+    from fedkd.deploy import LocalFederation, _start_time
+
+    fed = LocalFederation(tmp_path)
+    config = (tmp_path / "flwr-home" / "config.toml").read_text()
+    assert f'address = "127.0.0.1:{fed.port}"' in config
+    assert f'root-certificates = "{fed.certs["ca-cert"]}"' in config and "insecure" not in config
+    # A crash (SIGKILL) leaves the child behind; stop() ends it, identified by PID and start time.
+    parent = fed.start("parent", "sh", "-c", "sleep 60 & wait")
+    deadline = time.monotonic() + 10
+    while not (children := descendants(parent.pid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(children) == 1 and _start_time(children[0])
+    fed.kill(parent)
+    assert parent.returncode == -signal.SIGKILL and _start_time(children[0])  # orphaned, alive
+    fed.stop()
+    deadline = time.monotonic() + 5
+    while _alive(children[0]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(children[0])

@@ -1,0 +1,145 @@
+"""Wall time per round: a real deployment (TLS SuperLink + SuperNodes on loopback) vs the simulation engine.
+
+The same work on both paths: the same algorithm, dataset, model, clients, rounds, local steps and
+seed. The deployed path is :class:`fedkd.deploy.LocalFederation` (a TLS SuperLink with node
+authentication and one registered SuperNode per client on 127.0.0.1, the run submitted with
+``flwr run --stream``); every message there runs in a fresh ``flwr-clientapp`` process. The
+simulation path is ``python -m simulations.run`` (our own simulation SuperLink, Flower's Ray
+backend, one CPU per client). Per-round times are the ``wall-time-s`` the round loop records in
+``metrics.jsonl`` (send, train, receive, validate, aggregate, evaluate); round 1 is listed apart
+because it includes start-up (Ray and its workers in simulation). Setup is the SuperLink and the
+SuperNodes coming online (deployed) or nothing (simulation, counted in its total).
+
+Run::
+
+    .venv/bin/python -m benchmarks.deployed_vs_sim [--clients 3] [--rounds 3] [--local-steps 10]
+
+Writes ``benchmarks/results/deployed_vs_sim.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import ROOT, fmt, run_simulation
+from fedkd.deploy import LocalFederation
+from fedkd.results import read_metrics
+
+
+def summarise(name: str, rows: list[dict[str, Any]], total_s: float, setup_s: float | None) -> dict[str, Any]:
+    later = [r["wall-time-s"] for r in rows[1:]]
+    return {
+        "path": name,
+        "rounds": len(rows),
+        "round-1-s": rows[0]["wall-time-s"],
+        "later-rounds-mean-s": statistics.mean(later) if later else None,
+        "round-wall-times-s": [r["wall-time-s"] for r in rows],
+        "setup-s": setup_s,
+        "total-s": total_s,
+        "personalized-accuracy": rows[-1].get("personalized-accuracy"),
+        "global-accuracy": rows[-1].get("global-accuracy"),
+        "failures": sum(r["num-failures"] for r in rows),
+    }
+
+
+def run_deployed(settings: dict[str, Any], clients: int, rounds: int, root: Path) -> dict[str, Any]:
+    """One run on a fresh local TLS deployment; stops every process it started."""
+    fed = LocalFederation(root / "federation")
+    start = time.monotonic()
+    try:
+        fed.superlink()
+        fed.add_nodes(clients)
+        fed.wait_online(clients)
+        setup_s = time.monotonic() - start
+        flat = {**settings, "num-server-rounds": rounds, "data.num-partitions": clients,
+                "output.dir": str(root / "runs"), "output.run-name": "deployed"}
+        run_id, status, log = fed.run(ROOT, fed.write_run_config("deployed", flat))
+        if status != "finished:completed":
+            raise RuntimeError(f"deployed run {run_id} ended with {status!r}:\n{log[-3000:]}")
+        total_s = time.monotonic() - start
+    finally:
+        fed.stop()
+    return summarise("deployed (TLS, node auth)", read_metrics(root / "runs" / "deployed"),
+                     total_s, setup_s)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--algorithm", default="fd")
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--model", default="mlp")
+    parser.add_argument("--clients", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--local-steps", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-evaluate", action="store_true",
+                        help="skip the per-round evaluation exchange on the clients")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = parser.parse_args(argv)
+
+    settings: dict[str, Any] = {
+        "algorithm": args.algorithm, "data.dataset": args.dataset, "train.model": args.model,
+        "train.local-steps": args.local_steps, "seed": args.seed, "data.seed": args.seed,
+        "federation.min-nodes": args.clients, "federation.min-replies": args.clients,
+        "federation.evaluate-clients": not args.no_evaluate,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="fedkd-deployed-vs-sim-") as tmp:
+        print("running the deployed path ...", flush=True)
+        deployed = run_deployed(settings, args.clients, args.rounds, Path(tmp))
+        print("running the simulation ...", flush=True)
+        sim_raw = run_simulation("simulation", settings, clients=args.clients, rounds=args.rounds,
+                                 out_dir=Path(tmp) / "runs")
+        sim = summarise("simulation (Ray)", read_metrics(sim_raw["run-dir"]),
+                        sim_raw["process-wall-time-s"], None)
+    load_after = os.getloadavg()
+    results = [deployed, sim]
+    ratio = {
+        "later-rounds": (deployed["later-rounds-mean-s"] / sim["later-rounds-mean-s"]
+                         if deployed["later-rounds-mean-s"] and sim["later-rounds-mean-s"] else None),
+        "round-1": deployed["round-1-s"] / sim["round-1-s"],
+        "total": deployed["total-s"] / sim["total-s"],
+    }
+    evaluate = "with" if not args.no_evaluate else "without"
+    lines = [
+        f"{args.algorithm}, {args.dataset}, model {args.model}, {args.clients} clients, "
+        f"{args.rounds} rounds of {args.local_steps} local steps, {evaluate} per-round client "
+        f"evaluation, seed {args.seed}; {os.cpu_count()} CPUs, load average "
+        f"{load_before[0]:.1f} before and {load_after[0]:.1f} after. Command: "
+        f".venv/bin/python -m benchmarks.deployed_vs_sim --clients {args.clients} "
+        f"--rounds {args.rounds} --local-steps {args.local_steps}"
+        + (" --no-evaluate" if args.no_evaluate else ""),
+        "",
+        "| path | round 1 (s) | later rounds, mean (s) | setup (s) | total (s) | personalized acc |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['path']} | {fmt(r['round-1-s'], '.1f')} | {fmt(r['later-rounds-mean-s'], '.1f')} "
+            f"| {fmt(r['setup-s'], '.1f')} | {fmt(r['total-s'], '.1f')} "
+            f"| {fmt(r['personalized-accuracy'])} |"
+        )
+    lines += [
+        "",
+        f"Deployed / simulation: later rounds {fmt(ratio['later-rounds'], '.1f')}x, round 1 "
+        f"{fmt(ratio['round-1'], '.1f')}x, whole command {fmt(ratio['total'], '.1f')}x.",
+    ]
+    md = "\n".join(lines) + "\n"
+    (out / "deployed_vs_sim.md").write_text(md)
+    (out / "deployed_vs_sim.json").write_text(json.dumps(
+        {"args": vars(args), "settings": settings, "load-average": [load_before, load_after],
+         "results": results, "ratio": ratio}, indent=2))
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
