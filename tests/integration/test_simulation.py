@@ -132,8 +132,12 @@ def test_fd_with_dp_sgd_reports_growing_epsilon_through_flower(tmp_path: Path) -
     "overrides",
     [
         ('algorithm="fedgen"', 'train.model="fedgen-cnn"', "fedgen.generator-steps=5"),
+        # Zeroth-order probes, two query cycles and a sampled 2 of 3 clients: the list-valued
+        # configs and Flower's 64-bit node ids through the real engine.
         ('algorithm="fedgen-logits"', "fedgen.synthetic-batch=40", "fedgen.generator-steps=3",
-         "distill.server-steps=10", "distill.steps=3"),
+         "distill.server-steps=10", "distill.steps=3", "fedgen.zo-directions=1",
+         "fedgen.generator-queries=2", "federation.fraction-train=0.6",
+         "federation.min-replies=2"),
     ],
     ids=["fedgen", "fedgen-logits"],
 )
@@ -145,3 +149,7 @@ def test_data_free_algorithms_through_flower(tmp_path: Path, overrides: tuple[st
     audit = read_metrics(tmp_path / "it", "replies.jsonl")
     if "fedgen-logits" in overrides[0]:  # only logits leave a client
         assert all(set(a["arrays"]) <= {"arrays/logits"} for a in audit)
+        assert [r["sampled"] for r in rows] == [2, 2] and rows[-1]["answered"] == 2 * 40
+        logits = [a for a in audit if a["phase"] == "logits"]
+        assert len(logits) == 2 * 2 * 2  # rounds x queries x sampled clients
+        assert all(a["arrays"]["arrays/logits"]["shape"] == [2 * 40, 10] for a in logits)
