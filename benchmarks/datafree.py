@@ -57,6 +57,10 @@ def run_name(name: str, alpha: float, seed: int) -> str:
     return f"{name.split(' ')[0]}-a{alpha}-s{seed}"
 
 
+def finished(name: str, alpha: float, seed: int, out_dir: Path) -> bool:
+    return (out_dir / slug(run_name(name, alpha, seed)) / "summary.json").exists()
+
+
 def run_one(name: str, alpha: float, seed: int, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     settings = {
         "data.alpha": alpha, "train.model": "cnn", "train.local-steps": args.local_steps,
@@ -65,7 +69,7 @@ def run_one(name: str, alpha: float, seed: int, args: argparse.Namespace, out_di
         "federation.min-replies": max(1, int(args.clients * args.fraction) // 2), **RUNS[name],
     }
     label = run_name(name, alpha, seed)
-    if (out_dir / slug(label) / "summary.json").exists():
+    if finished(name, alpha, seed, out_dir):
         result = summarise_run(name, settings, out_dir / slug(label))
     else:
         result = run_simulation(label, settings, clients=args.clients, rounds=args.rounds, out_dir=out_dir)
@@ -113,6 +117,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="seeds for the other alphas")
     parser.add_argument("--only", nargs="*", help="run only these algorithms (prefix match)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: tabulate the finished runs of this plan")
     args = parser.parse_args(argv)
 
     out = Path(args.out)
@@ -122,6 +128,8 @@ def main(argv: list[str] | None = None) -> None:
         for seed in args.seeds if i == 0 else args.other_seeds:
             for name in RUNS:
                 if args.only and not any(name.startswith(p) for p in args.only):
+                    continue
+                if args.report_only and not finished(name, alpha, seed, out / "runs"):
                     continue
                 print(f"running {name} alpha={alpha} seed={seed} ...", flush=True)
                 results.append(run_one(name, alpha, seed, args, out / "runs"))
