@@ -54,8 +54,9 @@ def summarise_run(name: str, settings: dict[str, Any], run_dir: Path) -> dict[st
         "personalized-accuracy": last.get("personalized-accuracy"),
         "epsilon-max": last.get("epsilon-max"),
         "epsilon-mean": last.get("epsilon-mean"),
-        "bytes-up-per-client-per-round": statistics.mean(r["bytes-up-per-client"] for r in rows),
-        "bytes-down-per-client-per-round": statistics.mean(r["bytes-down-per-client"] for r in rows),
+        # per sampled client (older runs averaged over every node that was asked anything)
+        "bytes-up-per-client-per-round": statistics.mean(r["bytes-up"] / r["sampled"] for r in rows),
+        "bytes-down-per-client-per-round": statistics.mean(r["bytes-down"] / r["sampled"] for r in rows),
         "wall-time-per-round-s": statistics.mean(r["wall-time-s"] for r in rows),
         "rejected-replies": sum(r["rejected-replies"] for r in rows),
     }

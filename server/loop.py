@@ -287,8 +287,10 @@ def run_rounds(
             "clients": clients,
             "bytes-down": sum(traffic.down.values()),
             "bytes-up": sum(traffic.up.values()),
-            "bytes-down-per-client": _mean(list(traffic.down.values())),
-            "bytes-up-per-client": _mean(list(traffic.up.values())),
+            # per sampled client: what one participant sends and receives in a round (all
+            # phases; nodes only asked to evaluate are not participants)
+            "bytes-down-per-client": sum(traffic.down.values()) / max(len(sampled), 1),
+            "bytes-up-per-client": sum(traffic.up.values()) / max(len(sampled), 1),
             "failures": {ph: {str(n): f"{f.kind}: {f.reason}" for n, f in per_phase.items()}
                          for ph, per_phase in exchange.failures.items() if per_phase},
             "num-failures": sum(len(f) for f in exchange.failures.values()),
