@@ -117,9 +117,14 @@ def test_ctrl_c_stops_every_process_and_keeps_finished_rounds(tmp_path: Path) ->
     assert proc.returncode == 130, stdout[-3000:] + stderr[-3000:]
     assert "interrupted: every process this run started was stopped" in stderr
     assert "--name interrupted" in stderr  # how to continue
-    time.sleep(1.0)
     assert [p for p in tree if _alive(p)] == []
-    assert _pids_with_flwr_home(homes.pop()) == []  # nothing orphaned outside the tree either
+    # Nothing orphaned outside the recorded tree either (a Ray worker spawned after the snapshot).
+    # A few seconds' grace for one that is already exiting; a leaked one would stay.
+    home = homes.pop()
+    deadline = time.monotonic() + 10
+    while _pids_with_flwr_home(home) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _pids_with_flwr_home(home) == []
     assert port_is_free(ports.pop())
     # Every finished round is intact and readable; the run did not finish.
     rows = read_metrics(metrics)
