@@ -16,8 +16,9 @@ Loaders are registered in :data:`DATASETS` under the name used in the run config
     stratified split so that it has an "official" test set.
 
 :func:`load_dataset` caches what it loads, per process, so that a worker process reads the
-files once. Cached arrays are read-only: copy them (``np.array(a)``, ``torch.tensor(a)``)
-before changing them in place.
+files once; Fashion-MNIST's converted arrays are also kept in an on-disk cache that every process
+of the machine maps read-only (:mod:`fedkd.data.cache`). Cached arrays are read-only: copy them
+(``np.array(a)``, ``torch.tensor(a)``) before changing them in place.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedkd.data.cache import cache_key, cached_arrays, file_stamp
 from fedkd.data.idx import DataFileError, read_idx
 from fedkd.data.partition import stratified_split
 from fedkd.registry import Registry
@@ -241,14 +243,42 @@ def _scale_uint8(images: np.ndarray) -> np.ndarray:
 
 
 def _load_fashion_mnist(data_dir: Path | None) -> TrainTestData:
-    """Load Fashion-MNIST from the four IDX files in ``data_dir``."""
+    """Load Fashion-MNIST from the four IDX files in ``data_dir``.
+
+    The converted float32 arrays go through the on-disk cache (:mod:`fedkd.data.cache`): the
+    first process decodes the IDX files and writes them once, every later process (simulation
+    workers, the server) maps the same files read-only instead of decoding its own copy.
+    """
     folder = Path(data_dir if data_dir is not None else DEFAULT_FASHION_MNIST_DIR)
     if not folder.is_dir():
         raise DataFileError(folder, "Fashion-MNIST data folder not found")
     # Find all four files before reading any, so a missing one is reported at once.
     files = {role: _find_idx_file(folder, name) for role, name in FASHION_MNIST_FILES.items()}
+    key = cache_key("fashion-mnist", {role: file_stamp(p) for role, p in sorted(files.items())})
+    arrays = cached_arrays(key, ["train_x", "train_y", "test_x", "test_y"],
+                           lambda: _decode_fashion_mnist(files))
+    splits = {split: ArrayDataset(x=_readonly(arrays[f"{split}_x"]),
+                                  y=_readonly(arrays[f"{split}_y"]))
+              for split in ("train", "test")}
+    train_hw, test_hw = splits["train"].input_shape, splits["test"].input_shape
+    if train_hw != test_hw:
+        raise DataFileError(
+            files["test_images"],
+            f"test images have shape {test_hw[1:]} but train images {train_hw[1:]}",
+        )
+    return TrainTestData(
+        name="fashion-mnist",
+        train=splits["train"],
+        test=splits["test"],
+        num_classes=_FASHION_MNIST_CLASSES,
+        input_shape=train_hw,
+    )
+
+
+def _decode_fashion_mnist(files: dict[str, Path]) -> dict[str, np.ndarray]:
+    """The four IDX files, checked, as float32 images in [-1, 1] and int64 labels."""
     arrays = {role: read_idx(path) for role, path in files.items()}
-    splits: dict[str, ArrayDataset] = {}
+    out: dict[str, np.ndarray] = {}
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         images_file, labels_file = files[f"{split}_images"], files[f"{split}_labels"]
@@ -273,22 +303,9 @@ def _load_fashion_mnist(data_dir: Path | None) -> TrainTestData:
                 labels_file,
                 f"label {int(labels.max())} out of range [0, {_FASHION_MNIST_CLASSES})",
             )
-        splits[split] = ArrayDataset(
-            x=_readonly(_scale_uint8(images)), y=_readonly(labels.astype(np.int64))
-        )
-    train_hw, test_hw = splits["train"].input_shape, splits["test"].input_shape
-    if train_hw != test_hw:
-        raise DataFileError(
-            files["test_images"],
-            f"test images have shape {test_hw[1:]} but train images {train_hw[1:]}",
-        )
-    return TrainTestData(
-        name="fashion-mnist",
-        train=splits["train"],
-        test=splits["test"],
-        num_classes=_FASHION_MNIST_CLASSES,
-        input_shape=train_hw,
-    )
+        out[f"{split}_x"] = _scale_uint8(images)
+        out[f"{split}_y"] = labels.astype(np.int64)
+    return out
 
 
 def _load_digits(data_dir: Path | None) -> TrainTestData:

@@ -18,14 +18,19 @@ cached per process so that a worker builds them once.
 
 from __future__ import annotations
 
+import collections
 import functools
+import hashlib
 import math
 import numbers
 import textwrap
+import threading
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedkd.data.cache import cache_key, cached_arrays
 from fedkd.data.datasets import (
     DATASETS,
     DEFAULT_FASHION_MNIST_DIR,
@@ -207,6 +212,8 @@ class FederatedData:
     partitions: tuple[np.ndarray, ...]
     pool_indices: np.ndarray
     dataset: TrainTestData = field(repr=False)
+    _clients: collections.OrderedDict[int, ClientData] = field(
+        default_factory=collections.OrderedDict, init=False, repr=False)
 
     @property
     def num_partitions(self) -> int:
@@ -280,6 +287,28 @@ class FederatedData:
             test=train.subset(test_idx),
         )
 
+    def cached_client(self, partition_id: int) -> ClientData:
+        """:meth:`client`, kept for the last :data:`CLIENT_CACHE_SIZE` partitions asked for.
+
+        What a simulation worker uses for every message: the split is computed and copied once
+        per partition, not once per message. The arrays are shared and read-only.
+        """
+        pid = self._check_partition_id(partition_id)
+        with _CLIENT_CACHE_LOCK:
+            hit = self._clients.get(pid)
+            if hit is not None:
+                self._clients.move_to_end(pid)
+                return hit
+        data = self.client(pid)
+        for part in (data.train, data.test):
+            part.x.setflags(write=False)
+            part.y.setflags(write=False)
+        with _CLIENT_CACHE_LOCK:
+            self._clients[pid] = data
+            while len(self._clients) > CLIENT_CACHE_SIZE:
+                self._clients.popitem(last=False)
+        return data
+
     def label_histogram(self) -> np.ndarray:
         """Label counts per client, int64 ``[num_partitions, num_classes]``."""
         return label_histogram(self.pool_labels, self.partitions, self.num_classes)
@@ -312,6 +341,11 @@ class FederatedData:
             format_label_histogram(self.label_histogram()),
         ]
         return "\n".join(lines)
+
+
+#: Partitions whose local split :meth:`FederatedData.cached_client` keeps per process.
+CLIENT_CACHE_SIZE = 64
+_CLIENT_CACHE_LOCK = threading.Lock()
 
 
 def _readonly(array: np.ndarray) -> np.ndarray:
@@ -369,21 +403,7 @@ def load_federated(spec: DataSpec) -> FederatedData:
             f"of {spec.dataset} left for clients after the public set"
         )
     min_size = _federated_min_partition_size(len(pool_idx), spec.num_partitions)
-    try:
-        parts = partition_indices(
-            train.y[pool_idx],
-            spec.num_partitions,
-            spec.partitioner,
-            alpha=spec.alpha,
-            classes_per_partition=spec.classes_per_client,
-            seed=spec.seed,
-            min_partition_size=min_size,
-        )
-    except ValueError as exc:
-        raise ValueError(
-            f"cannot split {spec.dataset} ({len(pool_idx)} pool samples) into "
-            f"{spec.num_partitions} {spec.describe_partitioner()} partitions: {exc}"
-        ) from exc
+    parts = _cached_partitions(spec, train.y[pool_idx], min_size)
     public_x = train.x[public_idx]
     public_y = train.y[public_idx]
     return FederatedData(
@@ -396,6 +416,52 @@ def load_federated(spec: DataSpec) -> FederatedData:
         pool_indices=_readonly(pool_idx),
         dataset=data,
     )
+
+
+def _cached_partitions(spec: DataSpec, labels: np.ndarray, min_size: int) -> list[np.ndarray]:
+    """:func:`partition_indices` of the pool, through the on-disk cache.
+
+    The entry is keyed by the pool's labels and every parameter of the split (and the
+    partitioning libraries' versions), so a hit returns exactly what a fresh split would; the
+    partitioner's warnings are stored with it and issued again. A process that hits the cache
+    never imports Hugging Face ``datasets``.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        versions = [version("flwr-datasets"), version("datasets")]
+    except PackageNotFoundError:  # pragma: no cover - both are dependencies
+        versions = []
+    labels = np.ascontiguousarray(labels)
+    key = cache_key("partition", spec.partitioner, spec.num_partitions, spec.alpha,
+                    spec.classes_per_client, spec.seed, min_size, len(labels),
+                    hashlib.sha256(labels.tobytes()).hexdigest(), versions)
+
+    def build() -> dict[str, np.ndarray]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                parts = partition_indices(
+                    labels, spec.num_partitions, spec.partitioner, alpha=spec.alpha,
+                    classes_per_partition=spec.classes_per_client, seed=spec.seed,
+                    min_partition_size=min_size,
+                )
+            except ValueError as exc:
+                raise ValueError(
+                    f"cannot split {spec.dataset} ({len(labels)} pool samples) into "
+                    f"{spec.num_partitions} {spec.describe_partitioner()} partitions: {exc}"
+                ) from exc
+        messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+        return {"indices": np.concatenate(parts).astype(np.int64),
+                "offsets": np.cumsum([0] + [len(p) for p in parts]).astype(np.int64),
+                "warnings": np.array(messages, dtype=np.str_)}
+
+    entry = cached_arrays(key, ["indices", "offsets", "warnings"], build, mmap=False)
+    for message in entry["warnings"].tolist():
+        warnings.warn(message, UserWarning, stacklevel=3)
+    offsets = entry["offsets"]
+    indices = np.asarray(entry["indices"])
+    return [indices[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
 
 
 def clear_data_caches() -> None:
