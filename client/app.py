@@ -3,12 +3,28 @@
 Every message carries its phase name in the request config; the handler builds the node's context
 (config, data, persistent state) and lets the algorithm answer. The reply holds only what the
 algorithm returns, which the server validates against the phase contract.
+
+A simulation worker answers many messages for many nodes, so everything that does not change
+between messages is built once per process: the parsed run config and the algorithm (LRU
+caches), the dataset and its split (memory-mapped from the on-disk cache, :mod:`fedkd.data`),
+each partition's local split (:meth:`FederatedData.cached_client`), the torch thread count, and
+one model per architecture that messages load their weights into
+(:func:`fedkd.training.model_with_state`). Training runs on ``train.device``
+(:func:`fedkd.training.device_scope`) for algorithms that support it.
+
+A node's persistent state (personal model, privacy ledger) lives in Flower's node state by
+default (``federation.client-state = "node"``); in a simulation that keeps every node's state in
+the server's process and ships it to the worker and back with every message. With ``"disk"``
+it lives in one file per node under ``<output.dir>/client-state/run-<run id>/`` instead (read
+and replaced atomically by the message that uses it), so the server's memory does not grow
+with the number of clients; the ServerApp removes the folder when the run ends.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 from pathlib import Path
 from collections.abc import Mapping
@@ -27,6 +43,7 @@ from fedkd.data.device import load_device_data
 from fedkd.data.federated import ClientData, load_federated
 from fedkd.models import MODELS
 from fedkd.protocol import PHASE_KEY, decode, encode
+from fedkd.training import device_scope, resolve_device
 
 app = ClientApp()
 
@@ -78,7 +95,7 @@ def client_context(
         cfg=cfg,
         node_id=node_id,
         partition_id=partition_id,
-        data=data.client(partition_id),
+        data=data.cached_client(partition_id),
         num_classes=data.num_classes,
         input_shape=data.input_shape,
         model_name=model_name,
@@ -116,16 +133,30 @@ def _device_context(
                          model_name=model_name, public=public, state=state)
 
 
+@functools.lru_cache(maxsize=8)
+def client_device(name: str, algorithm: str) -> torch.device:
+    """Where this process trains for ``train.device`` = ``name``: the CPU for algorithms whose
+    client half is not device-ready (:attr:`Algorithm.DEVICE_READY`), said once."""
+    device = resolve_device(name)
+    if device.type != "cpu" and not ALGORITHMS.get(algorithm).DEVICE_READY:
+        logging.getLogger(__name__).warning(
+            "train.device=%s: %s's client half runs on the CPU (not device-ready)", name, algorithm)
+        return torch.device("cpu")
+    return device
+
+
 def answer(content: RecordDict, client: ClientContext) -> RecordDict:
     """Decode a request, let the algorithm's client half answer it, encode the reply."""
     cfg = client.cfg
     request = decode(content)
     phase = str(request.config.get(PHASE_KEY, ""))
     algorithm = _algorithm(cfg, client.num_classes, client.input_shape)
-    if phase == "evaluate":
-        reply = algorithm.client_evaluate(request, client)
-    else:
-        reply = algorithm.client_phase(phase, request, client)
+    with device_scope(client_device(cfg.train.device, cfg.algorithm)):
+        if phase == "evaluate":
+            reply = algorithm.client_evaluate(request, client)
+        else:
+            reply = algorithm.client_phase(phase, request, client)
+    if phase != "evaluate":
         if client.partition_id in cfg.attack.partition_ids:  # a simulated misbehaving client
             rng = np.random.default_rng([cfg.seed, int(request.config.get("round", 0)),
                                          client.partition_id])
@@ -153,11 +184,47 @@ def save_privacy_file(path: Path, state: Mapping[str, np.ndarray]) -> None:
     os.replace(tmp, path)
 
 
+def client_state_path(cfg: RunConfig, run_id: int, node_id: int) -> Path:
+    """The file holding a node's state with ``federation.client-state = "disk"``."""
+    return client_state_dir(cfg, run_id) / f"node-{node_id}.npz"
+
+
+def client_state_dir(cfg: RunConfig, run_id: int) -> Path:
+    """The folder of every node's state file in run ``run_id`` (removed when the run ends)."""
+    return Path(cfg.output.dir).expanduser().resolve() / "client-state" / f"run-{run_id}"
+
+
+def load_state_file(path: Path) -> dict[str, np.ndarray]:
+    """A node's state saved by :func:`save_state_file` (empty before its first message)."""
+    if not path.exists():
+        return {}
+    with np.load(path, allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def save_state_file(path: Path, state: Mapping[str, np.ndarray]) -> None:
+    """Replace ``path`` with ``state`` atomically (temporary file, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    with tmp.open("wb") as fh:
+        np.savez(fh, **{k: np.asarray(v) for k, v in state.items()})
+    os.replace(tmp, path)
+
+
+def _set_threads(n: int) -> None:
+    if torch.get_num_threads() != n:  # once per worker process, not once per message
+        torch.set_num_threads(n)
+
+
 def _handle(msg: Message, context: Context) -> Message:
     cfg = _config(tuple(sorted(context.run_config.items())))
-    torch.set_num_threads(cfg.train.num_threads)
+    _set_threads(cfg.train.num_threads)
     state: dict[str, np.ndarray] = {}
-    if STATE_KEY in context.state:
+    on_disk = cfg.federation.client_state == "disk"
+    state_file = client_state_path(cfg, int(context.run_id), int(context.node_id)) if on_disk else None
+    if state_file is not None:
+        state = load_state_file(state_file)
+    elif STATE_KEY in context.state:
         state = {k: a.numpy() for k, a in context.state[STATE_KEY].items()}
     # Flower keeps node state per run only: a device's privacy spend that must survive client
     # restarts and later runs lives in its own file, which wins over the node state.
@@ -168,7 +235,10 @@ def _handle(msg: Message, context: Context) -> Message:
     content = answer(msg.content, client)
     if privacy_file:
         save_privacy_file(Path(str(privacy_file)), client.state)
-    if client.state:
+    if state_file is not None:
+        if client.state:
+            save_state_file(state_file, client.state)
+    elif client.state:
         context.state[STATE_KEY] = ArrayRecord({k: Array(np.ascontiguousarray(v))
                                                 for k, v in client.state.items()})
     return Message(content=content, reply_to=msg)

@@ -14,8 +14,9 @@ skips it.
 
 from __future__ import annotations
 
+import io
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -128,9 +129,70 @@ class PhaseSpec:
         return sum(sizes, 0) + 64 * 1024  # type: ignore[arg-type]
 
 
-def encode(payload: Payload) -> RecordDict:
-    """Encode a payload as a Flower ``RecordDict`` (arrays, config, metrics records)."""
-    arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in payload.arrays.items()})
+def to_array(value: np.ndarray) -> Array:
+    """A Flower ``Array`` of ``value`` (C order), byte for byte what ``Array(ndarray)`` makes.
+
+    ``Array(ndarray)`` writes the array with ``np.save`` into a ``BytesIO`` and copies the buffer
+    out; here the ``.npy`` header is written alone and joined with the array's memory, one copy.
+    """
+    value = np.ascontiguousarray(value)
+    if value.dtype.hasobject:
+        return Array(value)  # np.save refuses it, with its own message
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, np.lib.format.header_data_from_array_1_0(value))
+    data = b"".join((head.getvalue(), memoryview(value.reshape(-1)).cast("B")))
+    return Array(dtype=str(value.dtype), shape=tuple(value.shape), stype="numpy.ndarray", data=data)
+
+
+def from_array(array: Array) -> np.ndarray:
+    """The values of a ``.npy``-serialised ``Array`` as a new, writable numpy array.
+
+    What ``Array.numpy()`` returns, with one copy instead of two (``np.load`` on a ``BytesIO``
+    reads the bytes out, then copies them into the array).
+
+    Raises
+    ------
+    ValueError
+        If the bytes are not a readable ``.npy`` array of plain values (object arrays too).
+    TypeError
+        If the array is not serialised as ``numpy.ndarray``.
+    """
+    if array.stype != "numpy.ndarray":
+        raise TypeError(f"Unsupported serialization type for numpy conversion: '{array.stype}'")
+    data = array.data
+    head = io.BytesIO(data)
+    version = np.lib.format.read_magic(head)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(head)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(head)
+    else:
+        return array.numpy()  # rare .npy versions: numpy's own reader
+    if dtype.hasobject:
+        raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
+    if any(d < 0 for d in shape):
+        raise ValueError(f"negative dimension in the .npy header: {shape}")
+    count = math.prod(shape)
+    flat = np.frombuffer(data, dtype=dtype, count=count, offset=head.tell())
+    out = flat.reshape(shape[::-1]).transpose() if fortran else flat.reshape(shape)
+    return out.copy(order="F" if fortran else "C")
+
+
+def encode(
+    payload: Payload, *, arrays_cache: MutableMapping[int, ArrayRecord] | None = None
+) -> RecordDict:
+    """Encode a payload as a Flower ``RecordDict`` (arrays, config, metrics records).
+
+    ``arrays_cache``: payloads whose ``arrays`` are the same dict object (a request sent to many
+    nodes) share one encoded ``ArrayRecord`` from it, so it is serialised (and hashed by Flower)
+    once rather than once per node. The caller keeps the payloads alive while it uses the cache.
+    """
+    key = id(payload.arrays)
+    arrays = arrays_cache.get(key) if arrays_cache is not None else None
+    if arrays is None:
+        arrays = ArrayRecord({k: to_array(v) for k, v in payload.arrays.items()})
+        if arrays_cache is not None:
+            arrays_cache[key] = arrays
     return RecordDict({
         ARRAYS_KEY: arrays,
         CONFIG_KEY: ConfigRecord(dict(payload.config)),
@@ -147,7 +209,7 @@ def decode(content: RecordDict) -> Payload:
     arrays_rec = content.get(ARRAYS_KEY)
     config_rec = content.get(CONFIG_KEY)
     metrics_rec = content.get(METRICS_KEY)
-    arrays = {k: a.numpy() for k, a in arrays_rec.items()} if arrays_rec is not None else {}
+    arrays = {k: from_array(a) for k, a in arrays_rec.items()} if arrays_rec is not None else {}
     return Payload(
         arrays=arrays,
         config=dict(config_rec) if config_rec is not None else {},
@@ -242,7 +304,7 @@ def _check_array(name: str, array: Array, spec: ArraySpec) -> np.ndarray:
     if array.stype != "numpy.ndarray":
         raise InvalidReply(f"array {name!r}: unsupported serialisation {array.stype!r}")
     try:
-        value = array.numpy()
+        value = from_array(array)
     except Exception as err:  # malformed bytes from a hostile or broken client
         raise InvalidReply(f"array {name!r}: cannot decode ({type(err).__name__}: {err})") from None
     if value.dtype != np.dtype(spec.dtype) or value.shape != shape or value.nbytes != expected_bytes:

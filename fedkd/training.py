@@ -1,11 +1,24 @@
 """Local training and evaluation loops shared by every algorithm.
 
 All randomness comes from an explicit ``torch.Generator``; nothing here touches global RNG state.
+
+Device: the loops run on :func:`current_device`, CPU unless a caller (the client app, for
+``train.device``) enters :func:`device_scope`. Inside a scope each loop moves the model to the
+device, moves every batch there, and moves the model back to the CPU when it returns, so
+everything outside the loops (weights to numpy, node state, payloads) stays on the CPU.
+Callbacks get: ``extra_loss`` the device tensors (it must build its own tensors on
+``logits.device``), ``observe`` CPU tensors.
+
+Models: :func:`model_with_state` gives a model of an architecture holding given weights, reusing
+one instance per architecture and process instead of building (and randomly initialising) a new
+one for every message.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +28,7 @@ from torch import nn
 
 from fedkd.data.datasets import ArrayDataset
 from fedkd.losses import kd_kl_from_probs
+from fedkd.models import build_model
 
 #: An extra loss term added to each step: ``(model, x, y, logits) -> loss`` (e.g. distillation).
 ExtraLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -61,6 +75,100 @@ class EvalStats:
     loss: float
     accuracy: float
     num_examples: int
+
+
+_CPU = torch.device("cpu")
+_DEVICE: contextvars.ContextVar[torch.device] = contextvars.ContextVar("fedkd_device", default=_CPU)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``train.device`` as a torch device: ``cpu``, ``cuda``, ``cuda:<i>``, or ``auto`` (the
+    first CUDA device torch sees, else the CPU).
+
+    Raises
+    ------
+    ValueError
+        If a CUDA device is asked for and torch sees none (or not that index).
+    """
+    if name == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else _CPU
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index is not None and device.index >= count):
+            raise ValueError(
+                f"train.device={name!r}, but torch sees {count} CUDA device(s) here; use "
+                "'auto' or 'cpu', or give the worker a GPU (client-resources-num-gpus > 0)"
+            )
+    return device
+
+
+def current_device() -> torch.device:
+    """Where the loops of this module run now (see :func:`device_scope`)."""
+    return _DEVICE.get()
+
+
+@contextlib.contextmanager
+def device_scope(device: torch.device | str) -> Iterator[torch.device]:
+    """Run the training and evaluation loops inside the block on ``device``."""
+    token = _DEVICE.set(torch.device(device))
+    try:
+        yield _DEVICE.get()
+    finally:
+        _DEVICE.reset(token)
+
+
+@contextlib.contextmanager
+def _on_device(model: nn.Module) -> Iterator[torch.device | None]:
+    """Move ``model`` to the current device for the block and back to the CPU after it.
+
+    Yields ``None`` on the CPU (nothing is moved), else the device.
+    """
+    device = current_device()
+    if device.type == "cpu":
+        yield None
+        return
+    model.to(device)
+    try:
+        yield device
+    finally:
+        model.to(_CPU)
+
+
+def _to(t: torch.Tensor, device: torch.device | None) -> torch.Tensor:
+    return t if device is None else t.to(device, non_blocking=True)
+
+
+_MODELS: dict[tuple[str, tuple[int, ...], int], nn.Module] = {}
+
+
+def model_with_state(
+    name: str, input_shape: Sequence[int], num_classes: int, arrays: Mapping[str, np.ndarray]
+) -> nn.Module:
+    """A ``name`` model holding ``arrays`` (strict: every key, same shapes), in train mode.
+
+    The instance is this process's one model of that architecture, reused across calls: the
+    weights are copied into it rather than into a freshly built (and randomly initialised)
+    model, which is what every message of a simulation worker used to pay for. Gradients are
+    cleared and every parameter requires gradients again, as in a new model. Callers must not
+    keep the model past the message that asked for it (the next call overwrites it).
+    """
+    key = (name, tuple(int(d) for d in input_shape), int(num_classes))
+    model = _MODELS.get(key)
+    if model is None:
+        with torch.random.fork_rng(devices=[]):  # building draws from the global RNG: keep it
+            model = build_model(name, key[1], key[2])
+        _MODELS[key] = model
+    load_numpy_state(model, arrays)
+    for p in model.parameters():
+        p.grad = None
+        p.requires_grad_(True)
+    return model.train()
+
+
+def clear_model_cache() -> None:
+    """Forget the models :func:`model_with_state` keeps."""
+    _MODELS.clear()
 
 
 def seeded_generator(*seeds: int) -> torch.Generator:
@@ -112,24 +220,30 @@ def fit_supervised(
     observe
         Optional callback given each batch's detached logits and labels.
     """
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=learning_rate, momentum=momentum, weight_decay=weight_decay
-    )
-    model.train()
-    tally = StepTally()
-    for idx in batch_indices(len(data), batch_size, steps, generator):
-        rows = idx.numpy()
-        x, y = torch.from_numpy(data.x[rows]), torch.from_numpy(data.y[rows])  # fancy index copies
-        optimizer.zero_grad(set_to_none=True)
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
-        if extra_loss is not None:
-            loss = loss + extra_loss(model, x, y, logits)
-        loss.backward()
-        optimizer.step()
-        tally.add(loss, logits.detach().argmax(1), y)
-        if observe is not None:
-            observe(logits.detach(), y)
+    with _on_device(model) as device:
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=learning_rate, momentum=momentum, weight_decay=weight_decay
+        )
+        model.train()
+        tally = StepTally()
+        for idx in batch_indices(len(data), batch_size, steps, generator):
+            rows = idx.numpy()
+            # fancy indexing copies the rows out of the (read-only, shared) cached arrays
+            x = _to(torch.from_numpy(data.x[rows]), device)
+            y = _to(torch.from_numpy(data.y[rows]), device)
+            optimizer.zero_grad(set_to_none=True)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            if extra_loss is not None:
+                loss = loss + extra_loss(model, x, y, logits)
+            loss.backward()
+            optimizer.step()
+            tally.add(loss, logits.detach().argmax(1), y)
+            if observe is not None:
+                if device is None:
+                    observe(logits.detach(), y)
+                else:
+                    observe(logits.detach().cpu(), y.cpu())
     return tally.stats()
 
 
@@ -138,15 +252,16 @@ def evaluate(model: nn.Module, data: ArrayDataset, *, batch_size: int = 512) -> 
     """Mean cross-entropy and accuracy of ``model`` on ``data`` (eval mode, no gradients)."""
     if len(data) == 0:  # reported with weight 0, so the placeholders never enter a mean
         return EvalStats(loss=0.0, accuracy=0.0, num_examples=0)
-    model.eval()
     total_loss, correct = 0.0, 0
-    for start in range(0, len(data), batch_size):
-        # Cached datasets are read-only; copy each batch rather than share memory with torch.
-        x = torch.tensor(data.x[start : start + batch_size])
-        y = torch.tensor(data.y[start : start + batch_size])
-        logits = model(x)
-        total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(1) == y).sum())
+    with _on_device(model) as device:
+        model.eval()
+        for start in range(0, len(data), batch_size):
+            # Cached datasets are read-only; copy each batch rather than share memory with torch.
+            x = _to(torch.tensor(data.x[start : start + batch_size]), device)
+            y = _to(torch.tensor(data.y[start : start + batch_size]), device)
+            logits = model(x)
+            total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
     n = len(data)
     return EvalStats(loss=total_loss / n, accuracy=correct / n, num_examples=n)
 
@@ -188,29 +303,34 @@ def fit_to_targets(
         raise ValueError(f"{len(x)} inputs but {len(targets)} targets")
     if labels is not None and len(labels) != len(x):
         raise ValueError(f"{len(x)} inputs but {len(labels)} labels")
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=learning_rate, momentum=momentum, weight_decay=weight_decay
-    )
-    model.train()
-    tally = StepTally()
-    for idx in batch_indices(len(x), batch_size, steps, generator):
-        rows = idx.numpy()
-        xb = torch.from_numpy(np.ascontiguousarray(x[rows]))
-        tb = torch.from_numpy(np.ascontiguousarray(targets[rows], dtype=np.float32))
-        optimizer.zero_grad(set_to_none=True)
-        logits = model(xb)
-        loss = loss_weight * kd_kl_from_probs(logits, tb, temperature)
-        if labels is not None and ce_weight > 0:
-            loss = loss + ce_weight * F.cross_entropy(logits, torch.from_numpy(labels[rows]))
-        loss.backward()
-        optimizer.step()
-        tally.add(loss, logits.detach().argmax(1), tb.argmax(1))
+    with _on_device(model) as device:
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=learning_rate, momentum=momentum, weight_decay=weight_decay
+        )
+        model.train()
+        tally = StepTally()
+        for idx in batch_indices(len(x), batch_size, steps, generator):
+            rows = idx.numpy()
+            xb = _to(torch.from_numpy(np.ascontiguousarray(x[rows])), device)
+            tb = _to(torch.from_numpy(np.ascontiguousarray(targets[rows], dtype=np.float32)), device)
+            optimizer.zero_grad(set_to_none=True)
+            logits = model(xb)
+            loss = loss_weight * kd_kl_from_probs(logits, tb, temperature)
+            if labels is not None and ce_weight > 0:
+                yb = _to(torch.from_numpy(labels[rows]), device)
+                loss = loss + ce_weight * F.cross_entropy(logits, yb)
+            loss.backward()
+            optimizer.step()
+            tally.add(loss, logits.detach().argmax(1), tb.argmax(1))
     return tally.stats()
 
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: np.ndarray, *, batch_size: int = 512) -> np.ndarray:
     """Logits [N, C] of ``model`` on ``x`` in eval mode, without gradients, as float32."""
-    model.eval()
-    out = [model(torch.tensor(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
-    return torch.cat(out).numpy().astype(np.float32, copy=False)
+    with _on_device(model) as device:
+        model.eval()
+        out = [model(_to(torch.tensor(x[i : i + batch_size]), device))
+               for i in range(0, len(x), batch_size)]
+        logits = torch.cat(out)
+    return logits.cpu().numpy().astype(np.float32, copy=False)

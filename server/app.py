@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 from logging import INFO, WARNING
+from pathlib import Path
 
 from flwr.app import Context
 from flwr.common.logger import log
@@ -11,6 +13,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedkd.algorithms import ALGORITHMS
 from fedkd.config import RunConfig
 from fedkd.data.federated import load_federated
+from fedkd.flower_patches import patch_simulation_engine
 from fedkd.results import RunOutput
 from server.loop import FlowerExchange, run_rounds, wait_for_nodes
 
@@ -20,6 +23,8 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Build the config once, then run the algorithm's rounds and write the outputs."""
+    # In a simulation this process also runs Flower's engine: index its message polling.
+    patch_simulation_engine()
     cfg = RunConfig.from_flat(context.run_config)
     data = load_federated(cfg.data)
     algorithm_cls = ALGORITHMS.get(cfg.algorithm)
@@ -38,3 +43,6 @@ def main(grid: Grid, context: Context) -> None:
     )
     log(INFO, "[fedkd] done: %d rounds in %.1f s; results in %s", summary["rounds"],
         summary["wall-time-s"], output.directory)
+    if fed.client_state == "disk":  # node state lasts one run, on disk as in Flower's memory
+        shutil.rmtree(Path(cfg.output.dir).expanduser().resolve() / "client-state"
+                      / f"run-{context.run_id}", ignore_errors=True)

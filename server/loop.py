@@ -98,12 +98,13 @@ class RoundExchange(ABC):
         self, phase: PhaseSpec, requests: Mapping[int, Payload], *, min_replies: int | None = None
     ) -> ExchangeResult:
         contents = {}
+        shared: dict[int, ArrayRecord] = {}  # one encoding of arrays sent to many nodes
         for node, payload in requests.items():
             contents[node] = encode(Payload(
                 arrays=payload.arrays,
                 config={**payload.config, PHASE_KEY: phase.name},
                 metrics=payload.metrics,
-            ))
+            ), arrays_cache=shared)
             self.traffic.down[node] += content_nbytes(contents[node])
         answers = self._send(phase, contents)
 
@@ -264,13 +265,16 @@ def run_rounds(
         row: dict[str, Any] = {"round": rnd, "algorithm": cfg.algorithm, "sampled": len(sampled)}
         row.update(algorithm.run_round(rnd, sampled, exchange))
 
-        model = algorithm.global_model()
+        # federation.evaluate-every: every k rounds and after the last one (0: never).
+        evaluate_now = fed.evaluate_every > 0 and (
+            rnd % fed.evaluate_every == 0 or rnd == cfg.num_server_rounds)
+        model = algorithm.global_model() if evaluate_now else None
         if model is not None:
             stats = evaluate(model, data.global_test, batch_size=cfg.train.eval_batch_size)
             row.update({"global-accuracy": stats.accuracy, "global-loss": stats.loss})
 
         clients: dict[str, dict[str, float]] = {}
-        if fed.evaluate_clients:
+        if fed.evaluate_clients and evaluate_now:
             request = algorithm.evaluation_request(rnd)
             result = exchange(EVALUATE_PHASE, {n: request for n in online}, min_replies=0)
             clients = {str(n): dict(p.metrics) for n, p in sorted(result.replies.items())}

@@ -46,7 +46,7 @@ from fedkd.training import (
     FitStats,
     evaluate,
     fit_supervised,
-    load_numpy_state,
+    model_with_state,
     predict_logits,
     seeded_generator,
     state_to_numpy,
@@ -123,6 +123,10 @@ class Algorithm(ABC):
     #: Attributes holding the server half's state between rounds (models, optimisers, random
     #: generators, buffers): what a checkpoint saves and a resumed run restores.
     SERVER_STATE: ClassVar[tuple[str, ...]] = ()
+    #: True when the client half runs on ``train.device`` (all its training and evaluation goes
+    #: through :mod:`fedkd.training`'s loops and its loss callbacks build tensors on the
+    #: batch's device); other algorithms' clients stay on the CPU.
+    DEVICE_READY: ClassVar[bool] = False
 
     def __init__(self, cfg: RunConfig, num_classes: int, input_shape: tuple[int, int, int]) -> None:
         self.cfg = cfg
@@ -191,12 +195,11 @@ class Algorithm(ABC):
         Fresh models are seeded from the run seed and the partition id, so a rerun with the same
         seed starts every client from the same weights.
         """
-        model = self.build_model(client.model_name, seed=self.cfg.seed * 1_000_003 + client.partition_id)
         saved = {k[len(PERSONAL_PREFIX):]: v for k, v in client.state.items()
                  if k.startswith(PERSONAL_PREFIX)}
-        if saved:
-            load_numpy_state(model, saved)
-        return model
+        if saved:  # the process's model of this architecture, holding the saved weights
+            return model_with_state(client.model_name, self.input_shape, self.num_classes, saved)
+        return self.build_model(client.model_name, seed=self.cfg.seed * 1_000_003 + client.partition_id)
 
     def save_personal_model(self, client: ClientContext, model: nn.Module) -> None:
         """Keep the client's model in its node state for the next round (it never leaves the node)."""

@@ -53,6 +53,7 @@ class FD(Algorithm):
 
     name = "fd"
     SERVER_STATE = ("_uploads", "_rng")
+    DEVICE_READY = True
 
     def __init__(self, *args, **kwargs) -> None:  # noqa: D107 - see Algorithm
         super().__init__(*args, **kwargs)
@@ -152,14 +153,19 @@ class FD(Algorithm):
             raise ValueError(f"fd: targets of shape {tuple(targets.shape)} for {c} classes")
         weight, temperature = self.cfg.distill.weight, self.cfg.distill.temperature
 
+        targets_on, has_target_on = targets, has_target  # on the batches' device (train.device)
+
         def distill_term(model, x, y, logits):  # noqa: ANN001 - see training.ExtraLoss
-            use = has_target[y]
+            nonlocal targets_on, has_target_on
+            if targets_on.device != y.device:
+                targets_on, has_target_on = targets.to(y.device), has_target.to(y.device)
+            use = has_target_on[y]
             if weight == 0 or not bool(use.any()):
                 return logits.new_zeros(())
             # A sum over the samples with a target, divided by the whole batch: every sample's
             # loss keeps the same scale whatever the mix (what per-sample clipping assumes).
             share = float(use.sum()) / len(y)
-            return weight * share * kd_kl_from_probs(logits[use], targets[y[use]], temperature)
+            return weight * share * kd_kl_from_probs(logits[use], targets_on[y[use]], temperature)
 
         sums = torch.zeros(c, c, dtype=torch.float64)
         counts = torch.zeros(c, dtype=torch.int64)

@@ -23,7 +23,7 @@ from fedkd.algorithms.registry import ALGORITHMS
 from fedkd.data.federated import FederatedData
 from fedkd.protocol import ArraySpec, Payload, PhaseSpec
 from fedkd.config import ConfigError
-from fedkd.training import load_numpy_state, state_to_numpy
+from fedkd.training import load_numpy_state, model_with_state, state_to_numpy
 
 
 def weighted_average(
@@ -42,11 +42,16 @@ def weighted_average(
     if (w < 0).any() or w.sum() <= 0:
         raise ValueError(f"weights must be non-negative with a positive sum, got {list(w)}")
     w = w / w.sum()
-    return {
-        key: np.sum([wi * s[key].astype(np.float64) for wi, s in zip(w, states)], axis=0)
-        .astype(states[0][key].dtype)
-        for key in states[0]
-    }
+    # Accumulated client by client in float64, in order: the same sums as stacking every
+    # client's weights and reducing over the first axis, without a [K, ...] float64 copy of
+    # all of them in memory at once.
+    out = {}
+    for key in states[0]:
+        acc = w[0] * states[0][key].astype(np.float64)
+        for wi, s in zip(w[1:], states[1:]):
+            acc += wi * s[key].astype(np.float64)
+        out[key] = acc.astype(states[0][key].dtype)
+    return out
 
 
 @ALGORITHMS.register("fedavg")
@@ -56,6 +61,7 @@ class FedAvg(Algorithm):
     name = "fedavg"
     shares_weights = True
     SERVER_STATE = ("_model",)
+    DEVICE_READY = True
 
     def __init__(self, *args, **kwargs) -> None:  # noqa: D107 - see Algorithm
         super().__init__(*args, **kwargs)
@@ -105,9 +111,9 @@ class FedAvg(Algorithm):
 
     # ----- client half --------------------------------------------------------------------
     def _client_model(self, request: Payload) -> nn.Module:
-        model = self.build_model()
-        load_numpy_state(model, request.arrays)
-        return model
+        # the worker's model of this architecture, loaded with the global weights (no re-init)
+        return model_with_state(self.cfg.train.model, self.input_shape, self.num_classes,
+                                request.arrays)
 
     def client_phase(self, phase: str, request: Payload, client: ClientContext) -> Payload:
         if phase != "fit":

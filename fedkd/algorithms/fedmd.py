@@ -45,6 +45,7 @@ class FedMD(Algorithm):
     """Logits on announced public samples up; consensus targets down; a global student on the server."""
 
     name = "fedmd"
+    DEVICE_READY = True
     SERVER_STATE = ("_student", "_rng")
 
     def __init__(self, *args, **kwargs) -> None:  # noqa: D107 - see Algorithm

@@ -22,6 +22,7 @@ class LocalOnly(Algorithm):
     """Each client trains alone (``train.local-steps`` per round); no federation."""
 
     name = "local"
+    DEVICE_READY = True
 
     FIT_PHASE = PhaseSpec(name="fit", message_type="train", reply_metrics=("loss", "accuracy"))
 
