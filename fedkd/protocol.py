@@ -144,11 +144,12 @@ def to_array(value: np.ndarray) -> Array:
     return Array(dtype=str(value.dtype), shape=tuple(value.shape), stype="numpy.ndarray", data=data)
 
 
-def from_array(array: Array) -> np.ndarray:
+def from_array(array: Array, *, copy: bool = True) -> np.ndarray:
     """The values of a ``.npy``-serialised ``Array`` as a new, writable numpy array.
 
     What ``Array.numpy()`` returns, with one copy instead of two (``np.load`` on a ``BytesIO``
-    reads the bytes out, then copies them into the array).
+    reads the bytes out, then copies them into the array). ``copy=False``: no copy at all, a
+    read-only view of the ``Array``'s bytes (which it keeps alive).
 
     Raises
     ------
@@ -175,7 +176,7 @@ def from_array(array: Array) -> np.ndarray:
     count = math.prod(shape)
     flat = np.frombuffer(data, dtype=dtype, count=count, offset=head.tell())
     out = flat.reshape(shape[::-1]).transpose() if fortran else flat.reshape(shape)
-    return out.copy(order="F" if fortran else "C")
+    return out.copy(order="F" if fortran else "C") if copy else out
 
 
 def encode(
@@ -223,7 +224,8 @@ def content_nbytes(content: RecordDict) -> int:
 
 
 def validate_reply(content: RecordDict, spec: PhaseSpec) -> Payload:
-    """Check a client reply against ``spec`` and return it decoded.
+    """Check a client reply against ``spec`` and return it decoded (arrays: read-only views of
+    the reply's bytes; copy one before changing it in place).
 
     Raises
     ------
@@ -304,7 +306,8 @@ def _check_array(name: str, array: Array, spec: ArraySpec) -> np.ndarray:
     if array.stype != "numpy.ndarray":
         raise InvalidReply(f"array {name!r}: unsupported serialisation {array.stype!r}")
     try:
-        value = from_array(array)
+        # A read-only view of the reply's bytes: the server keeps one copy of each reply, not two.
+        value = from_array(array, copy=False)
     except Exception as err:  # malformed bytes from a hostile or broken client
         raise InvalidReply(f"array {name!r}: cannot decode ({type(err).__name__}: {err})") from None
     if value.dtype != np.dtype(spec.dtype) or value.shape != shape or value.nbytes != expected_bytes:

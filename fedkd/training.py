@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -271,9 +272,16 @@ def state_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
 
 
-def load_numpy_state(model: nn.Module, arrays: dict[str, np.ndarray]) -> None:
-    """Load arrays produced by :func:`state_to_numpy` (strict: same keys and shapes)."""
-    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()}, strict=True)
+def load_numpy_state(model: nn.Module, arrays: Mapping[str, np.ndarray]) -> None:
+    """Load arrays produced by :func:`state_to_numpy` (strict: same keys and shapes).
+
+    The arrays are only read (copied into the model's tensors), so read-only ones (validated
+    replies are views of the message bytes) are fine.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        tensors = {k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()}
+    model.load_state_dict(tensors, strict=True)
 
 
 def fit_to_targets(
