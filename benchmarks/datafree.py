@@ -36,11 +36,13 @@ from benchmarks.common import ROOT, fmt, run_simulation, slug, summarise_run
 
 #: FedGen-logits settings used here (see fedkd/algorithms/fedgen_logits.py): per round 4 cycles of
 #: 64 synthetic samples with 2 zeroth-order probes each (768 logit rows, 30,720 bytes up), and
-#: label-count weights (the client's 10 counts go up too).
+#: label-count weights (the client's 10 counts go up too); the generator's zeroth-order objective
+#: 0.3 CE(t(x), y) - KL(t(x) || s(x)). In a 10-client exploration (fedgen-cnn, 15 rounds, alpha 0.1,
+#: one seed) the global student reached 0.576 with it against 0.528 with CE alone (weight 1).
 FEDGEN_LOGITS: dict[str, Any] = {
     "algorithm": "fedgen-logits", "fedgen.generator-steps": 0, "fedgen.zo-directions": 2,
     "fedgen.generator-queries": 4, "fedgen.synthetic-batch": 64, "fedgen.generator-lr": 0.002,
-    "aggregation.rule": "weighted",
+    "aggregation.rule": "weighted", "fedgen.adversarial-weight": 1.0, "fedgen.teacher-ce-weight": 0.3,
 }
 
 #: name -> run-config overrides on top of the shared settings.
