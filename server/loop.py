@@ -251,6 +251,13 @@ def run_rounds(
         output.rewrite_metrics(rows)
         first_round = int(checkpoint["round"]) + 1
         log(INFO, "[fedkd] resuming after round %d from %s", first_round - 1, output.directory)
+        if cfg.privacy.enabled:
+            # The server's state resumes exactly; each client's node state does not (Flower keeps
+            # it for one run), so its DP ledger restarts unless the device keeps a state-path file.
+            log(WARNING, "[fedkd] resumed a DP run: each client's epsilon from here on counts "
+                "only the rounds since the resume, except on devices that keep their ledger in a "
+                "state-path file (node config); add the epsilon of round %d's metrics for a bound",
+                first_round - 1)
     else:  # a fresh run: results of an earlier run in the same directory are replaced
         output.start_fresh()
     run_start = time.monotonic()
