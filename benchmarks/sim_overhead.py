@@ -258,7 +258,11 @@ def _kind(cmdline: list[str], name: str) -> str:
         return "profiler"
     if "ClientAppActor" in text:
         return "worker"
-    if text.startswith("ray::IDLE") or "default_worker.py" in text:
+    exe = text.split(" ", 1)[0]
+    if exe.endswith(("raylet", "gcs_server")):
+        return "ray"
+    if text.startswith("ray::IDLE") or "default_worker.py" in exe or (
+            len(cmdline) > 1 and "default_worker.py" in cmdline[1]):
         return "ray-idle-worker"
     if "flwr-simulation" in text or "flwr_simulation" in text:
         return "simulation"

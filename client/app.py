@@ -231,14 +231,16 @@ def _handle(msg: Message, context: Context) -> Message:
     privacy_file = context.node_config.get("state-path")
     if privacy_file:
         state.update(load_privacy_file(Path(str(privacy_file))))
+    before = dict(state)  # the arrays as loaded: algorithms replace what they change
     client = client_context(cfg, int(context.node_id), context.node_config, state)
     content = answer(msg.content, client)
     if privacy_file:
         save_privacy_file(Path(str(privacy_file)), client.state)
-    if state_file is not None:
-        if client.state:
-            save_state_file(state_file, client.state)
-    elif client.state:
+    changed = client.state.keys() != before.keys() or any(
+        client.state[k] is not v for k, v in before.items())
+    if changed and state_file is not None:  # an evaluation, say, leaves the file as it is
+        save_state_file(state_file, client.state)
+    elif changed and client.state:
         context.state[STATE_KEY] = ArrayRecord({k: Array(np.ascontiguousarray(v))
                                                 for k, v in client.state.items()})
     return Message(content=content, reply_to=msg)
