@@ -37,9 +37,14 @@ def run_simulation(name: str, settings: dict[str, Any], *, clients: int, rounds:
     for key, value in settings.items():
         cmd += ["--set", f"{key}={toml_value(value)}"]
     start = time.monotonic()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    # Output to a file, not a pipe: a run outlives an interrupted benchmark (its checkpoint lets
+    # the next invocation continue) instead of dying of SIGPIPE at its next line of output.
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_path = out_dir / f"{run_name}.out"
+    with log_path.open("w") as log_file:
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"{name} failed:\n{log_path.read_text()[-3000:]}")
     return {**summarise_run(name, settings, out_dir / run_name),
             "process-wall-time-s": time.monotonic() - start}
 
