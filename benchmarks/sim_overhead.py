@@ -457,7 +457,17 @@ SERVER_ACTIVITIES = [
 ]
 
 
+#: Innermost frames of threads that are waiting, not computing (sleeps, condition waits, Ray's
+#: task loop blocked in C++): py-spy does not always see them as idle, so they are set apart.
+IDLE_LEAVES = ("Condition.wait (threading.py", "Event.wait (threading.py", "_log_uploader (",
+               "monitor (flwr/supercore/app_util", "InMemoryGrid.send_and_receive (",
+               "Worker.main_loop (ray/_private/worker.py", "Queue.get (queue.py")
+IDLE = "waiting (sleep, condition wait, Ray task loop; not CPU)"
+
+
 def _classify(frames: list[str], table: list[tuple[str, tuple[str, ...]]]) -> str:
+    if frames and frames[-1].startswith(IDLE_LEAVES):
+        return IDLE
     if not frames:
         return "Ray core, native (no Python frame: task args and results in and out)"
     for frame in reversed(frames):  # innermost first
@@ -498,11 +508,14 @@ def summarise_profile(raw: Path) -> dict[str, Any]:
             server[_classify(frames, SERVER_ACTIVITIES)] += count
 
     def shares(counter: dict[str, int]) -> dict[str, float]:
-        total = sum(counter.values()) or 1
-        return {k: round(v / total, 4) for k, v in sorted(counter.items(), key=lambda kv: -kv[1])}
+        busy = {k: v for k, v in counter.items() if k != IDLE}
+        total = sum(busy.values()) or 1
+        return {k: round(v / total, 4) for k, v in sorted(busy.items(), key=lambda kv: -kv[1])}
 
     return {"samples-by-process-kind": dict(by_kind), "share-by-process-kind": shares(by_kind),
             "worker-activities": shares(worker), "server-activities": shares(server),
+            "waiting-samples-set-apart": {"worker": worker.get(IDLE, 0),
+                                          "simulation": server.get(IDLE, 0)},
             "worker-top-frames": dict(collections.Counter(worker_top).most_common(15)),
             "worker-samples": sum(worker.values()), "server-samples": sum(server.values())}
 

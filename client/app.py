@@ -42,7 +42,7 @@ from fedkd.data.datasets import DATASETS, ArrayDataset
 from fedkd.data.device import load_device_data
 from fedkd.data.federated import ClientData, load_federated
 from fedkd.models import MODELS
-from fedkd.protocol import PHASE_KEY, decode, encode
+from fedkd.protocol import PHASE_KEY, decode, encode, from_array
 from fedkd.training import device_scope, resolve_device
 
 app = ClientApp()
@@ -225,7 +225,7 @@ def _handle(msg: Message, context: Context) -> Message:
     if state_file is not None:
         state = load_state_file(state_file)
     elif STATE_KEY in context.state:
-        state = {k: a.numpy() for k, a in context.state[STATE_KEY].items()}
+        state = {k: from_array(a) for k, a in context.state[STATE_KEY].items()}
     # Flower keeps node state per run only: a device's privacy spend that must survive client
     # restarts and later runs lives in its own file, which wins over the node state.
     privacy_file = context.node_config.get("state-path")
