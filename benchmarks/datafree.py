@@ -151,8 +151,10 @@ def main(argv: list[str] | None = None) -> None:
 def write(out: Path, args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
     header = (f"Fashion-MNIST, {args.clients} clients ({args.fraction:.0%} sampled per round), "
               f"Dirichlet alpha as listed, {args.rounds} rounds, {args.local_steps} local steps of "
-              f"batch 32, McMahan's CNN everywhere; mean ± std over the seeds listed. Command: "
-              f".venv/bin/python -m benchmarks.datafree --rounds {args.rounds} --alphas "
+              f"batch 32, McMahan's CNN everywhere (FedGen at its official lr 0.01, the rest 0.05); mean ± std "
+              f"over the finished runs (column seeds). Command: "
+              f".venv/bin/python -m benchmarks.datafree --rounds {args.rounds} --fraction "
+              f"{args.fraction} --local-steps {args.local_steps} --alphas "
               f"{' '.join(map(str, args.alphas))} --seeds {' '.join(map(str, args.seeds))} "
               f"--other-seeds {' '.join(map(str, args.other_seeds))}")
     md = header + "\n\n" + table(results) + "\n"
