@@ -70,7 +70,10 @@ def run_one(name: str, alpha: float, seed: int, args: argparse.Namespace, out_di
         "data.alpha": alpha, "train.model": "cnn", "train.local-steps": args.local_steps,
         "seed": seed, "data.seed": seed, "federation.min-nodes": args.clients,
         "federation.fraction-train": args.fraction,
-        "federation.min-replies": max(1, int(args.clients * args.fraction) // 2), **RUNS[name],
+        "federation.min-replies": max(1, int(args.clients * args.fraction) // 2),
+        # An unfinished run starts again: clients' private models live in Flower's node state,
+        # which a resumed run does not get back.
+        "output.resume": False, **RUNS[name],
     }
     label = run_name(name, alpha, seed)
     if finished(name, alpha, seed, out_dir):
