@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from fedkd.config import ConfigError, RunConfig, Scalar, pyproject_defaults
+from fedkd.config import ConfigError, RunConfig, Scalar, flatten_table, pyproject_defaults
 from fedkd.results import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
 
 APP_DIR = Path(__file__).resolve().parent.parent
@@ -61,16 +61,6 @@ class CliError(Exception):
 
 
 # ----- presets and profiles -----------------------------------------------------------------
-def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in table.items():
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
 def _load_toml(path: Path, what: str) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
@@ -129,7 +119,7 @@ def load_preset(spec: str) -> Preset:
                 "(or the path of a .toml file of run-config overrides; `fedkd presets` describes them)"
             )
         name = spec
-    return Preset(name=name, path=path.resolve(), values=_flatten(_load_toml(path, "preset")))
+    return Preset(name=name, path=path.resolve(), values=flatten_table(_load_toml(path, "preset")))
 
 
 @dataclass(frozen=True)
@@ -158,7 +148,7 @@ def load_profile(spec: str) -> Profile:
     if nested or not isinstance(run_config, Mapping):
         raise CliError(f"profile {path}: federation-config keys are flat, and the only table is "
                        f"[run-config]; found {nested or ['run-config']}")
-    return Profile(path.stem, values, _flatten(run_config))
+    return Profile(path.stem, values, flatten_table(run_config))
 
 
 def parse_sets(pairs: Sequence[str]) -> dict[str, Scalar]:

@@ -420,18 +420,18 @@ def pyproject_defaults(path: str | Path) -> dict[str, Scalar]:
     Nested tables become dotted keys (``[tool.flwr.app.config.data] alpha`` -> ``data.alpha``).
     """
     with open(path, "rb") as fh:
-        table = tomllib.load(fh)["tool"]["flwr"]["app"]["config"]
+        return flatten_table(tomllib.load(fh)["tool"]["flwr"]["app"]["config"])
 
-    def flatten(t: Mapping[str, Any], prefix: str) -> dict[str, Scalar]:
-        out: dict[str, Scalar] = {}
-        for k, v in t.items():
-            if isinstance(v, Mapping):
-                out.update(flatten(v, f"{prefix}{k}."))
-            else:
-                out[prefix + k] = v
-        return out
 
-    return flatten(table, "")
+def flatten_table(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested TOML table as flat run-config keys (``{"data": {"alpha": 1}}`` -> ``data.alpha``)."""
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, Mapping):
+            out.update(flatten_table(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
 
 
 def _key(name: str) -> str:

@@ -261,7 +261,7 @@ class FedGenLogits(Algorithm):
         answered = np.flatnonzero(targets.answered[:n])
         zo_loss = float("nan")
         if probes is not None:
-            zo_loss = self.zo_generator_step(inputs, noise, labels, targets.probs, probes[1])
+            zo_loss = self.zo_generator_step(inputs, noise, labels, targets.probs, *probes)
         return QueryResult(
             x=x[answered], targets=targets.probs[:n][answered].astype(np.float32), y=y[answered],
             answered=answered, noise=noise[answered], labels=labels[answered], teachers=teachers,
@@ -302,20 +302,21 @@ class FedGenLogits(Algorithm):
         return loss
 
     def zo_generator_step(self, inputs: torch.Tensor, noise: torch.Tensor, labels: torch.Tensor,
-                          probs: np.ndarray, directions: torch.Tensor) -> float:
+                          probs: np.ndarray, probes: torch.Tensor, directions: torch.Tensor
+                          ) -> float:
         """One Adam step of G on the teachers' objective through a zeroth-order gradient.
 
         With f_i(x) the per-sample :meth:`teacher_objective` (the teachers are black boxes: only
         their consensus at x_i and at the q probes x_i + mu u_ij is known), the input gradient is
         the forward-difference estimate (FedZGE, DFME)
         g_i = (d / q) sum_j (f_i(x_i + mu u_ij) - f_i(x_i)) / mu * u_ij, pushed back through G
-        together with the exact gradient of the diversity term.
+        together with the exact gradient of the diversity term. ``probes`` and ``directions`` are
+        what :meth:`zo_probes` returned for this query.
         """
         assert self._generator is not None and self._optimizer is not None
         fg = self.cfg.fedgen
         n, q = len(inputs), fg.zo_directions
-        queried = torch.cat([inputs.detach(), (inputs.detach().reshape(n, -1).unsqueeze(0)
-                                               + fg.zo_epsilon * directions).reshape(q * n, *inputs.shape[1:])])
+        queried = torch.cat([inputs.detach(), probes])  # the rows the teachers answered, in order
         f = self.teacher_objective(probs, labels.repeat(q + 1), queried).reshape(q + 1, n)
         grad = zeroth_order_gradient(f, directions, fg.zo_epsilon)
         loss = (inputs.reshape(n, -1) * grad).sum() / n
