@@ -791,11 +791,28 @@ ACCURACY_PANELS = (
 )
 
 
-def _style(i: int) -> dict[str, Any]:
+def _styles(groups: Sequence[Group]) -> list[dict[str, Any]]:
+    """One line style per group, read from its configuration so that a sweep's plot decodes at a
+    glance: colour = algorithm, line = privacy (solid: none, dashed: DP-SGD), marker = the
+    partition's Dirichlet alpha. Groups that share all three (e.g. the same preset under
+    different overrides) are told apart by colour instead."""
     import matplotlib
 
     colors = matplotlib.colormaps["tab10"].colors
-    return {"color": colors[i % 10], "linestyle": ("-", "--", ":", "-.")[(i // 10) % 4]}
+    markers = ("o", "s", "^", "D", "v", "P")
+
+    def facet(g: Group) -> tuple[str, bool, str]:
+        return (str(g.config.get("algorithm", "")), bool(g.config.get("privacy.dp-sgd")),
+                json.dumps(g.config.get("data.alpha")))
+
+    facets = [facet(g) for g in groups]
+    if len(set(facets)) < len(facets):  # not enough to tell the groups apart: one colour each
+        return [{"color": colors[i % 10], "linestyle": ("-", "--", ":", "-.")[(i // 10) % 4],
+                 "marker": "o"} for i in range(len(groups))]
+    algorithms = list(dict.fromkeys(f[0] for f in facets))
+    alphas = list(dict.fromkeys(f[2] for f in facets))
+    return [{"color": colors[algorithms.index(a) % 10], "linestyle": "--" if dp else "-",
+             "marker": markers[alphas.index(alpha) % len(markers)]} for a, dp, alpha in facets]
 
 
 def _figure(title: str, n_groups: int):
@@ -832,12 +849,11 @@ def plot_accuracy_vs_round(groups: Sequence[Group], path: Path) -> None:
 
     fig, axes = _figure("Accuracy per round (mean over seeds, band: ± 1 std)", len(groups))
     for ax, (key, title) in zip(axes, ACCURACY_PANELS):
-        for i, g in enumerate(groups):
+        for g, style in zip(groups, _styles(groups)):
             x, y, s = _curve(g, key)
             if not x:
                 continue
-            style = _style(i)
-            ax.plot(x, y, marker="o", markersize=3, label=g.label, **style)
+            ax.plot(x, y, markersize=3, label=g.label, **style)
             ax.fill_between(x, [a - b for a, b in zip(y, s)], [a + b for a, b in zip(y, s)],
                             color=style["color"], alpha=0.15)
         ax.set(title=title, xlabel="round", ylabel="accuracy (fraction correct)")
@@ -849,11 +865,11 @@ def plot_accuracy_vs_round(groups: Sequence[Group], path: Path) -> None:
 def plot_accuracy_vs_bytes(groups: Sequence[Group], path: Path) -> None:
     fig, axes = _figure("Accuracy vs communication (mean over seeds)", len(groups))
     for ax, (key, title) in zip(axes, ACCURACY_PANELS):
-        for i, g in enumerate(groups):
+        for g, style in zip(groups, _styles(groups)):
             x, y, _ = _curve(g, key, _cumulative_mb)
             pts = [(a, b) for a, b in zip(x, y) if a > 0]
             if pts:
-                ax.plot(*zip(*pts), marker="o", markersize=3, label=g.label, **_style(i))
+                ax.plot(*zip(*pts), markersize=3, label=g.label, **style)
         ax.set(title=title, xlabel="cumulative upload per client (MB, log scale)",
                ylabel="accuracy (fraction correct)")
         if ax.has_data():
@@ -876,14 +892,13 @@ def plot_accuracy_vs_epsilon(groups: Sequence[Group], path: Path) -> None:
                                         for run in g.runs for r in run.rows)]
     public = {_without_privacy(g.config): g for g in groups if g not in private and g.config}
     for ax, (key, title) in zip(axes, ACCURACY_PANELS):
-        for i, g in enumerate(groups):
+        for g, style in zip(groups, _styles(groups)):
             if g not in private:
                 continue
-            style = _style(i)
             x, y, _ = _curve(g, key, _epsilons)
             if not x:
                 continue
-            ax.plot(x, y, marker="o", markersize=3, label=g.label, **style)
+            ax.plot(x, y, markersize=3, label=g.label, **style)
             twin = public.get(_without_privacy(g.config))
             if twin is not None:
                 _, ty, _ = _curve(twin, key)

@@ -29,7 +29,6 @@ def fedkd(*args: str) -> list[str]:
 
 
 @pytest.mark.integration
-@pytest.mark.slow  # a second Ray start-up (~1 min); the Ctrl-C test below runs by default
 def test_simulate_tiny_preset_then_sweep_skips_it_and_report_reads_it(tmp_path: Path) -> None:
     env = offline_env(tmp_path / "flwr-home")
     out = tmp_path / "outputs"

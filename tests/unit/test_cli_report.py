@@ -135,3 +135,21 @@ def test_mean_std() -> None:
 def test_report_without_runs_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["report", str(tmp_path)]) == 2
     assert "no run found in" in capsys.readouterr().err
+
+
+def test_plot_styles_encode_algorithm_privacy_and_alpha(outputs: Path, tmp_path: Path) -> None:
+    # fd-dp, fedavg, fd without DP: colour per algorithm, dashed under DP-SGD, marker per alpha.
+    groups = cli.group_runs(cli.find_runs([outputs]))
+    styles = {g.label: s for g, s in zip(groups, cli._styles(groups))}
+    fd_dp, fd, fedavg = styles["fd-dp"], styles["fd fashion-mnist dirichlet 0.1"], styles["fedavg"]
+    assert fd_dp["color"] == fd["color"] != fedavg["color"]
+    assert (fd_dp["linestyle"], fd["linestyle"], fedavg["linestyle"]) == ("--", "-", "-")
+    assert fd_dp["marker"] == fd["marker"] == fedavg["marker"]  # all alpha 0.1
+    # Groups the three facets cannot tell apart get a colour each instead.
+    root = tmp_path / "same"
+    for rule in ("mean", "median"):
+        write_run(root, rule, {**FEDAVG, "aggregation.rule": rule}, fedavg_rows([0.5], 0.5, 1e6),
+                  preset="fedavg")
+    groups = cli.group_runs(cli.find_runs([root]))
+    colors = [s["color"] for s in cli._styles(groups)]
+    assert len(groups) == 2 and colors[0] != colors[1]
