@@ -580,6 +580,10 @@ def find_runs(paths: Sequence[str | Path]) -> list[RunRecord]:
             raise CliError(f"{p} does not exist")
         found = [p] if (p / METRICS_FILE).is_file() else sorted(
             m.parent for m in p.rglob(METRICS_FILE))
+        if not found and ((p / CONFIG_FILE).is_file() or (p / CLI_FILE).is_file()):
+            # A run that has started but not finished a round (a sweep in progress).
+            print(f"warning: {p} has no finished round yet; left out", file=sys.stderr)
+            continue
         if not found:
             raise CliError(f"no run found in {p} (a run directory holds {METRICS_FILE})")
         dirs.extend(d.resolve() for d in found)
@@ -818,7 +822,8 @@ def _styles(groups: Sequence[Group]) -> list[dict[str, Any]]:
 def _figure(title: str, n_groups: int):
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2 + 0.22 * math.ceil(n_groups / 2)),
+    rows = math.ceil(n_groups / min(4, max(2, math.ceil(n_groups / 5))))  # legend rows
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2 + 0.22 * rows),
                              squeeze=False)
     fig.suptitle(title)
     return fig, axes[0]
@@ -833,10 +838,11 @@ def _finish(fig, axes, path: Path) -> None:
         if not ax.has_data():
             ax.text(0.5, 0.5, "no run reports this", ha="center", va="center",
                     transform=ax.transAxes, color="gray")
+    ncol = min(4, max(2, math.ceil(len(handles) / 5)))  # at most about five legend rows
     if handles:
-        fig.legend(list(handles.values()), list(labels), loc="lower center", ncol=2,
+        fig.legend(list(handles.values()), list(labels), loc="lower center", ncol=ncol,
                    fontsize="small", frameon=False)
-    rows = math.ceil(len(handles) / 2)
+    rows = math.ceil(len(handles) / ncol)
     fig.tight_layout(rect=(0, min(0.45, 0.05 + 0.045 * rows), 1, 1))
     fig.savefig(path, dpi=110)
     import matplotlib.pyplot as plt

@@ -153,3 +153,20 @@ def test_plot_styles_encode_algorithm_privacy_and_alpha(outputs: Path, tmp_path:
     groups = cli.group_runs(cli.find_runs([root]))
     colors = [s["color"] for s in cli._styles(groups)]
     assert len(groups) == 2 and colors[0] != colors[1]
+
+
+def test_a_named_run_without_a_finished_round_is_left_out(outputs: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    # A sweep in progress: the current run has its config but no metrics yet. Naming it among
+    # finished runs (a shell glob does) reports the others and says what was left out.
+    started = tmp_path / "started-seed2"
+    started.mkdir()
+    (started / "config.json").write_text(json.dumps({"run-config": {"algorithm": "fd"}}))
+    rc = cli.main(["report", str(outputs / "fd-dp-seed0"), str(started), "--out",
+                   str(tmp_path / "r")])
+    captured = capsys.readouterr()
+    assert rc == 0 and "started-seed2 has no finished round yet; left out" in captured.err
+    assert "| fd-dp | 0 | 2 |" in captured.out
+    # A folder that is not a run at all is still an error.
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["report", str(tmp_path / "empty")]) == 2
