@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.sim_overhead import TreeSampler  # noqa: E402
+from benchmarks.sim_overhead import TreeSampler, run_watched  # noqa: E402
 from fedkd.cli import load_profile  # noqa: E402
 from fedkd.launch import SimulationSuperLink  # noqa: E402
 from fedkd.results import read_metrics  # noqa: E402
@@ -118,24 +118,14 @@ def run_one(args: argparse.Namespace, workers: int, federation: dict[str, Any],
     gpu = GpuSampler(args.gpu_interval)
     start = time.perf_counter()
     with SimulationSuperLink(log_path=work / f"{name}-superlink.log") as link:
-        tree.start()
-        gpu.start()
-        try:
-            run_id, status = link.run_streaming(
-                ROOT, {**settings, "output.dir": str(work), "output.run-name": name}, federation,
-                lambda line: print("   ", line.split("[fedkd]", 1)[1].strip()[:100], flush=True)
-                if "[fedkd] round" in line else None, timeout=args.timeout)
-        finally:
-            tree.stop_event.set()
-            gpu.stop_event.set()
-            tree.join()
-            gpu.join()
+        _, status = run_watched(link, {**settings, "output.dir": str(work), "output.run-name": name},
+                                federation, [tree, gpu], timeout=args.timeout)
     if status != "finished:completed":
         return {"workers": workers, "device": device, "status": f"failed: {status}",
                 "log": str(work / f"{name}-superlink.log")}
     rows = read_metrics(work / name)
     steady = [r["wall-time-s"] for r in rows[1:]] or [rows[0]["wall-time-s"]]
-    worker_rss = [v for pid, v in tree.peak_rss.items() if tree.kinds.get(pid) == "worker"]
+    worker_rss = tree.peak_rss_of("worker")
     peak_gpu = (gpu.peak - (gpu.baseline or 0)) if gpu.peak is not None else None
     return {
         "workers": workers, "device": device, "status": "ok", "clients-per-round": clients,

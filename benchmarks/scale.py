@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.sim_overhead import TreeSampler  # noqa: E402
+from benchmarks.sim_overhead import TreeSampler, run_watched  # noqa: E402
 from fedkd.launch import SimulationSuperLink  # noqa: E402
 from fedkd.results import read_metrics  # noqa: E402
 
@@ -90,23 +90,12 @@ def run(args: argparse.Namespace, store: str, rounds: int, work: Path) -> dict[s
     disk = DirSize(work / "client-state", 2.0)
     start = time.perf_counter()
     with SimulationSuperLink(log_path=work / f"{name}-superlink.log") as link:
-        tree.start()
-        disk.start()
-        try:
-            run_id, status = link.run_streaming(
-                ROOT, settings, federation,
-                lambda line: print("   ", line.split("[fedkd]", 1)[1].strip()[:120], flush=True)
-                if "[fedkd] round" in line else None, timeout=args.timeout)
-        finally:
-            for t in (tree, disk):
-                t.stop_event.set()
-                t.join()
+        _, status = run_watched(link, settings, federation, [tree, disk], timeout=args.timeout)
     total = time.perf_counter() - start
     if status != "finished:completed":
         raise SystemExit(f"error: run ended with status {status}; see {work}")
     rows = read_metrics(work / name)
-    sim_rss = [v for pid, v in tree.peak_rss.items() if tree.kinds.get(pid) == "simulation"]
-    worker_rss = [v for pid, v in tree.peak_rss.items() if tree.kinds.get(pid) == "worker"]
+    sim_rss, worker_rss = tree.peak_rss_of("simulation"), tree.peak_rss_of("worker")
     marks = tree.boundaries
     cpu = [b["cpu"] - a["cpu"] for a, b in zip(marks, marks[1:])]
     return {

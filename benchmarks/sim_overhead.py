@@ -342,6 +342,11 @@ class TreeSampler(threading.Thread):
         with self.lock:
             return sum(self.cpu.values())
 
+    def peak_rss_of(self, kind: str) -> list[int]:
+        """Peak RSS of each process of this kind seen so far (``worker``, ``simulation``...)."""
+        with self.lock:
+            return [v for pid, v in self.peak_rss.items() if self.kinds.get(pid) == kind]
+
     def cpu_by_kind(self) -> dict[str, float]:
         out: dict[str, float] = collections.Counter()
         with self.lock:
@@ -393,6 +398,23 @@ class TreeSampler(threading.Thread):
             self.sample()
             self.stop_event.wait(self.interval)
         self.sample()
+
+
+def run_watched(link: SimulationSuperLink, settings: dict[str, Any], federation: dict[str, Any],
+                samplers: list[threading.Thread], *, timeout: float) -> tuple[str, str]:
+    """Submit this app to ``link`` with ``samplers`` (threads with a ``stop_event``) running for
+    the whole run, echoing the server's per-round lines; returns (run id, final status)."""
+    for sampler in samplers:
+        sampler.start()
+    try:
+        return link.run_streaming(
+            ROOT, settings, federation,
+            lambda line: print("   ", line.split("[fedkd]", 1)[1].strip()[:120], flush=True)
+            if "[fedkd] round" in line else None, timeout=timeout)
+    finally:
+        for sampler in samplers:
+            sampler.stop_event.set()  # type: ignore[attr-defined]
+            sampler.join()
 
 
 class PySpy:
@@ -588,8 +610,7 @@ def run_sim(args: argparse.Namespace, settings: dict[str, Any], out_dir: Path,
     sim_start = sampler.first_seen.get("simulation")
     ray_startup = (sampler.workers_ready_at - sim_start
                    if sampler.workers_ready_at is not None and sim_start is not None else None)
-    workers_rss = [v for pid, v in sampler.peak_rss.items() if sampler.kinds.get(pid) == "worker"]
-    sim_rss = [v for pid, v in sampler.peak_rss.items() if sampler.kinds.get(pid) == "simulation"]
+    workers_rss, sim_rss = sampler.peak_rss_of("worker"), sampler.peak_rss_of("simulation")
     out = {
         "run-id": run_id, "run-dir": str(run_dir), "rounds": per_round,
         "total-wall-s": t_end - t_submit,

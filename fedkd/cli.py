@@ -819,10 +819,15 @@ def _styles(groups: Sequence[Group]) -> list[dict[str, Any]]:
              "marker": markers[alphas.index(alpha) % len(markers)]} for a, dp, alpha in facets]
 
 
+def _legend_columns(entries: int) -> int:
+    """Two to four legend columns: at most about five rows of entries."""
+    return min(4, max(2, math.ceil(entries / 5)))
+
+
 def _figure(title: str, n_groups: int):
     import matplotlib.pyplot as plt
 
-    rows = math.ceil(n_groups / min(4, max(2, math.ceil(n_groups / 5))))  # legend rows
+    rows = math.ceil(n_groups / _legend_columns(n_groups))
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.2 + 0.22 * rows),
                              squeeze=False)
     fig.suptitle(title)
@@ -838,7 +843,7 @@ def _finish(fig, axes, path: Path) -> None:
         if not ax.has_data():
             ax.text(0.5, 0.5, "no run reports this", ha="center", va="center",
                     transform=ax.transAxes, color="gray")
-    ncol = min(4, max(2, math.ceil(len(handles) / 5)))  # at most about five legend rows
+    ncol = _legend_columns(len(handles))
     if handles:
         fig.legend(list(handles.values()), list(labels), loc="lower center", ncol=ncol,
                    fontsize="small", frameon=False)
@@ -854,8 +859,9 @@ def plot_accuracy_vs_round(groups: Sequence[Group], path: Path) -> None:
     from matplotlib.ticker import MaxNLocator
 
     fig, axes = _figure("Accuracy per round (mean over seeds, band: ± 1 std)", len(groups))
+    styles = _styles(groups)
     for ax, (key, title) in zip(axes, ACCURACY_PANELS):
-        for g, style in zip(groups, _styles(groups)):
+        for g, style in zip(groups, styles):
             x, y, s = _curve(g, key)
             if not x:
                 continue
@@ -870,8 +876,9 @@ def plot_accuracy_vs_round(groups: Sequence[Group], path: Path) -> None:
 
 def plot_accuracy_vs_bytes(groups: Sequence[Group], path: Path) -> None:
     fig, axes = _figure("Accuracy vs communication (mean over seeds)", len(groups))
+    styles = _styles(groups)
     for ax, (key, title) in zip(axes, ACCURACY_PANELS):
-        for g, style in zip(groups, _styles(groups)):
+        for g, style in zip(groups, styles):
             x, y, _ = _curve(g, key, _cumulative_mb)
             pts = [(a, b) for a, b in zip(x, y) if a > 0]
             if pts:
@@ -897,8 +904,9 @@ def plot_accuracy_vs_epsilon(groups: Sequence[Group], path: Path) -> None:
     private = [g for g in groups if any(r.get("epsilon-max") is not None
                                         for run in g.runs for r in run.rows)]
     public = {_without_privacy(g.config): g for g in groups if g not in private and g.config}
+    styles = _styles(groups)
     for ax, (key, title) in zip(axes, ACCURACY_PANELS):
-        for g, style in zip(groups, _styles(groups)):
+        for g, style in zip(groups, styles):
             if g not in private:
                 continue
             x, y, _ = _curve(g, key, _epsilons)
