@@ -205,6 +205,10 @@ class DistillConfig:
                 raise ConfigError(f"distill.{name.replace('_', '-')} must be >= 0")
 
 
+#: ``fedgen.input-generator`` values: fedgen-logits' generator class (fedkd.models.generators).
+INPUT_GENERATORS = ("conv", "low-frequency")
+
+
 @dataclass(frozen=True)
 class FedGenConfig:
     """Data-free distillation with a server-side generator (``fedgen.*`` keys).
@@ -213,7 +217,9 @@ class FedGenConfig:
     ``diversity-weight``, ``alpha0``, ``beta0``, ``decay`` and ``lr-decay`` as in the official
     code; ``fedgen-logits`` uses ``generator-*``, ``diversity-weight``, ``synthetic-batch``,
     ``student-ce-weight``, ``adversarial-weight``, ``generator-queries``, ``zo-directions``, ``zo-epsilon``,
-    ``teacher-ce-weight``, ``decay`` and the ``distill.*`` keys.
+    ``teacher-ce-weight``, ``input-generator`` (``"conv"``: :class:`InputGenerator`;
+    ``"low-frequency"``: :class:`LowFrequencyGenerator` with ``frequencies`` and ``prior-scale``),
+    ``decay`` and the ``distill.*`` keys.
     """
 
     teacher_loss: str = "code"
@@ -233,8 +239,16 @@ class FedGenConfig:
     zo_directions: int = 0
     zo_epsilon: float = 1e-3
     teacher_ce_weight: float = 1.0
+    input_generator: str = "conv"
+    frequencies: int = 7
+    prior_scale: float = 3.0
 
     def __post_init__(self) -> None:
+        if self.input_generator not in INPUT_GENERATORS:
+            raise ConfigError(f"fedgen.input-generator must be one of {', '.join(INPUT_GENERATORS)}, "
+                              f"got {self.input_generator!r}")
+        _positive("fedgen.frequencies", self.frequencies)
+        _positive("fedgen.prior-scale", self.prior_scale)
         if self.teacher_loss not in ("code", "weighted"):
             raise ConfigError(
                 f"fedgen.teacher-loss must be 'code' or 'weighted', got {self.teacher_loss!r}"

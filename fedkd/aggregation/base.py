@@ -13,9 +13,12 @@ Optional inputs, validated once here for every rule (:meth:`AggregationRule.__ca
 
 ``weights``
     Non-negative per-teacher weights, shape ``[K]`` (e.g. sample counts, broadcast to every
-    sample) or ``[K, N]`` (per teacher per sample, e.g. from :func:`label_weights`). Only rules
-    that declare ``uses_weights`` (the ``weighted`` rule) accept them. Every other rule raises
-    :class:`ValueError` when weights are given, so a weighting is never silently dropped.
+    sample) or ``[K, N]`` (per teacher per sample, e.g. from :func:`label_weights`); rules whose
+    ``weight_axis`` is ``"class"`` (``classwise``) take ``[K]`` or ``[K, C]`` (per teacher per
+    output class, e.g. label counts) instead. Only rules that declare ``uses_weights`` accept
+    them. Every other rule raises :class:`ValueError` when weights are given, so a weighting is
+    never silently dropped. :meth:`AggregationRule.weights_from_counts` turns per-label counts
+    into whichever form the rule takes.
 ``mask``
     Boolean ``[K, N]``: ``mask[k, n]`` is true when teacher ``k`` has a prediction for sample
     ``n`` (FD, for example: a client with no samples of a class has no logit vector for it).
@@ -179,6 +182,8 @@ class AggregationRule(ABC):
     """Whether the rule takes ``weights``; rules that do not raise when weights are given."""
     requires_weights: ClassVar[bool] = False
     """Whether ``weights`` are mandatory."""
+    weight_axis: ClassVar[str] = "sample"
+    """``"sample"``: weights are ``[K]`` or ``[K, N]``; ``"class"``: ``[K]`` or ``[K, C]``."""
     randomized: ClassVar[bool] = False  # draws noise: use aggregate(..., rng=...), not rule(...)
 
     def __init__(self, temperature: float = 1.0) -> None:
@@ -235,7 +240,7 @@ class AggregationRule(ABC):
         z = self._validate_logits(logits)
         k, n, _ = z.shape
         m = self._validate_mask(mask, k, n)
-        w = self._validate_weights(weights, k, n, m)
+        w = self._validate_weights(weights, k, n, m, z.shape[2])
         z = np.where(m[..., None], z, 0.0)  # never let masked-out garbage reach the arithmetic
         with np.errstate(over="ignore"):
             scaled = z / self.temperature
@@ -260,9 +265,24 @@ class AggregationRule(ABC):
         mask
             Boolean ``[K, N]``; every sample has at least one true entry.
         weights
-            Float64 ``[K, N]`` (``[K]`` already broadcast), or ``None``; passed only to rules
-            with ``uses_weights``; every sample's valid weights sum to a positive number.
+            Float64 ``[K, N]`` (``[K, C]`` for class-axis rules; ``[K]`` already broadcast), or
+            ``None``; passed only to rules with ``uses_weights``; every sample's valid teachers
+            have a positive total weight.
         """
+
+    def weights_from_counts(self, counts: ArrayLike, labels: ArrayLike) -> FloatArray:
+        """This rule's ``weights`` from per-teacher label counts ``[K, C]``.
+
+        ``[K, C]`` as they are for class-axis rules (``classwise``); ``[K, N]`` per sample
+        (:func:`label_weights`: ``counts[k, labels[n]]``) for the others. ``labels`` [N] are
+        the samples' classes (conditioning labels of synthetic samples, or a consensus argmax).
+        """
+        if self.weight_axis == "class":
+            cnt = _as_real_array("counts", counts)
+            if cnt.ndim != 2:
+                raise ValueError(f"counts must be 2-D [K teachers, C classes], got shape {cnt.shape}")
+            return np.array(cnt, dtype=np.float64)
+        return label_weights(counts, labels)
 
     # -- validation --------------------------------------------------------------------------
 
@@ -301,11 +321,14 @@ class AggregationRule(ABC):
         return m
 
     def _validate_weights(
-        self, weights: ArrayLike | None, k: int, n: int, mask: BoolArray
+        self, weights: ArrayLike | None, k: int, n: int, mask: BoolArray, c: int
     ) -> FloatArray | None:
+        per_class = self.weight_axis == "class"
+        second, size = ("C", c) if per_class else ("N", n)
         if weights is None:
             if self.requires_weights:
-                raise ValueError(f"aggregation rule {self.name!r} requires weights ([K] or [K, N])")
+                raise ValueError(
+                    f"aggregation rule {self.name!r} requires weights ([K] or [K, {second}])")
             return None
         if not self.uses_weights:
             raise ValueError(
@@ -314,15 +337,17 @@ class AggregationRule(ABC):
             )
         w = _as_real_array("weights", weights)
         if w.shape == (k,):
-            w = np.broadcast_to(w[:, None], (k, n))
-        elif w.shape != (k, n):
+            w = np.broadcast_to(w[:, None], (k, size))
+        elif w.shape != (k, size):
             raise ValueError(
-                f"weights must have shape [K] = {(k,)} or [K, N] = {(k, n)}, got {w.shape}"
+                f"weights must have shape [K] = {(k,)} or [K, {second}] = {(k, size)}, "
+                f"got {w.shape}"
             )
         _check_finite("weights", w)
         if (w < 0).any():
             raise ValueError("weights must be non-negative")
-        zero = np.flatnonzero(np.sum(np.where(mask, w, 0.0), axis=0) <= 0.0)
+        per_sample = np.broadcast_to(w.sum(axis=1)[:, None], (k, n)) if per_class else w
+        zero = np.flatnonzero(np.sum(np.where(mask, per_sample, 0.0), axis=0) <= 0.0)
         if zero.size:
             shown = ", ".join(str(i) for i in zero[:10]) + (", ..." if zero.size > 10 else "")
             raise ValueError(f"the valid teachers' weights sum to 0 for samples: {shown}")

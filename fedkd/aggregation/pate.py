@@ -201,7 +201,7 @@ class PateRule(AggregationRule):
         z = self._validate_logits(logits)
         k, n, c = z.shape
         m = self._validate_mask(mask, k, n)
-        self._validate_weights(weights, k, n, m)  # raises: the rule takes no weights
+        self._validate_weights(weights, k, n, m, c)  # raises: the rule takes no weights
         if self.noisy:
             if rng is None:
                 raise ValueError(

@@ -115,8 +115,9 @@ class FD(Algorithm):
         has_teacher = (counts > 0).any(axis=0)
         rows = np.flatnonzero(has_teacher)
         mask = counts[:, rows] > 0
+        weights = self.rule.weights_from_counts(counts, rows) if self.rule.uses_weights else None
         result = self.aggregate_teachers(self.rule, logits[:, rows, :], self._rng,
-                                         weights=counts[:, rows], mask=mask)
+                                         weights=weights, mask=mask)
         targets[rows] = result.probs
         has_teacher[rows] &= result.answered
         return targets, has_teacher

@@ -82,11 +82,10 @@ from torch import nn
 
 from fedkd.algorithms.base import OUTPUT_NOISE_STREAM, Algorithm, ClientContext, Exchange
 from fedkd.algorithms.registry import ALGORITHMS
-from fedkd.aggregation import label_weights
 from fedkd.config import ConfigError
 from fedkd.data.federated import FederatedData
 from fedkd.losses import diversity_loss, kd_kl_from_probs
-from fedkd.models.generators import InputGenerator
+from fedkd.models.generators import InputGenerator, LowFrequencyGenerator
 from fedkd.privacy.output_noise import private_counts
 from fedkd.protocol import ArraySpec, Payload, PhaseSpec
 from fedkd.training import fit_to_targets, seeded_generator
@@ -145,7 +144,7 @@ class FedGenLogits(Algorithm):
             raise ConfigError("fedgen.zo-directions needs soft targets: the pate rule answers "
                               "with noisy one-hot votes; use another aggregation.rule")
         self._student: nn.Module | None = None
-        self._generator: InputGenerator | None = None
+        self._generator: InputGenerator | LowFrequencyGenerator | None = None
         self._optimizer: torch.optim.Optimizer | None = None
         self._rng = np.random.default_rng([self.cfg.seed, AGGREGATION_STREAM])
         #: (inputs, targets, labels) of recent rounds, newest last.
@@ -171,7 +170,12 @@ class FedGenLogits(Algorithm):
         self._student = self.build_model(seed=self.cfg.seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.cfg.seed + GENERATOR_STREAM)
-            self._generator = InputGenerator(self.num_classes, self.input_shape)
+            if fg.input_generator == "low-frequency":
+                self._generator = LowFrequencyGenerator(
+                    self.num_classes, self.input_shape, frequencies=fg.frequencies,
+                    prior_scale=fg.prior_scale)
+            else:
+                self._generator = InputGenerator(self.num_classes, self.input_shape)
         self._optimizer = torch.optim.Adam(self._generator.parameters(), lr=fg.generator_lr,
                                            betas=(0.5, 0.999))
 
@@ -256,7 +260,8 @@ class FedGenLogits(Algorithm):
         weights = None
         if self.rule.uses_weights:
             counts = np.stack([result.replies[k].arrays["label-counts"] for k in teachers])
-            weights = label_weights(np.maximum(counts, 0.0) + 1e-6, np.tile(y, len(queried) // n))
+            weights = self.rule.weights_from_counts(np.maximum(counts, 0.0) + 1e-6,
+                                                    np.tile(y, len(queried) // n))
         targets = self.aggregate_teachers(self.rule, logits, self._rng, weights=weights)
         answered = np.flatnonzero(targets.answered[:n])
         zo_loss = float("nan")

@@ -5,6 +5,8 @@
 * :class:`InputGenerator`: a conditional generator in input space (images in [-1, 1], matching the
   data scaling), for black-box distillation where clients only answer with logits
   (``fedgen-logits``).
+* :class:`LowFrequencyGenerator`: the same role, but its images are smooth by construction (a few
+  low cosine frequencies) and, untrained, it samples a fixed smooth-image prior.
 
 Both are built on the server and never trained with private data, so they may use BatchNorm.
 All randomness comes from explicit ``torch.Generator`` arguments.
@@ -101,3 +103,76 @@ class InputGenerator(nn.Module):
         h = self.fc(torch.cat([noise, self.embed(labels)], dim=1))
         h = h.view(-1, self.width, *self.init_size)
         return self.blocks(h)
+
+
+def dct_basis(frequencies: int, size: int) -> torch.Tensor:
+    """Orthonormal DCT-II basis functions ``[frequencies, size]``: row ``f`` is
+    ``sqrt(2 / size) cos(pi (i + 1/2) f / size)`` (row 0 scaled by ``1 / sqrt 2``)."""
+    if not 1 <= frequencies <= size:
+        raise ValueError(f"frequencies must be in [1, {size}], got {frequencies}")
+    f = torch.arange(frequencies, dtype=torch.float64)[:, None]
+    i = torch.arange(size, dtype=torch.float64)[None, :]
+    basis = torch.cos(torch.pi * (i + 0.5) * f / size) * (2.0 / size) ** 0.5
+    basis[0] /= 2.0 ** 0.5
+    return basis.float()
+
+
+class LowFrequencyGenerator(nn.Module):
+    """A conditional image generator whose outputs hold only the lowest spatial frequencies.
+
+    Each image is ``x = tanh(B_h^T A B_w)`` per channel, with ``B`` the first ``frequencies``
+    orthonormal DCT-II basis functions (:func:`dct_basis`) and ``A`` ``[frequencies,
+    frequencies]`` coefficients ``A = prior_scale * eps + h(eps, y)``: ``eps ~ N(0, I)`` plays the
+    noise, and ``h`` (a small MLP on ``eps`` and a label embedding) starts at exactly zero. So an
+    untrained generator samples random smooth images, a prior under which a distilled student
+    transfers to real images far better than from pixel noise or an untrained
+    :class:`InputGenerator` (``benchmarks/results/classwise_ceiling.md``), and training moves the
+    samples from there class by class.
+
+    Parameters
+    ----------
+    num_classes
+        Number of labels.
+    image_shape
+        ``(C, H, W)`` of the data.
+    frequencies
+        Cosine frequencies kept per axis (7 of 28 on Fashion-MNIST).
+    prior_scale
+        Standard deviation of the coefficients of the untrained generator.
+    hidden_dim
+        Width of ``h``.
+    """
+
+    def __init__(self, num_classes: int, image_shape: tuple[int, int, int], frequencies: int = 7,
+                 prior_scale: float = 3.0, hidden_dim: int = 256) -> None:
+        super().__init__()
+        c, h, w = image_shape
+        if not 1 <= frequencies <= min(h, w):
+            raise ValueError(f"frequencies must be in [1, {min(h, w)}] for images of shape "
+                             f"{image_shape}, got {frequencies}")
+        if not prior_scale > 0:
+            raise ValueError(f"prior_scale must be > 0, got {prior_scale}")
+        self.num_classes, self.image_shape = num_classes, image_shape
+        self.frequencies, self.prior_scale = frequencies, float(prior_scale)
+        self.noise_dim = c * frequencies * frequencies
+        self.register_buffer("basis_h", dct_basis(frequencies, h), persistent=False)
+        self.register_buffer("basis_w", dct_basis(frequencies, w), persistent=False)
+        self.embed = nn.Embedding(num_classes, hidden_dim)
+        self.fc = nn.Linear(self.noise_dim, hidden_dim)
+        self.out = nn.Linear(hidden_dim, self.noise_dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def sample_noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``eps ~ N(0, I)`` of shape [n, C * frequencies**2]."""
+        return torch.randn(n, self.noise_dim, generator=generator)
+
+    def coefficients(self, noise: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The DCT coefficients ``A`` [n, C, frequencies, frequencies]."""
+        shift = self.out(F.leaky_relu(self.fc(noise) + self.embed(labels), 0.2))
+        f = self.frequencies
+        return (self.prior_scale * noise + shift).view(-1, self.image_shape[0], f, f)
+
+    def forward(self, noise: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        a = self.coefficients(noise, labels)
+        return torch.tanh(torch.einsum("ncab,ai,bj->ncij", a, self.basis_h, self.basis_w))

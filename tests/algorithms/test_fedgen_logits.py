@@ -8,7 +8,7 @@ import torch
 
 from fedkd.config import ConfigError
 from fedkd.losses import diversity_loss
-from fedkd.models.generators import InputGenerator, LatentGenerator
+from fedkd.models.generators import InputGenerator, LatentGenerator, LowFrequencyGenerator, dct_basis
 from tests.algorithms.inprocess import run_inprocess
 
 FAST = {"algorithm": "fedgen-logits", "fedgen.synthetic-batch": 40, "distill.server-steps": 10,
@@ -34,6 +34,50 @@ def test_latent_generator_matches_fedgen_size() -> None:
 def test_input_generator_rejects_sizes_not_divisible_by_four() -> None:
     with pytest.raises(ValueError, match="divisible by 4"):
         InputGenerator(10, (1, 30, 30))
+
+
+def test_dct_basis_is_orthonormal_with_known_rows() -> None:
+    b = dct_basis(28, 28)
+    torch.testing.assert_close(b @ b.T, torch.eye(28), atol=1e-5, rtol=0)
+    torch.testing.assert_close(b[0], torch.full((28,), 28 ** -0.5))  # the constant function
+    # row 1 at pixel 0: sqrt(2 / 28) cos(pi / 56)
+    assert float(b[1, 0]) == pytest.approx((2 / 28) ** 0.5 * np.cos(np.pi / 56), rel=1e-6)
+    with pytest.raises(ValueError, match="frequencies"):
+        dct_basis(0, 28)
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (1, 8, 12)])
+def test_low_frequency_generator_untrained_samples_the_smooth_prior(shape: tuple[int, int, int]) -> None:
+    g = LowFrequencyGenerator(10, shape, frequencies=5, prior_scale=2.0)
+    noise = g.sample_noise(4, torch.Generator().manual_seed(1))
+    assert noise.shape == (4, shape[0] * 25)
+    with torch.no_grad():
+        x = g(noise, torch.tensor([0, 1, 2, 3]))
+        same_noise_other_labels = g(noise, torch.tensor([9, 9, 9, 9]))
+    assert x.shape == (4, *shape) and float(x.abs().max()) < 1.0
+    # the learned shift starts at zero: tanh of 2 * noise in the first 5 x 5 cosines, any label
+    a = 2.0 * noise.view(4, shape[0], 5, 5)
+    expected = torch.tanh(torch.einsum("ncab,ai,bj->ncij", a, dct_basis(5, shape[1]), dct_basis(5, shape[2])))
+    torch.testing.assert_close(x, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(x, same_noise_other_labels)
+
+
+def test_low_frequency_generator_trains_per_class() -> None:
+    g = LowFrequencyGenerator(3, (1, 8, 8), frequencies=4)
+    noise = g.sample_noise(6, torch.Generator().manual_seed(2))
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    g(noise, labels)[labels == 1].mean().backward()  # a descent step lowers class 1's pixels
+    with torch.no_grad():
+        for p in g.parameters():
+            if p.grad is not None:
+                p -= 1.0 * p.grad
+        moved = g(noise, labels) - torch.tanh(torch.einsum(
+            "ncab,ai,bj->ncij", 3.0 * noise.view(6, 1, 4, 4), dct_basis(4, 8), dct_basis(4, 8)))
+    assert float(moved[labels == 1].mean()) < -1e-3
+    with pytest.raises(ValueError, match="frequencies"):
+        LowFrequencyGenerator(3, (1, 8, 8), frequencies=9)
+    with pytest.raises(ValueError, match="prior_scale"):
+        LowFrequencyGenerator(3, (1, 8, 8), prior_scale=0.0)
 
 
 def test_diversity_loss_known_value_on_generated_shapes() -> None:

@@ -49,7 +49,8 @@ def logits(k: int, n: int, c: int, seed: int = 0, scale: float = 2.0) -> np.ndar
 
 
 def test_all_rules_registered() -> None:
-    expected = {"mean", "weighted", "entropy", "confidence", "era", "median", "trimmed-mean"}
+    expected = {"mean", "weighted", "classwise", "entropy", "confidence", "era", "median",
+                "trimmed-mean"}
     assert set(RULES) >= expected
     for name in RULES:
         cls = AGGREGATORS.get(name)
@@ -144,7 +145,8 @@ def test_teacher_order_invariance(name: str) -> None:
     rule = build_aggregator(name, temperature=1.5)
     k, n = 6, 5
     z = logits(k, n, 3, seed=1)
-    weights = np.random.default_rng(2).uniform(0.5, 3.0, size=(k, n))
+    weight_cols = 3 if rule.weight_axis == "class" else n  # [K, C] or [K, N]
+    weights = np.random.default_rng(2).uniform(0.5, 3.0, size=(k, weight_cols))
     mask = np.random.default_rng(3).random((k, n)) > 0.3
     mask[0] = True
     perm = np.array([3, 0, 5, 1, 4, 2])
@@ -250,9 +252,12 @@ def test_weights_only_for_rules_that_use_them(name: str) -> None:
     if rule.uses_weights:
         with pytest.raises(ValueError, match="requires weights"):
             rule(z)
+        wrong_second = 4 if rule.weight_axis == "sample" else 3  # z has N = 4, C = 3
+        with pytest.raises(ValueError, match=r"requires weights \(\[K\] or \[K, [NC]\]\)"):
+            rule(z)
         for bad, word in [
             (np.ones(3), "shape"),
-            (np.ones((2, 3)), "shape"),
+            (np.ones((2, 7 - wrong_second)), "shape"),
             (np.ones((2, 4, 1)), "shape"),
             (np.array([1.0, -1.0]), "non-negative"),
             (np.array([1.0, np.nan]), "NaN"),
@@ -368,6 +373,49 @@ def test_label_weights_known_values() -> None:
 def test_label_weights_validation(counts: np.ndarray, labels: np.ndarray, word: str) -> None:
     with pytest.raises(ValueError, match=word):
         label_weights(counts, labels)
+
+
+def test_classwise_known_values() -> None:
+    # p1 = (1/4, 3/4), p2 = (1/2, 1/2); teacher 1 holds 3 samples of class 0 and none of class 1,
+    # teacher 2 holds 1 of each. Column 0: (3 * 1/4 + 1 * 1/2) / 4 = 5/16; column 1: teacher 2
+    # only, 1/2. Renormalised: (5/16, 8/16) / (13/16) = (5/13, 8/13).
+    z = np.array([[[0.0, LOG3]], [[0.0, 0.0]]])
+    counts = np.array([[3.0, 0.0], [1.0, 1.0]])
+    out = build_aggregator("classwise")(z, weights=counts)
+    np.testing.assert_allclose(out, [[5 / 13, 8 / 13]], atol=1e-7)
+    # the weighted rule with per-sample label weights gives another answer on the same inputs
+    assert not np.allclose(out, build_aggregator("weighted")(z, weights=label_weights(counts, [0])))
+
+
+def test_classwise_teacher_weights_equal_weighted_rule() -> None:
+    z = logits(4, 6, 5, seed=8)
+    w = np.array([1.0, 2.0, 0.5, 3.0])
+    mask = np.random.default_rng(9).random((4, 6)) > 0.3
+    mask[3] = True
+    np.testing.assert_allclose(build_aggregator("classwise", temperature=2.0)(z, weights=w, mask=mask),
+                               build_aggregator("weighted", temperature=2.0)(z, weights=w, mask=mask),
+                               atol=1e-6)
+
+
+def test_classwise_class_nobody_holds_gets_zero() -> None:
+    z = logits(2, 3, 3, seed=10)
+    counts = np.array([[4.0, 1.0, 0.0], [0.0, 2.0, 0.0]])  # nobody holds class 2
+    out = build_aggregator("classwise")(z, weights=counts)
+    np.testing.assert_array_equal(out[:, 2], 0.0)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-6)
+    # a masked-out teacher's counts do not count: sample 0 sees only teacher 2, which lacks class 0
+    mask = np.array([[False, True, True], [True, True, True]])
+    out = build_aggregator("classwise")(z, weights=counts, mask=mask)
+    np.testing.assert_allclose(out[0], [0.0, 1.0, 0.0], atol=1e-7)
+
+
+def test_weights_from_counts_follows_the_rules_axis() -> None:
+    counts = np.array([[5.0, 0.0, 1.0], [2.0, 3.0, 0.0]])
+    labels = np.array([0, 2, 1, 0])
+    np.testing.assert_array_equal(build_aggregator("classwise").weights_from_counts(counts, labels),
+                                  counts)
+    np.testing.assert_array_equal(build_aggregator("weighted").weights_from_counts(counts, labels),
+                                  label_weights(counts, labels))
 
 
 def test_entropy_known_values_two_teachers() -> None:
