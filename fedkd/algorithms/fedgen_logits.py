@@ -8,9 +8,12 @@ also on the teachers themselves through zeroth-order gradients estimated from th
 perturbed copies of the synthetic inputs (FedZGE/DFME-style, ``fedgen.zo-directions = q > 0``):
 still nothing but logits leaves a client.
 
-Server state: a conditional generator :math:`G` in input space
-(:class:`fedkd.models.generators.InputGenerator`, images in [-1, 1] like the data) and a global
-student :math:`s` (``train.model``). Round t, with sampled clients :math:`S_t`:
+Server state: a conditional generator :math:`G` in input space, images in [-1, 1] like the data
+(``fedgen.input-generator``: ``"conv"``, :class:`fedkd.models.generators.InputGenerator`, or
+``"low-frequency"``, :class:`fedkd.models.generators.LowFrequencyGenerator`, whose images hold only
+the lowest ``fedgen.frequencies`` cosine frequencies and which, untrained, samples random smooth
+images), and a global student :math:`s` (``train.model``). Round t, with sampled clients
+:math:`S_t`:
 
 1. **Generate.** Labels :math:`y_i` balanced over the C classes, noise :math:`\epsilon_i \sim
    N(0, I)`, :math:`x_i = G(\epsilon_i, y_i)`, i = 1..N (``fedgen.synthetic-batch``).
@@ -18,10 +21,13 @@ student :math:`s` (``train.model``). Round t, with sampled clients :math:`S_t`:
    :math:`x_i + \mu u_{ij}` (``fedgen.zo-epsilon`` = :math:`\mu`, :math:`u_{ij}` uniform on the
    unit sphere), so clients answer (q + 1) N rows.
 2. **Query** (phase ``logits``): each client k returns :math:`z_k(x) \in R^{N \times C}`, computed
-   under ``no_grad`` from its personal model (free post-processing of a DP-SGD model). With the
-   ``weighted`` rule it also returns its label counts [C] (noised when privacy is on), and the
-   teachers are weighted per sample by :math:`n_{k, y_i}`.
-3. **Aggregate**: :math:`t = \mathrm{Agg}(z_1, \dots, z_K)` with ``aggregation.rule``.
+   under ``no_grad`` from its personal model (free post-processing of a DP-SGD model). With a
+   rule that takes weights (``weighted``, ``classwise``) it also returns its label counts [C]
+   (noised when privacy is on).
+3. **Aggregate**: :math:`t = \mathrm{Agg}(z_1, \dots, z_K)` with ``aggregation.rule``
+   (``weighted``: teachers weighted per sample by their count of its conditioning label;
+   ``classwise``: each class column weighted by the teachers' counts of that class, no label
+   needed).
    **Zeroth-order generator step** (q > 0): with the per-sample objective
 
    .. math:: f_i(x) = \gamma_t\,\mathrm{CE}\big(t(x), y_i\big)
@@ -66,7 +72,7 @@ What crosses the network per client per round (m = ``generator-queries``): down,
 synthetic inputs (float32; sending the generator's weights and a seed instead would be larger
 here: 461k parameters against 200k input values at N = 256 on Fashion-MNIST, and the probes would
 need bit-identical regeneration) and m N x C targets; up, m (q + 1) N x C logits (and C counts
-with the weighted rule). Client architectures may differ.
+with a weighted rule). Client architectures may differ.
 """
 
 from __future__ import annotations
@@ -137,8 +143,8 @@ class FedGenLogits(Algorithm):
         privacy = self.cfg.privacy
         if self.rule.uses_weights and privacy.dp_sgd and privacy.output_noise <= 0:
             raise ConfigError(
-                "fedgen-logits with the weighted rule releases label counts: under DP-SGD they "
-                "need privacy.output-noise > 0"
+                f"fedgen-logits with the {self.rule.name} rule releases label counts: under "
+                "DP-SGD they need privacy.output-noise > 0"
             )
         if self.cfg.fedgen.zo_directions and self.rule.name == "pate":
             raise ConfigError("fedgen.zo-directions needs soft targets: the pate rule answers "
@@ -153,7 +159,7 @@ class FedGenLogits(Algorithm):
 
     # ----- the contract -------------------------------------------------------------------
     def logits_phase(self, n: int) -> PhaseSpec:
-        """Logits [n, C] on the synthetic inputs (plus label counts [C] with the weighted rule)."""
+        """Logits [n, C] on the synthetic inputs (plus label counts [C] with a weighted rule)."""
         bound = self.cfg.aggregation.max_abs_logit
         arrays = {"logits": ArraySpec(shape=(n, self.num_classes), dtype="float32",
                                       low=-bound, high=bound)}
@@ -412,7 +418,7 @@ class FedGenLogits(Algorithm):
         return Payload(metrics={"num-examples": n_train, "loss": stats.loss, "accuracy": stats.accuracy})
 
     def _label_counts(self, client: ClientContext, rnd: int) -> np.ndarray:
-        """The client's label histogram for the weighted rule; noised (and accounted) under DP."""
+        """The client's label histogram for a weighted rule; noised (and accounted) under DP."""
         y = client.data.train.y
         privacy = self.cfg.privacy
         if not privacy.enabled:

@@ -108,6 +108,23 @@ def test_weighted_rule_adds_only_the_declared_counts(tmp_path: Path) -> None:
             assert a["arrays"]["arrays/label-counts"]["shape"] == [10]
 
 
+def test_low_frequency_generator_with_classwise_rule(tmp_path: Path) -> None:
+    cfg = {**FAST, "aggregation.rule": "classwise", "fedgen.input-generator": "low-frequency",
+           "fedgen.frequencies": 5, "num-server-rounds": 2}
+    rows, audit, _ = run_inprocess(cfg, 3, tmp_path)
+    assert [r["num-failures"] for r in rows] == [0, 0] and rows[-1]["answered"] == 40
+    assert np.isfinite(rows[-1]["global-accuracy"]) and np.isfinite(rows[-1]["generator-loss"])
+    for a in audit:
+        if a["phase"] == "logits":  # only logits and the declared counts leave a client
+            assert set(a["arrays"]) == {"arrays/logits", "arrays/label-counts"}
+            assert a["arrays"]["arrays/logits"]["shape"] == [40, 10]
+
+
+def test_unknown_input_generator_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="fedgen.input-generator must be one of conv, low-frequency"):
+        run_inprocess({**FAST, "fedgen.input-generator": "gan"}, 3, tmp_path)
+
+
 def test_a_seeded_run_is_reproducible(tmp_path: Path) -> None:
     keys = ("global-accuracy", "global-loss", "train-loss", "generator-loss",
             "student-distill-loss", "personalized-accuracy")
