@@ -40,6 +40,7 @@ import torch
 
 from benchmarks.common import ROOT
 from fedkd.aggregation import AGGREGATORS, build_aggregator
+from fedkd.data.datasets import ArrayDataset
 from fedkd.data.federated import DataSpec, FederatedData, load_federated
 from fedkd.models.generators import InputGenerator, LowFrequencyGenerator
 from fedkd.models.zoo import build_model
@@ -104,8 +105,9 @@ def input_sources(data: FederatedData, seed: int) -> dict[str, InputSource]:
     }
 
 
-def distil_student(data: FederatedData, teachers: list[torch.nn.Module], counts: np.ndarray,
-                   draw: InputSource, rule_name: str, args: argparse.Namespace, seed: int) -> float:
+def distil_student(data: FederatedData, test: ArrayDataset, teachers: list[torch.nn.Module],
+                   counts: np.ndarray, draw: InputSource, rule_name: str, args: argparse.Namespace,
+                   seed: int) -> float:
     """FedGen-logits' server loop with the network taken out; the student's test accuracy."""
     rule = build_aggregator(rule_name)
     weights = rule_weights(rule_name, counts)
@@ -118,10 +120,10 @@ def distil_student(data: FederatedData, teachers: list[torch.nn.Module], counts:
         x = np.ascontiguousarray(draw(args.per_round, gen), dtype=np.float32)
         xs.append(x)
         ts.append(rule(teacher_logits(teachers, x), weights=weights))
-        fit_to_targets(student, np.concatenate(xs[-10:]), np.concatenate(ts[-10:]), steps=200,
-                       batch_size=32, learning_rate=0.05, temperature=1.0,
+        fit_to_targets(student, np.concatenate(xs[-10:]), np.concatenate(ts[-10:]),
+                       steps=args.student_steps, batch_size=32, learning_rate=0.05, temperature=1.0,
                        generator=seeded_generator(seed, rnd, 9))
-    return evaluate(student, data.global_test).accuracy
+    return evaluate(student, test).accuracy
 
 
 def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -129,8 +131,11 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     counts = data.label_histogram().astype(np.float64)
     start = time.monotonic()
     teachers = train_teachers(data, args.teacher_steps, seed)
-    test_logits = teacher_logits(teachers, data.global_test.x)
-    y = data.global_test.y
+    test = data.global_test
+    if args.test_samples:  # a quick look (and the smoke test): the first n test images
+        test = test.subset(np.arange(min(args.test_samples, len(test))))
+    test_logits = teacher_logits(teachers, test.x)
+    y = test.y
     out: dict[str, Any] = {
         "seed": seed,
         "teacher-accuracy-mean": float(np.mean([(z.argmax(1) == y).mean() for z in test_logits])),
@@ -145,7 +150,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     runs = STUDENT_RUNS + (FIRST_SEED_ONLY if seed == args.seeds[0] else [])
     for source, rule_name in runs:
         t0 = time.monotonic()
-        acc = distil_student(data, teachers, counts, sources[source], rule_name, args, seed)
+        acc = distil_student(data, test, teachers, counts, sources[source], rule_name, args, seed)
         out["student"][f"{source} | {rule_name}"] = acc
         print(f"  student on {source}, {rule_name}: {acc:.4f} ({time.monotonic() - t0:.0f} s)", flush=True)
     return out
@@ -162,9 +167,11 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
         f"Fashion-MNIST, {args.clients} clients, Dirichlet alpha {args.alpha}, local-only CNN "
         f"teachers ({args.teacher_steps} steps of batch 32, lr 0.05); server student: McMahan's CNN, "
-        f"{args.rounds} rounds x {args.per_round} inputs, replay 10 rounds, 200 steps per round. "
-        f"Official test set. Command: .venv/bin/python -m benchmarks.datafree_ceiling --seeds {seeds} "
-        f"--rounds {args.rounds} --per-round {args.per_round} --teacher-steps {args.teacher_steps}",
+        f"{args.rounds} rounds x {args.per_round} inputs, replay 10 rounds, {args.student_steps} steps per round. "
+        f"{'First ' + str(args.test_samples) + ' images of the official' if args.test_samples else 'Official'} test set. Command: .venv/bin/python -m benchmarks.datafree_ceiling --seeds {seeds} "
+        f"--rounds {args.rounds} --per-round {args.per_round} --teacher-steps {args.teacher_steps}"
+        f"{f' --student-steps {args.student_steps}' if args.student_steps != 200 else ''}"
+        f"{f' --test-samples {args.test_samples}' if args.test_samples else ''}",
         "",
         f"Mean single-teacher accuracy: {mean_std([r['teacher-accuracy-mean'] for r in results])}",
         "",
@@ -190,6 +197,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--teacher-steps", type=int, default=150)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--per-round", type=int, default=768)
+    parser.add_argument("--student-steps", type=int, default=200, help="server SGD steps per round")
+    parser.add_argument("--test-samples", type=int, default=0,
+                        help="evaluate on the first n official test images only (0: all 10,000)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)
     out = Path(args.out)
