@@ -7,6 +7,8 @@ server model, the same rounds, local steps, participation and seeds for every al
 * ``fedgen``: FedGen as in its official code (latent generator, weight sharing: a baseline).
 * ``fedgen-logits``: server-side input generator trained on the teachers' logits through
   zeroth-order probes; clients upload only logits on synthetic inputs.
+* ``fedgen-logits-lowfreq (classwise)``: the same contract with the untrained low-frequency
+  generator (random smooth images) and the ``classwise`` rule.
 * ``fd``: per-class mean logits (Jeong et al.).
 * ``fedmd``: logits on a public split (taken out of the training set before partitioning).
 
