@@ -51,7 +51,7 @@ FEDGEN_LOGITS: dict[str, Any] = {
 #: training: in benchmarks/datafree_ceiling.py that prior beat pixel noise and the untrained conv
 #: generator, and training towards the teachers' labels did not help) and the classwise rule (each
 #: class column weighted by the teachers' label counts). One query of 1,536 samples per round:
-#: 61,440 bytes of logits up, about 105x fewer than FedAvg.
+#: 61,440 bytes of logits up (61,958 measured with counts and framing: 107x fewer than FedAvg).
 FEDGEN_LOGITS_LOW_FREQUENCY: dict[str, Any] = {
     "algorithm": "fedgen-logits", "fedgen.input-generator": "low-frequency",
     "fedgen.generator-steps": 0, "fedgen.zo-directions": 0, "fedgen.generator-queries": 1,

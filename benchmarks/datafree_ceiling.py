@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import ROOT
-from fedkd.aggregation import AGGREGATORS, build_aggregator
+from fedkd.aggregation import AGGREGATORS, AggregationRule, build_aggregator
 from fedkd.data.datasets import ArrayDataset
 from fedkd.data.federated import DataSpec, FederatedData, load_federated
 from fedkd.models.generators import InputGenerator, LowFrequencyGenerator
@@ -74,9 +74,8 @@ def teacher_logits(teachers: list[torch.nn.Module], x: np.ndarray) -> np.ndarray
     return np.stack([predict_logits(t, x) for t in teachers])
 
 
-def rule_weights(rule_name: str, counts: np.ndarray) -> np.ndarray | None:
+def rule_weights(rule: AggregationRule, counts: np.ndarray) -> np.ndarray | None:
     """Label counts [K, C] for class-axis rules, data sizes [K] for the weighted rule."""
-    rule = build_aggregator(rule_name)
     if not rule.uses_weights:
         return None
     return counts if rule.weight_axis == "class" else counts.sum(axis=1)
@@ -110,7 +109,7 @@ def distil_student(data: FederatedData, test: ArrayDataset, teachers: list[torch
                    seed: int) -> float:
     """FedGen-logits' server loop with the network taken out; the student's test accuracy."""
     rule = build_aggregator(rule_name)
-    weights = rule_weights(rule_name, counts)
+    weights = rule_weights(rule, counts)
     gen = seeded_generator(seed, 1)
     torch.manual_seed(seed + 5)
     student = build_model("cnn", data.input_shape, data.num_classes)
@@ -139,11 +138,14 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {
         "seed": seed,
         "teacher-accuracy-mean": float(np.mean([(z.argmax(1) == y).mean() for z in test_logits])),
-        "ensemble": {name: float((build_aggregator(name)(test_logits, weights=rule_weights(name, counts))
-                                  .argmax(1) == y).mean()) for name in ENSEMBLE_RULES},
+        "ensemble": {},
         "student": {},
         "teacher-seconds": time.monotonic() - start,
     }
+    for name in ENSEMBLE_RULES:
+        rule = build_aggregator(name)
+        targets = rule(test_logits, weights=rule_weights(rule, counts))
+        out["ensemble"][name] = float((targets.argmax(1) == y).mean())
     print(f"seed {seed}: teachers {out['teacher-accuracy-mean']:.3f}, ensemble "
           + ", ".join(f"{k} {v:.3f}" for k, v in out["ensemble"].items()), flush=True)
     sources = input_sources(data, seed)

@@ -278,10 +278,7 @@ class AggregationRule(ABC):
         the samples' classes (conditioning labels of synthetic samples, or a consensus argmax).
         """
         if self.weight_axis == "class":
-            cnt = _as_real_array("counts", counts)
-            if cnt.ndim != 2:
-                raise ValueError(f"counts must be 2-D [K teachers, C classes], got shape {cnt.shape}")
-            return np.array(cnt, dtype=np.float64)
+            return np.array(_validate_counts(counts), dtype=np.float64)
         return label_weights(counts, labels)
 
     # -- validation --------------------------------------------------------------------------
@@ -408,6 +405,17 @@ def build_aggregator(name: str, **options: Any) -> AggregationRule:
     return cls(**normalised)
 
 
+def _validate_counts(counts: ArrayLike) -> FloatArray:
+    """Per-teacher per-class counts ``[K, C]``: 2-D, finite and non-negative."""
+    cnt = _as_real_array("counts", counts)
+    if cnt.ndim != 2:
+        raise ValueError(f"counts must be 2-D [K teachers, C classes], got shape {cnt.shape}")
+    _check_finite("counts", cnt)
+    if (cnt < 0).any():
+        raise ValueError("counts must be non-negative")
+    return cnt
+
+
 def label_weights(counts: ArrayLike, labels: ArrayLike) -> FloatArray:
     """Per-sample teacher weights from per-label counts: ``w[k, n] = counts[k, labels[n]]``.
 
@@ -430,12 +438,7 @@ def label_weights(counts: ArrayLike, labels: ArrayLike) -> FloatArray:
     numpy.ndarray
         Float64 ``[K, N]``.
     """
-    cnt = _as_real_array("counts", counts)
-    if cnt.ndim != 2:
-        raise ValueError(f"counts must be 2-D [K teachers, C classes], got shape {cnt.shape}")
-    _check_finite("counts", cnt)
-    if (cnt < 0).any():
-        raise ValueError("counts must be non-negative")
+    cnt = _validate_counts(counts)
     lab = np.asarray(labels)
     if lab.ndim != 1:
         raise ValueError(f"labels must be 1-D [N], got shape {lab.shape}")

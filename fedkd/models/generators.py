@@ -126,7 +126,7 @@ class LowFrequencyGenerator(nn.Module):
     noise, and ``h`` (a small MLP on ``eps`` and a label embedding) starts at exactly zero. So an
     untrained generator samples random smooth images, a prior under which a distilled student
     transfers to real images far better than from pixel noise or an untrained
-    :class:`InputGenerator` (``benchmarks/results/classwise_ceiling.md``), and training moves the
+    :class:`InputGenerator` (``benchmarks/results/datafree_ceiling.md``), and training moves the
     samples from there class by class.
 
     Parameters
