@@ -9,12 +9,15 @@ messages the engine's thread took 40 % of the simulation process's CPU in our pr
 holds the GIL the ServerApp needs); with 1,000 nodes it would take all of it.
 
 :func:`patch_simulation_engine` replaces that one method with one that keeps an index of the
-stored messages by destination node (rebuilt whenever a message is stored or deleted) and
+stored messages by destination node (rebuilt only after a message was stored or actually
+deleted: Flower calls ``delete_messages`` with an empty set for every message it checks, which
+must not invalidate the index) and
 checks only the node's own messages, with the same checks, in the same order, marking them
 delivered the same way. What differs: an expired message for another node is deleted when
 that node is polled (in the same sweep) rather than when any node is.
 
-It patches only Flower 1.42.0 (the version whose code was read and tested), only in the process
+It patches only Flower 1.42.0 (the version whose code was read and tested; on any other version
+it logs a WARNING naming both versions and leaves Flower alone), only in the process
 that calls it (in a simulation that is the process running both the ServerApp and the engine;
 in a deployment the link state lives in the SuperLink, where nothing is patched), and not at all
 when ``FEDKD_FLOWER_PATCHES=0``.
@@ -23,23 +26,36 @@ when ``FEDKD_FLOWER_PATCHES=0``.
 from __future__ import annotations
 
 import os
+from logging import WARNING
 from typing import Any
 
 PATCHED_FLOWER_VERSION = "1.42.0"
 ENV = "FEDKD_FLOWER_PATCHES"
 
 
-def patch_simulation_engine() -> bool:
-    """Install the indexed ``get_message_ins``; returns whether it is (now) installed."""
+def patch_simulation_engine(*, version: str | None = None) -> bool:
+    """Install the indexed ``get_message_ins``; returns whether it is (now) installed.
+
+    ``version`` is the Flower version to check against :data:`PATCHED_FLOWER_VERSION`
+    (default: the installed ``flwr.__version__``; tests pass another one). On a mismatch
+    nothing is patched and a WARNING says so on Flower's logger.
+    """
     if os.environ.get(ENV, "1").strip().lower() in ("0", "off", "false", "no"):
         return False
     try:
         import flwr
+        from flwr.common.logger import log
         from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
         from flwr.supercore.date import now
     except ImportError:  # pragma: no cover - another Flower layout
         return False
-    if getattr(flwr, "__version__", None) != PATCHED_FLOWER_VERSION:
+    if version is None:
+        version = getattr(flwr, "__version__", None)
+    if version != PATCHED_FLOWER_VERSION:
+        log(WARNING, "[fedkd] Flower %s is installed, but fedkd's simulation-engine polling patch "
+            "(fedkd/flower_patches.py) is pinned to Flower %s: the polling patch is OFF "
+            "(Flower's own get_message_ins, O(nodes x messages) per poll)",
+            version, PATCHED_FLOWER_VERSION)
         return False
     if getattr(InMemoryLinkState.get_message_ins, "_fedkd_patched", False):
         return True
@@ -54,10 +70,18 @@ def patch_simulation_engine() -> bool:
             self.__dict__["_fedkd_generation"] = self.__dict__.get("_fedkd_generation", 0) + 1
 
     def delete_messages(self: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return original_delete(self, *args, **kwargs)
-        finally:
-            self.__dict__["_fedkd_generation"] = self.__dict__.get("_fedkd_generation", 0) + 1
+        # Flower calls this with an empty set for every message it checks (every poll): only a
+        # call that removed a stored instruction invalidates the index. Replies live in another
+        # store; the index does not see them. The lock is an RLock, so no store can slip in
+        # between the two lengths.
+        with self.lock:
+            before = len(self.message_ins_store)
+            try:
+                return original_delete(self, *args, **kwargs)
+            finally:
+                if len(self.message_ins_store) != before:
+                    self.__dict__["_fedkd_generation"] = (
+                        self.__dict__.get("_fedkd_generation", 0) + 1)
 
     def _by_destination(self: Any) -> dict[int, list[str]]:
         generation = self.__dict__.get("_fedkd_generation", 0)

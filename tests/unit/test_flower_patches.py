@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 import uuid
@@ -15,7 +16,11 @@ from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME
 from flwr.supercore.object_store import ObjectStoreFactory
 from flwr.superlink.federation import NoOpFederationManager
 
-from fedkd.flower_patches import patch_simulation_engine, unpatch_simulation_engine
+from fedkd.flower_patches import (
+    PATCHED_FLOWER_VERSION,
+    patch_simulation_engine,
+    unpatch_simulation_engine,
+)
 
 
 def _state() -> tuple[InMemoryLinkState, int, list[int]]:
@@ -101,3 +106,74 @@ def test_the_patch_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FEDKD_FLOWER_PATCHES", "0")
     assert not patch_simulation_engine()
     assert not getattr(InMemoryLinkState.get_message_ins, "_fedkd_patched", False)
+
+
+class _RebuildCounter:
+    """Counts rebuilds of the patch's per-destination index: each rebuild stores a new tuple."""
+
+    def __init__(self, state: InMemoryLinkState) -> None:
+        self.state = state
+        self.last = state.__dict__.get("_fedkd_index")
+        self.rebuilds = 0
+
+    def check(self) -> None:
+        current = self.state.__dict__.get("_fedkd_index")
+        if current is not self.last:  # self.last stays referenced: no identity reuse
+            self.rebuilds += 1
+            self.last = current
+
+
+def test_polls_do_not_rebuild_the_index() -> None:
+    """Flower's empty ``delete_messages`` calls (one per checked message) keep the index."""
+    assert patch_simulation_engine()
+    state, run_id, nodes = _state()
+    ids = [str(uuid.UUID(int=i)) for i in range(20)]
+    for i, msg_id in enumerate(ids):
+        _store(state, run_id, nodes[i % 4], msg_id)
+    counter = _RebuildCounter(state)
+    delivered = []
+    for poll in range(36):  # as the engine polls, plus an explicit empty deletion
+        delivered += state.get_message_ins(nodes[poll % 12], limit=1)
+        state.delete_messages(set())
+        counter.check()
+    assert counter.rebuilds == 1  # the first poll builds it; the old code rebuilt it 36 times
+    assert len(delivered) == 12  # nodes 0-3 got one message per poll, 3 polls each
+    state.delete_messages(message_ins_ids={ids[0]})  # a real deletion
+    state.get_message_ins(nodes[0], limit=1)
+    counter.check()
+    assert counter.rebuilds == 2
+    state.delete_messages(message_ins_ids={str(uuid.UUID(int=999))})  # not stored: no change
+    state.get_message_ins(nodes[1], limit=1)
+    counter.check()
+    assert counter.rebuilds == 2
+    _store(state, run_id, nodes[5], ids[0])  # a store rebuilds it too
+    assert [m.metadata.message_id for m in state.get_message_ins(nodes[5], limit=1)] == [ids[0]]
+    counter.check()
+    assert counter.rebuilds == 3
+
+
+def test_another_flower_version_is_refused_loudly(caplog: pytest.LogCaptureFixture) -> None:
+    unpatch_simulation_engine()
+    with caplog.at_level(logging.WARNING):
+        assert patch_simulation_engine(version="1.43.0") is False
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    message = warnings[0].getMessage()
+    assert "1.43.0" in message and PATCHED_FLOWER_VERSION in message
+    assert "polling patch is OFF" in message
+    assert not getattr(InMemoryLinkState.get_message_ins, "_fedkd_patched", False)
+
+
+def test_the_installed_flower_version_is_checked(monkeypatch: pytest.MonkeyPatch,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    import flwr
+
+    unpatch_simulation_engine()
+    monkeypatch.setattr(flwr, "__version__", "1.41.9")
+    with caplog.at_level(logging.WARNING):
+        assert patch_simulation_engine() is False
+    assert any("1.41.9" in r.getMessage() for r in caplog.records)
+    monkeypatch.setattr(flwr, "__version__", PATCHED_FLOWER_VERSION)
+    caplog.clear()
+    assert patch_simulation_engine() is True
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
