@@ -7,9 +7,11 @@ apps turn them into Flower ``RecordDict`` objects with :func:`encode` and back w
 
 Every algorithm declares, per phase, a :class:`PhaseSpec`: the message type, and for the reply
 the arrays it may contain (:class:`ArraySpec`: shape, dtype, value bounds), the metrics it must
-contain, and a size bound. The server calls :func:`validate_reply` on every reply before it is
-used; an invalid reply raises :class:`InvalidReply` with a reason, and the round loop counts and
-skips it.
+contain, a size bound, and the least ``num-examples`` a reply may claim. The server calls
+:func:`validate_reply` on every reply before it is used, with the largest ``num-examples`` it
+believes (``max_num_examples``: FedAvg weighs a client by that number, so an unbounded claim
+would let one client take over the global model); an invalid reply raises :class:`InvalidReply`
+with a reason, and the round loop counts and skips it.
 """
 
 from __future__ import annotations
@@ -104,6 +106,10 @@ class PhaseSpec:
     check
         Optional check of the decoded reply's meaning (e.g. counts consistent with the work
         asked for); raises :class:`InvalidReply`. Runs after every structural check passed.
+    min_num_examples
+        Least ``num-examples`` a reply may claim (an integer >= 0). A phase whose
+        ``num-examples`` is used as a weight (FedAvg's fit) declares 1: a weight of 0 from every
+        client would leave nothing to average.
     """
 
     name: str
@@ -112,11 +118,16 @@ class PhaseSpec:
     reply_metrics: tuple[str, ...] = ()
     max_reply_bytes: int | None = None
     check: Callable[[Payload], None] | None = None
+    min_num_examples: int = 0
 
     def __post_init__(self) -> None:
         base = self.message_type.split(".", 1)[0]
         if base not in (MessageType.TRAIN, MessageType.EVALUATE, MessageType.QUERY):
             raise ValueError(f"phase {self.name!r}: invalid message type {self.message_type!r}")
+        if (not isinstance(self.min_num_examples, int) or isinstance(self.min_num_examples, bool)
+                or self.min_num_examples < 0):
+            raise ValueError(f"phase {self.name!r}: min_num_examples must be an integer >= 0, "
+                             f"got {self.min_num_examples!r}")
 
     @property
     def reply_byte_bound(self) -> int | None:
@@ -223,17 +234,31 @@ def content_nbytes(content: RecordDict) -> int:
     return sum(rec.count_bytes() for rec in content.values())
 
 
-def validate_reply(content: RecordDict, spec: PhaseSpec) -> Payload:
+def validate_reply(content: RecordDict, spec: PhaseSpec, *,
+                   max_num_examples: int | None = None) -> Payload:
     """Check a client reply against ``spec`` and return it decoded (arrays: read-only views of
     the reply's bytes; copy one before changing it in place).
+
+    ``max_num_examples``: the largest ``num-examples`` a reply may claim (``None``: no upper
+    bound); the least is ``spec.min_num_examples``.
 
     Raises
     ------
     InvalidReply
         On an unexpected record, an undeclared or missing array, a wrong dtype or shape, a payload
         whose byte length does not match its declared shape, a non-finite or out-of-bounds value,
-        a missing or non-finite metric, or a reply larger than the phase's bound.
+        a missing metric, a metric value that is not a finite number representable as a float
+        (lists: every item), a ``num-examples`` that is not an integer or lies outside
+        ``[spec.min_num_examples, max_num_examples]``, or a reply larger than the phase's bound.
+    ValueError
+        If ``max_num_examples`` is not an integer >= ``spec.min_num_examples`` (a caller's error,
+        not the client's).
     """
+    if max_num_examples is not None and (
+            not isinstance(max_num_examples, int) or isinstance(max_num_examples, bool)
+            or max_num_examples < spec.min_num_examples):
+        raise ValueError(f"max_num_examples must be an integer >= the phase {spec.name!r}'s "
+                         f"min_num_examples ({spec.min_num_examples}), got {max_num_examples!r}")
     unexpected = set(content.keys()) - {ARRAYS_KEY, CONFIG_KEY, METRICS_KEY}
     if unexpected:
         raise InvalidReply(f"unexpected records {sorted(unexpected)}")
@@ -266,19 +291,58 @@ def validate_reply(content: RecordDict, spec: PhaseSpec) -> Payload:
     for key in (*REQUIRED_METRICS, *spec.reply_metrics):
         if key not in metrics:
             raise InvalidReply(f"missing metric {key!r}")
+    _check_num_examples(metrics["num-examples"], spec, max_num_examples)
     for key, value in metrics.items():
-        values = value if isinstance(value, list) else [value]
-        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
-            raise InvalidReply(f"metric {key!r} is not finite")
-    n = metrics["num-examples"]
-    if not isinstance(n, int) or n < 0:
-        raise InvalidReply(f"metric 'num-examples' must be a non-negative integer, got {n!r}")
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                _check_metric_value(f"metric {key!r} item {i}", item)
+        else:
+            _check_metric_value(f"metric {key!r}", value)
 
     config_rec = content.get(CONFIG_KEY)
     payload = Payload(arrays=arrays, config=dict(config_rec) if config_rec else {}, metrics=metrics)
     if spec.check is not None:
         spec.check(payload)
     return payload
+
+
+def _show_int(n: int) -> str:
+    """``n`` for a reason string; a huge one by its size, not its hundreds of digits."""
+    if n.bit_length() <= 64:
+        return str(n)
+    return f"{'-' if n < 0 else ''}<integer of {n.bit_length()} bits>"
+
+
+def _check_num_examples(n: object, spec: PhaseSpec, max_num_examples: int | None) -> None:
+    """``num-examples``: an integer (not a bool) within the phase's and the caller's bounds."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise InvalidReply(f"metric 'num-examples' must be an integer, got {type(n).__name__} "
+                           f"{n!r}")
+    if n < 0:
+        raise InvalidReply(f"metric 'num-examples' must be a non-negative integer, got "
+                           f"{_show_int(n)}")
+    if n < spec.min_num_examples:
+        raise InvalidReply(f"metric 'num-examples' = {n} is below the minimum of "
+                           f"{spec.min_num_examples} for phase {spec.name!r}")
+    if max_num_examples is not None and n > max_num_examples:
+        raise InvalidReply(f"metric 'num-examples' = {_show_int(n)} is above the maximum of "
+                           f"{max_num_examples} (max_num_examples)")
+
+
+def _check_metric_value(what: str, value: object) -> None:
+    """A metric value must be a finite int or float that a float can hold.
+
+    Bools pass (an int subclass; Flower's ``MetricRecord`` refuses them anyway), as before.
+    """
+    if not isinstance(value, (int, float)):
+        raise InvalidReply(f"{what} is not a number ({type(value).__name__})")
+    try:
+        finite = math.isfinite(value)  # converts an int to float: OverflowError if too large
+    except OverflowError:
+        raise InvalidReply(f"{what} is not finite as a float: {_show_int(int(value))} is too "
+                           "large for a float") from None
+    if not finite:
+        raise InvalidReply(f"{what} is not finite ({value!r})")
 
 
 def _npy_header_size(data: bytes) -> int:

@@ -124,3 +124,99 @@ def test_default_byte_bound_comes_from_declared_shapes() -> None:
 def test_invalid_message_type_rejected() -> None:
     with pytest.raises(ValueError, match="invalid message type"):
         PhaseSpec(name="x", message_type="push")
+
+
+# num-examples is FedAvg's averaging weight: bounded below by the phase, above by the caller.
+
+WEIGHTED = PhaseSpec(name="fit", min_num_examples=1)
+
+
+def metrics_only(**metrics: object) -> RecordDict:
+    return encode(Payload(metrics=metrics))  # type: ignore[arg-type]
+
+
+def test_zero_examples_rejected_where_the_phase_needs_a_weight() -> None:
+    with pytest.raises(InvalidReply,
+                       match=r"'num-examples' = 0 is below the minimum of 1 for phase 'fit'"):
+        validate_reply(metrics_only(**{"num-examples": 0}), WEIGHTED)
+    out = validate_reply(metrics_only(**{"num-examples": 0}), PhaseSpec(name="evaluate"))
+    assert out.metrics["num-examples"] == 0
+    assert PhaseSpec(name="x").min_num_examples == 0
+    assert validate_reply(metrics_only(**{"num-examples": 1}), WEIGHTED).metrics == {
+        "num-examples": 1}
+
+
+def test_a_huge_num_examples_claim_is_rejected_above_the_callers_maximum() -> None:
+    with pytest.raises(InvalidReply, match=r"'num-examples' = 4611686018427387904 is above the "
+                                           r"maximum of 1000000 \(max_num_examples\)"):
+        validate_reply(metrics_only(**{"num-examples": 2**62}), WEIGHTED,
+                       max_num_examples=10**6)
+    out = validate_reply(metrics_only(**{"num-examples": 10**6}), WEIGHTED, max_num_examples=10**6)
+    assert out.metrics["num-examples"] == 10**6
+    with pytest.raises(InvalidReply, match=r"above the maximum of 1000000"):
+        validate_reply(metrics_only(**{"num-examples": 10**6 + 1}), WEIGHTED,
+                       max_num_examples=10**6)
+    # Without a maximum the phase bound alone applies (the server passes one).
+    assert validate_reply(metrics_only(**{"num-examples": 2**62}), WEIGHTED).metrics[
+        "num-examples"] == 2**62
+
+
+def test_num_examples_above_any_float_names_its_size_not_its_digits() -> None:
+    with pytest.raises(InvalidReply, match=r"= <integer of 1101 bits> is above the maximum of 10 \(max"):
+        validate_reply(metrics_only(**{"num-examples": 2**1100}), WEIGHTED, max_num_examples=10)
+    with pytest.raises(InvalidReply, match=r"metric 'num-examples' is not finite as a float: "
+                                           r"<integer of 1101 bits> is too large for a float"):
+        validate_reply(metrics_only(**{"num-examples": 2**1100}), WEIGHTED)
+
+
+@pytest.mark.parametrize("value", [4.0, True, [4]])
+def test_num_examples_must_be_a_plain_integer(value: object) -> None:
+    content = metrics_only(**{"num-examples": 4})
+    content["metrics"]._data["num-examples"] = value  # MetricRecord itself refuses bools
+    with pytest.raises(InvalidReply, match=r"'num-examples' must be an integer, got "
+                                           rf"{type(value).__name__} "):
+        validate_reply(content, WEIGHTED, max_num_examples=10)
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (2**1100, r"metric 'loss' is not finite as a float: <integer of 1101 bits> is too large"),
+        (-(2**1100), r"metric 'loss' is not finite as a float: -<integer of 1101 bits>"),
+        ([1, 2**1100], r"metric 'loss' item 1 is not finite as a float: <integer of 1101 bits>"),
+        ([0.5, float("inf")], r"metric 'loss' item 1 is not finite \(inf\)"),
+        (float("-inf"), r"metric 'loss' is not finite \(-inf\)"),
+    ],
+)
+def test_metrics_a_float_cannot_hold_are_invalid_replies_not_overflow_errors(
+        value: object, reason: str) -> None:
+    content = metrics_only(**{"num-examples": 3, "loss": value})
+    with pytest.raises(InvalidReply, match=reason):
+        validate_reply(content, WEIGHTED)
+
+
+def test_finite_metrics_and_lists_of_them_still_pass() -> None:
+    content = metrics_only(**{"num-examples": 3, "loss": [0.5, 1e300, -1.0], "big": [2**62, -1], "acc": 0.9,
+                              "count": 2**1000})  # 2**1000 fits in a float (max ~2**1024)
+    out = validate_reply(content, WEIGHTED, max_num_examples=3)
+    assert out.metrics["big"] == [2**62, -1] and out.metrics["count"] == 2**1000
+
+
+def test_bool_metrics_are_accepted_as_before() -> None:
+    content = metrics_only(**{"num-examples": 3, "flag": 1})
+    content["metrics"]._data["flag"] = True  # only reachable past MetricRecord's own check
+    assert validate_reply(content, WEIGHTED).metrics["flag"] is True
+
+
+@pytest.mark.parametrize("bad", [-1, 1.0, True])
+def test_min_num_examples_must_be_a_non_negative_integer(bad: object) -> None:
+    with pytest.raises(ValueError, match=r"min_num_examples must be an integer >= 0"):
+        PhaseSpec(name="x", min_num_examples=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.0, True])
+def test_a_maximum_below_the_phase_minimum_is_the_callers_error(bad: object) -> None:
+    with pytest.raises(ValueError, match=r"max_num_examples must be an integer >= the phase "
+                                         r"'fit''s min_num_examples \(1\)"):
+        validate_reply(metrics_only(**{"num-examples": 3}), WEIGHTED,
+                       max_num_examples=bad)  # type: ignore[arg-type]

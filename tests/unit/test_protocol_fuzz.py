@@ -14,7 +14,9 @@ SPEC = PhaseSpec(
     reply_arrays={"logits": ArraySpec(shape=(16, 10), dtype="float32", low=-100.0, high=100.0),
                   "counts": ArraySpec(shape=(10,), dtype="int64", low=0)},
     reply_metrics=("loss",),
+    min_num_examples=1,
 )
+MAX_NUM_EXAMPLES = 10**6
 
 
 def valid(rng: np.random.Generator) -> dict:
@@ -32,7 +34,8 @@ def mutate(rng: np.random.Generator) -> tuple[RecordDict, str]:
         "nan", "inf", "huge", "negative-count", "shape-rows", "shape-cols", "extra-dim", "scalar",
         "dtype-f64", "dtype-f16", "dtype-int", "missing-key", "extra-key", "missing-metric",
         "nan-metric", "bad-num-examples", "truncated-bytes", "padded-bytes", "wrong-stype",
-        "extra-record", "metrics-not-record", "empty",
+        "extra-record", "metrics-not-record", "empty", "zero-num-examples", "huge-num-examples",
+        "overflow-metric", "overflow-metric-list",
     ])
     arrays = {"logits": parts["logits"], "counts": parts["counts"]}
     metrics = dict(parts["metrics"])
@@ -68,6 +71,14 @@ def mutate(rng: np.random.Generator) -> tuple[RecordDict, str]:
         metrics["loss"] = float("nan")
     elif kind == "bad-num-examples":
         metrics["num-examples"] = int(rng.choice([-1, -1000]))
+    elif kind == "zero-num-examples":
+        metrics["num-examples"] = 0
+    elif kind == "huge-num-examples":
+        metrics["num-examples"] = int(rng.choice([MAX_NUM_EXAMPLES + 1, 2**62, 2**63, 2**1100]))
+    elif kind == "overflow-metric":
+        metrics["loss"] = int(rng.choice([2**1024, 2**1100, -(2**2000)]))
+    elif kind == "overflow-metric-list":
+        metrics["per-class"] = [1, 2, 2**1100]
     content = encode(Payload(arrays=arrays, metrics=metrics))
     rec = content["arrays"]
     if kind == "truncated-bytes":
@@ -93,7 +104,8 @@ def test_a_valid_reply_passes() -> None:
     rng = np.random.default_rng(0)
     parts = valid(rng)
     metrics = parts.pop("metrics")
-    validate_reply(encode(Payload(arrays=parts, metrics=metrics)), SPEC)
+    validate_reply(encode(Payload(arrays=parts, metrics=metrics)), SPEC,
+                   max_num_examples=MAX_NUM_EXAMPLES)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -104,6 +116,6 @@ def test_mutated_replies_are_all_rejected_with_a_reason(seed: int) -> None:
         content, kind = mutate(rng)
         kinds.add(kind)
         with pytest.raises(InvalidReply) as info:  # any other exception is a crash: fails here
-            validate_reply(content, SPEC)
+            validate_reply(content, SPEC, max_num_examples=MAX_NUM_EXAMPLES)
         assert str(info.value), kind
-    assert len(kinds) >= 20  # the mutations really were varied
+    assert len(kinds) >= 24  # the mutations really were varied
