@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import math
+import reprlib
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Union
@@ -317,7 +318,7 @@ def _check_num_examples(n: object, spec: PhaseSpec, max_num_examples: int | None
     """``num-examples``: an integer (not a bool) within the phase's and the caller's bounds."""
     if isinstance(n, bool) or not isinstance(n, int):
         raise InvalidReply(f"metric 'num-examples' must be an integer, got {type(n).__name__} "
-                           f"{n!r}")
+                           f"{reprlib.repr(n)}")  # a hostile list: its first items only
     if n < 0:
         raise InvalidReply(f"metric 'num-examples' must be a non-negative integer, got "
                            f"{_show_int(n)}")

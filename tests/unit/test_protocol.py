@@ -220,3 +220,11 @@ def test_a_maximum_below_the_phase_minimum_is_the_callers_error(bad: object) -> 
                                          r"'fit''s min_num_examples \(1\)"):
         validate_reply(metrics_only(**{"num-examples": 3}), WEIGHTED,
                        max_num_examples=bad)  # type: ignore[arg-type]
+
+
+def test_a_long_list_as_num_examples_gives_a_short_reason() -> None:
+    content = metrics_only(**{"num-examples": list(range(10**5))})
+    with pytest.raises(InvalidReply) as info:
+        validate_reply(content, PhaseSpec(name="fit", min_num_examples=1, max_reply_bytes=10**7))
+    assert str(info.value) == ("metric 'num-examples' must be an integer, got list "
+                               "[0, 1, 2, 3, 4, 5, ...]")
