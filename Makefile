@@ -1,5 +1,6 @@
-# fedkd: `make run` runs the main job, `make test` runs the tests. Both set everything up first
-# (virtualenv with pinned dependencies, Debian's Fashion-MNIST package) and reuse it next time.
+# fedkd: `make run` runs the main job, `make test` runs the tests, `make test-e2e` the deployment
+# tests (marker e2e: real SuperLink + SuperNodes, left out of `make test`). All set everything up
+# first (virtualenv with pinned dependencies, Debian's Fashion-MNIST package), reused next time.
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 # This machine's pip config names local package folders that may be absent; hide that noise.
@@ -11,13 +12,17 @@ STAMP := $(VENV)/.fedkd-installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 PYTEST_ARGS ?=
 
-.PHONY: run test setup data
+.PHONY: run test test-e2e setup data
 
 run: setup data
 	$(PY) -m simulations.run
 
 test: setup data
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# `-m e2e` on the command line replaces the `-m 'not e2e'` of pyproject's addopts.
+test-e2e: setup data
+	$(PY) -m pytest -m e2e $(PYTEST_ARGS)
 
 setup: $(STAMP)
 
