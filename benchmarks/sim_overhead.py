@@ -70,6 +70,7 @@ if str(ROOT) not in sys.path:  # `python benchmarks/sim_overhead.py` as well as 
     sys.path.insert(0, str(ROOT))
 
 from fedkd.algorithms import ALGORITHMS  # noqa: E402
+from fedkd.compose import build_config
 from fedkd.config import RunConfig, pyproject_defaults  # noqa: E402
 from fedkd.data.datasets import load_dataset  # noqa: E402
 from fedkd.data.federated import load_federated  # noqa: E402
@@ -118,7 +119,7 @@ def run_settings(args: argparse.Namespace, train_size: int) -> dict[str, Any]:
 def run_config(settings: dict[str, Any], out_dir: Path, run_name: str) -> RunConfig:
     flat = {**pyproject_defaults(ROOT / "pyproject.toml"), **settings,
             "output.dir": str(out_dir), "output.run-name": run_name}
-    return RunConfig.from_flat(flat)
+    return build_config(flat)
 
 
 # --------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from flwr.clientapp import ClientApp
 
 from fedkd.algorithms import ALGORITHMS, Algorithm, ClientContext
 from fedkd.attacks import apply_attack
+from fedkd.compose import build_algorithm, build_config
 from fedkd.config import RunConfig
 from fedkd.data.datasets import DATASETS, ArrayDataset
 from fedkd.data.device import load_device_data
@@ -55,12 +56,12 @@ PRIVACY_PREFIX = "privacy/"
 
 @functools.lru_cache(maxsize=8)
 def _config(items: tuple[tuple[str, object], ...]) -> RunConfig:
-    return RunConfig.from_flat(dict(items))
+    return build_config(dict(items))
 
 
 @functools.lru_cache(maxsize=8)
 def _algorithm(cfg: RunConfig, num_classes: int, input_shape: tuple[int, int, int]) -> Algorithm:
-    return ALGORITHMS.get(cfg.algorithm)(cfg, num_classes, input_shape)
+    return build_algorithm(cfg, num_classes, input_shape)
 
 
 def _model_name(cfg: RunConfig, node_config: Mapping[str, Any], partition_id: int) -> str:

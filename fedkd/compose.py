@@ -1,27 +1,91 @@
-"""The composition root: run configuration -> validated :class:`RunConfig` -> algorithm.
+"""The composition root: a flat run configuration -> a validated :class:`RunConfig` -> objects.
 
-Every entry point (the ServerApp, the ClientApp, the ``fedkd`` CLI, ``make run``) builds what a
-run needs through these functions and nothing else, so a configuration that the launcher accepts
-is exactly one the apps accept.
+Every entry point (the ServerApp, the ClientApp, the ``fedkd`` CLI and ``make run``) builds what a
+run needs through these functions, so a configuration that the launcher accepts is exactly one
+that the apps accept, and every check (keys, types, names, the rule's options, the privacy
+accountants, the algorithm's own :meth:`~fedkd.algorithms.Algorithm.check_config`) runs before
+any process starts.
+
+Plugins are found, not listed: importing :mod:`fedkd.algorithms` and :mod:`fedkd.aggregation`
+imports every module in them, and each module registers itself (and its config sections).
+Packages outside fedkd can add plugins through the ``fedkd.plugins`` entry-point group: each
+entry point names a module to import.
+
+Layers (each imports only those before it): ``errors``, ``registry`` < ``data``, ``models``,
+``losses``, ``attacks`` < ``config`` < ``aggregation``, ``privacy``, ``protocol`` < ``training`` <
+``algorithms`` < ``compose`` < ``server``, ``client``, the CLI. A test imports each package alone.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 from collections.abc import Mapping
+from importlib.metadata import entry_points
 
-from fedkd.config import RunConfig, Scalar
+from fedkd.config import SECTIONS, RunConfig, Scalar
 from fedkd.errors import ConfigError
+
+__all__ = ["ConfigError", "build_algorithm", "build_config", "load_plugins"]
+
+ENTRY_POINT_GROUP = "fedkd.plugins"
+
+
+@functools.cache
+def load_plugins() -> tuple[str, ...]:
+    """Import every algorithm and rule (fedkd's own and the ``fedkd.plugins`` entry points).
+
+    Idempotent; returns the names of the external plugin modules imported.
+    """
+    importlib.import_module("fedkd.aggregation")
+    importlib.import_module("fedkd.algorithms")
+    importlib.import_module("fedkd.models")
+    external = []
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        importlib.import_module(ep.value)
+        external.append(ep.value)
+    return tuple(external)
 
 
 def build_config(flat: Mapping[str, Scalar]) -> RunConfig:
-    """Validate a flat run config completely (the algorithm's own checks included)."""
+    """Validate a flat run config completely and return it as a :class:`RunConfig`.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown key, a wrong type or value, an unknown algorithm, model, rule, dataset or
+        accountant, or a combination the algorithm refuses; the message names the key and,
+        for names, lists the valid ones.
+    """
+    load_plugins()
+    from fedkd.aggregation import build_rule
     from fedkd.algorithms import ALGORITHMS
     from fedkd.data.datasets import DATASETS
+    from fedkd.models import MODELS
+    from fedkd.privacy import check_privacy_config
 
-    cfg = RunConfig.from_flat(flat)
-    source = DATASETS.get(cfg.data.dataset)
-    ALGORITHMS.get(cfg.algorithm)(cfg, source.num_classes, source.input_shape)
+    cfg = RunConfig.from_flat(flat, sections=SECTIONS)
+    checks = [(ALGORITHMS, cfg.algorithm, "algorithm"), (MODELS, cfg.train.model, "train.model"),
+              (DATASETS, cfg.data.dataset, "data.dataset")]
+    checks += [(MODELS, m, "train.client-models") for m in cfg.train.client_model_list]
+    for registry, name, key in checks:
+        if name not in registry:
+            raise ConfigError(f"{key}: unknown {registry.kind} {name!r}; valid names: "
+                              f"{', '.join(registry.names())}")
+    build_rule(cfg)
+    from fedkd.losses import DISTILLATION_LOSSES
+
+    if cfg.distill.loss not in DISTILLATION_LOSSES:
+        raise ConfigError(f"distill.loss: unknown distillation loss {cfg.distill.loss!r}; valid "
+                          f"names: {', '.join(sorted(DISTILLATION_LOSSES))}")
+    check_privacy_config(cfg.privacy)
+    ALGORITHMS.get(cfg.algorithm).check_config(cfg)
     return cfg
 
 
-__all__ = ["ConfigError", "build_config"]
+def build_algorithm(cfg: RunConfig, num_classes: int, input_shape: tuple[int, int, int]):  # -> Algorithm
+    """The configured algorithm for a dataset of ``num_classes`` and ``input_shape``."""
+    load_plugins()
+    from fedkd.algorithms import ALGORITHMS
+
+    return ALGORITHMS.get(cfg.algorithm)(cfg, num_classes, input_shape)

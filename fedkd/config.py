@@ -9,6 +9,14 @@ into a tree of frozen dataclasses, once, at the app boundary:
 * ``<section>.<key>`` maps to field ``<key>`` (hyphens become underscores) of the section's
   dataclass (``data`` -> :class:`fedkd.data.DataSpec`, ``train`` -> :class:`TrainConfig`...).
 
+Plugin sections: an algorithm or an aggregation rule owns its own section, a frozen dataclass
+next to its code, registered with :func:`register_section` when its module is imported (the
+``fedgen`` section lives in ``fedkd/algorithms/fedgen.py``; a rule's options under
+``aggregation.<rule>``, e.g. ``aggregation.pate.sigma``). :meth:`RunConfig.from_flat` takes the
+registered sections; :func:`fedkd.compose.build_config` is the one place that loads every plugin
+and builds the whole configuration. This module imports nothing of fedkd but the data spec, the
+attack registry and the errors: it is the bottom layer the others build on.
+
 Unknown keys, values of the wrong type and out-of-range values raise :class:`ConfigError` naming
 the key, so a typo never silently falls back to a default. :func:`to_flat` is the inverse and is
 what ``outputs/<run>/config.json`` records; a test keeps the defaults here and in
@@ -28,13 +36,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+from fedkd.attacks import ATTACKS
 from fedkd.data.federated import DataSpec
+from fedkd.errors import ConfigError
 
 Scalar = Union[bool, int, float, str]
 
+#: Sections owned by plugins (algorithms, aggregation rules): dotted path -> frozen dataclass.
+SECTIONS: dict[str, type] = {}
 
-class ConfigError(ValueError):
-    """A run-config key is unknown, has the wrong type, or an invalid value."""
+
+def register_section(path: str, cls: type) -> None:
+    """Register ``cls`` (a frozen dataclass) as the config section at ``path`` (``"fedgen"``,
+    ``"aggregation.pate"``). Registering the same class twice is a no-op; another class at a
+    taken path, or a path of a core section, is an error."""
+    if not (dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen):  # type: ignore[attr-defined]
+        raise TypeError(f"config section {path!r}: {cls!r} is not a frozen dataclass")
+    if path.split(".", 1)[0] in _core_fields() and "." not in path:
+        raise ValueError(f"config section {path!r} is a core section of RunConfig")
+    if SECTIONS.get(path, cls) is not cls:
+        raise ValueError(f"config section {path!r} is already owned by {SECTIONS[path].__qualname__}")
+    SECTIONS[path] = cls
+
+
+def _core_fields() -> set[str]:
+    return {_key(f.name) for f in dataclasses.fields(RunConfig) if f.name != "sections"}
 
 
 def _positive(name: str, value: float) -> None:
@@ -128,67 +154,33 @@ class FederationConfig:
 class AggregationConfig:
     """The multi-teacher aggregation rule for logit-sharing algorithms (``aggregation.*`` keys).
 
-    ``rule`` names an entry of :data:`fedkd.aggregation.AGGREGATORS`; the other keys are the
-    rules' options (each rule uses those that apply to it).
+    ``rule`` names an entry of :data:`fedkd.aggregation.AGGREGATORS`; ``temperature`` softens every
+    teacher; ``max-abs-logit`` bounds every logit a reply may carry. A rule's own options are its
+    section ``aggregation.<rule>`` (its ``Options`` dataclass, next to the rule's code);
+    :func:`fedkd.aggregation.build_rule` builds the configured rule.
     """
 
     rule: str = "mean"
     temperature: float = 1.0
-    trim_fraction: float = 0.2
-    era_temperature: float = 0.1
-    era_mode: str = "temperature"
-    era_beta: float = 2.0
-    pate_sigma: float = 40.0
-    pate_threshold: float = 0.0
-    pate_sigma_threshold: float = 150.0
     max_abs_logit: float = 1000.0
 
     def __post_init__(self) -> None:
         _positive("aggregation.temperature", self.temperature)
         _positive("aggregation.max-abs-logit", self.max_abs_logit)
-        if not 0.0 <= self.trim_fraction < 0.5:
-            raise ConfigError(
-                f"aggregation.trim-fraction must be in [0, 0.5), got {self.trim_fraction!r}"
-            )
-        if self.era_mode not in ("temperature", "power"):
-            raise ConfigError(
-                f"aggregation.era-mode must be 'temperature' or 'power', got {self.era_mode!r}"
-            )
-        self.build()  # the rule validates its own options: fail now, not in round 1
-
-    def build(self):  # -> AggregationRule (import kept local: aggregation imports nothing here)
-        """The configured rule, with the options that apply to it."""
-        from fedkd.aggregation import AGGREGATORS, build_aggregator
-
-        options: dict[str, Any] = {"temperature": self.temperature}
-        if self.rule == "trimmed-mean":
-            options["trim_fraction"] = self.trim_fraction
-        elif self.rule == "era":
-            options.update(era_temperature=self.era_temperature, mode=self.era_mode,
-                           beta=self.era_beta)
-        elif self.rule == "pate":
-            options.update(sigma=self.pate_sigma, sigma_threshold=self.pate_sigma_threshold,
-                           threshold=self.pate_threshold if self.pate_threshold > 0 else None)
-        if self.rule not in AGGREGATORS:
-            raise ConfigError(
-                f"aggregation.rule: unknown aggregation rule {self.rule!r}; valid names: "
-                f"{', '.join(AGGREGATORS.names())}"
-            )
-        try:
-            return build_aggregator(self.rule, **options)
-        except ValueError as err:
-            raise ConfigError(f"aggregation: {err}") from err
 
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """Client-side distillation towards aggregated targets, used by FD and FedMD (``distill.*``).
+    """Distillation towards aggregated targets, shared by the distilling algorithms (``distill.*``).
 
-    ``weight`` is FD's gamma (CE + weight * T^2 * KL); ``steps`` are FedMD's digest steps on the
-    public batch per round; ``exclude-self`` is FD's rule of leaving a client's own logits out of
-    its targets (Jeong et al. 2018).
+    ``loss`` names the distillation loss in :data:`fedkd.losses.DISTILLATION_LOSSES` (``kl``:
+    T^2 KL on softened probabilities; ``l1-logits``: FedMD's L1 on logits; ``mse-logits``);
+    ``weight`` is FD's gamma (CE + weight * distillation loss); ``steps`` are FedMD's digest steps
+    on the public batch per round; ``exclude-self`` is FD's rule of leaving a client's own logits
+    out of its targets (Jeong et al. 2018).
     """
 
+    loss: str = "kl"
     weight: float = 1.0
     temperature: float = 1.0
     steps: int = 20
@@ -203,67 +195,6 @@ class DistillConfig:
         for name in ("weight", "steps", "server_steps", "pretrain_public_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"distill.{name.replace('_', '-')} must be >= 0")
-
-
-#: ``fedgen.input-generator`` values: fedgen-logits' generator class (fedkd.models.generators).
-INPUT_GENERATORS = ("conv", "low-frequency")
-
-
-@dataclass(frozen=True)
-class FedGenConfig:
-    """Data-free distillation with a server-side generator (``fedgen.*`` keys).
-
-    ``fedgen`` (the paper, a weight-sharing baseline) uses ``teacher-loss``, ``generator-*``,
-    ``diversity-weight``, ``alpha0``, ``beta0``, ``decay`` and ``lr-decay`` as in the official
-    code; ``fedgen-logits`` uses ``generator-*``, ``diversity-weight``, ``synthetic-batch``,
-    ``student-ce-weight``, ``adversarial-weight``, ``generator-queries``, ``zo-directions``, ``zo-epsilon``,
-    ``teacher-ce-weight``, ``input-generator`` (``"conv"``: :class:`InputGenerator`;
-    ``"low-frequency"``: :class:`LowFrequencyGenerator` with ``frequencies`` and ``prior-scale``),
-    ``decay`` and the ``distill.*`` keys.
-    """
-
-    teacher_loss: str = "code"
-    generator_steps: int = 50
-    generator_lr: float = 3e-4
-    generator_batch: int = 32
-    diversity_weight: float = 1.0
-    alpha0: float = 10.0
-    beta0: float = 10.0
-    decay: float = 0.98
-    lr_decay: float = 0.99
-    synthetic_batch: int = 256
-    replay_rounds: int = 10
-    student_ce_weight: float = 0.0
-    adversarial_weight: float = 0.0
-    generator_queries: int = 1
-    zo_directions: int = 0
-    zo_epsilon: float = 1e-3
-    teacher_ce_weight: float = 1.0
-    input_generator: str = "conv"
-    frequencies: int = 7
-    prior_scale: float = 3.0
-
-    def __post_init__(self) -> None:
-        if self.input_generator not in INPUT_GENERATORS:
-            raise ConfigError(f"fedgen.input-generator must be one of {', '.join(INPUT_GENERATORS)}, "
-                              f"got {self.input_generator!r}")
-        _positive("fedgen.frequencies", self.frequencies)
-        _positive("fedgen.prior-scale", self.prior_scale)
-        if self.teacher_loss not in ("code", "weighted"):
-            raise ConfigError(
-                f"fedgen.teacher-loss must be 'code' or 'weighted', got {self.teacher_loss!r}"
-            )
-        for name in ("generator_lr", "generator_batch", "synthetic_batch", "replay_rounds",
-                     "generator_queries"):
-            _positive(f"fedgen.{name.replace('_', '-')}", getattr(self, name))
-        _positive("fedgen.zo-epsilon", self.zo_epsilon)
-        for name in ("diversity_weight", "alpha0", "beta0", "student_ce_weight",
-                     "adversarial_weight", "zo_directions", "teacher_ce_weight", "generator_steps"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"fedgen.{name.replace('_', '-')} must be >= 0")
-        for name in ("decay", "lr_decay"):
-            if not 0 < getattr(self, name) <= 1:
-                raise ConfigError(f"fedgen.{name.replace('_', '-')} must be in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -300,12 +231,6 @@ class PrivacyConfig:
         for name in ("noise_multiplier", "target_epsilon", "epsilon_budget", "output_noise"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"privacy.{name.replace('_', '-')} must be >= 0")
-        if self.accountant not in ("rdp", "prv"):
-            raise ConfigError(f"privacy.accountant must be 'rdp' or 'prv', got {self.accountant!r}")
-        if self.server_accountant not in ("rdp", "pld"):
-            raise ConfigError(
-                f"privacy.server-accountant must be 'rdp' or 'pld', got {self.server_accountant!r}"
-            )
         if self.grad_sample_mode not in ("hooks", "ghost"):
             raise ConfigError(
                 "privacy.grad-sample-mode must be 'hooks' or 'ghost' (the modes that handle the "
@@ -342,8 +267,6 @@ class AttackConfig:
             ) from None
 
     def __post_init__(self) -> None:
-        from fedkd.attacks import ATTACKS
-
         _ = self.partition_ids
         if self.mode != "none" and self.mode not in ATTACKS:
             raise ConfigError(
@@ -378,7 +301,13 @@ class OutputConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """The whole run configuration; build it with :meth:`from_flat`."""
+    """The whole run configuration: the core sections and the plugins' own sections.
+
+    Build it with :func:`fedkd.compose.build_config` (every plugin loaded, every name and the
+    algorithm's own checks validated) or, for the core sections and given plugin sections only,
+    :meth:`from_flat`. ``sections`` holds the plugin sections as sorted ``(path, instance)``
+    pairs; read one with :meth:`section`.
+    """
 
     algorithm: str = "fedavg"
     seed: int = 0
@@ -388,40 +317,59 @@ class RunConfig:
     federation: FederationConfig = field(default_factory=FederationConfig)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
-    fedgen: FedGenConfig = field(default_factory=FedGenConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    sections: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         _positive("num-server-rounds", self.num_server_rounds)
-        # Imported here: the registries import modules that import this one.
-        from fedkd.aggregation import AGGREGATORS
-        from fedkd.algorithms import ALGORITHMS
-        from fedkd.models import MODELS
 
-        checks = [(ALGORITHMS, self.algorithm, "algorithm"), (MODELS, self.train.model, "train.model")]
-        checks += [(MODELS, m, "train.client-models") for m in self.train.client_model_list]
-        checks += [(AGGREGATORS, self.aggregation.rule, "aggregation.rule")]
-        for registry, name, key in checks:
-            if name not in registry:
-                raise ConfigError(
-                    f"{key}: unknown {registry.kind} {name!r}; valid names: "
-                    f"{', '.join(registry.names())}"
-                )
+    def section(self, path: str) -> Any:
+        """The plugin section at ``path`` (``"fedgen"``, ``"aggregation.pate"``)."""
+        for name, value in self.sections:
+            if name == path:
+                return value
+        raise KeyError(f"no config section {path!r} in this configuration; sections: "
+                       f"{', '.join(n for n, _ in self.sections) or '(none)'}")
+
+    def has_section(self, path: str) -> bool:
+        return any(name == path for name, _ in self.sections)
 
     @classmethod
-    def from_flat(cls, flat: Mapping[str, Scalar]) -> RunConfig:
+    def from_flat(cls, flat: Mapping[str, Scalar],
+                  sections: Mapping[str, type] | None = None) -> RunConfig:
         """Build the configuration from a flat Flower ``run_config``.
 
-        Keys not given keep their defaults. Raises :class:`ConfigError` for an unknown key, a
-        value of the wrong type, or a value the section rejects.
+        ``sections`` are the plugin sections to build (path -> dataclass; default: none). Keys
+        not given keep their defaults. Raises :class:`ConfigError` for an unknown key, a value of
+        the wrong type, or a value a section rejects.
         """
-        return _build(cls, flat, prefix="")
+        sections = dict(sections or {})
+        core: dict[str, Scalar] = {}
+        routed: dict[str, dict[str, Scalar]] = {path: {} for path in sections}
+        for key, value in flat.items():
+            owner = max((p for p in sections if key.startswith(p + ".")), key=len, default=None)
+            if owner is None:
+                core[key] = value
+            else:
+                routed[owner][key[len(owner) + 1:]] = value
+        try:
+            cfg = _build(cls, core, prefix="")
+        except ConfigError as err:
+            if sections and str(err).startswith("unknown config key"):
+                raise ConfigError(f"{err}; plugin sections: {', '.join(sorted(sections))}") from None
+            raise
+        built = tuple((path, _build(sections[path], routed[path], prefix=path + "."))
+                      for path in sorted(sections))
+        return dataclasses.replace(cfg, sections=built)
 
     def to_flat(self) -> dict[str, Scalar]:
         """The flat ``run_config`` mapping this configuration was (or could be) built from."""
-        return _flatten(self, prefix="")
+        out = _flatten(self, prefix="")
+        for path, value in self.sections:
+            out.update(_flatten(value, prefix=path + "."))
+        return out
 
     def with_overrides(self, **sections: Any) -> RunConfig:
         """A copy with whole fields replaced (``cfg.with_overrides(seed=1)``)."""
@@ -487,7 +435,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
 
 def _build(cls: type, flat: Mapping[str, Scalar], prefix: str) -> Any:
     hints = _hints(cls)
-    fields = {_key(f.name): f for f in dataclasses.fields(cls)}
+    fields = {_key(f.name): f for f in dataclasses.fields(cls) if f.name != "sections"}
     kwargs: dict[str, Any] = {}
     sections: dict[str, dict[str, Scalar]] = {}
     for key, value in flat.items():
@@ -519,6 +467,8 @@ def _build(cls: type, flat: Mapping[str, Scalar], prefix: str) -> Any:
 def _flatten(obj: Any, prefix: str) -> dict[str, Scalar]:
     out: dict[str, Scalar] = {}
     for f in dataclasses.fields(obj):
+        if f.name == "sections":
+            continue
         value = getattr(obj, f.name)
         key = prefix + _key(f.name)
         if dataclasses.is_dataclass(value):

@@ -54,6 +54,10 @@ __all__ = [
     "data_free_kd_loss",
     "multi_teacher_kd_loss",
     "diversity_loss",
+    "l1_logits_from_probs",
+    "mse_logits_from_probs",
+    "DISTILLATION_LOSSES",
+    "DistillationLoss",
 ]
 
 TeacherFormat = Literal["logits", "probs"]
@@ -908,3 +912,74 @@ def diversity_loss(noise: Tensor, outputs: Tensor) -> Tensor:
     d_eps = (eps[:, None, :] - eps[None, :, :]).pow(2).mean(dim=2)  # [B, B]
     d_g = torch.cdist(g.unsqueeze(0), g.unsqueeze(0), p=1.0).squeeze(0) / g.shape[1]  # [B, B]
     return torch.exp(-(d_eps * d_g).mean())
+
+
+# --------------------------------------------------------------------------------------------
+# Distillation towards aggregated targets, chosen by name (``distill.loss``)
+# --------------------------------------------------------------------------------------------
+
+#: A loss between student logits ``[N, C]`` and target probabilities ``[N, C]`` at a temperature.
+DistillationLoss = Callable[[Tensor, Tensor, float], Tensor]
+
+#: Smallest target probability whose log is taken (one-hot targets would give ``-inf``).
+_MIN_TARGET_PROB = 1e-7
+
+
+def _centred(z: Tensor) -> Tensor:
+    return z - z.mean(dim=1, keepdim=True)
+
+
+def _target_logits(teacher_probs: Tensor, temperature: float) -> Tensor:
+    """``T log p``, centred per row: logits whose softmax at ``T`` is ``p`` (shift removed)."""
+    return _centred(temperature * torch.log(teacher_probs.clamp_min(_MIN_TARGET_PROB)))
+
+
+def l1_logits_from_probs(student_logits: Tensor, teacher_probs: Tensor, temperature: float) -> Tensor:
+    r"""FedMD's consensus loss (Li & Wang 2019): L1 between student and target *logits*.
+
+    .. math:: L_{L1} = \frac{1}{NC}\sum_{n,c} \big|\bar z_{s,nc} - \overline{(T \log p_t)}_{nc}\big|,
+              \qquad \bar v = v - \tfrac{1}{C}\textstyle\sum_c v_c,
+
+    i.e. ``torch.nn.L1Loss`` (mean over all entries) between the row-centred student logits and
+    the row-centred target logits ``T log p_t``. The targets arrive as probabilities (what every
+    aggregation rule returns); with the ``logit-mean`` rule, ``p_t = softmax(mean_k z_k / T)``,
+    so ``T log p_t`` is the clients' mean logit up to a per-row constant, which the centring
+    removes: this is FedMD's L1 to the averaged logits, made blind to a constant shift of a row
+    (to which the softmax is blind too). Probabilities below 1e-7 are raised to 1e-7 before the
+    log (one-hot targets of the ``pate`` rule).
+    """
+    _check_logits("student_logits", student_logits)
+    _check_same_shape("student_logits", student_logits, "teacher_probs", teacher_probs)
+    _check_probs("teacher_probs", teacher_probs)
+    t = _check_temperature(temperature)
+    return F.l1_loss(_centred(student_logits), _target_logits(teacher_probs, t))
+
+
+def mse_logits_from_probs(student_logits: Tensor, teacher_probs: Tensor, temperature: float) -> Tensor:
+    r"""Mean squared error between row-centred student and target logits (survey eq. 1.1.1's
+    logit matching, Ba & Caruana 2014), targets ``T log p_t`` as in :func:`l1_logits_from_probs`:
+
+    .. math:: L_{MSE} = \frac{1}{NC}\sum_{n,c} \big(\bar z_{s,nc} - \overline{(T \log p_t)}_{nc}\big)^2.
+    """
+    _check_logits("student_logits", student_logits)
+    _check_same_shape("student_logits", student_logits, "teacher_probs", teacher_probs)
+    _check_probs("teacher_probs", teacher_probs)
+    t = _check_temperature(temperature)
+    return F.mse_loss(_centred(student_logits), _target_logits(teacher_probs, t))
+
+
+#: ``distill.loss`` names -> loss(student_logits, target_probs, temperature).
+DISTILLATION_LOSSES: dict[str, DistillationLoss] = {
+    "kl": kd_kl_from_probs,
+    "l1-logits": l1_logits_from_probs,
+    "mse-logits": mse_logits_from_probs,
+}
+
+
+def distillation_loss(name: str) -> DistillationLoss:
+    """The distillation loss registered as ``name`` (``ValueError`` listing the valid names)."""
+    try:
+        return DISTILLATION_LOSSES[name]
+    except KeyError:
+        raise ValueError(f"unknown distillation loss {name!r}; valid names: "
+                         f"{', '.join(sorted(DISTILLATION_LOSSES))}") from None

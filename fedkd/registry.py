@@ -27,6 +27,9 @@ class Registry(Generic[T]):
     ----------
     kind
         What the registry holds (``"model"``, ``"algorithm"``...), used in error messages.
+    on_register
+        Called with ``(name, obj)`` before an entry is added (the algorithm and rule registries
+        register the entry's own config section this way).
 
     Examples
     --------
@@ -37,9 +40,10 @@ class Registry(Generic[T]):
     True
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, on_register: Callable[[str, T], None] | None = None) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._on_register = on_register
 
     def register(self, name: str) -> Callable[[T], T]:
         """Return a decorator that registers its argument under ``name``."""
@@ -47,6 +51,8 @@ class Registry(Generic[T]):
         def decorator(obj: T) -> T:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
+            if self._on_register is not None:  # e.g. register the entry's config section
+                self._on_register(name, obj)
             self._entries[name] = obj
             return obj
 
@@ -80,3 +86,21 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def import_submodules(package: str) -> list[str]:
+    """Import every module of ``package`` (a package scan), so that each registers itself.
+
+    A new algorithm or rule is one new file: nothing lists it. Modules whose name starts with
+    ``_`` are skipped. Returns the imported module names.
+    """
+    import importlib
+    import pkgutil
+
+    pkg = importlib.import_module(package)
+    names = []
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{package}.{info.name}")
+            names.append(info.name)
+    return names

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedkd.data.datasets import ArrayDataset
-from fedkd.losses import kd_kl_from_probs
+from fedkd.losses import DistillationLoss, kd_kl_from_probs
 from fedkd.models import build_model
 
 #: An extra loss term added to each step: ``(model, x, y, logits) -> loss`` (e.g. distillation).
@@ -299,11 +299,13 @@ def fit_to_targets(
     loss_weight: float = 1.0,
     labels: np.ndarray | None = None,
     ce_weight: float = 0.0,
+    loss: DistillationLoss = kd_kl_from_probs,
 ) -> FitStats:
     """Distil ``model`` towards soft ``targets`` [N, C] on inputs ``x`` [N, ...].
 
-    Minimises ``loss_weight`` * T^2 * KL(targets || softmax(model(x) / T)) (the survey's eq.
-    1.1.3 with the teacher given as probabilities), plus ``ce_weight`` * CE(model(x), labels)
+    Minimises ``loss_weight`` * ``loss(model(x), targets, T)`` (default: T^2 * KL(targets ||
+    softmax(model(x) / T)), the survey's eq. 1.1.3 with the teacher given as probabilities; any
+    of :data:`fedkd.losses.DISTILLATION_LOSSES`), plus ``ce_weight`` * CE(model(x), labels)
     when ``labels`` are given, with SGD over ``steps`` mini-batches. ``accuracy`` is the
     agreement of the model's argmax with the targets' argmax on the batches seen.
     """
@@ -323,13 +325,13 @@ def fit_to_targets(
             tb = _to(torch.from_numpy(np.ascontiguousarray(targets[rows], dtype=np.float32)), device)
             optimizer.zero_grad(set_to_none=True)
             logits = model(xb)
-            loss = loss_weight * kd_kl_from_probs(logits, tb, temperature)
+            value = loss_weight * loss(logits, tb, temperature)
             if labels is not None and ce_weight > 0:
                 yb = _to(torch.from_numpy(labels[rows]), device)
-                loss = loss + ce_weight * F.cross_entropy(logits, yb)
-            loss.backward()
+                value = value + ce_weight * F.cross_entropy(logits, yb)
+            value.backward()
             optimizer.step()
-            tally.add(loss, logits.detach().argmax(1), tb.argmax(1))
+            tally.add(value, logits.detach().argmax(1), tb.argmax(1))
     return tally.stats()
 
 

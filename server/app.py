@@ -10,8 +10,7 @@ from flwr.app import Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from fedkd.algorithms import ALGORITHMS
-from fedkd.config import RunConfig
+from fedkd.compose import build_algorithm, build_config
 from fedkd.data.federated import load_federated
 from fedkd.flower_patches import patch_simulation_engine
 from fedkd.results import RunOutput
@@ -25,13 +24,12 @@ def main(grid: Grid, context: Context) -> None:
     """Build the config once, then run the algorithm's rounds and write the outputs."""
     # In a simulation this process also runs Flower's engine: index its message polling.
     patch_simulation_engine()
-    cfg = RunConfig.from_flat(context.run_config)
+    cfg = build_config(context.run_config)
     data = load_federated(cfg.data)
-    algorithm_cls = ALGORITHMS.get(cfg.algorithm)
-    if algorithm_cls.shares_weights:
+    algorithm = build_algorithm(cfg, data.num_classes, data.input_shape)
+    if algorithm.shares_weights:
         log(WARNING, "[fedkd] %s is a WEIGHT-SHARING BASELINE: clients upload model weights",
             cfg.algorithm)
-    algorithm = algorithm_cls(cfg, data.num_classes, data.input_shape)
     output = RunOutput.for_config(cfg)
     log(INFO, "[fedkd] %s on %s, %d rounds; outputs in %s", cfg.algorithm, cfg.data.dataset,
         cfg.num_server_rounds, output.directory)

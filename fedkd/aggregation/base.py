@@ -31,22 +31,29 @@ Rules register themselves in :data:`AGGREGATORS`; :func:`build_aggregator` build
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from abc import ABC, abstractmethod
 from numbers import Real
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from fedkd.config import register_section
+from fedkd.errors import ConfigError
 from fedkd.registry import Registry
+
+if TYPE_CHECKING:
+    from fedkd.config import RunConfig
 
 __all__ = [
     "AGGREGATORS",
     "AggregationRule",
     "build_aggregator",
+    "build_rule",
     "label_weights",
     "softmax",
     "log_softmax",
@@ -57,8 +64,14 @@ __all__ = [
 FloatArray = NDArray[np.float64]
 BoolArray = NDArray[np.bool_]
 
-AGGREGATORS: Registry[type[AggregationRule]] = Registry("aggregation rule")
-"""Every aggregation rule, by the name used in run configs (``"mean"``, ``"median"``...)."""
+def _register_options(name: str, cls: type[AggregationRule]) -> None:
+    if cls.Options is not None:
+        register_section(f"aggregation.{name}", cls.Options)
+
+
+AGGREGATORS: Registry[type[AggregationRule]] = Registry("aggregation rule", _register_options)
+"""Every aggregation rule, by the name used in run configs (``"mean"``, ``"median"``...).
+Registering a rule with ``Options`` also registers its config section ``aggregation.<name>``."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,6 +191,22 @@ class AggregationRule(ABC):
     """
 
     name: ClassVar[str]
+    Options: ClassVar[type | None] = None
+    """The rule's own options: a frozen dataclass whose fields are keyword arguments of
+    ``__init__``; it is the config section ``aggregation.<name>`` (``None``: no options)."""
+
+    # -- capabilities (what an algorithm, the config checks or secure aggregation may rely on) --
+    needs_counts: ClassVar[bool] = False
+    """The rule needs per-teacher label counts (or other weights) to aggregate."""
+    needs_logits: ClassVar[bool] = False
+    """The rule reads raw logit values (not only probabilities or the argmax)."""
+    client_level_privacy: ClassVar[bool] = False
+    """The rule itself is a client-level DP mechanism (noisy votes) whose cost the server ledger
+    records; its targets are one-hot, not soft."""
+    sum_decomposable: ClassVar[bool] = False
+    """Its targets are a function of sums over teachers (numerator and denominator), so it can
+    run on securely aggregated sums."""
+
     uses_weights: ClassVar[bool] = False
     """Whether the rule takes ``weights``; rules that do not raise when weights are given."""
     requires_weights: ClassVar[bool] = False
@@ -269,6 +298,14 @@ class AggregationRule(ABC):
             ``None``; passed only to rules with ``uses_weights``; every sample's valid teachers
             have a positive total weight.
         """
+
+    @classmethod
+    def from_options(cls, temperature: float, options: Any | None) -> AggregationRule:
+        """The rule with ``temperature`` and its ``Options`` section (``None``: defaults)."""
+        if options is None:
+            return cls(temperature)
+        return cls(temperature, **{f.name: getattr(options, f.name)
+                                   for f in dataclasses.fields(options)})
 
     def weights_from_counts(self, counts: ArrayLike, labels: ArrayLike) -> FloatArray:
         """This rule's ``weights`` from per-teacher label counts ``[K, C]``.
@@ -403,6 +440,28 @@ def build_aggregator(name: str, **options: Any) -> AggregationRule:
             f"valid options: {', '.join(valid)}"
         )
     return cls(**normalised)
+
+
+def build_rule(cfg: RunConfig) -> AggregationRule:
+    """The aggregation rule a run configures: ``aggregation.rule`` with ``aggregation.temperature``
+    and the rule's own section ``aggregation.<rule>``.
+
+    Raises
+    ------
+    fedkd.errors.ConfigError
+        For an unknown rule name (the valid names listed) or an option the rule rejects.
+    """
+    name = cfg.aggregation.rule
+    if name not in AGGREGATORS:
+        raise ConfigError(f"aggregation.rule: unknown aggregation rule {name!r}; valid names: "
+                          f"{', '.join(AGGREGATORS.names())}")
+    cls = AGGREGATORS.get(name)
+    path = f"aggregation.{name}"
+    options = cfg.section(path) if cls.Options is not None and cfg.has_section(path) else None
+    try:
+        return cls.from_options(cfg.aggregation.temperature, options)
+    except ValueError as err:
+        raise ConfigError(f"{path}: {err}") from err
 
 
 def _validate_counts(counts: ArrayLike) -> FloatArray:

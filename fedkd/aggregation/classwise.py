@@ -53,6 +53,8 @@ class ClasswiseRule(AggregationRule):
     uses_weights: ClassVar[bool] = True
     requires_weights: ClassVar[bool] = True
     weight_axis: ClassVar[str] = "class"
+    needs_counts = True
+    sum_decomposable = True  # numerator sum_k w_kc p_kc and denominator sum_k w_kc
 
     def _aggregate(
         self, scaled_logits: FloatArray, mask: BoolArray, weights: FloatArray | None

@@ -25,6 +25,7 @@ probabilities.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -38,10 +39,20 @@ from fedkd.aggregation.base import (
     softmax,
 )
 
-__all__ = ["ERARule"]
+__all__ = ["ERAOptions", "ERARule"]
 
 ERAMode = Literal["temperature", "power"]
 _MODES = ("temperature", "power")
+
+
+@dataclass(frozen=True)
+class ERAOptions:
+    """``aggregation.era.*``: ``era-temperature`` (DS-FL's sharpening temperature, < 1),
+    ``mode`` (``"temperature"`` or ``"power"``) and ``beta`` (the power mode's exponent)."""
+
+    era_temperature: float = 0.1
+    mode: str = "temperature"
+    beta: float = 2.0
 
 
 @AGGREGATORS.register("era")
@@ -62,6 +73,8 @@ class ERARule(AggregationRule):
     """
 
     name = "era"
+    Options = ERAOptions
+    sum_decomposable = True  # the mean of probabilities, then post-processing
 
     def __init__(
         self,

@@ -37,6 +37,7 @@ class MeanRule(AggregationRule):
     """
 
     name = "mean"
+    sum_decomposable = True
 
     def _aggregate(
         self, scaled_logits: FloatArray, mask: BoolArray, weights: FloatArray | None

@@ -30,6 +30,7 @@ class MedianRule(AggregationRule):
     """
 
     name = "median"
+    needs_logits = True
 
     def _aggregate(
         self, scaled_logits: FloatArray, mask: BoolArray, weights: FloatArray | None

@@ -52,6 +52,7 @@ about 2 reported with the data-dependent analysis).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from numbers import Real
 from typing import Any
 
@@ -66,7 +67,17 @@ from fedkd.aggregation.base import (
     Targets,
 )
 
-__all__ = ["PateRule", "vote_counts"]
+__all__ = ["PateOptions", "PateRule", "vote_counts"]
+
+
+@dataclass(frozen=True)
+class PateOptions:
+    """``aggregation.pate.*``: ``sigma`` (GNMax vote noise), ``threshold`` (Confident-GNMax
+    threshold on the noisy top vote count; 0: none) and ``sigma-threshold`` (its noise)."""
+
+    sigma: float = 40.0
+    threshold: float = 0.0
+    sigma_threshold: float = 150.0
 
 
 def _check_sigma(name: str, value: object) -> float:
@@ -121,7 +132,16 @@ class PateRule(AggregationRule):
     """
 
     name = "pate"
+    Options = PateOptions
     randomized = True
+    client_level_privacy = True
+
+    @classmethod
+    def from_options(cls, temperature: float, options: PateOptions | None) -> PateRule:
+        """The configured rule; a ``threshold`` of 0 in the config means no threshold."""
+        options = options or PateOptions()
+        return cls(temperature, sigma=options.sigma, sigma_threshold=options.sigma_threshold,
+                   threshold=options.threshold if options.threshold > 0 else None)
 
     def __init__(
         self,

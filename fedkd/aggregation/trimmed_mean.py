@@ -16,12 +16,20 @@ the mean of the logits (the FedMD/FedDF consensus).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from fedkd.aggregation.base import AGGREGATORS, AggregationRule, BoolArray, FloatArray, softmax
 
-__all__ = ["TrimmedMeanRule"]
+__all__ = ["TrimmedMeanOptions", "TrimmedMeanRule"]
+
+
+@dataclass(frozen=True)
+class TrimmedMeanOptions:
+    """``aggregation.trimmed-mean.*``: the share cut from each end of every coordinate."""
+
+    trim_fraction: float = 0.2
 
 
 @AGGREGATORS.register("trimmed-mean")
@@ -38,6 +46,8 @@ class TrimmedMeanRule(AggregationRule):
     """
 
     name = "trimmed-mean"
+    Options = TrimmedMeanOptions
+    needs_logits = True
 
     def __init__(self, temperature: float = 1.0, *, trim_fraction: float = 0.2) -> None:
         super().__init__(temperature)

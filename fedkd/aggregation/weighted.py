@@ -43,6 +43,8 @@ class WeightedRule(AggregationRule):
     name = "weighted"
     uses_weights: ClassVar[bool] = True
     requires_weights: ClassVar[bool] = True
+    needs_counts = True
+    sum_decomposable = True
 
     def _aggregate(
         self, scaled_logits: FloatArray, mask: BoolArray, weights: FloatArray | None

@@ -1,5 +1,7 @@
 """Federated algorithms, one file each; each registers itself in :data:`ALGORITHMS`.
 
+This package imports every module in it (a package scan), so a new algorithm is one new file.
+
 | name | what leaves a client | file |
 |---|---|---|
 | ``fedavg`` | model weights (baseline) | ``fedavg.py`` |
@@ -12,8 +14,10 @@
 
 from __future__ import annotations
 
-from fedkd.algorithms.registry import ALGORITHMS
 from fedkd.algorithms.base import Algorithm, ClientContext, Exchange, ExchangeResult, QuorumError
-from fedkd.algorithms import fd, fedavg, fedgen, fedgen_logits, fedmd, local  # noqa: F401  (register themselves)
+from fedkd.algorithms.registry import ALGORITHMS
+from fedkd.registry import import_submodules
+
+import_submodules(__name__)  # each algorithm module registers itself
 
 __all__ = ["ALGORITHMS", "Algorithm", "ClientContext", "Exchange", "ExchangeResult", "QuorumError"]

@@ -15,8 +15,13 @@ configured), :meth:`Algorithm.release_logits` (logits on shared inputs, noised w
 not private), :meth:`Algorithm.aggregate_teachers` (a rule plus its privacy accounting),
 personal models kept in the node state, and :attr:`Algorithm.SERVER_STATE` for checkpoints.
 
+Configuration: an algorithm owns its config sections (``config_sections``: path -> frozen
+dataclass, registered with it; read with ``cfg.section(path)``) and checks the whole
+configuration in :meth:`Algorithm.check_config`, which :func:`fedkd.compose.build_config` runs
+before anything starts. The configured aggregation rule is built once, as :attr:`Algorithm.rule`.
+
 Adding an algorithm means writing one file in ``fedkd/algorithms/`` and registering it; nothing in
-``server/`` or ``client/`` changes.
+``server/`` or ``client/`` changes, and no list names it (the package imports every module).
 """
 
 from __future__ import annotations
@@ -31,10 +36,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedkd.aggregation import AggregationRule, Targets
+from fedkd.aggregation import AggregationRule, Targets, build_rule
 from fedkd.config import RunConfig
 from fedkd.data.datasets import ArrayDataset
 from fedkd.data.federated import ClientData, FederatedData
+from fedkd.losses import DistillationLoss, distillation_loss
 from fedkd.models import build_model
 from fedkd.privacy.accounting import ServerLedger
 from fedkd.privacy.dpsgd import ClientPrivacy
@@ -118,6 +124,8 @@ class Algorithm(ABC):
 
     #: Registry name, as written in the run config.
     name: ClassVar[str]
+    #: Config sections this algorithm owns: dotted path -> frozen dataclass (``cfg.section(path)``).
+    config_sections: ClassVar[Mapping[str, type]] = {}
     #: True for baselines that upload model weights (FedAvg, FedGen as in the paper).
     shares_weights: ClassVar[bool] = False
     #: Attributes holding the server half's state between rounds (models, optimisers, random
@@ -129,12 +137,22 @@ class Algorithm(ABC):
     DEVICE_READY: ClassVar[bool] = False
 
     def __init__(self, cfg: RunConfig, num_classes: int, input_shape: tuple[int, int, int]) -> None:
+        type(self).check_config(cfg)
         self.cfg = cfg
         self.num_classes = num_classes
         self.input_shape = input_shape
+        #: The configured multi-teacher aggregation rule (``aggregation.*``).
+        self.rule: AggregationRule = build_rule(cfg)
+        #: The configured distillation loss towards aggregated targets (``distill.loss``).
+        self.distill_loss: DistillationLoss = distillation_loss(cfg.distill.loss)
         #: Client-level privacy the server spends (randomised aggregation such as PATE votes).
         self.server_ledger = ServerLedger(delta=cfg.privacy.delta,
                                           accountant=cfg.privacy.server_accountant)
+
+    @classmethod
+    def check_config(cls, cfg: RunConfig) -> None:
+        """Reject a configuration this algorithm cannot run (raise
+        :class:`fedkd.errors.ConfigError` with the reason); called before anything starts."""
 
     # ----- shared -------------------------------------------------------------------------
     def build_model(self, name: str | None = None, seed: int | None = None) -> nn.Module:

@@ -35,9 +35,9 @@ import torch
 
 from fedkd.algorithms.base import OUTPUT_NOISE_STREAM, Algorithm, ClientContext, Exchange
 from fedkd.algorithms.registry import ALGORITHMS
-from fedkd.config import ConfigError
+from fedkd.config import RunConfig
+from fedkd.errors import ConfigError
 from fedkd.data.federated import FederatedData
-from fedkd.losses import kd_kl_from_probs
 from fedkd.privacy.output_noise import noisy_class_means, private_class_sums, private_counts
 from fedkd.protocol import ArraySpec, InvalidReply, Payload, PhaseSpec
 from fedkd.training import predict_logits
@@ -55,16 +55,18 @@ class FD(Algorithm):
     SERVER_STATE = ("_uploads", "_rng")
     DEVICE_READY = True
 
-    def __init__(self, *args, **kwargs) -> None:  # noqa: D107 - see Algorithm
-        super().__init__(*args, **kwargs)
-        privacy = self.cfg.privacy
+    @classmethod
+    def check_config(cls, cfg: RunConfig) -> None:
+        privacy = cfg.privacy
         if privacy.dp_sgd != (privacy.output_noise > 0):
             raise ConfigError(
                 "fd computes its per-class logits on private data: privacy needs both "
                 "privacy.dp-sgd (a DP model) and privacy.output-noise > 0 (noise on the released "
                 "per-class sums and counts), or neither"
             )
-        self.rule = self.cfg.aggregation.build()
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: D107 - see Algorithm
+        super().__init__(*args, **kwargs)
         self._rng = np.random.default_rng([self.cfg.seed, AGGREGATION_STREAM])
         #: Last round's uploads: node -> (class logits [C, C], class counts [C]).
         self._uploads: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -153,6 +155,7 @@ class FD(Algorithm):
         if targets.shape != (c, c) or has_target.shape != (c,):
             raise ValueError(f"fd: targets of shape {tuple(targets.shape)} for {c} classes")
         weight, temperature = self.cfg.distill.weight, self.cfg.distill.temperature
+        distill_loss = self.distill_loss
 
         targets_on, has_target_on = targets, has_target  # on the batches' device (train.device)
 
@@ -166,7 +169,7 @@ class FD(Algorithm):
             # A sum over the samples with a target, divided by the whole batch: every sample's
             # loss keeps the same scale whatever the mix (what per-sample clipping assumes).
             share = float(use.sum()) / len(y)
-            return weight * share * kd_kl_from_probs(logits[use], targets_on[y[use]], temperature)
+            return weight * share * distill_loss(logits[use], targets_on[y[use]], temperature)
 
         sums = torch.zeros(c, c, dtype=torch.float64)
         counts = torch.zeros(c, dtype=torch.int64)

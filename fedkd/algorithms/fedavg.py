@@ -22,7 +22,8 @@ from fedkd.algorithms.base import Algorithm, ClientContext, Exchange
 from fedkd.algorithms.registry import ALGORITHMS
 from fedkd.data.federated import FederatedData
 from fedkd.protocol import ArraySpec, Payload, PhaseSpec
-from fedkd.config import ConfigError
+from fedkd.config import RunConfig
+from fedkd.errors import ConfigError
 from fedkd.training import load_numpy_state, model_with_state, state_to_numpy
 
 
@@ -63,11 +64,14 @@ class FedAvg(Algorithm):
     SERVER_STATE = ("_model",)
     DEVICE_READY = True
 
-    def __init__(self, *args, **kwargs) -> None:  # noqa: D107 - see Algorithm
-        super().__init__(*args, **kwargs)
-        if self.cfg.privacy.output_noise > 0:
+    @classmethod
+    def check_config(cls, cfg: RunConfig) -> None:
+        if cfg.privacy.output_noise > 0:
             raise ConfigError("fedavg releases weights, not logits: privacy.output-noise does not "
                               "apply; use privacy.dp-sgd")
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: D107 - see Algorithm
+        super().__init__(*args, **kwargs)
         self._model: nn.Module | None = None
 
     def fit_phase(self) -> PhaseSpec:

@@ -102,6 +102,7 @@ the partition id; no global RNG state is touched.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -111,10 +112,11 @@ from torch import nn
 from fedkd.algorithms.base import OUTPUT_NOISE_STREAM, Algorithm, ClientContext, Exchange
 from fedkd.algorithms.fedavg import weighted_average
 from fedkd.algorithms.registry import ALGORITHMS
-from fedkd.config import ConfigError, FedGenConfig
+from fedkd.config import RunConfig
+from fedkd.errors import ConfigError
 from fedkd.data.federated import FederatedData
 from fedkd.losses import diversity_loss, kd_kl_from_probs
-from fedkd.models.generators import LatentGenerator
+from fedkd.models.generators import INPUT_GENERATORS, LatentGenerator
 from fedkd.privacy.output_noise import private_counts
 from fedkd.protocol import ArraySpec, InvalidReply, Payload, PhaseSpec
 from fedkd.training import fit_supervised, load_numpy_state, seeded_generator, state_to_numpy
@@ -134,6 +136,72 @@ WEIGHT_FLOOR = 1e-4
 GENERATOR_INIT_STREAM = 0x6E1
 SERVER_STREAM = 0x6E2
 CLIENT_GENERATOR_STREAM = 0x6E3
+
+
+@dataclass(frozen=True)
+class FedGenConfig:
+    """Data-free distillation with a server-side generator (``fedgen.*`` keys).
+
+    The section of the FedGen family: owned by this module, read by ``fedgen`` and by
+    ``fedgen-logits`` (which registers the same section).
+
+    ``fedgen`` (the paper, a weight-sharing baseline) uses ``teacher-loss``, ``generator-*``,
+    ``diversity-weight``, ``alpha0``, ``beta0``, ``decay`` and ``lr-decay`` as in the official
+    code; ``fedgen-logits`` uses ``generator-*``, ``diversity-weight``, ``synthetic-batch``,
+    ``student-ce-weight``, ``adversarial-weight``, ``generator-queries``, ``zo-directions``, ``zo-epsilon``,
+    ``teacher-ce-weight``, ``input-generator`` (a name of
+    :data:`fedkd.models.generators.INPUT_GENERATORS`: ``"conv"`` or ``"low-frequency"``, the
+    latter with ``frequencies`` and ``prior-scale``),
+    ``decay`` and the ``distill.*`` keys.
+    """
+
+    teacher_loss: str = "code"
+    generator_steps: int = 50
+    generator_lr: float = 3e-4
+    generator_batch: int = 32
+    diversity_weight: float = 1.0
+    alpha0: float = 10.0
+    beta0: float = 10.0
+    decay: float = 0.98
+    lr_decay: float = 0.99
+    synthetic_batch: int = 256
+    replay_rounds: int = 10
+    student_ce_weight: float = 0.0
+    adversarial_weight: float = 0.0
+    generator_queries: int = 1
+    zo_directions: int = 0
+    zo_epsilon: float = 1e-3
+    teacher_ce_weight: float = 1.0
+    input_generator: str = "conv"
+    frequencies: int = 7
+    prior_scale: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.input_generator not in INPUT_GENERATORS:
+            raise ConfigError(f"fedgen.input-generator must be one of "
+                              f"{', '.join(INPUT_GENERATORS.names())}, got {self.input_generator!r}")
+        _positive("fedgen.frequencies", self.frequencies)
+        _positive("fedgen.prior-scale", self.prior_scale)
+        if self.teacher_loss not in ("code", "weighted"):
+            raise ConfigError(
+                f"fedgen.teacher-loss must be 'code' or 'weighted', got {self.teacher_loss!r}"
+            )
+        for name in ("generator_lr", "generator_batch", "synthetic_batch", "replay_rounds",
+                     "generator_queries"):
+            _positive(f"fedgen.{name.replace('_', '-')}", getattr(self, name))
+        _positive("fedgen.zo-epsilon", self.zo_epsilon)
+        for name in ("diversity_weight", "alpha0", "beta0", "student_ce_weight",
+                     "adversarial_weight", "zo_directions", "teacher_ce_weight", "generator_steps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"fedgen.{name.replace('_', '-')} must be >= 0")
+        for name in ("decay", "lr_decay"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ConfigError(f"fedgen.{name.replace('_', '-')} must be in (0, 1]")
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{name} must be > 0, got {value!r}")
 
 
 # ----- pure pieces (tested directly) ---------------------------------------------------------
@@ -186,19 +254,24 @@ class FedGen(Algorithm):
 
     name = "fedgen"
     shares_weights = True
+    config_sections = {"fedgen": FedGenConfig}
     SERVER_STATE = ("_model", "_generator", "_optimizer", "_scheduler")
 
-    def __init__(self, *args, **kwargs) -> None:  # noqa: D107 - see Algorithm
-        super().__init__(*args, **kwargs)
-        privacy = self.cfg.privacy
+    @classmethod
+    def check_config(cls, cfg: RunConfig) -> None:
+        privacy = cfg.privacy
         if privacy.dp_sgd != (privacy.output_noise > 0):
             raise ConfigError(
                 "fedgen releases weights and label counts: privacy needs both privacy.dp-sgd "
                 "(for the weights) and privacy.output-noise > 0 (for the counts), or neither"
             )
-        if self.cfg.fedgen.generator_batch < 2:
+        if cfg.section("fedgen").generator_batch < 2:
             raise ConfigError("fedgen.generator-batch must be >= 2 (the generator's BatchNorm "
                               "trains on batch statistics)")
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: D107 - see Algorithm
+        super().__init__(*args, **kwargs)
+        self.options: FedGenConfig = self.cfg.section("fedgen")
         self._model: nn.Module | None = None
         self._generator: LatentGenerator | None = None
         self._optimizer: torch.optim.Optimizer | None = None
@@ -249,7 +322,7 @@ class FedGen(Algorithm):
     def setup_server(self, data: FederatedData) -> None:
         self._model = self.build_model(seed=self.cfg.seed)
         self._generator = self.new_generator()
-        fg = self.cfg.fedgen
+        fg = self.options
         self._optimizer = torch.optim.Adam(
             self._generator.parameters(), lr=fg.generator_lr, betas=GENERATOR_BETAS,
             weight_decay=GENERATOR_WEIGHT_DECAY)
@@ -302,7 +375,7 @@ class FedGen(Algorithm):
         """``generator-steps`` Adam steps of L_G on the replies' updated heads; round metrics."""
         gen, opt = self._generator, self._optimizer
         assert gen is not None and opt is not None, "setup_server not called"
-        fg = self.cfg.fedgen
+        fg = self.options
         counts = np.stack([r.arrays[LABEL_COUNTS] for r in replies])
         weights, qualified = label_weights(counts)
         if len(qualified) == 0:  # cannot happen with valid replies (every batch has a label)
@@ -365,7 +438,7 @@ class FedGen(Algorithm):
         rnd = int(request.config["round"])
         t = rnd - 1
         c = self.num_classes
-        train, fg = self.cfg.train, self.cfg.fedgen
+        train, fg = self.cfg.train, self.options
         model = self._client_model(request)
 
         private = self.cfg.privacy.dp_sgd
@@ -420,7 +493,7 @@ class FedGen(Algorithm):
     def _private_fit(self, client: ClientContext, model: nn.Module, rnd: int,
                      latent_term, generated_term) -> Payload:  # noqa: ANN001
         """DP-SGD on the private terms, a non-private step for the generated term, noised counts."""
-        train, fg = self.cfg.train, self.cfg.fedgen
+        train, fg = self.cfg.train, self.options
         privacy = self.client_privacy(client)
         stats = privacy.fit(
             model, client.data.train, steps=train.local_steps, batch_size=train.batch_size,

@@ -88,10 +88,13 @@ from torch import nn
 
 from fedkd.algorithms.base import OUTPUT_NOISE_STREAM, Algorithm, ClientContext, Exchange
 from fedkd.algorithms.registry import ALGORITHMS
-from fedkd.config import ConfigError
+from fedkd.algorithms.fedgen import FedGenConfig
+from fedkd.config import RunConfig
+from fedkd.errors import ConfigError
 from fedkd.data.federated import FederatedData
 from fedkd.losses import diversity_loss, kd_kl_from_probs
-from fedkd.models.generators import InputGenerator, LowFrequencyGenerator
+from fedkd.aggregation import build_rule
+from fedkd.models.generators import INPUT_GENERATORS
 from fedkd.privacy.output_noise import private_counts
 from fedkd.protocol import ArraySpec, Payload, PhaseSpec
 from fedkd.training import fit_to_targets, seeded_generator
@@ -135,27 +138,32 @@ class FedGenLogits(Algorithm):
     """Server-side input generator and student; clients share only logits on synthetic inputs."""
 
     name = "fedgen-logits"
+    config_sections = {"fedgen": FedGenConfig}
     SERVER_STATE = ("_student", "_generator", "_optimizer", "_replay", "_rng")
+
+    @classmethod
+    def check_config(cls, cfg: RunConfig) -> None:
+        rule = build_rule(cfg)
+        privacy = cfg.privacy
+        if rule.needs_counts and privacy.dp_sgd and privacy.output_noise <= 0:
+            raise ConfigError(
+                f"fedgen-logits with the {rule.name} rule releases label counts: under "
+                "DP-SGD they need privacy.output-noise > 0"
+            )
+        if cfg.section("fedgen").zo_directions and rule.client_level_privacy:
+            raise ConfigError(f"fedgen.zo-directions needs soft targets: the {rule.name} rule "
+                              "answers with noisy one-hot votes; use another aggregation.rule")
 
     def __init__(self, *args, **kwargs) -> None:  # noqa: D107 - see Algorithm
         super().__init__(*args, **kwargs)
-        self.rule = self.cfg.aggregation.build()
-        privacy = self.cfg.privacy
-        if self.rule.uses_weights and privacy.dp_sgd and privacy.output_noise <= 0:
-            raise ConfigError(
-                f"fedgen-logits with the {self.rule.name} rule releases label counts: under "
-                "DP-SGD they need privacy.output-noise > 0"
-            )
-        if self.cfg.fedgen.zo_directions and self.rule.name == "pate":
-            raise ConfigError("fedgen.zo-directions needs soft targets: the pate rule answers "
-                              "with noisy one-hot votes; use another aggregation.rule")
+        self.options: FedGenConfig = self.cfg.section("fedgen")
         self._student: nn.Module | None = None
-        self._generator: InputGenerator | LowFrequencyGenerator | None = None
+        self._generator: nn.Module | None = None
         self._optimizer: torch.optim.Optimizer | None = None
         self._rng = np.random.default_rng([self.cfg.seed, AGGREGATION_STREAM])
         #: (inputs, targets, labels) of recent rounds, newest last.
         self._replay: deque[tuple[np.ndarray, np.ndarray, np.ndarray]] = deque(
-            maxlen=self.cfg.fedgen.replay_rounds)
+            maxlen=self.options.replay_rounds)
 
     # ----- the contract -------------------------------------------------------------------
     def logits_phase(self, n: int) -> PhaseSpec:
@@ -172,16 +180,12 @@ class FedGenLogits(Algorithm):
 
     # ----- server half --------------------------------------------------------------------
     def setup_server(self, data: FederatedData) -> None:
-        fg = self.cfg.fedgen
+        fg = self.options
         self._student = self.build_model(seed=self.cfg.seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.cfg.seed + GENERATOR_STREAM)
-            if fg.input_generator == "low-frequency":
-                self._generator = LowFrequencyGenerator(
-                    self.num_classes, self.input_shape, frequencies=fg.frequencies,
-                    prior_scale=fg.prior_scale)
-            else:
-                self._generator = InputGenerator(self.num_classes, self.input_shape)
+            self._generator = INPUT_GENERATORS.get(fg.input_generator)(
+                self.num_classes, self.input_shape, fg)
         self._optimizer = torch.optim.Adam(self._generator.parameters(), lr=fg.generator_lr,
                                            betas=(0.5, 0.999))
 
@@ -203,7 +207,7 @@ class FedGenLogits(Algorithm):
 
     def run_round(self, rnd: int, nodes: Sequence[int], exchange: Exchange) -> dict[str, float]:
         assert self._student is not None and self._generator is not None
-        fg, distill = self.cfg.fedgen, self.cfg.distill
+        fg, distill = self.options, self.cfg.distill
         teachers: Sequence[int] = nodes
         queries: list[QueryResult] = []
         for query in range(fg.generator_queries):  # teachers that drop out are not asked again
@@ -216,7 +220,7 @@ class FedGenLogits(Algorithm):
         student_stats = fit_to_targets(
             self._student, x_all, t_all, steps=distill.server_steps,
             batch_size=self.cfg.train.batch_size, learning_rate=self.cfg.train.learning_rate,
-            temperature=distill.temperature, labels=y_all, ce_weight=fg.student_ce_weight,
+            temperature=distill.temperature, loss=self.distill_loss, labels=y_all, ce_weight=fg.student_ce_weight,
             generator=seeded_generator(self.cfg.seed, rnd, STUDENT_STREAM),
         )
         last = queries[-1]
@@ -249,7 +253,7 @@ class FedGenLogits(Algorithm):
     ) -> QueryResult:
         """One generate-query-aggregate cycle, and with ``zo-directions`` one zeroth-order
         generator step."""
-        fg = self.cfg.fedgen
+        fg = self.options
         n = fg.synthetic_batch
         gen = seeded_generator(self.cfg.seed, rnd, GENERATOR_STREAM, 3 * query)
         noise, labels, inputs = self.synthesize(n, gen, track_gradients=fg.zo_directions > 0)
@@ -285,14 +289,14 @@ class FedGenLogits(Algorithm):
 
         Returns (probes [q * N, ...] ordered direction-major, directions [q, N, d] of unit norm).
         """
-        q = self.cfg.fedgen.zo_directions
+        q = self.options.zo_directions
         if q == 0:
             return None
         n = len(inputs)
         flat = inputs.reshape(n, -1)
         u = torch.randn(q, n, flat.shape[1], generator=generator)
         u = u / u.norm(dim=2, keepdim=True)
-        probes = (flat.unsqueeze(0) + self.cfg.fedgen.zo_epsilon * u).reshape(q * n, *inputs.shape[1:])
+        probes = (flat.unsqueeze(0) + self.options.zo_epsilon * u).reshape(q * n, *inputs.shape[1:])
         return probes, u
 
     def teacher_objective(self, probs: np.ndarray, labels: torch.Tensor,
@@ -301,7 +305,7 @@ class FedGenLogits(Algorithm):
         ``teacher-ce-weight`` * CE(t(x), y) - ``adversarial-weight`` * KL(t(x) || s(x)), the
         second term (the student s is evaluated here, on the server) seeking samples where the
         student still disagrees with the teachers (FedZGE's beta_1 term, DFAD's idea)."""
-        fg = self.cfg.fedgen
+        fg = self.options
         t = torch.from_numpy(np.asarray(probs, np.float32)).clamp_min(1e-8)
         loss = -fg.teacher_ce_weight * t.log().gather(1, labels[:, None]).squeeze(1)
         if fg.adversarial_weight > 0:
@@ -325,7 +329,7 @@ class FedGenLogits(Algorithm):
         what :meth:`zo_probes` returned for this query.
         """
         assert self._generator is not None and self._optimizer is not None
-        fg = self.cfg.fedgen
+        fg = self.options
         n, q = len(inputs), fg.zo_directions
         queried = torch.cat([inputs.detach(), probes])  # the rows the teachers answered, in order
         f = self.teacher_objective(probs, labels.repeat(q + 1), queried).reshape(q + 1, n)
@@ -343,7 +347,7 @@ class FedGenLogits(Algorithm):
     ) -> float:
         """``fedgen.generator-steps`` Adam steps of L_G against the frozen student."""
         assert self._student is not None and self._generator is not None and self._optimizer
-        fg = self.cfg.fedgen
+        fg = self.options
         student = self._student
         student.eval()
         for p in student.parameters():
@@ -407,10 +411,10 @@ class FedGenLogits(Algorithm):
         if len(targets) != len(x):
             raise ValueError(f"fedgen-logits: {len(targets)} targets for {len(x)} inputs")
         train, distill = self.cfg.train, self.cfg.distill
-        weight = distill.weight * self.cfg.fedgen.decay ** (rnd - 1)
+        weight = distill.weight * self.options.decay ** (rnd - 1)
         if len(x) and distill.steps and weight > 0:
             fit_to_targets(model, x, targets, steps=distill.steps, batch_size=train.batch_size,
-                           learning_rate=train.learning_rate, temperature=distill.temperature,
+                           learning_rate=train.learning_rate, temperature=distill.temperature, loss=self.distill_loss,
                            loss_weight=weight,
                            generator=seeded_generator(self.cfg.seed, rnd, client.partition_id, 1))
         stats = self.local_fit(client, model, rnd)

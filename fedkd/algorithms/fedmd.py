@@ -50,7 +50,6 @@ class FedMD(Algorithm):
 
     def __init__(self, *args, **kwargs) -> None:  # noqa: D107 - see Algorithm
         super().__init__(*args, **kwargs)
-        self.rule = self.cfg.aggregation.build()
         self._student: nn.Module | None = None
         self._public: ArrayDataset | None = None
         self._rng = np.random.default_rng([self.cfg.seed, 0xFED3D])
@@ -101,7 +100,7 @@ class FedMD(Algorithm):
         student_stats = fit_to_targets(
             self._student, x_pub, targets, steps=distill.server_steps,
             batch_size=self.cfg.train.batch_size, learning_rate=self.cfg.train.learning_rate,
-            temperature=distill.temperature, generator=seeded_generator(self.cfg.seed, rnd, SERVER_STREAM),
+            temperature=distill.temperature, loss=self.distill_loss, generator=seeded_generator(self.cfg.seed, rnd, SERVER_STREAM),
         )
 
         digest = Payload(arrays={"targets": targets}, config={"round": rnd, "indices": indices.tolist()})
@@ -150,7 +149,7 @@ class FedMD(Algorithm):
         rnd = int(request.config["round"])
         train, distill = self.cfg.train, self.cfg.distill
         fit_to_targets(model, x_pub, targets, steps=distill.steps, batch_size=train.batch_size,
-                       learning_rate=train.learning_rate, temperature=distill.temperature,
+                       learning_rate=train.learning_rate, temperature=distill.temperature, loss=self.distill_loss,
                        generator=seeded_generator(self.cfg.seed, rnd, client.partition_id, 1))
         stats = self.local_fit(client, model, rnd)  # revisit: private data, DP-SGD if on
         self.save_personal_model(client, model)

@@ -14,9 +14,18 @@ All randomness comes from explicit ``torch.Generator`` arguments.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from fedkd.registry import Registry
+
+#: Input-space generators by name (``fedgen.input-generator``): ``factory(num_classes,
+#: image_shape, options)`` -> module with ``sample_noise(n, generator)`` and ``forward(noise,
+#: labels)``. ``options`` is the algorithm's config section (read for the generator's own keys).
+INPUT_GENERATORS: Registry[Callable[..., nn.Module]] = Registry("input generator")
 
 
 class LatentGenerator(nn.Module):
@@ -176,3 +185,20 @@ class LowFrequencyGenerator(nn.Module):
     def forward(self, noise: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         a = self.coefficients(noise, labels)
         return torch.tanh(torch.einsum("ncab,ai,bj->ncij", a, self.basis_h, self.basis_w))
+
+
+@INPUT_GENERATORS.register("conv")
+def conv_input_generator(num_classes: int, image_shape: tuple[int, int, int],
+                         options: object = None) -> InputGenerator:
+    """The DAFL-style upsampling CNN (:class:`InputGenerator`)."""
+    return InputGenerator(num_classes, image_shape)
+
+
+@INPUT_GENERATORS.register("low-frequency")
+def low_frequency_input_generator(num_classes: int, image_shape: tuple[int, int, int],
+                                  options: object = None) -> LowFrequencyGenerator:
+    """Smooth images from a few cosine frequencies (:class:`LowFrequencyGenerator`), with the
+    options' ``frequencies`` and ``prior_scale`` when given."""
+    kwargs = {} if options is None else {"frequencies": getattr(options, "frequencies"),
+                                         "prior_scale": getattr(options, "prior_scale")}
+    return LowFrequencyGenerator(num_classes, image_shape, **kwargs)

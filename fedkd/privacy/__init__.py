@@ -1,1 +1,38 @@
-"""Privacy: DP-SGD on clients (dpsgd), noise on released outputs (output_noise), ledgers (accounting)."""
+"""Privacy: DP-SGD on clients (dpsgd), noise on released outputs (output_noise), ledgers
+(accounting), and the configuration check the composition root runs (:func:`check_privacy_config`).
+
+Accountants come from registries: a client's example-level accountant from Opacus' own
+(``opacus.accountants.create_accountant``: ``rdp``, ``prv``, ``gdp``, and any registered with
+``opacus.accountants.registry.register_accountant``); the server's client-level ledger from
+:data:`fedkd.privacy.accounting.ACCOUNTANTS` (dp-accounting's ``rdp`` and ``pld``).
+"""
+
+from __future__ import annotations
+
+from fedkd.config import PrivacyConfig
+from fedkd.errors import ConfigError
+
+
+def opacus_accountants() -> list[str]:
+    """The accountant names Opacus' registry holds (imports opacus)."""
+    from opacus.accountants import registry
+
+    return sorted(getattr(registry, "_ACCOUNTANTS", {"rdp": None, "prv": None, "gdp": None}))
+
+
+def check_privacy_config(cfg: PrivacyConfig) -> None:
+    """Reject accountant names no registry holds. The client accountant is looked up in Opacus'
+    registry only when privacy is on (it is unused otherwise, and opacus is slow to import)."""
+    from fedkd.privacy.accounting import ACCOUNTANTS
+
+    if cfg.server_accountant not in ACCOUNTANTS:
+        raise ConfigError(f"privacy.server-accountant: unknown server accountant "
+                          f"{cfg.server_accountant!r}; valid names: {', '.join(ACCOUNTANTS.names())}")
+    if cfg.enabled:
+        from opacus.accountants import create_accountant
+
+        try:
+            create_accountant(mechanism=cfg.accountant)
+        except ValueError:
+            raise ConfigError(f"privacy.accountant: unknown accountant {cfg.accountant!r}; valid "
+                              f"names (Opacus' registry): {', '.join(opacus_accountants())}") from None

@@ -29,10 +29,15 @@ from typing import Any
 import dp_accounting
 from dp_accounting import pld, rdp
 
+from fedkd.registry import Registry
+
 __all__ = ["ACCOUNTANTS", "ServerLedger", "gnmax_epsilon"]
 
-ACCOUNTANTS = ("rdp", "pld")
-"""Accountant names: ``"rdp"`` (dp_accounting ``RdpAccountant``), ``"pld"`` (``PLDAccountant``)."""
+ACCOUNTANTS: Registry[type[dp_accounting.PrivacyAccountant]] = Registry("server accountant")
+"""The server ledger's accountants by name (``privacy.server-accountant``): ``"rdp"``
+(dp_accounting ``RdpAccountant``), ``"pld"`` (``PLDAccountant``, tighter, slower)."""
+ACCOUNTANTS.register("rdp")(rdp.RdpAccountant)
+ACCOUNTANTS.register("pld")(pld.PLDAccountant)
 
 _STATE_VERSION = 1
 _GAUSSIAN = "gaussian"
@@ -57,7 +62,7 @@ def _check_accountant(accountant: object) -> str:
 
 
 def _new_accountant(accountant: str) -> dp_accounting.PrivacyAccountant:
-    return rdp.RdpAccountant() if accountant == "rdp" else pld.PLDAccountant()
+    return ACCOUNTANTS.get(accountant)()
 
 
 def _flatten(event: Any, times: int, gaussian: dict[float, int]) -> bool:

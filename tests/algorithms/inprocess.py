@@ -15,6 +15,7 @@ from flwr.app import RecordDict
 
 from client.app import answer, client_context
 from fedkd.algorithms import ALGORITHMS, ClientContext
+from fedkd.compose import build_config
 from fedkd.config import RunConfig
 from fedkd.data.federated import load_federated
 from fedkd.protocol import PhaseSpec
@@ -58,7 +59,7 @@ def run_inprocess(
     flat = {"data.dataset": "digits", "train.model": "mlp", "train.local-steps": 10,
             "num-server-rounds": 2, **overrides,
             "data.num-partitions": num_clients, "output.dir": str(out_dir), "output.run-name": "run"}
-    cfg = RunConfig.from_flat(flat)
+    cfg = build_config(flat)
     data = load_federated(cfg.data)
     algorithm = ALGORITHMS.get(cfg.algorithm)(cfg, data.num_classes, data.input_shape)
     clients = {}

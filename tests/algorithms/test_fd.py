@@ -8,6 +8,7 @@ import torch
 
 from client.app import client_context
 from fedkd.algorithms.fd import FD
+from fedkd.compose import build_config
 from fedkd.config import RunConfig
 from fedkd.protocol import Payload
 from fedkd.training import predict_logits
@@ -22,7 +23,7 @@ def softmax(z: np.ndarray) -> np.ndarray:
 
 
 def make_fd(**flat: object) -> FD:
-    cfg = RunConfig.from_flat({"algorithm": "fd", **flat})
+    cfg = build_config({"algorithm": "fd", **flat})
     return FD(cfg, num_classes=C, input_shape=(1, 8, 8))
 
 
@@ -63,7 +64,7 @@ def test_weighted_rule_weights_teachers_by_class_counts() -> None:
 
 
 def digits_client(tmp_path: Path, **flat: object):
-    cfg = RunConfig.from_flat({"algorithm": "fd", "data.dataset": "digits", "train.model": "mlp",
+    cfg = build_config({"algorithm": "fd", "data.dataset": "digits", "train.model": "mlp",
                                "train.local-steps": 15, "data.num-partitions": 3, **flat})
     client = client_context(cfg, node_id=7, node_config={"partition-id": 0, "num-partitions": 3},
                             state={})

@@ -18,7 +18,9 @@ from fedkd.algorithms.fedgen import (
     teacher_loss_code,
     teacher_loss_weighted,
 )
-from fedkd.config import ConfigError, FedGenConfig, RunConfig
+from fedkd.compose import build_config
+from fedkd.algorithms.fedgen import FedGenConfig
+from fedkd.config import ConfigError, RunConfig
 from fedkd.data.federated import load_federated
 from fedkd.protocol import InvalidReply, Payload
 from server.loop import Traffic
@@ -63,9 +65,9 @@ def test_label_weights_and_qualified_labels() -> None:
 
 def test_half_configured_privacy_is_refused() -> None:
     with pytest.raises(ConfigError, match="needs both privacy.dp-sgd .* and privacy.output-noise"):
-        FedGen(RunConfig.from_flat({"algorithm": "fedgen", "privacy.dp-sgd": True}), 10, (1, 8, 8))
+        FedGen(build_config({"algorithm": "fedgen", "privacy.dp-sgd": True}), 10, (1, 8, 8))
     with pytest.raises(ConfigError, match="needs both privacy.dp-sgd"):
-        FedGen(RunConfig.from_flat({"algorithm": "fedgen", "privacy.output-noise": 1.0}), 10,
+        FedGen(build_config({"algorithm": "fedgen", "privacy.output-noise": 1.0}), 10,
                (1, 8, 8))
 
 
@@ -86,7 +88,7 @@ def test_fedgen_with_dp_sgd_accumulates_epsilon_and_sends_noised_counts(tmp_path
 
 # ----- client half ----------------------------------------------------------------------------
 def digits_fedgen(**flat: object):
-    cfg = RunConfig.from_flat({**FAST, "data.dataset": "digits", "data.num-partitions": 3, **flat})
+    cfg = build_config({**FAST, "data.dataset": "digits", "data.num-partitions": 3, **flat})
     client = client_context(cfg, 7, {"partition-id": 0, "num-partitions": 3}, {})
     algorithm = FedGen(cfg, client.num_classes, client.input_shape)
     algorithm.setup_server(load_federated(cfg.data))
@@ -145,7 +147,7 @@ class RecordingExchange(InProcessExchange):
 
 @pytest.mark.parametrize("teacher_loss", ["code", "weighted"])
 def test_generator_is_trained_and_broadcast_every_round(teacher_loss: str) -> None:
-    cfg = RunConfig.from_flat({**FAST, "data.dataset": "digits", "data.num-partitions": 3,
+    cfg = build_config({**FAST, "data.dataset": "digits", "data.num-partitions": 3,
                                "fedgen.teacher-loss": teacher_loss})
     data = load_federated(cfg.data)
     algorithm = FedGen(cfg, data.num_classes, data.input_shape)
@@ -171,7 +173,7 @@ def test_generator_is_trained_and_broadcast_every_round(teacher_loss: str) -> No
     np.testing.assert_array_equal(req2[GENERATOR_PREFIX + "out.weight"], states[1]["out.weight"])
     assert not np.array_equal(req1[GENERATOR_PREFIX + "out.weight"],
                               req2[GENERATOR_PREFIX + "out.weight"])
-    assert int(req2[GENERATOR_PREFIX + "bn.num_batches_tracked"]) == cfg.fedgen.generator_steps
+    assert int(req2[GENERATOR_PREFIX + "bn.num_batches_tracked"]) == cfg.section("fedgen").generator_steps
     # The generator's lr decays by 0.98 per round.
     assert algorithm._optimizer.param_groups[0]["lr"] == pytest.approx(3e-4 * 0.98**2)
 
@@ -184,7 +186,7 @@ def test_fedgen_run_learns_and_uploads_weights_and_label_counts(tmp_path: Path) 
     assert all(r["num-failures"] == 0 and r["generator-change"] > 0 for r in rows)
     assert rows[-1]["global-accuracy"] > 0.2  # digits, 10 classes: chance is 0.1
     assert rows[-1]["personalized-accuracy"] is not None
-    algorithm = FedGen(RunConfig.from_flat({"algorithm": "fedgen", "train.model": "fedgen-cnn"}),
+    algorithm = FedGen(build_config({"algorithm": "fedgen", "train.model": "fedgen-cnn"}),
                        10, (1, 8, 8))
     expected = {f"arrays/{k}": {"shape": list(v.shape), "dtype": "float32"}
                 for k, v in algorithm.global_model().state_dict().items()}

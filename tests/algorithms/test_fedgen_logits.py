@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from fedkd.compose import build_config
 from fedkd.config import ConfigError
 from fedkd.losses import diversity_loss
 from fedkd.models.generators import InputGenerator, LatentGenerator, LowFrequencyGenerator, dct_basis

@@ -7,6 +7,7 @@ import pytest
 
 from client.app import client_context
 from fedkd.algorithms.fedmd import FedMD
+from fedkd.compose import build_config
 from fedkd.config import ConfigError, RunConfig
 from fedkd.protocol import Payload
 from tests.algorithms.inprocess import run_inprocess
@@ -29,16 +30,16 @@ def test_fedmd_mixed_architectures_share_only_logits(tmp_path: Path) -> None:
 
 
 def test_client_models_cycle_and_node_choice_wins() -> None:
-    cfg = RunConfig.from_flat({"train.client-models": "mlp,fedgen-cnn,resnet"})
+    cfg = build_config({"train.client-models": "mlp,fedgen-cnn,resnet"})
     assert [cfg.train.model_for(p) for p in range(4)] == ["mlp", "fedgen-cnn", "resnet", "mlp"]
     assert cfg.train.model_for(1, node_model="cnn") == "cnn"
     assert RunConfig().train.model_for(5) == "cnn"
     with pytest.raises(ConfigError, match=r"train.client-models: unknown model 'vgg'"):
-        RunConfig.from_flat({"train.client-models": "mlp,vgg"})
+        build_config({"train.client-models": "mlp,vgg"})
 
 
 def test_node_config_model_must_exist() -> None:
-    cfg = RunConfig.from_flat({"data.dataset": "digits", "data.num-partitions": 2})
+    cfg = build_config({"data.dataset": "digits", "data.num-partitions": 2})
     with pytest.raises(ValueError, match=r"model='vgg' is not a model of the zoo; valid names"):
         client_context(cfg, 1, {"partition-id": 0, "num-partitions": 2, "model": "vgg"}, {})
 
@@ -52,7 +53,7 @@ def test_fedmd_learns_a_useful_global_student(tmp_path: Path) -> None:
 
 
 def test_client_rejects_public_indices_out_of_range() -> None:
-    cfg = RunConfig.from_flat({"algorithm": "fedmd", "data.dataset": "digits",
+    cfg = build_config({"algorithm": "fedmd", "data.dataset": "digits",
                                "data.num-partitions": 2, "train.model": "mlp"})
     client = client_context(cfg, 1, {"partition-id": 0, "num-partitions": 2}, {})
     fedmd = FedMD(cfg, client.num_classes, client.input_shape)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from fedkd.compose import build_config
 from fedkd.config import ConfigError
 from tests.algorithms.inprocess import run_inprocess
 

@@ -29,6 +29,7 @@ from benchmarks.sim_overhead import (
     pure_fedavg_round,
 )
 from client.app import answer, client_context
+from fedkd.compose import build_config
 from fedkd.config import RunConfig, pyproject_defaults
 from fedkd.data.federated import load_federated
 from fedkd.launch import free_port, offline_env
@@ -47,7 +48,7 @@ SETTINGS = {"algorithm": "fedavg", "data.dataset": "digits", "train.model": "mlp
 def _cfg(num_clients: int, out: Path) -> RunConfig:
     flat = {**pyproject_defaults(APP_DIR / "pyproject.toml"), **SETTINGS,
             "data.num-partitions": num_clients, "output.dir": str(out), "output.run-name": "it"}
-    return RunConfig.from_flat(flat)
+    return build_config(flat)
 
 
 def _loop_clients(cfg: RunConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from fedkd.aggregation import build_rule
+from fedkd.compose import build_config
 from fedkd.config import ConfigError, RunConfig, pyproject_defaults
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
@@ -12,20 +14,21 @@ PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 def test_pyproject_defaults_match_dataclass_defaults() -> None:
     # Every run-config key has a default in pyproject.toml (Flower rejects others), and those
     # defaults are exactly the dataclasses' own: one source of truth each way.
-    assert pyproject_defaults(PYPROJECT) == RunConfig().to_flat()
+    # Plugin sections (a rule's options, an algorithm's section) included.
+    assert pyproject_defaults(PYPROJECT) == build_config({}).to_flat()
 
 
 def test_from_flat_round_trips() -> None:
-    flat = RunConfig().to_flat()
+    flat = build_config({}).to_flat()
     flat.update({"seed": 7, "data.alpha": 0.1, "train.model": "mlp", "federation.min-nodes": 3})
-    cfg = RunConfig.from_flat(flat)
+    cfg = build_config(flat)
     assert cfg.seed == 7 and cfg.data.alpha == 0.1 and cfg.train.model == "mlp"
     assert cfg.federation.min_nodes == 3
-    assert RunConfig.from_flat(cfg.to_flat()) == cfg
+    assert build_config(cfg.to_flat()) == cfg
 
 
 def test_int_accepted_where_float_expected() -> None:
-    cfg = RunConfig.from_flat({"train.learning-rate": 1})
+    cfg = build_config({"train.learning-rate": 1})
     assert cfg.train.learning_rate == 1.0 and isinstance(cfg.train.learning_rate, float)
 
 
@@ -51,8 +54,15 @@ def test_int_accepted_where_float_expected() -> None:
         ({"output.run-name": "a/b"}, r"run-name must be a plain name"),
         ({"train.model": 3}, r"train.model must be a string"),
         ({"aggregation.rule": "avg"}, r"aggregation.rule: unknown aggregation rule 'avg'; valid names: .*median"),
-        ({"aggregation.trim-fraction": 0.5}, r"trim-fraction must be in \[0, 0.5\)"),
-        ({"aggregation.era-mode": "x"}, r"era-mode must be 'temperature' or 'power'"),
+        ({"aggregation.rule": "trimmed-mean", "aggregation.trimmed-mean.trim-fraction": 0.5},
+         r"aggregation.trimmed-mean: trim_fraction must be a number in \[0, 0.5\)"),
+        ({"aggregation.rule": "era", "aggregation.era.mode": "x"}, r"aggregation.era: era mode must be one of"),
+        ({"aggregation.trim-fraction": 0.2}, r"unknown config key 'aggregation.trim-fraction'.*plugin sections: .*aggregation.trimmed-mean"),
+        ({"aggregation.pate.nope": 1}, r"unknown config key 'aggregation.pate.nope'; valid keys here: .*aggregation.pate.sigma"),
+        ({"distill.loss": "huber"}, r"distill.loss: unknown distillation loss 'huber'; valid names: kl, l1-logits, mse-logits"),
+        ({"privacy.server-accountant": "moments"}, r"unknown server accountant 'moments'; valid names: pld, rdp"),
+        ({"privacy.dp-sgd": True, "privacy.accountant": "moments"}, r"privacy.accountant: unknown accountant 'moments'; valid names \(Opacus' registry\): .*prv.*rdp"),
+        ({"fedgen.input-generator": "gan"}, r"fedgen.input-generator must be one of conv, low-frequency"),
         ({"aggregation.max-abs-logit": 0.0}, r"max-abs-logit must be > 0"),
         ({"distill.public-batch": 0}, r"distill.public-batch must be > 0"),
         ({"distill.steps": -1}, r"distill.steps must be >= 0"),
@@ -62,28 +72,54 @@ def test_int_accepted_where_float_expected() -> None:
 )
 def test_invalid_values_give_clear_errors(flat: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        RunConfig.from_flat(flat)
+        build_config(flat)
 
 
 def test_data_section_errors_are_config_errors() -> None:
     with pytest.raises(ConfigError, match=r"^data: .*alpha"):
-        RunConfig.from_flat({"data.alpha": -1.0})
+        build_config({"data.alpha": -1.0})
 
 
-def test_aggregation_config_builds_the_rule_with_its_options() -> None:
-    rule = RunConfig.from_flat({"aggregation.rule": "trimmed-mean",
-                                "aggregation.trim-fraction": 0.3}).aggregation.build()
+def test_build_rule_uses_the_rules_own_section() -> None:
+    rule = build_rule(build_config({"aggregation.rule": "trimmed-mean",
+                                    "aggregation.trimmed-mean.trim-fraction": 0.3}))
     assert rule.name == "trimmed-mean" and rule.options()["trim_fraction"] == 0.3
-    era = RunConfig.from_flat({"aggregation.rule": "era", "aggregation.era-temperature": 0.5}
-                              ).aggregation.build()
-    assert era.options()["era_temperature"] == 0.5
+    era = build_rule(build_config({"aggregation.rule": "era", "aggregation.era.era-temperature": 0.5,
+                                   "aggregation.temperature": 2.0}))
+    assert era.options() == {"temperature": 2.0, "era_temperature": 0.5, "mode": "temperature",
+                             "beta": 2.0}
+    pate = build_rule(build_config({"aggregation.rule": "pate", "aggregation.pate.sigma": 7.0}))
+    assert pate.sigma == 7.0 and pate.threshold is None  # threshold 0 in the config: none
+    pate = build_rule(build_config({"aggregation.rule": "pate", "aggregation.pate.threshold": 5.0}))
+    assert pate.threshold == 5.0
+
+
+def test_sections_are_registered_by_their_owners() -> None:
+    from fedkd.aggregation.pate import PateOptions
+    from fedkd.algorithms.fedgen import FedGenConfig
+
+    cfg = build_config({"fedgen.synthetic-batch": 17})
+    assert isinstance(cfg.section("fedgen"), FedGenConfig)
+    assert cfg.section("fedgen").synthetic_batch == 17
+    assert cfg.section("aggregation.pate") == PateOptions()
+    with pytest.raises(KeyError, match="no config section 'nope'"):
+        cfg.section("nope")
+    # Core sections only: a plugin key is unknown there.
+    with pytest.raises(ConfigError, match="unknown config key 'fedgen.synthetic-batch'"):
+        RunConfig.from_flat({"fedgen.synthetic-batch": 17})
+
+
+def test_algorithm_checks_run_in_build_config() -> None:
+    # Bug C: FD under DP-SGD without output noise is refused before anything starts.
+    with pytest.raises(ConfigError, match="privacy.output-noise"):
+        build_config({"algorithm": "fd", "privacy.dp-sgd": True, "privacy.target-epsilon": 8.0})
 
 
 def test_era_temperature_of_one_or_more_is_rejected() -> None:
-    with pytest.raises(ConfigError, match=r"aggregation: .*era_temperature"):
-        RunConfig.from_flat({"aggregation.rule": "era", "aggregation.era-temperature": 1.5})
+    with pytest.raises(ConfigError, match=r"aggregation.era: .*era_temperature"):
+        build_config({"aggregation.rule": "era", "aggregation.era.era-temperature": 1.5})
 
 
 def test_attack_partitions_parse() -> None:
-    cfg = RunConfig.from_flat({"attack.partitions": "0, 3", "attack.mode": "flip"})
+    cfg = build_config({"attack.partitions": "0, 3", "attack.mode": "flip"})
     assert cfg.attack.partition_ids == frozenset({0, 3})

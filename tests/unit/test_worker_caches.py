@@ -22,6 +22,7 @@ import torch
 from flwr.app import Array, Context, Message, Metadata, RecordDict
 
 from fedkd.algorithms.fedavg import weighted_average
+from fedkd.compose import build_config
 from fedkd.config import ConfigError, RunConfig
 from fedkd.data import DataSpec, clear_data_caches, load_dataset, load_federated
 from fedkd.data.cache import CACHE_ENV, cache_key, cached_arrays
@@ -239,7 +240,7 @@ def test_device_resolution_and_scope_on_a_cpu_machine() -> None:
     with device_scope("cpu") as dev:
         assert dev.type == "cpu" and current_device() == dev
     with pytest.raises(ConfigError, match="train.device"):
-        RunConfig.from_flat({"train.device": "tpu"})
+        build_config({"train.device": "tpu"})
 
 
 def test_training_in_a_cpu_device_scope_is_unchanged() -> None:
@@ -290,7 +291,7 @@ def test_disk_client_state_gives_the_same_rounds_as_node_state(tmp_path: Path) -
                 warnings.simplefilter("ignore")
                 reply = _handle(_message(5, request), context)
             out.append(decode(reply.content))
-        cfg = RunConfig.from_flat(run_config)
+        cfg = build_config(run_config)
         path = client_state_path(cfg, 77, 5)
         if store == "disk":
             assert STATE_KEY not in context.state and path.exists()
