@@ -17,6 +17,7 @@ import pytest
 
 from fedkd import cli
 from fedkd.config import RunConfig, pyproject_defaults
+from fedkd.experiments import presets, runner
 from fedkd.launch import offline_env
 
 APP_DIR = Path(__file__).resolve().parents[2]
@@ -32,10 +33,10 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
 # ----- presets and profiles -------------------------------------------------------------------
 @pytest.mark.parametrize("name", PRESETS)
 def test_every_preset_parses_and_validates(name: str) -> None:
-    preset = cli.load_preset(name)
+    preset = presets.load_preset(name)
     # Every key is a run-config key of pyproject.toml, with a value of the right type.
     assert set(preset.values) <= set(pyproject_defaults(APP_DIR / "pyproject.toml"))
-    cfg, run_config = cli.resolve_config(preset)  # RunConfig.from_flat + the algorithm's checks
+    cfg, run_config = runner.resolve_config(preset)  # compose.build_config: every check
     assert run_config == preset.values
     assert cfg.to_flat()["algorithm"] == preset.values["algorithm"]
     assert preset.description  # `fedkd presets` shows it
@@ -54,22 +55,22 @@ def test_presets_cover_the_experiment_grid() -> None:
         for alpha in (0.1, 1.0):
             for dp in (False, True):
                 name = f"{algorithm}-fmnist-dir{alpha}" + ("-dp" if dp else "")
-                cfg, _ = cli.resolve_config(cli.load_preset(name))
+                cfg, _ = runner.resolve_config(presets.load_preset(name))
                 assert (cfg.algorithm, cfg.data.dataset, cfg.data.partitioner, cfg.data.alpha,
                         cfg.privacy.dp_sgd) == (algorithm, "fashion-mnist", "dirichlet", alpha, dp)
     # FD and FedGen release counts or per-class sums: under DP-SGD they need output noise.
     for name in ("fd-fmnist-dir0.1-dp", "fedgen-fmnist-dir1.0-dp"):
-        assert cli.resolve_config(cli.load_preset(name))[0].privacy.output_noise > 0
+        assert runner.resolve_config(presets.load_preset(name))[0].privacy.output_noise > 0
     # Runs differ only in algorithm, partition and privacy (and the algorithm's own keys).
     shared = {"num-server-rounds", "train.model", "train.local-steps", "data.num-partitions",
               "federation.min-nodes", "federation.min-replies"}
-    values = {n: cli.resolve_config(cli.load_preset(n))[0].to_flat() for n in PRESETS if n != "tiny"}
+    values = {n: runner.resolve_config(presets.load_preset(n))[0].to_flat() for n in PRESETS if n != "tiny"}
     for key in shared:
         assert len({v[key] for v in values.values()}) == 1, key
 
 
 def test_tiny_preset_is_small() -> None:
-    cfg, _ = cli.resolve_config(cli.load_preset("tiny"))
+    cfg, _ = runner.resolve_config(presets.load_preset("tiny"))
     assert cfg.data.dataset == "digits" and cfg.num_server_rounds <= 3
     assert cfg.data.num_partitions <= 3
 
@@ -77,10 +78,10 @@ def test_tiny_preset_is_small() -> None:
 def test_preset_by_path_and_overrides(tmp_path: Path) -> None:
     path = tmp_path / "mine.toml"
     path.write_text('algorithm = "fd"\n[data]\ndataset = "digits"\nnum-partitions = 4\n')
-    preset = cli.load_preset(str(path))
+    preset = presets.load_preset(str(path))
     assert preset.name == "mine" and preset.values["data.num-partitions"] == 4
-    cfg, run_config = cli.resolve_config(
-        preset, cli.parse_sets(['train.model="mlp"', "data.alpha=0.3"]), seed=5, rounds=7,
+    cfg, run_config = runner.resolve_config(
+        preset, presets.parse_sets(['train.model="mlp"', "data.alpha=0.3"]), seed=5, rounds=7,
         output_dir=tmp_path / "out", run_name="x")
     assert (cfg.seed, cfg.num_server_rounds, cfg.train.model, cfg.data.alpha) == (5, 7, "mlp", 0.3)
     assert run_config["output.dir"] == str((tmp_path / "out").resolve())
@@ -88,39 +89,39 @@ def test_preset_by_path_and_overrides(tmp_path: Path) -> None:
 
 
 def test_profiles() -> None:
-    assert set(cli.profile_names()) >= {"cpu", "gpu"}
+    assert set(presets.profile_names()) >= {"cpu", "gpu"}
     cfg = RunConfig.from_flat({"data.num-partitions": 7})
-    cpu = cli.federation_config(cli.load_profile("cpu"), cfg)
+    cpu = runner.federation_config(presets.load_profile("cpu"), cfg)
     assert cpu["num-supernodes"] == 7
     assert cpu["client-resources-num-cpus"] == 1 and cpu["client-resources-num-gpus"] == 0.0
-    gpu = cli.load_profile("gpu")
+    gpu = presets.load_profile("gpu")
     assert 0 < gpu.federation["client-resources-num-gpus"] < 1  # clients share one GPU
-    for name in cli.profile_names():  # a profile's run-config keys are valid ones
-        profile = cli.load_profile(name)
-        cli.resolve_config(cli.load_preset("tiny"), profile.run_config)
+    for name in presets.profile_names():  # a profile's run-config keys are valid ones
+        profile = presets.load_profile(name)
+        runner.resolve_config(presets.load_preset("tiny"), profile.run_config)
 
 
 def test_profile_run_config_comes_before_set(tmp_path: Path) -> None:
     path = tmp_path / "p.toml"
     path.write_text("client-resources-num-cpus = 2\n[run-config]\ntrain.num-threads = 2\n"
                     "train.local-steps = 3\n")
-    profile = cli.load_profile(str(path))
+    profile = presets.load_profile(str(path))
     assert profile.federation == {"client-resources-num-cpus": 2}
     assert profile.run_config == {"train.num-threads": 2, "train.local-steps": 3}
-    overrides = {**profile.run_config, **cli.parse_sets(["train.local-steps=9"])}
-    cfg, _ = cli.resolve_config(cli.load_preset("tiny"), overrides)
+    overrides = {**profile.run_config, **presets.parse_sets(["train.local-steps=9"])}
+    cfg, _ = runner.resolve_config(presets.load_preset("tiny"), overrides)
     assert (cfg.train.num_threads, cfg.train.local_steps) == (2, 9)
     path.write_text("[other]\nx = 1\n")
-    with pytest.raises(cli.CliError, match="the only table is"):
-        cli.load_profile(str(path))
+    with pytest.raises(presets.CliError, match="the only table is"):
+        presets.load_profile(str(path))
 
 
 def test_gpu_profile_without_a_gpu_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(cli.CliError, match=r"torch sees no CUDA GPU.*--profile cpu"):
-        cli.federation_config(cli.load_profile("gpu"), RunConfig())
+    with pytest.raises(presets.CliError, match=r"torch sees no CUDA GPU.*--profile cpu"):
+        runner.federation_config(presets.load_profile("gpu"), RunConfig())
 
 
 # ----- errors a newcomer meets --------------------------------------------------------------
@@ -221,7 +222,7 @@ def test_no_command_prints_usage(capsys: pytest.CaptureFixture[str]) -> None:
 
 # ----- progress -----------------------------------------------------------------------------------
 def test_format_round() -> None:
-    line = cli.format_round({"round": 3, "global-accuracy": 0.71234, "personalized-accuracy": 0.8,
+    line = runner.format_round({"round": 3, "global-accuracy": 0.71234, "personalized-accuracy": 0.8,
                              "epsilon-max": 2.5, "bytes-up-per-client": 1500,
                              "wall-time-s": 12.34, "num-failures": 0}, total=10, width=10)
     assert line == ("round 3/10 [###-------] global acc 0.7123 | personal acc 0.8000 | eps 2.50 | "
@@ -232,7 +233,7 @@ def test_follower_prints_each_new_round_once(tmp_path: Path) -> None:
     path = tmp_path / "metrics.jsonl"
     path.write_text(json.dumps({"round": 1, "wall-time-s": 1.0}) + "\n")  # an earlier session's
     lines: list[str] = []
-    follower = cli.MetricsFollower(path, total_rounds=3, emit=lines.append)
+    follower = runner.MetricsFollower(path, total_rounds=3, emit=lines.append)
     assert follower.previous_rounds == 1
     with path.open("a") as fh:
         fh.write(json.dumps({"round": 2, "wall-time-s": 2.0}) + "\n")
@@ -257,31 +258,31 @@ def fake_run(run_dir: Path, cfg: RunConfig, rounds: int, summary: bool) -> None:
 
 
 def test_run_state(tmp_path: Path) -> None:
-    preset = cli.load_preset("tiny")
+    preset = presets.load_preset("tiny")
 
     def cfg_for(name: str, **kw) -> RunConfig:
-        return cli.resolve_config(preset, output_dir=tmp_path, run_name=name, **kw)[0]
+        return runner.resolve_config(preset, output_dir=tmp_path, run_name=name, **kw)[0]
 
-    assert cli.run_state(tmp_path / "a", cfg_for("a"))[0] == "new"
+    assert runner.run_state(tmp_path / "a", cfg_for("a"))[0] == "new"
     fake_run(tmp_path / "b", cfg_for("b"), rounds=2, summary=True)
-    assert cli.run_state(tmp_path / "b", cfg_for("b"))[0] == "done"
+    assert runner.run_state(tmp_path / "b", cfg_for("b"))[0] == "done"
     fake_run(tmp_path / "c", cfg_for("c"), rounds=2, summary=False)  # every round, no summary
-    assert cli.run_state(tmp_path / "c", cfg_for("c"))[0] == "done"
+    assert runner.run_state(tmp_path / "c", cfg_for("c"))[0] == "done"
     fake_run(tmp_path / "d", cfg_for("d"), rounds=1, summary=False)
-    assert cli.run_state(tmp_path / "d", cfg_for("d")) == ("partial", "1 of 2 rounds")
+    assert runner.run_state(tmp_path / "d", cfg_for("d")) == ("partial", "1 of 2 rounds")
     # More rounds asked of a finished run: it continues after its checkpoint.
-    assert cli.run_state(tmp_path / "b", cfg_for("b", rounds=4))[0] == "partial"
-    state, detail = cli.run_state(tmp_path / "b", cfg_for("b", seed=9))
+    assert runner.run_state(tmp_path / "b", cfg_for("b", rounds=4))[0] == "partial"
+    state, detail = runner.run_state(tmp_path / "b", cfg_for("b", seed=9))
     assert state == "conflict" and "seed" in detail
 
 
 def test_sweep_skips_finished_runs_and_refuses_other_configs(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    preset = cli.load_preset("tiny")
+    preset = presets.load_preset("tiny")
     for seed in (0, 1):
         name = f"tiny-seed{seed}"
-        cfg = cli.resolve_config(preset, seed=seed, output_dir=tmp_path, run_name=name)[0]
+        cfg = runner.resolve_config(preset, seed=seed, output_dir=tmp_path, run_name=name)[0]
         fake_run(tmp_path / name, cfg, rounds=2, summary=True)
     rc, out, _ = run_cli(capsys, "sweep", "tiny", "--seeds", "0", "1", "--output-dir", str(tmp_path))
     assert rc == 0

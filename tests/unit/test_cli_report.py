@@ -10,6 +10,7 @@ import pytest
 
 from fedkd import cli
 from fedkd.config import RunConfig
+from fedkd.experiments import report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -120,16 +121,16 @@ def test_runs_differing_in_more_than_the_seed_are_separate_groups(tmp_path: Path
                   fedavg_rows([0.5], 0.5, 1e6), preset="same-preset")
     write_run(root, "a-seed1", {**FEDAVG, "seed": 1, "data.seed": 3},
               fedavg_rows([0.7], 0.5, 1e6), preset="same-preset")
-    groups = cli.group_runs(cli.find_runs([root]))
+    groups = report.group_runs(report.find_runs([root]))
     labels = sorted(g.label for g in groups)
     assert labels == ["same-preset (data.alpha=0.1)", "same-preset (data.alpha=1.0)"]
     assert sorted(len(g.runs) for g in groups) == [1, 2]  # seed and data.seed are seeds
 
 
 def test_mean_std() -> None:
-    assert cli.mean_std([1.0, 2.0, None, 3.0]) == (2.0, 1.0, 3)
-    assert cli.mean_std([5.0]) == (5.0, None, 1)
-    assert cli.mean_std([None]) is None
+    assert report.mean_std([1.0, 2.0, None, 3.0]) == (2.0, 1.0, 3)
+    assert report.mean_std([5.0]) == (5.0, None, 1)
+    assert report.mean_std([None]) is None
 
 
 def test_report_without_runs_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -139,8 +140,8 @@ def test_report_without_runs_says_so(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 def test_plot_styles_encode_algorithm_privacy_and_alpha(outputs: Path, tmp_path: Path) -> None:
     # fd-dp, fedavg, fd without DP: colour per algorithm, dashed under DP-SGD, marker per alpha.
-    groups = cli.group_runs(cli.find_runs([outputs]))
-    styles = {g.label: s for g, s in zip(groups, cli._styles(groups))}
+    groups = report.group_runs(report.find_runs([outputs]))
+    styles = {g.label: s for g, s in zip(groups, report._styles(groups))}
     fd_dp, fd, fedavg = styles["fd-dp"], styles["fd fashion-mnist dirichlet 0.1"], styles["fedavg"]
     assert fd_dp["color"] == fd["color"] != fedavg["color"]
     assert (fd_dp["linestyle"], fd["linestyle"], fedavg["linestyle"]) == ("--", "-", "-")
@@ -150,8 +151,8 @@ def test_plot_styles_encode_algorithm_privacy_and_alpha(outputs: Path, tmp_path:
     for rule in ("mean", "median"):
         write_run(root, rule, {**FEDAVG, "aggregation.rule": rule}, fedavg_rows([0.5], 0.5, 1e6),
                   preset="fedavg")
-    groups = cli.group_runs(cli.find_runs([root]))
-    colors = [s["color"] for s in cli._styles(groups)]
+    groups = report.group_runs(report.find_runs([root]))
+    colors = [s["color"] for s in report._styles(groups)]
     assert len(groups) == 2 and colors[0] != colors[1]
 
 

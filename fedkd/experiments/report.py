@@ -1,0 +1,455 @@
+"""Run directories read back into a report: a Markdown table (mean ± std over seeds) and plots.
+
+:func:`write_report` finds run directories (:func:`find_runs`), groups the runs that differ only
+by seed (:func:`group_runs`: ``seed``, ``data.seed``), and writes ``report.md``, ``report.json``
+and three PNG plots (accuracy vs round, vs cumulative upload, vs epsilon). Nothing here starts a
+run; matplotlib is imported only to plot.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedkd.experiments.presets import CliError
+from fedkd.experiments.runner import CLI_FILE, read_rows
+from fedkd.results import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
+
+#: Config keys that tell seeds apart: runs that differ only in these are one experiment.
+SEED_KEYS = frozenset({"seed", "data.seed"})
+
+
+@dataclass
+class RunRecord:
+    """One run directory's outputs, read back."""
+
+    directory: Path
+    rows: list[dict[str, Any]]
+    config: dict[str, Any]
+    cli: dict[str, Any]
+    complete: bool
+
+    @property
+    def seed(self) -> Any:
+        return self.config.get("seed", self.cli.get("run-config", {}).get("seed"))
+
+    @property
+    def planned_rounds(self) -> int | None:
+        value = self.config.get("num-server-rounds")
+        return int(value) if value is not None else None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def find_runs(paths: Sequence[str | Path]) -> list[RunRecord]:
+    """Every run directory (one holding ``metrics.jsonl``) at or below the given paths."""
+    dirs: list[Path] = []
+    for spec in paths:
+        p = Path(spec)
+        if not p.exists():
+            raise CliError(f"{p} does not exist")
+        found = [p] if (p / METRICS_FILE).is_file() else sorted(
+            m.parent for m in p.rglob(METRICS_FILE))
+        if not found and ((p / CONFIG_FILE).is_file() or (p / CLI_FILE).is_file()):
+            # A run that has started but not finished a round (a sweep in progress).
+            print(f"warning: {p} has no finished round yet; left out", file=sys.stderr)
+            continue
+        if not found:
+            raise CliError(f"no run found in {p} (a run directory holds {METRICS_FILE})")
+        dirs.extend(d.resolve() for d in found)
+    runs = []
+    for d in dict.fromkeys(dirs):  # keep order, drop duplicates
+        rows = sorted(read_rows(d / METRICS_FILE), key=lambda r: r.get("round", 0))
+        if not rows:
+            print(f"warning: {d} has no finished round yet; left out", file=sys.stderr)
+            continue
+        config = _read_json(d / CONFIG_FILE).get("run-config", {})
+        runs.append(RunRecord(d, rows, config, _read_json(d / CLI_FILE),
+                              complete=(d / SUMMARY_FILE).is_file()))
+    return runs
+
+
+@dataclass
+class Group:
+    """Runs that differ only by seed: one experiment."""
+
+    label: str
+    runs: list[RunRecord]
+    config: dict[str, Any]
+
+
+def _experiment_key(run: RunRecord) -> tuple[Any, ...]:
+    if not run.config:  # no config.json: group by directory name without its seed
+        return ("dir", run.directory.name.rsplit("-seed", 1)[0])
+    return tuple(sorted((k, json.dumps(v)) for k, v in run.config.items()
+                        if k not in SEED_KEYS and not k.startswith("output.")))
+
+
+def _default_label(runs: Sequence[RunRecord]) -> str:
+    presets = {r.cli.get("preset") for r in runs}
+    if len(presets) == 1 and None not in presets:
+        return str(presets.pop())
+    c = runs[0].config
+    if not c:
+        return runs[0].directory.name.rsplit("-seed", 1)[0]
+    label = f"{c.get('algorithm')} {c.get('data.dataset')} {c.get('data.partitioner')}"
+    if c.get("data.partitioner") == "dirichlet":
+        label += f" {c.get('data.alpha')}"
+    if c.get("privacy.dp-sgd") or (c.get("privacy.output-noise") or 0) > 0:
+        label += " DP"
+    return label
+
+
+def group_runs(runs: Sequence[RunRecord]) -> list[Group]:
+    """Group runs by their configuration without seeds and output keys; label each group by its
+    preset (or algorithm, dataset, partition and DP), plus the keys that tell same-label groups
+    apart."""
+    by_key: dict[tuple[Any, ...], list[RunRecord]] = {}
+    for run in runs:
+        by_key.setdefault(_experiment_key(run), []).append(run)
+    def by_seed(r: RunRecord) -> tuple[bool, int, str]:
+        return (not isinstance(r.seed, int), r.seed if isinstance(r.seed, int) else 0,
+                str(r.directory))
+
+    groups = [Group(_default_label(rs), sorted(rs, key=by_seed), rs[0].config)
+              for rs in by_key.values()]
+    by_label: dict[str, list[Group]] = {}
+    for g in groups:
+        by_label.setdefault(g.label, []).append(g)
+    for same in by_label.values():
+        if len(same) < 2:
+            continue
+        keys = sorted({k for g in same for k in g.config} - SEED_KEYS)
+        differing = [k for k in keys if not k.startswith("output.")
+                     and len({json.dumps(g.config.get(k)) for g in same}) > 1]
+        for g in same:
+            extra = " ".join(f"{k}={g.config.get(k)}" for k in differing[:4])
+            g.label = f"{g.label} ({extra or g.runs[0].directory.name})"
+    return sorted(groups, key=lambda g: g.label)
+
+
+def run_stats(run: RunRecord) -> dict[str, float | None]:
+    """One run's numbers for the table."""
+    rows = run.rows
+    last = rows[-1]
+
+    def values(key: str) -> list[float]:
+        return [float(r[key]) for r in rows if r.get(key) is not None]
+
+    globals_ = values("global-accuracy")
+    up = values("bytes-up-per-client")
+    # Round 1 includes the simulation's start-up (Ray, worker processes, imports): left out.
+    wall = [float(r["wall-time-s"]) for r in rows[1:] if r.get("wall-time-s") is not None] \
+        or values("wall-time-s")
+    eps = values("epsilon-max")
+    server_eps = values("server-epsilon")
+    return {
+        "final-global-accuracy": last.get("global-accuracy"),
+        "best-global-accuracy": max(globals_) if globals_ else None,
+        "final-personalized-accuracy": last.get("personalized-accuracy"),
+        "bytes-up-per-client-per-round": statistics.fmean(up) if up else None,
+        "epsilon": eps[-1] if eps else None,
+        "server-epsilon": server_eps[-1] if server_eps else None,
+        "wall-time-per-round-s": statistics.fmean(wall) if wall else None,
+        "rounds": float(len(rows)),
+    }
+
+
+def mean_std(values: Sequence[float | None]) -> tuple[float, float | None, int] | None:
+    """Mean, sample standard deviation (n - 1; ``None`` for one value) and count of the values
+    that are not ``None``; ``None`` when there are none."""
+    xs = [float(v) for v in values if v is not None]
+    if not xs:
+        return None
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None), len(xs)
+
+
+def _cell(stat: tuple[float, float | None, int] | None, spec: str) -> str:
+    if stat is None:
+        return "-"
+    mean, std, _ = stat
+    return f"{mean:{spec}}" if std is None else f"{mean:{spec}} ± {std:{spec}}"
+
+
+def _bytes_cell(stat: tuple[float, float | None, int] | None) -> str:
+    if stat is None:
+        return "-"
+    mean, std, _ = stat
+    unit, size = next(((u, s) for u, s in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)) if mean >= s),
+                      ("B", 1.0))
+    spec = ".0f" if unit == "B" else ".2f"
+    return f"{mean / size:{spec}} {unit}" if std is None else \
+        f"{mean / size:{spec}} ± {std / size:{spec}} {unit}"
+
+
+COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("final-global-accuracy", "final global acc", ".4f"),
+    ("best-global-accuracy", "best global acc", ".4f"),
+    ("final-personalized-accuracy", "final personalized acc", ".4f"),
+    ("bytes-up-per-client-per-round", "bytes up / client / round", "bytes"),
+    ("epsilon", "epsilon (max over clients)", ".2f"),
+    ("server-epsilon", "client-level epsilon (server)", ".2f"),
+    ("wall-time-per-round-s", "s / round (after round 1)", ".1f"),
+)
+
+
+def group_summary(group: Group) -> dict[str, Any]:
+    """Mean, std and n over the group's runs for every column, plus seeds and rounds."""
+    stats = [run_stats(r) for r in group.runs]
+    out: dict[str, Any] = {
+        "label": group.label,
+        "seeds": [r.seed for r in group.runs],
+        "runs": [str(r.directory) for r in group.runs],
+        "rounds": sorted({len(r.rows) for r in group.runs}),
+        "incomplete": [str(r.directory) for r in group.runs if not r.complete],
+    }
+    for key, _, _ in COLUMNS:
+        stat = mean_std([s[key] for s in stats])
+        out[key] = None if stat is None else {"mean": stat[0], "std": stat[1], "n": stat[2]}
+    return out
+
+
+def markdown_table(groups: Sequence[Group]) -> str:
+    """The report's table: one row per experiment, mean ± std over seeds."""
+    summaries = [group_summary(g) for g in groups]
+    columns = [c for c in COLUMNS if c[0] != "server-epsilon"
+               or any(s["server-epsilon"] for s in summaries)]
+    header = ["experiment", "seeds", "rounds"] + [c[1] for c in columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for s in summaries:
+        rounds = "-".join(str(r) for r in (s["rounds"][0], s["rounds"][-1])) \
+            if len(s["rounds"]) > 1 else str(s["rounds"][0])
+        if s["incomplete"]:
+            rounds += "*"
+        cells = [s["label"], ", ".join(str(x) for x in s["seeds"]), rounds]
+        for key, _, spec in columns:
+            st = s[key]
+            stat = None if st is None else (st["mean"], st["std"], st["n"])
+            cells.append(_bytes_cell(stat) if spec == "bytes" else _cell(stat, spec))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ----- plots ----------------------------------------------------------------------------------
+def _curve(group: Group, key: str, x_of: Callable[[RunRecord], list[float | None]] | None = None):
+    """Mean and std over seeds of ``key`` per round; x is the round, or ``x_of``'s mean."""
+    by_round: dict[int, list[tuple[float, float]]] = {}
+    for run in group.runs:
+        xs = x_of(run) if x_of else [float(r["round"]) for r in run.rows]
+        for x, row in zip(xs, run.rows):
+            if x is not None and row.get(key) is not None:
+                by_round.setdefault(int(row["round"]), []).append((float(x), float(row[key])))
+    rounds = sorted(by_round)
+    x = [statistics.fmean(p[0] for p in by_round[r]) for r in rounds]
+    y = [statistics.fmean(p[1] for p in by_round[r]) for r in rounds]
+    s = [statistics.stdev(p[1] for p in by_round[r]) if len(by_round[r]) > 1 else 0.0
+         for r in rounds]
+    return x, y, s
+
+
+def _cumulative_mb(run: RunRecord) -> list[float | None]:
+    total, out = 0.0, []
+    for row in run.rows:
+        total += float(row.get("bytes-up-per-client") or 0.0)
+        out.append(total / 1e6)
+    return out
+
+
+def _epsilons(run: RunRecord) -> list[float | None]:
+    return [None if r.get("epsilon-max") is None else float(r["epsilon-max"]) for r in run.rows]
+
+
+ACCURACY_PANELS = (
+    ("global-accuracy", "global accuracy (server model, official test set)"),
+    ("personalized-accuracy", "personalized accuracy (mean over clients' local test splits)"),
+)
+
+
+def _styles(groups: Sequence[Group]) -> list[dict[str, Any]]:
+    """One line style per group, read from its configuration so that a sweep's plot decodes at a
+    glance: colour = algorithm, line = privacy (solid: none, dashed: DP-SGD), marker = the
+    partition's Dirichlet alpha. Groups that share all three (e.g. the same preset under
+    different overrides) are told apart by colour instead."""
+    import matplotlib
+
+    colors = matplotlib.colormaps["tab10"].colors
+    markers = ("o", "s", "^", "D", "v", "P")
+
+    def facet(g: Group) -> tuple[str, bool, str]:
+        return (str(g.config.get("algorithm", "")), bool(g.config.get("privacy.dp-sgd")),
+                json.dumps(g.config.get("data.alpha")))
+
+    facets = [facet(g) for g in groups]
+    if len(set(facets)) < len(facets):  # not enough to tell the groups apart: one colour each
+        return [{"color": colors[i % 10], "linestyle": ("-", "--", ":", "-.")[(i // 10) % 4],
+                 "marker": "o"} for i in range(len(groups))]
+    algorithms = list(dict.fromkeys(f[0] for f in facets))
+    alphas = list(dict.fromkeys(f[2] for f in facets))
+    return [{"color": colors[algorithms.index(a) % 10], "linestyle": "--" if dp else "-",
+             "marker": markers[alphas.index(alpha) % len(markers)]} for a, dp, alpha in facets]
+
+
+def _legend_columns(entries: int) -> int:
+    """Two to four legend columns: at most about five rows of entries."""
+    return min(4, max(2, math.ceil(entries / 5)))
+
+
+def _figure(title: str, n_groups: int):
+    import matplotlib.pyplot as plt
+
+    rows = math.ceil(n_groups / _legend_columns(n_groups))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2 + 0.22 * rows),
+                             squeeze=False)
+    fig.suptitle(title)
+    return fig, axes[0]
+
+
+def _finish(fig, axes, path: Path) -> None:
+    handles, labels = {}, {}
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+            labels[lab] = lab
+        if not ax.has_data():
+            ax.text(0.5, 0.5, "no run reports this", ha="center", va="center",
+                    transform=ax.transAxes, color="gray")
+    ncol = _legend_columns(len(handles))
+    if handles:
+        fig.legend(list(handles.values()), list(labels), loc="lower center", ncol=ncol,
+                   fontsize="small", frameon=False)
+    rows = math.ceil(len(handles) / ncol)
+    fig.tight_layout(rect=(0, min(0.45, 0.05 + 0.045 * rows), 1, 1))
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def plot_accuracy_vs_round(groups: Sequence[Group], path: Path) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = _figure("Accuracy per round (mean over seeds, band: ± 1 std)", len(groups))
+    styles = _styles(groups)
+    for ax, (key, title) in zip(axes, ACCURACY_PANELS):
+        for g, style in zip(groups, styles):
+            x, y, s = _curve(g, key)
+            if not x:
+                continue
+            ax.plot(x, y, markersize=3, label=g.label, **style)
+            ax.fill_between(x, [a - b for a, b in zip(y, s)], [a + b for a, b in zip(y, s)],
+                            color=style["color"], alpha=0.15)
+        ax.set(title=title, xlabel="round", ylabel="accuracy (fraction correct)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    _finish(fig, axes, path)
+
+
+def plot_accuracy_vs_bytes(groups: Sequence[Group], path: Path) -> None:
+    fig, axes = _figure("Accuracy vs communication (mean over seeds)", len(groups))
+    styles = _styles(groups)
+    for ax, (key, title) in zip(axes, ACCURACY_PANELS):
+        for g, style in zip(groups, styles):
+            x, y, _ = _curve(g, key, _cumulative_mb)
+            pts = [(a, b) for a, b in zip(x, y) if a > 0]
+            if pts:
+                ax.plot(*zip(*pts), markersize=3, label=g.label, **style)
+        ax.set(title=title, xlabel="cumulative upload per client (MB, log scale)",
+               ylabel="accuracy (fraction correct)")
+        if ax.has_data():
+            ax.set_xscale("log")
+        ax.grid(alpha=0.3, which="both")
+    _finish(fig, axes, path)
+
+
+def _without_privacy(config: Mapping[str, Any]) -> tuple[Any, ...]:
+    return tuple(sorted((k, json.dumps(v)) for k, v in config.items()
+                        if k not in SEED_KEYS and not k.startswith(("output.", "privacy."))))
+
+
+def plot_accuracy_vs_epsilon(groups: Sequence[Group], path: Path) -> None:
+    fig, axes = _figure("Accuracy vs privacy spent (example-level epsilon, max over clients; "
+                        "dotted: the same experiment without DP)", len(groups))
+    deltas = {g.config.get("privacy.delta") for g in groups if g.config}
+    delta = f", delta = {deltas.pop():g}" if len(deltas) == 1 else ""
+    private = [g for g in groups if any(r.get("epsilon-max") is not None
+                                        for run in g.runs for r in run.rows)]
+    public = {_without_privacy(g.config): g for g in groups if g not in private and g.config}
+    styles = _styles(groups)
+    for ax, (key, title) in zip(axes, ACCURACY_PANELS):
+        for g, style in zip(groups, styles):
+            if g not in private:
+                continue
+            x, y, _ = _curve(g, key, _epsilons)
+            if not x:
+                continue
+            ax.plot(x, y, markersize=3, label=g.label, **style)
+            twin = public.get(_without_privacy(g.config))
+            if twin is not None:
+                _, ty, _ = _curve(twin, key)
+                if ty:
+                    ax.axhline(ty[-1], color=style["color"], linestyle=":", linewidth=1.2,
+                               label=f"{twin.label} (no DP, final)")
+        ax.set(title=title, xlabel=f"epsilon spent so far{delta}",
+               ylabel="accuracy (fraction correct)")
+        ax.grid(alpha=0.3)
+        if not private:
+            ax.text(0.5, 0.4, "no run used differential privacy", ha="center", va="center",
+                    transform=ax.transAxes, color="gray")
+    _finish(fig, axes, path)
+
+
+PLOTS = {
+    "accuracy_vs_round.png": plot_accuracy_vs_round,
+    "accuracy_vs_bytes.png": plot_accuracy_vs_bytes,
+    "accuracy_vs_epsilon.png": plot_accuracy_vs_epsilon,
+}
+
+
+def write_report(paths: Sequence[str | Path], out_dir: Path) -> tuple[str, list[Path]]:
+    """Find runs, group them, write ``report.md``, ``report.json`` and the PNGs to ``out_dir``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    runs = find_runs(paths)
+    if not runs:
+        raise CliError("no run with a finished round in " + ", ".join(map(str, paths)))
+    groups = group_runs(runs)
+    table = markdown_table(groups)
+    notes = [
+        "Each row is one experiment: runs that differ only by seed. Cells are mean ± sample "
+        "standard deviation (n - 1) over the seeds (the mean alone for one seed); `-`: not "
+        "reported by this algorithm (no server model, or no DP). Final = last finished round; "
+        "bytes up are means over rounds; s / round is the mean over rounds 2 and later (round 1 "
+        "includes the simulation's start-up); epsilon is the example-level epsilon of the last "
+        "round, the largest over clients.",
+    ]
+    incomplete = [r for r in runs if not r.complete]
+    if incomplete:
+        notes.append("\\* incomplete runs (no summary.json; their last finished round is used): "
+                     + ", ".join(f"`{r.directory.name}` ({len(r.rows)}"
+                                 f"{'/' + str(r.planned_rounds) if r.planned_rounds else ''}"
+                                 " rounds)" for r in incomplete))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images = []
+    for name, plot in PLOTS.items():
+        plot(groups, out_dir / name)
+        images.append(out_dir / name)
+    body = ["# fedkd results", "", table, *(n + "\n" for n in notes),
+            *(f"![{p.stem.replace('_', ' ')}]({p.name})\n" for p in images)]
+    (out_dir / "report.md").write_text("\n".join(body))
+    (out_dir / "report.json").write_text(
+        json.dumps([group_summary(g) for g in groups], indent=2) + "\n")
+    return table + "\n" + "\n".join(notes) + "\n", images
+
