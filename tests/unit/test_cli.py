@@ -164,6 +164,187 @@ def test_algorithm_checks_run_before_flower(capsys: pytest.CaptureFixture[str], 
     assert rc == 2 and "preset fd-fmnist-dir0.1:" in err and "privacy.output-noise" in err
 
 
+# ----- one launcher: `fedkd simulate` and `make run` (python -m simulations.run) ------------------
+class Started(Exception):
+    """A Flower process would have started."""
+
+
+class FakeSuperLink:
+    """Stands in for :class:`fedkd.launch.SimulationSuperLink`: the run streams lines and writes
+    ``metrics.jsonl`` as the ServerApp would, and ends with ``status``; nothing is started."""
+
+    status = "finished:completed"
+    made: list[FakeSuperLink] = []
+
+    def __init__(self, port: int | None = None, flwr_home: Path | None = None,
+                 log_path: Path | None = None) -> None:
+        self.port, self.log_path, self.stopped = port, log_path, False
+        FakeSuperLink.made.append(self)
+
+    def start(self) -> FakeSuperLink:
+        return self
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def run_streaming(self, app_dir, run_config, federation, on_line, timeout) -> tuple[int, str]:
+        self.run_config, self.federation = dict(run_config), dict(federation)
+        run_dir = Path(run_config["output.dir"]) / run_config["output.run-name"]
+        rounds = int(run_config.get("num-server-rounds", 2))
+        for rnd in range(1, rounds + 1):
+            with (run_dir / "metrics.jsonl").open("a") as fh:
+                fh.write(json.dumps({"round": rnd, "global-accuracy": 0.5 + rnd / 10,
+                                     "bytes-up-per-client": 1000, "wall-time-s": 1.0}) + "\n")
+            on_line(f"INFO :      [fedkd] round {rnd}/{rounds} | global acc {0.5 + rnd / 10:.4f}")
+            on_line("INFO :      some line of Flower's own")
+        on_line("WARNING :   something to look at")
+        return 7, self.status
+
+
+@pytest.fixture()
+def no_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Starting a SuperLink, or any process, raises :class:`Started`."""
+    import fedkd.launch
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise Started(f"a process was started: {args!r}")
+
+    monkeypatch.setattr(fedkd.launch, "SimulationSuperLink", refuse)
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+
+
+@pytest.fixture()
+def fake_link(monkeypatch: pytest.MonkeyPatch) -> type[FakeSuperLink]:
+    import fedkd.launch
+
+    FakeSuperLink.made = []
+    monkeypatch.setattr(fedkd.launch, "SimulationSuperLink", FakeSuperLink)
+    return FakeSuperLink
+
+
+FD_UNDER_DP_SGD = ["--set", 'algorithm="fd"', "--set", "privacy.dp-sgd=true",
+                   "--set", "privacy.target-epsilon=8.0"]  # and no privacy.output-noise
+
+
+def test_make_run_refuses_fd_under_dp_sgd_without_output_noise_before_any_process(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, no_process: None
+) -> None:
+    # Bug C: `make run` (python -m simulations.run) validated only RunConfig and failed inside
+    # the running ServerApp. Now the algorithm's own checks refuse it before anything starts.
+    from simulations import run as main_job
+
+    rc = main_job.main([*FD_UNDER_DP_SGD, "--output-dir", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert rc == 2
+    assert err.startswith("error: ") and "privacy.output-noise" in err
+    assert out == "" and not any(tmp_path.iterdir())
+
+
+def test_fedkd_simulate_refuses_fd_under_dp_sgd_without_output_noise_before_any_process(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, no_process: None
+) -> None:
+    rc, out, err = run_cli(capsys, "simulate", "tiny", *FD_UNDER_DP_SGD,
+                           "--output-dir", str(tmp_path))
+    assert rc == 2
+    assert err.startswith("error: preset tiny: ") and "privacy.output-noise" in err
+    assert out == "" and not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("entry", ["make run", "fedkd simulate"])
+def test_with_output_noise_the_same_config_gets_to_the_superlink(
+    tmp_path: Path, no_process: None, entry: str
+) -> None:
+    # The control for the two tests above: with privacy.output-noise the configuration passes,
+    # and the run gets as far as starting the SuperLink, which `no_process` refuses.
+    digits = ["--set", 'data.dataset="digits"', "--set", 'train.model="mlp"',
+              "--set", "privacy.output-noise=5.0", "--output-dir", str(tmp_path)]
+    with pytest.raises(Started):
+        if entry == "make run":
+            from simulations import run as main_job
+
+            main_job.main([*FD_UNDER_DP_SGD, *digits, "--num-clients", "3"])
+        else:
+            cli.main(["simulate", "tiny", *FD_UNDER_DP_SGD, *digits])
+
+
+def test_make_run_prints_server_lines_and_a_json_summary(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, fake_link: type[FakeSuperLink]
+) -> None:
+    from simulations import run as main_job
+
+    rc = main_job.main(["--num-clients", "3", "--rounds", "2", "--cpus-per-client", "2",
+                        "--set", 'data.dataset="digits"', "--set", 'train.model="mlp"',
+                        "--output-dir", str(tmp_path), "--name", "it"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    (link,) = fake_link.made
+    assert link.stopped and link.log_path == tmp_path / "it" / "superlink.log"
+    assert link.federation["num-supernodes"] == 3
+    assert link.federation["client-resources-num-cpus"] == 2
+    assert link.federation["client-resources-num-gpus"] == 0.0
+    assert link.run_config["data.num-partitions"] == 3 and link.run_config["num-server-rounds"] == 2
+    assert link.run_config["output.dir"] == str(tmp_path.resolve())
+    lines = out.splitlines()
+    assert lines[0] == (f"[fedkd] fedavg on digits: 3 clients, 2 rounds; outputs in "
+                        f"{tmp_path.resolve() / 'it'}")
+    partition = (tmp_path / "it" / "partition.txt").read_text()
+    assert partition.strip() and partition.strip() in out  # the label histogram, printed
+    assert "[fedkd] round 2/2 | global acc 0.7000" in out and "WARNING" in out
+    assert "Flower's own" not in out  # only the ServerApp's lines and warnings
+    assert "Flower's own" in (tmp_path / "it" / "run.log").read_text()  # ...but all are logged
+    summary = json.loads(out[out.index("\n{") + 1:])
+    assert summary["run-dir"] == str(tmp_path.resolve() / "it") and summary["rounds"] == 2
+    assert summary["global-accuracy"] == pytest.approx(0.7)
+    assert summary["bytes-up-per-client"] == 1000 and "total-wall-time-s" in summary
+
+
+def test_make_run_names_the_run_after_algorithm_and_dataset(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, fake_link: type[FakeSuperLink]
+) -> None:
+    from simulations import run as main_job
+
+    rc = main_job.main(["--num-clients", "2", "--rounds", "1", "--set", 'data.dataset="digits"',
+                        "--set", 'train.model="mlp"', "--output-dir", str(tmp_path)])
+    assert rc == 0
+    (run_dir,) = tmp_path.iterdir()
+    assert run_dir.name.startswith("fedavg-digits-")
+    assert fake_link.made[0].run_config["output.run-name"] == run_dir.name
+
+
+def test_fedkd_simulate_prints_progress_from_metrics(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, fake_link: type[FakeSuperLink]
+) -> None:
+    rc, out, err = run_cli(capsys, "simulate", "tiny", "--name", "t", "--output-dir", str(tmp_path))
+    assert rc == 0, err
+    assert "round 1/2 [##########----------] global acc 0.6000" in out
+    assert "round 2/2 [####################] global acc 0.7000" in out
+    assert "[fedkd] round" not in out and "WARNING" in out  # rounds from metrics.jsonl
+    assert "[fedkd] done: 2 rounds" in out
+    record = json.loads((tmp_path / "t" / "fedkd-run.json").read_text())
+    assert record["preset"] == "tiny" and record["federation-config"]["num-supernodes"] == 3
+
+
+@pytest.mark.parametrize("entry", ["make run", "fedkd simulate"])
+def test_a_failed_run_status_is_an_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, fake_link: type[FakeSuperLink],
+    monkeypatch: pytest.MonkeyPatch, entry: str
+) -> None:
+    # `flwr run` exits 0 even when the ServerApp failed: the status from `flwr ls` decides.
+    monkeypatch.setattr(FakeSuperLink, "status", "finished:failed")
+    if entry == "make run":
+        from simulations import run as main_job
+
+        rc = main_job.main(["--num-clients", "2", "--rounds", "1", "--name", "f",
+                            "--set", 'data.dataset="digits"', "--set", 'train.model="mlp"',
+                            "--output-dir", str(tmp_path)])
+    else:
+        rc = cli.main(["simulate", "tiny", "--name", "f", "--output-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "error: run 7 ended with status 'finished:failed'; full log: " in err
+    assert fake_link.made[0].stopped
+
+
 def test_missing_dataset_says_how_to_install_it(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
