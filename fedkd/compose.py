@@ -78,8 +78,9 @@ def build_config(flat: Mapping[str, Scalar]) -> RunConfig:
     if cfg.distill.loss not in DISTILLATION_LOSSES:
         raise ConfigError(f"distill.loss: unknown distillation loss {cfg.distill.loss!r}; valid "
                           f"names: {', '.join(sorted(DISTILLATION_LOSSES))}")
-    check_privacy_config(cfg.privacy)
-    ALGORITHMS.get(cfg.algorithm).check_config(cfg)
+    algorithm = ALGORITHMS.get(cfg.algorithm)
+    algorithm.check_config(cfg)
+    check_privacy_config(cfg.privacy, cfg.num_server_rounds * algorithm.planned_releases(cfg))
     return cfg
 
 

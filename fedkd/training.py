@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import itertools
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +36,10 @@ from fedkd.models import build_model
 ExtraLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 #: Called after each step with the batch's detached logits and labels (e.g. FD's per-class tracker).
 BatchObserver = Callable[[torch.Tensor, torch.Tensor], None]
+#: One optimisation step on a batch ``(x, y)``: forward, loss, backward, update; returns the
+#: step's loss and the batch's logits. :func:`plain_sgd_step` here; DP-SGD in
+#: :mod:`fedkd.privacy.dpsgd`.
+TrainingStep = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -199,6 +204,44 @@ def batch_indices(
         pos += batch_size
 
 
+def run_steps(
+    step: TrainingStep,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    steps: int,
+    observe: BatchObserver | None = None,
+) -> FitStats:
+    """The one local training loop: ``steps`` calls of ``step`` on the next batch of ``batches``.
+
+    Tallies the mean loss and the accuracy of the batches seen and hands every non-empty batch's
+    detached logits and labels (on the CPU) to ``observe``. What a step does (plain SGD,
+    DP-SGD) and where batches come from (shuffled passes, Poisson sampling) are the caller's.
+    """
+    tally = StepTally()
+    for x, y in itertools.islice(batches, steps):
+        loss, logits = step(x, y)
+        tally.add(loss, logits.detach().argmax(1), y)
+        if observe is not None and len(y):
+            observe(logits.detach().cpu(), y.cpu())
+    return tally.stats()
+
+
+def plain_sgd_step(model: nn.Module, optimizer: torch.optim.Optimizer,
+                   extra_loss: ExtraLoss | None = None) -> TrainingStep:
+    """The non-private step: cross-entropy (plus ``extra_loss``), backward, ``optimizer.step()``."""
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        optimizer.zero_grad(set_to_none=True)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        if extra_loss is not None:
+            loss = loss + extra_loss(model, x, y, logits)
+        loss.backward()
+        optimizer.step()
+        return loss, logits
+
+    return step
+
+
 def fit_supervised(
     model: nn.Module,
     data: ArrayDataset,
@@ -226,26 +269,11 @@ def fit_supervised(
             model.parameters(), lr=learning_rate, momentum=momentum, weight_decay=weight_decay
         )
         model.train()
-        tally = StepTally()
-        for idx in batch_indices(len(data), batch_size, steps, generator):
-            rows = idx.numpy()
-            # fancy indexing copies the rows out of the (read-only, shared) cached arrays
-            x = _to(torch.from_numpy(data.x[rows]), device)
-            y = _to(torch.from_numpy(data.y[rows]), device)
-            optimizer.zero_grad(set_to_none=True)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            if extra_loss is not None:
-                loss = loss + extra_loss(model, x, y, logits)
-            loss.backward()
-            optimizer.step()
-            tally.add(loss, logits.detach().argmax(1), y)
-            if observe is not None:
-                if device is None:
-                    observe(logits.detach(), y)
-                else:
-                    observe(logits.detach().cpu(), y.cpu())
-    return tally.stats()
+        # fancy indexing copies the rows out of the (read-only, shared) cached arrays
+        batches = ((_to(torch.from_numpy(data.x[idx.numpy()]), device),
+                    _to(torch.from_numpy(data.y[idx.numpy()]), device))
+                   for idx in batch_indices(len(data), batch_size, steps, generator))
+        return run_steps(plain_sgd_step(model, optimizer, extra_loss), batches, steps, observe)
 
 
 @torch.no_grad()

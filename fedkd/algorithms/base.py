@@ -150,6 +150,12 @@ class Algorithm(ABC):
                                           accountant=cfg.privacy.server_accountant)
 
     @classmethod
+    def planned_releases(cls, cfg: RunConfig) -> int:
+        """Output releases (at ``privacy.output-noise``) one client makes per round it takes
+        part in; ``privacy.target-epsilon`` calibrates DP-SGD over these too."""
+        return 0
+
+    @classmethod
     def check_config(cls, cfg: RunConfig) -> None:
         """Reject a configuration this algorithm cannot run (raise
         :class:`fedkd.errors.ConfigError` with the reason); called before anything starts."""
@@ -229,13 +235,19 @@ class Algorithm(ABC):
 
     def client_privacy(self, client: ClientContext) -> ClientPrivacy:
         """The client's example-level privacy ledger, restored from its node state."""
-        return ClientPrivacy(self.cfg.privacy, client.state, self.cfg.num_server_rounds)
+        return ClientPrivacy(self.cfg.privacy, client.state, self.cfg.num_server_rounds,
+                             releases_per_round=type(self).planned_releases(self.cfg))
 
     def account_releases(self, client: ClientContext, *releases: Release) -> None:
-        """Record released outputs in the client's ledger and save it to its node state."""
+        """Charge released outputs to the client's ledger (one budget check for all of them,
+        before anything is recorded) and save it to its node state. Raises
+        :class:`~fedkd.privacy.dpsgd.BudgetExhausted` when the budget would be exceeded: the
+        caller then publishes nothing."""
         ledger = self.client_privacy(client)
         for release in releases:
-            ledger.account(release)
+            if release.noise_multiplier <= 0:
+                raise ValueError("a release without noise cannot be accounted")
+        ledger.charge([(float(r.noise_multiplier), 1.0, 1) for r in releases])
         ledger.save()
 
     def release_logits(

@@ -56,6 +56,10 @@ class FD(Algorithm):
     DEVICE_READY = True
 
     @classmethod
+    def planned_releases(cls, cfg: RunConfig) -> int:
+        return 2 if cfg.privacy.enabled else 0  # per-class sums and counts
+
+    @classmethod
     def check_config(cls, cfg: RunConfig) -> None:
         privacy = cfg.privacy
         if privacy.dp_sgd != (privacy.output_noise > 0):

@@ -258,6 +258,10 @@ class FedGen(Algorithm):
     SERVER_STATE = ("_model", "_generator", "_optimizer", "_scheduler")
 
     @classmethod
+    def planned_releases(cls, cfg: RunConfig) -> int:
+        return 1 if cfg.privacy.dp_sgd else 0  # the noised label counts
+
+    @classmethod
     def check_config(cls, cfg: RunConfig) -> None:
         privacy = cfg.privacy
         if privacy.dp_sgd != (privacy.output_noise > 0):

@@ -142,6 +142,12 @@ class FedGenLogits(Algorithm):
     SERVER_STATE = ("_student", "_generator", "_optimizer", "_replay", "_rng")
 
     @classmethod
+    def planned_releases(cls, cfg: RunConfig) -> int:
+        # noised label counts with every query cycle, for a rule that needs counts
+        needs_counts = build_rule(cfg).needs_counts
+        return cfg.section("fedgen").generator_queries if cfg.privacy.enabled and needs_counts else 0
+
+    @classmethod
     def check_config(cls, cfg: RunConfig) -> None:
         rule = build_rule(cfg)
         privacy = cfg.privacy

@@ -29,6 +29,7 @@ from torch import nn
 
 from fedkd.algorithms.base import Algorithm, ClientContext, Exchange
 from fedkd.algorithms.registry import ALGORITHMS
+from fedkd.config import RunConfig
 from fedkd.data.datasets import ArrayDataset
 from fedkd.data.federated import FederatedData
 from fedkd.protocol import ArraySpec, Payload, PhaseSpec
@@ -47,6 +48,11 @@ class FedMD(Algorithm):
     name = "fedmd"
     DEVICE_READY = True
     SERVER_STATE = ("_student", "_rng")
+
+    @classmethod
+    def planned_releases(cls, cfg: RunConfig) -> int:
+        p = cfg.privacy
+        return 1 if p.output_noise > 0 and not p.dp_sgd else 0  # noised logits of a non-DP model
 
     def __init__(self, *args, **kwargs) -> None:  # noqa: D107 - see Algorithm
         super().__init__(*args, **kwargs)

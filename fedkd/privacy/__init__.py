@@ -20,9 +20,11 @@ def opacus_accountants() -> list[str]:
     return sorted(getattr(registry, "_ACCOUNTANTS", {"rdp": None, "prv": None, "gdp": None}))
 
 
-def check_privacy_config(cfg: PrivacyConfig) -> None:
-    """Reject accountant names no registry holds. The client accountant is looked up in Opacus'
-    registry only when privacy is on (it is unused otherwise, and opacus is slow to import)."""
+def check_privacy_config(cfg: PrivacyConfig, planned_releases: int = 0) -> None:
+    """Reject accountant names no registry holds, and a ``target-epsilon`` that the run's
+    ``planned_releases`` (at ``output-noise``) alone would spend. The client accountant is looked
+    up in Opacus' registry only when privacy is on (it is unused otherwise, and opacus is slow to
+    import)."""
     from fedkd.privacy.accounting import ACCOUNTANTS
 
     if cfg.server_accountant not in ACCOUNTANTS:
@@ -36,3 +38,12 @@ def check_privacy_config(cfg: PrivacyConfig) -> None:
         except ValueError:
             raise ConfigError(f"privacy.accountant: unknown accountant {cfg.accountant!r}; valid "
                               f"names (Opacus' registry): {', '.join(opacus_accountants())}") from None
+    if cfg.dp_sgd and cfg.target_epsilon > 0 and planned_releases > 0:
+        from fedkd.privacy.dpsgd import epsilon_of
+
+        floor = epsilon_of([(cfg.output_noise, 1.0, planned_releases)], cfg.delta, cfg.accountant)
+        if floor >= cfg.target_epsilon:
+            raise ConfigError(
+                f"privacy.target-epsilon {cfg.target_epsilon:g}: the run's {planned_releases} "
+                f"planned output releases at privacy.output-noise {cfg.output_noise:g} alone "
+                f"spend epsilon {floor:.3f}; raise privacy.output-noise or the target")

@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from fedkd.config import PrivacyConfig
 from fedkd.data.datasets import ArrayDataset
 from fedkd.privacy.output_noise import Release
-from fedkd.training import BatchObserver, ExtraLoss, FitStats, StepTally
+from fedkd.training import BatchObserver, ExtraLoss, FitStats, TrainingStep, run_steps
 
 #: Node-state key of the accountant history: float64 [H, 3] rows (sigma, sample rate, steps).
 HISTORY_KEY = "privacy/history"
@@ -68,15 +68,61 @@ def _accountant(mechanism: str):  # -> opacus IAccountant
     return create_accountant(mechanism=mechanism)
 
 
+#: Calibration stops once the planned epsilon is within this of the target (Opacus' default).
+EPSILON_TOLERANCE = 0.01
+
+
 @functools.lru_cache(maxsize=64)
 def calibrated_noise_multiplier(
-    target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str
+    target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str,
+    release_sigma: float = 0.0, releases: int = 0,
 ) -> float:
-    """The noise multiplier that spends ``target_epsilon`` in ``steps`` steps (cached per process)."""
-    from opacus.accountants.utils import get_noise_multiplier
+    """The DP-SGD noise multiplier that spends ``target_epsilon`` over everything planned:
+    ``steps`` steps at ``sample_rate`` and ``releases`` output releases at noise multiplier
+    ``release_sigma`` (Gaussian steps with sample rate 1), composed in one accountant.
 
-    return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
-                                      sample_rate=sample_rate, steps=steps, accountant=accountant))
+    Without releases this is Opacus' ``get_noise_multiplier``; with them, the same search
+    (double, then bisect until the planned epsilon is within ``EPSILON_TOLERANCE`` below the
+    target) over the composed history. Cached per process.
+
+    Raises
+    ------
+    ValueError
+        If the releases alone spend ``target_epsilon`` or more.
+    """
+    if releases <= 0:
+        from opacus.accountants.utils import get_noise_multiplier
+
+        return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
+                                          sample_rate=sample_rate, steps=steps,
+                                          accountant=accountant))
+    fixed = [(float(release_sigma), 1.0, int(releases))]
+    floor = epsilon_of(fixed, delta, accountant)
+    if floor >= target_epsilon:
+        raise ValueError(
+            f"the planned output releases alone ({releases} at noise multiplier "
+            f"{release_sigma:g}) spend epsilon {floor:.3f} >= privacy.target-epsilon "
+            f"{target_epsilon:g}: raise privacy.output-noise or the target"
+        )
+
+    def planned(sigma: float) -> float:
+        return epsilon_of([(sigma, sample_rate, steps), *fixed], delta, accountant)
+
+    low, high = 0.0, 10.0
+    eps_high = planned(high)
+    while eps_high > target_epsilon:
+        low, high = high, 2 * high
+        eps_high = planned(high)
+        if high > 1e6:
+            raise ValueError("cannot calibrate privacy.target-epsilon: noise multiplier > 1e6")
+    while target_epsilon - eps_high > EPSILON_TOLERANCE:
+        sigma = (low + high) / 2
+        eps = planned(sigma)
+        if eps < target_epsilon:
+            high, eps_high = sigma, eps
+        else:
+            low = sigma
+    return high
 
 
 def epsilon_of(history: list[tuple[float, float, int]], delta: float, mechanism: str) -> float:
@@ -110,11 +156,16 @@ class ClientPrivacy:
         The client's node state; the accountant history is read from and written to it.
     planned_rounds
         Participations the budget is planned over (``num-server-rounds``).
+    releases_per_round
+        Output releases (at ``privacy.output-noise``) the algorithm makes per participation:
+        ``privacy.target-epsilon`` calibrates DP-SGD so that the planned rounds' steps *and*
+        releases together spend at most the target.
     """
 
     cfg: PrivacyConfig
     state: MutableMapping[str, np.ndarray]
     planned_rounds: int
+    releases_per_round: int = 0
 
     def __post_init__(self) -> None:
         saved = self.state.get(HISTORY_KEY)
@@ -141,10 +192,25 @@ class ClientPrivacy:
         self.state[MECHANISM_KEY] = np.frombuffer(self.cfg.accountant.encode(), dtype=np.uint8).copy()
 
     def account(self, release: Release) -> None:
-        """Record one release of private outputs as a Gaussian step (sample rate 1)."""
+        """Charge one release of private outputs as a Gaussian step (sample rate 1), after the
+        budget check: with ``privacy.epsilon-budget`` > 0, a release that would exceed it raises
+        :class:`BudgetExhausted` and is not recorded (the caller must not publish it)."""
         if release.noise_multiplier <= 0:
             raise ValueError("a release without noise cannot be accounted: its epsilon is infinite")
-        self.history.append((float(release.noise_multiplier), 1.0, 1))
+        self.charge([(float(release.noise_multiplier), 1.0, 1)])
+
+    def charge(self, entries: list[tuple[float, float, int]]) -> None:
+        """Add ``(sigma, sample rate, steps)`` entries to the ledger, checking the budget first:
+        every charge (training and each release) goes through here."""
+        self._check(entries)
+        self.history.extend(entries)
+
+    def _check(self, entries: list[tuple[float, float, int]]) -> None:
+        if self.cfg.epsilon_budget <= 0:
+            return
+        after = epsilon_of(self.history + list(entries), self.cfg.delta, self.cfg.accountant)
+        if after > self.cfg.epsilon_budget:
+            raise BudgetExhausted(self.epsilon(), after, self.cfg.epsilon_budget)
 
     # ----- DP-SGD -------------------------------------------------------------------------
     @staticmethod
@@ -172,23 +238,21 @@ class ClientPrivacy:
     def noise_multiplier(self, sample_rate: float, steps_per_round: int) -> float:
         """DP-SGD sigma: configured, or calibrated to the target epsilon over the planned rounds."""
         if self.cfg.target_epsilon > 0:
+            releases = self.releases_per_round * self.planned_rounds
             return calibrated_noise_multiplier(
                 self.cfg.target_epsilon, self.cfg.delta, sample_rate,
                 steps_per_round * self.planned_rounds, self.cfg.accountant,
+                self.cfg.output_noise if releases else 0.0, releases,
             )
         return self.cfg.noise_multiplier
 
     def check_budget(self, sigma: float, sample_rate: float, steps: int, releases: int = 0) -> None:
         """Raise :class:`BudgetExhausted` if training ``steps`` more steps (and ``releases``
         output releases at ``privacy.output-noise``) would exceed ``privacy.epsilon-budget``."""
-        if self.cfg.epsilon_budget <= 0:
-            return
-        planned = self.history + [(sigma, sample_rate, steps)]
+        planned = [(sigma, sample_rate, steps)]
         if releases:
             planned.append((self.cfg.output_noise, 1.0, releases))
-        after = epsilon_of(planned, self.cfg.delta, self.cfg.accountant)
-        if after > self.cfg.epsilon_budget:
-            raise BudgetExhausted(self.epsilon(), after, self.cfg.epsilon_budget)
+        self._check(planned)
 
     def fit(
         self,
@@ -249,34 +313,48 @@ class ClientPrivacy:
         else:
             (dp_model, dp_opt, dp_loader), criterion = wrapped, None
         model.train()
-        public_optimizer = (torch.optim.SGD(model.parameters(), lr=learning_rate)
-                            if public_loss is not None else None)
-        tally = StepTally()
+        step = self._dp_step(model, dp_model, dp_opt, criterion, extra_loss, public_loss,
+                             learning_rate)
         try:
-            while tally.steps < steps:
-                for x, y in dp_loader:
-                    if tally.steps >= steps:
-                        break
-                    dp_opt.zero_grad(set_to_none=True)
-                    logits = dp_model(x)
-                    if len(y) == 0:  # an empty Poisson batch still takes a (noise-only) step
-                        loss = logits.sum() * 0.0
-                    elif criterion is not None:
-                        loss = criterion(logits, y)
-                    else:
-                        loss = F.cross_entropy(logits, y)
-                        if extra_loss is not None:
-                            # the plain module: auxiliary forwards (under no_grad) skip the hooks
-                            loss = loss + extra_loss(model, x, y, logits)
-                    loss.backward()
-                    dp_opt.step()
-                    tally.add(loss, logits.detach().argmax(1), y)
-                    if public_loss is not None:
-                        self._public_step(dp_model, dp_opt, public_optimizer, public_loss, model)
-                    if len(y) and observe is not None:
-                        observe(logits.detach(), y)
+            stats = run_steps(step, _cycle(dp_loader), steps, observe)
         finally:
             dp_model.to_standard_module()  # remove every hook; `model` holds the trained weights
-        self.history.extend(engine.accountant.history)
-        self.history = _compact(self.history)
-        return tally.stats()
+        # Checked before training (check_budget), recorded now.
+        self.history = _compact(self.history + list(engine.accountant.history))
+        return stats
+
+    def _dp_step(self, model: nn.Module, dp_model: nn.Module, dp_opt: torch.optim.Optimizer,
+                 criterion: Callable | None, extra_loss: ExtraLoss | None,
+                 public_loss: Callable[[nn.Module], torch.Tensor] | None,
+                 learning_rate: float) -> TrainingStep:
+        """The DP-SGD step for :func:`fedkd.training.run_steps`: per-sample clipped, noised
+        gradients of the private loss; an empty Poisson batch still takes a (noise-only) step;
+        then, with ``public_loss``, one non-private step with the hooks off."""
+        public_optimizer = (torch.optim.SGD(model.parameters(), lr=learning_rate)
+                            if public_loss is not None else None)
+
+        def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            dp_opt.zero_grad(set_to_none=True)
+            logits = dp_model(x)
+            if len(y) == 0:
+                loss = logits.sum() * 0.0
+            elif criterion is not None:
+                loss = criterion(logits, y)
+            else:
+                loss = F.cross_entropy(logits, y)
+                if extra_loss is not None:
+                    # the plain module: auxiliary forwards (under no_grad) skip the hooks
+                    loss = loss + extra_loss(model, x, y, logits)
+            loss.backward()
+            dp_opt.step()
+            if public_loss is not None:
+                self._public_step(dp_model, dp_opt, public_optimizer, public_loss, model)
+            return loss, logits
+
+        return step
+
+
+def _cycle(loader: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of ``loader``, pass after pass."""
+    while True:
+        yield from loader

@@ -58,3 +58,48 @@ def test_pate_votes_are_accounted_at_client_level(tmp_path: Path) -> None:
 def test_fd_refuses_half_configured_privacy(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="fd computes its per-class logits on private data"):
         run_inprocess({"algorithm": "fd", **DP}, 3, tmp_path)
+
+
+# Bugs D and E: every charge to a client's ledger (training and every release) is checked
+# against privacy.epsilon-budget before it is made. Each budget lies between the largest
+# epsilon after round 2 and after round 3 of the same run without a budget (measured), so some
+# client must stop in round 3 or 4.
+_PUBLIC = {"distill.public-batch": 40, "distill.server-steps": 3, "distill.steps": 2}
+_SYNTHETIC = {"fedgen.synthetic-batch": 20, "distill.server-steps": 3,
+              "fedgen.generator-steps": 2, "distill.steps": 2}
+_NOISE_ONLY = {"train.local-steps": 5, "privacy.output-noise": 2.0,
+               "aggregation.max-abs-logit": 1e7}  # noised logits of a non-DP model are large
+_DP_NOISE = {**DP, "privacy.output-noise": 2.0}
+BUDGET_CASES = {
+    "fedavg/dp-sgd": ({"algorithm": "fedavg", **DP}, 3.9),
+    "local/dp-sgd": ({"algorithm": "local", **DP}, 3.9),
+    "fd/dp-sgd+output-noise": ({"algorithm": "fd", **_DP_NOISE}, 6.4),
+    "fedgen/dp-sgd+output-noise": ({"algorithm": "fedgen", "train.model": "fedgen-cnn",
+                                    "fedgen.generator-steps": 2, **_DP_NOISE}, 5.2),
+    "fedmd/dp-sgd": ({"algorithm": "fedmd", **_PUBLIC, **DP}, 3.9),
+    "fedmd/output-noise": ({"algorithm": "fedmd", **_PUBLIC, **_NOISE_ONLY}, 3.5),  # bug D
+    "fedgen-logits/dp-sgd": ({"algorithm": "fedgen-logits", **_SYNTHETIC, **DP}, 3.9),
+    "fedgen-logits/weighted+dp-sgd+output-noise": (  # bug E
+        {"algorithm": "fedgen-logits", "aggregation.rule": "weighted", **_SYNTHETIC,
+         **_DP_NOISE}, 5.2),
+    "fedgen-logits/output-noise": ({"algorithm": "fedgen-logits", **_SYNTHETIC, **_NOISE_ONLY},
+                                   3.5),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BUDGET_CASES))
+def test_no_client_ever_exceeds_the_budget(case: str, tmp_path: Path) -> None:
+    from fedkd.algorithms.base import QuorumError
+    from fedkd.results import read_metrics
+
+    overrides, budget = BUDGET_CASES[case]
+    try:  # when every client has stopped, the round fails for want of replies: that is fine
+        run_inprocess({**overrides, "num-server-rounds": 4, "privacy.epsilon-budget": budget,
+                       "federation.min-replies": 1}, 3, tmp_path)
+    except QuorumError as err:
+        assert "budget-exhausted" in str(err)
+    rows = read_metrics(tmp_path / "run")
+    audit = read_metrics(tmp_path / "run", "replies.jsonl")
+    reported = [c["epsilon"] for r in rows for c in r["clients"].values() if "epsilon" in c]
+    assert reported and max(reported) <= budget
+    assert any(a["status"] == "budget-exhausted" for a in audit)  # the budget did bite

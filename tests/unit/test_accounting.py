@@ -80,7 +80,7 @@ def test_gnmax_edge_cases_and_validation() -> None:
 
 def test_ledger_construction() -> None:
     assert ServerLedger(1e-5).accountant == "rdp"
-    with pytest.raises(ValueError, match="'rdp', 'pld'"):
+    with pytest.raises(ValueError, match="'pld', 'rdp'"):
         ServerLedger(1e-5, accountant="prv")
     for delta in (0.0, 1.0, -1e-5, float("nan"), "1e-5"):
         with pytest.raises(ValueError, match="delta"):

@@ -136,3 +136,44 @@ def test_privacy_spend_survives_a_client_restart_through_its_state_file(tmp_path
     assert set(restored) == {"privacy/history", "privacy/mechanism"}
     np.testing.assert_allclose(restored[HISTORY_KEY], [[1.0, 1 / 6, 12]])
     assert ClientPrivacy(cfg, restored, 2).epsilon() == pytest.approx(epsilon_of([(1.0, 1 / 6, 12)], 1e-5, "rdp"))
+
+
+def test_target_epsilon_covers_the_releases_too() -> None:
+    # Bug F: the README's FD example (target 8, output noise 5, two releases a round) ended at
+    # 8.47 when only DP-SGD's steps were calibrated. Now the planned run ends at or below 8.
+    from fedkd.config import PrivacyConfig
+
+    cfg = PrivacyConfig(dp_sgd=True, target_epsilon=8.0, output_noise=5.0)
+    rounds, steps, q = 10, 20, 1 / 13
+    only_steps = ClientPrivacy(cfg, {}, rounds)
+    with_releases = ClientPrivacy(cfg, {}, rounds, releases_per_round=2)
+    releases = [(5.0, 1.0, 2 * rounds)]
+
+    def planned(sigma: float) -> float:
+        return epsilon_of([(sigma, q, steps * rounds), *releases], 1e-5, "rdp")
+
+    assert planned(only_steps.noise_multiplier(q, steps)) > 8.2  # the old calibration overshot
+    sigma = with_releases.noise_multiplier(q, steps)
+    assert 7.95 <= planned(sigma) <= 8.0
+    assert sigma > only_steps.noise_multiplier(q, steps)
+
+
+def test_a_target_the_releases_alone_exceed_is_refused() -> None:
+    with pytest.raises(ValueError, match="planned output releases alone .* spend epsilon"):
+        calibrated_noise_multiplier(1.0, 1e-5, 0.1, 100, "rdp", 1.0, 50)
+
+
+def test_every_release_is_checked_against_the_budget() -> None:
+    from fedkd.config import PrivacyConfig
+    from fedkd.privacy.output_noise import Release
+
+    cfg = PrivacyConfig(output_noise=2.0, epsilon_budget=3.0)
+    ledger = ClientPrivacy(cfg, {}, 10)
+    release = Release(values=np.zeros(3), noise_multiplier=2.0, sensitivity=1.0, std=2.0)
+    charged = 0
+    with pytest.raises(BudgetExhausted):
+        for _ in range(100):
+            ledger.account(release)
+            charged += 1
+    assert 0 < charged < 100 and ledger.epsilon() <= 3.0
+    assert len(ledger.history) == charged  # the refused release was not recorded
