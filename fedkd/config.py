@@ -126,6 +126,7 @@ class FederationConfig:
     evaluate_clients: bool = True
     evaluate_every: int = 1
     client_state: str = "node"
+    max_num_examples: int = 10_000_000
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction_train <= 1.0:
@@ -133,7 +134,7 @@ class FederationConfig:
                 f"federation.fraction-train must be in (0, 1], got {self.fraction_train!r}"
             )
         for name in ("min_nodes", "min_replies", "round_timeout", "first_round_timeout",
-                     "node_wait_timeout"):
+                     "node_wait_timeout", "max_num_examples"):
             _positive(f"federation.{name.replace('_', '-')}", getattr(self, name))
         if self.evaluate_every < 0:
             raise ConfigError(

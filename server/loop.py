@@ -82,8 +82,10 @@ class RoundExchange(ABC):
     def __init__(
         self, rnd: int, timeout: float, min_replies: int, traffic: Traffic,
         audit: Callable[[dict[str, Any]], None] | None = None,
+        max_num_examples: int | None = None,
     ) -> None:
         self.rnd = rnd
+        self.max_num_examples = max_num_examples
         self.timeout = timeout
         self.min_replies = min_replies
         self.traffic = traffic
@@ -123,7 +125,8 @@ class RoundExchange(ABC):
             else:
                 self.traffic.up[node] += content_nbytes(answer)
                 try:
-                    valid[node] = validate_reply(answer, phase)
+                    valid[node] = validate_reply(answer, phase,
+                                                 max_num_examples=self.max_num_examples)
                     self._audit(phase, node, "accepted", "", answer)
                 except InvalidReply as err:
                     failures[node] = Failure("rejected", str(err))
@@ -268,7 +271,8 @@ def run_rounds(
         sampled = sample_nodes(online, fed.fraction_train, rng)
         traffic = Traffic()
         exchange = make_exchange(rnd, timeout, fed.min_replies, traffic,
-                                 audit=output.append_audit if cfg.output.audit_replies else None)
+                                 audit=output.append_audit if cfg.output.audit_replies else None,
+                                 max_num_examples=fed.max_num_examples)
         row: dict[str, Any] = {"round": rnd, "algorithm": cfg.algorithm, "sampled": len(sampled)}
         row.update(algorithm.run_round(rnd, sampled, exchange))
 
@@ -298,10 +302,11 @@ def run_rounds(
             "clients": clients,
             "bytes-down": sum(traffic.down.values()),
             "bytes-up": sum(traffic.up.values()),
-            # per sampled client: what one participant sends and receives in a round (all
-            # phases; nodes only asked to evaluate are not participants)
-            "bytes-down-per-client": sum(traffic.down.values()) / max(len(sampled), 1),
-            "bytes-up-per-client": sum(traffic.up.values()) / max(len(sampled), 1),
+            # per sampled client: the mean over the round's participants of what each one sent
+            # and received in every phase (its evaluation included); the traffic of nodes that
+            # were only asked to evaluate is in the totals above, not here
+            "bytes-down-per-client": _mean([traffic.down[n] for n in sampled]) or 0.0,
+            "bytes-up-per-client": _mean([traffic.up[n] for n in sampled]) or 0.0,
             "failures": {ph: {str(n): f"{f.kind}: {f.reason}" for n, f in per_phase.items()}
                          for ph, per_phase in exchange.failures.items() if per_phase},
             "num-failures": sum(len(f) for f in exchange.failures.values()),

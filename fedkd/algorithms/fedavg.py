@@ -82,6 +82,7 @@ class FedAvg(Algorithm):
             message_type="train",
             reply_arrays={k: ArraySpec(shape=s, dtype="float32") for k, s in shapes.items()},
             reply_metrics=("loss", "accuracy"),
+            min_num_examples=1,  # the averaging weight
         )
 
     def _template(self) -> nn.Module:

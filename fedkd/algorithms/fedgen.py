@@ -320,7 +320,8 @@ class FedGen(Algorithm):
                                    f"batch + {c} = {expected}")
 
         return PhaseSpec(name="fit", message_type="train", reply_arrays=arrays,
-                         reply_metrics=("loss", "accuracy"), check=check_counts)
+                         reply_metrics=("loss", "accuracy"), check=check_counts,
+                         min_num_examples=1)  # the averaging weight
 
     # ----- server half --------------------------------------------------------------------
     def setup_server(self, data: FederatedData) -> None:

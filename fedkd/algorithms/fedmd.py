@@ -68,6 +68,7 @@ class FedMD(Algorithm):
             message_type="query",
             reply_arrays={"logits": ArraySpec(shape=(n, self.num_classes), dtype="float32",
                                               low=-bound, high=bound)},
+            min_num_examples=1,  # the weighted rule's teacher weight
         )
 
     #: Digest + revisit: targets down, metrics only up.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 import pytest
 
 from fedkd.algorithms import QuorumError
@@ -61,3 +63,20 @@ def test_a_dropped_client_is_skipped_and_used_again_when_it_returns(tmp_path: Pa
     assert "accuracy" not in rows[1]["clients"][str(node)]  # requests went out, nothing came back
     assert rows[1]["clients"][str(node)]["bytes-up"] == 0
     assert "accuracy" in rows[2]["clients"][str(node)]
+
+
+def test_a_client_claiming_huge_num_examples_cannot_take_over_fedavg(tmp_path) -> None:
+    # Bug G: FedAvg weighs each reply by its num-examples; a claim above
+    # federation.max-num-examples (or of 0) is a rejected reply, not the new global model.
+    from fedkd.algorithms.fedavg import FedAvg
+    from fedkd.compose import build_config
+    from fedkd.protocol import InvalidReply, Payload, encode, validate_reply
+
+    cfg = build_config({"data.dataset": "digits", "train.model": "mlp"})
+    phase = FedAvg(cfg, 10, (1, 8, 8)).fit_phase()
+    weights = {k: np.zeros(s.shape, "float32") for k, s in phase.reply_arrays.items()}
+    for claim, reason in ((2**62, "above the maximum of 10000000"), (0, "below the minimum of 1")):
+        reply = encode(Payload(arrays=weights, metrics={"num-examples": claim, "loss": 0.1,
+                                                        "accuracy": 0.5}))
+        with pytest.raises(InvalidReply, match=reason):
+            validate_reply(reply, phase, max_num_examples=cfg.federation.max_num_examples)
