@@ -63,3 +63,14 @@ def test_client_rejects_public_indices_out_of_range() -> None:
     logits = fedmd.client_phase("logits", Payload(config={"round": 1, "indices": [0, 1, 2]}), client)
     assert logits.arrays["logits"].shape == (3, 10)
     assert np.isfinite(logits.arrays["logits"]).all()
+
+
+def test_fedmd_as_in_the_paper_logit_mean_and_l1_from_configuration(tmp_path: Path) -> None:
+    # The paper's consensus (mean logit) and its L1 loss on logits, chosen by name.
+    kl, _, _ = run_inprocess({**FAST, "num-server-rounds": 1}, 3, tmp_path / "kl")
+    l1, _, _ = run_inprocess({**FAST, "num-server-rounds": 1, "aggregation.rule": "logit-mean",
+                              "distill.loss": "l1-logits"}, 3, tmp_path / "l1")
+    assert l1[-1]["num-failures"] == 0 and l1[-1]["global-accuracy"] is not None
+    # same data and seeds: only the rule and the loss differ, and they change the student
+    assert l1[-1]["student-distill-loss"] != kl[-1]["student-distill-loss"]
+    assert l1[-1]["global-accuracy"] != kl[-1]["global-accuracy"]

@@ -616,3 +616,25 @@ def test_bad_options_raise() -> None:
         L.relation_loss(t([[1.0]]), t([[1.0]]), kind=bad)
     with pytest.raises(ValueError, match="p must be"):
         L.attention_map(torch.ones(1, 2, 2), p=0.0)
+
+
+def test_distillation_losses_by_name_golden_values() -> None:
+    from fedkd.losses import DISTILLATION_LOSSES, distillation_loss
+
+    assert sorted(DISTILLATION_LOSSES) == ["kl", "l1-logits", "mse-logits"]
+    student = torch.tensor([[2.0, 0.0, 1.0]])
+    # targets whose T log p, centred, is (1, -1, 0) at T = 1
+    target_logits = torch.tensor([[1.0, -1.0, 0.0]])
+    probs = torch.softmax(target_logits, dim=1)
+    # centred student: (1, -1, 0): both logit losses vanish
+    assert float(distillation_loss("l1-logits")(student, probs, 1.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(distillation_loss("mse-logits")(student, probs, 1.0)) == pytest.approx(0.0, abs=1e-6)
+    # shift the student's first logit by 3: centred differences (2, -1, -1)
+    moved = student + torch.tensor([[3.0, 0.0, 0.0]])
+    assert float(distillation_loss("l1-logits")(moved, probs, 1.0)) == pytest.approx(4 / 3, rel=1e-5)
+    assert float(distillation_loss("mse-logits")(moved, probs, 1.0)) == pytest.approx(2.0, rel=1e-5)
+    # at T = 2 the target logits double: T log p centred = (2, -2, 0)
+    assert float(distillation_loss("l1-logits")(student, probs, 2.0)) == pytest.approx(2 / 3, rel=1e-5)
+    assert distillation_loss("kl") is L.kd_kl_from_probs
+    with pytest.raises(ValueError, match="unknown distillation loss 'huber'; valid names: kl, l1-logits"):
+        distillation_loss("huber")
