@@ -44,7 +44,7 @@ from fedkd.losses import DistillationLoss, distillation_loss
 from fedkd.models import build_model
 from fedkd.privacy.accounting import ServerLedger
 from fedkd.privacy.dpsgd import ClientPrivacy
-from fedkd.privacy.output_noise import Release, private_public_logits
+from fedkd.privacy.output_noise import OutputMechanism, Release
 from fedkd.protocol import Payload, PhaseSpec
 from fedkd.training import (
     BatchObserver,
@@ -143,6 +143,9 @@ class Algorithm(ABC):
         self.input_shape = input_shape
         #: The configured multi-teacher aggregation rule (``aggregation.*``).
         self.rule: AggregationRule = build_rule(cfg)
+        #: Clip, then noise: applied to whatever a client releases from private data.
+        self.output_mechanism = OutputMechanism.from_config(cfg.privacy.output_clip,
+                                                            cfg.privacy.output_noise)
         #: The configured distillation loss towards aggregated targets (``distill.loss``).
         self.distill_loss: DistillationLoss = distillation_loss(cfg.distill.loss)
         #: Client-level privacy the server spends (randomised aggregation such as PATE votes).
@@ -258,13 +261,14 @@ class Algorithm(ABC):
         Computed in eval mode under ``no_grad``. With DP-SGD they are post-processing of a DP
         model and cost nothing. With ``privacy.output-noise`` > 0 and no DP-SGD the model is not
         private, so the rows are clipped and noised for a sensitivity of 2 C sqrt(m)
-        (:func:`fedkd.privacy.output_noise.private_public_logits`) and the release is accounted.
+        (:meth:`~fedkd.privacy.output_noise.OutputMechanism.public_logits`) and the release is
+        charged to the client's ledger before the logits leave.
         """
         logits = predict_logits(model, x, batch_size=self.cfg.train.eval_batch_size)
         privacy = self.cfg.privacy
         if privacy.output_noise > 0 and not privacy.dp_sgd:
             rng = np.random.default_rng([self.cfg.seed, rnd, client.partition_id, OUTPUT_NOISE_STREAM])
-            release = private_public_logits(logits, privacy.output_clip, privacy.output_noise, rng)
+            release = self.output_mechanism.public_logits(logits, rng)
             self.account_releases(client, release)
             logits = release.values.astype(np.float32)
         return logits

@@ -38,7 +38,7 @@ from fedkd.algorithms.registry import ALGORITHMS
 from fedkd.config import RunConfig
 from fedkd.errors import ConfigError
 from fedkd.data.federated import FederatedData
-from fedkd.privacy.output_noise import noisy_class_means, private_class_sums, private_counts
+from fedkd.privacy.output_noise import noisy_class_means
 from fedkd.protocol import ArraySpec, InvalidReply, Payload, PhaseSpec
 from fedkd.training import predict_logits
 
@@ -210,13 +210,11 @@ class FD(Algorithm):
         Both releases are accounted in the client's ledger; classes whose noisy count is below 1
         are reported empty.
         """
-        p = self.cfg.privacy
         data = client.data.train
         rng = np.random.default_rng([self.cfg.seed, rnd, client.partition_id, OUTPUT_NOISE_STREAM])
         logits = predict_logits(model, data.x, batch_size=self.cfg.train.eval_batch_size)
-        sums = private_class_sums(logits, data.y, self.num_classes, clip_bound=p.output_clip,
-                                  noise_multiplier=p.output_noise, rng=rng)
-        counts = private_counts(data.y, self.num_classes, noise_multiplier=p.output_noise, rng=rng)
+        sums = self.output_mechanism.class_sums(logits, data.y, self.num_classes, rng)
+        counts = self.output_mechanism.counts(data.y, self.num_classes, rng)
         self.account_releases(client, sums, counts)
         means, present = noisy_class_means(sums, counts)
         means[~present] = 0.0

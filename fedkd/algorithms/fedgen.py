@@ -117,7 +117,6 @@ from fedkd.errors import ConfigError
 from fedkd.data.federated import FederatedData
 from fedkd.losses import diversity_loss, kd_kl_from_probs
 from fedkd.models.generators import INPUT_GENERATORS, LatentGenerator
-from fedkd.privacy.output_noise import private_counts
 from fedkd.protocol import ArraySpec, InvalidReply, Payload, PhaseSpec
 from fedkd.training import fit_supervised, load_numpy_state, seeded_generator, state_to_numpy
 
@@ -508,8 +507,7 @@ class FedGen(Algorithm):
             generator=seeded_generator(self.cfg.seed, rnd, client.partition_id),
         )
         rng = np.random.default_rng([self.cfg.seed, rnd, client.partition_id, OUTPUT_NOISE_STREAM])
-        counts = private_counts(client.data.train.y, self.num_classes,
-                                self.cfg.privacy.output_noise, rng)
+        counts = self.output_mechanism.counts(client.data.train.y, self.num_classes, rng)
         privacy.account(counts)
         privacy.save()
         released = np.maximum(np.rint(counts.values), 0).astype(np.int64) + 1

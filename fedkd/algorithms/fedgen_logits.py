@@ -95,7 +95,6 @@ from fedkd.data.federated import FederatedData
 from fedkd.losses import diversity_loss, kd_kl_from_probs
 from fedkd.aggregation import build_rule
 from fedkd.models.generators import INPUT_GENERATORS
-from fedkd.privacy.output_noise import private_counts
 from fedkd.protocol import ArraySpec, Payload, PhaseSpec
 from fedkd.training import fit_to_targets, seeded_generator
 
@@ -436,6 +435,6 @@ class FedGenLogits(Algorithm):
         if privacy.output_noise <= 0:
             raise ConfigError("label counts under DP need privacy.output-noise > 0")
         rng = np.random.default_rng([self.cfg.seed, rnd, client.partition_id, OUTPUT_NOISE_STREAM, 1])
-        release = private_counts(y, self.num_classes, privacy.output_noise, rng)
+        release = self.output_mechanism.counts(y, self.num_classes, rng)
         self.account_releases(client, release)
         return np.maximum(release.values, 0.0).astype(np.float32)

@@ -68,6 +68,9 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "ClipRows",
+    "GaussianNoise",
+    "OutputMechanism",
     "Release",
     "SupportsGaussianStep",
     "account_release",
@@ -503,6 +506,76 @@ def private_public_logits(
     return Release(
         values=values, noise_multiplier=noise_multiplier, sensitivity=sensitivity, std=std
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Post-processors: clip, then noise (pfl-research's order), as objects an algorithm holds
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClipRows:
+    """Post-processor 1: clip every row to L2 norm ``bound`` (:func:`clip_rows`)."""
+
+    bound: float
+
+    def __post_init__(self) -> None:
+        _check_positive("bound", self.bound)
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        return clip_rows(rows, self.bound)
+
+
+@dataclass(frozen=True)
+class GaussianNoise:
+    """Post-processor 2: a Gaussian mechanism with ``noise_multiplier`` sigma: adds
+    ``N(0, (sigma * sensitivity)^2)`` to every entry of a statistic (:func:`gaussian_noise`) and
+    returns the :class:`Release` an accountant charges."""
+
+    noise_multiplier: float
+
+    def __post_init__(self) -> None:
+        _check_non_negative("noise_multiplier", self.noise_multiplier)
+
+    def __call__(self, statistic: np.ndarray, sensitivity: float,
+                 rng: np.random.Generator) -> Release:
+        std = self.noise_multiplier * _check_positive("sensitivity", sensitivity)
+        return Release(values=gaussian_noise(statistic, std, rng),
+                       noise_multiplier=self.noise_multiplier, sensitivity=float(sensitivity),
+                       std=std)
+
+
+@dataclass(frozen=True)
+class OutputMechanism:
+    """What a client applies to everything it releases from private data: clip, then noise.
+
+    Built once from ``privacy.output-clip`` and ``privacy.output-noise``
+    (:meth:`from_config`); its methods are the releases fedkd's algorithms make, each the
+    composition of :class:`ClipRows` and :class:`GaussianNoise` with the statistic's
+    sensitivity (see the module docstring). Each returns a :class:`Release` to charge to the
+    client's ledger before the values leave.
+    """
+
+    clip: ClipRows
+    noise: GaussianNoise
+
+    @classmethod
+    def from_config(cls, clip_bound: float, noise_multiplier: float) -> OutputMechanism:
+        return cls(ClipRows(clip_bound), GaussianNoise(noise_multiplier))
+
+    def class_sums(self, logits: np.ndarray, labels: np.ndarray, num_classes: int,
+                   rng: np.random.Generator) -> Release:
+        """Per-class sums of clipped logit rows (sensitivity: the clip bound)."""
+        return private_class_sums(logits, labels, num_classes, self.clip.bound,
+                                  self.noise.noise_multiplier, rng)
+
+    def counts(self, labels: np.ndarray, num_classes: int, rng: np.random.Generator) -> Release:
+        """Per-class counts (sensitivity 1)."""
+        return private_counts(labels, num_classes, self.noise.noise_multiplier, rng)
+
+    def public_logits(self, logits: np.ndarray, rng: np.random.Generator) -> Release:
+        """A non-private model's logits on ``m`` public inputs (sensitivity ``2 B sqrt(m)``)."""
+        return private_public_logits(logits, self.clip.bound, self.noise.noise_multiplier, rng)
 
 
 # --------------------------------------------------------------------------------------------

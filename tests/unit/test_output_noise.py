@@ -355,3 +355,27 @@ def test_account_release_rejects_zero_noise() -> None:
     with pytest.raises(ValueError):
         on.account_release(acct, release)
     assert acct.history == []
+
+
+def test_post_processors_clip_then_noise_as_objects() -> None:
+    from fedkd.privacy.output_noise import ClipRows, GaussianNoise, OutputMechanism
+
+    clip = ClipRows(5.0)
+    np.testing.assert_allclose(clip(np.array([[3.0, 4.0], [6.0, 8.0]])), [[3.0, 4.0], [3.0, 4.0]])
+    noise = GaussianNoise(2.0)
+    release = noise(np.zeros(20_000), sensitivity=3.0, rng=np.random.default_rng(0))
+    assert release.std == 6.0 and release.noise_multiplier == 2.0 and release.sensitivity == 3.0
+    assert abs(release.values.std() - 6.0) < 0.1
+    with pytest.raises(ValueError, match="bound"):
+        ClipRows(0.0)
+    # The mechanism's releases are exactly the functions' with its clip bound and sigma.
+    mech = OutputMechanism.from_config(10.0, 5.0)
+    logits = np.random.default_rng(1).normal(size=(30, 4)).astype(np.float32) * 20
+    labels = np.arange(30) % 4
+    a = mech.class_sums(logits, labels, 4, np.random.default_rng(2))
+    b = on.private_class_sums(logits, labels, 4, 10.0, 5.0, np.random.default_rng(2))
+    np.testing.assert_array_equal(a.values, b.values)
+    assert a.sensitivity == 10.0 and a.noise_multiplier == 5.0
+    c = mech.public_logits(logits, np.random.default_rng(3))
+    assert c.sensitivity == pytest.approx(2 * 10.0 * np.sqrt(30))
+    assert mech.counts(labels, 4, np.random.default_rng(4)).sensitivity == 1.0
