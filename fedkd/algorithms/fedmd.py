@@ -3,8 +3,9 @@
 Clients share only their logits on public samples the server names. Each round:
 
 1. **communicate** (phase ``logits``, a query): the server draws ``distill.public-batch`` indices
-   of the public split (a labelled split of the training set reserved before partitioning, the
-   same on every node) and each sampled client returns its model's logits on them, [N, C];
+   of the public split (a split of the training set reserved before partitioning, the same on
+   every node; unlabeled with ``data.public-labels = false``) and each sampled client returns
+   its model's logits on them, [N, C] (plus its label counts [C] when the rule needs counts);
 2. **aggregate**: the server forms the consensus targets t = Agg(z_1, ..., z_K) with the
    configured rule (``aggregation.rule``; ``mean`` is the survey's eq. 3.4.2.1; FedMD's paper
    averages raw logits, DS-FL's ``era`` sharpens), and distils its own **global student** on the
@@ -15,9 +16,10 @@ Clients share only their logits on public samples the server names. Each round:
 
 Optionally (``distill.pretrain-public-steps`` > 0) each client first trains on the labelled public
 set, as in the paper's transfer-learning start. Architectures may differ per client
-(``train.client-models`` or a node's ``model``): only [N, C] logits are exchanged. The paper
-fits the consensus with L1 on logits; fedkd distils soft targets with KL, the form the
-aggregation rules produce.
+(``train.client-models`` or a node's ``model``): only [N, C] logits are exchanged. The paper's
+consensus is the mean logit, fitted with L1 on logits: ``aggregation.rule = "logit-mean"`` with
+``distill.loss = "l1-logits"``; the default distils soft targets with KL. The shared public-set
+steps are :class:`~fedkd.algorithms.public_set.PublicSetAlgorithm`'s.
 """
 
 from __future__ import annotations
@@ -27,74 +29,54 @@ from collections.abc import Sequence
 import numpy as np
 from torch import nn
 
-from fedkd.algorithms.base import Algorithm, ClientContext, Exchange
+from fedkd.algorithms.base import ClientContext, Exchange
+from fedkd.algorithms.public_set import LABEL_COUNTS, PublicSetAlgorithm
 from fedkd.algorithms.registry import ALGORITHMS
 from fedkd.config import RunConfig
-from fedkd.data.datasets import ArrayDataset
-from fedkd.data.federated import FederatedData
-from fedkd.protocol import ArraySpec, Payload, PhaseSpec
+from fedkd.errors import ConfigError
+from fedkd.protocol import Payload, PhaseSpec
 from fedkd.training import fit_supervised, fit_to_targets, seeded_generator
 
 #: Node-state key marking that the public pre-training was done.
 PRETRAINED_KEY = "fedmd/pretrained"
-#: Seed stream of the server student's batches (client streams use partition ids).
-SERVER_STREAM = 2**31 - 1
 
 
 @ALGORITHMS.register("fedmd")
-class FedMD(Algorithm):
+class FedMD(PublicSetAlgorithm):
     """Logits on announced public samples up; consensus targets down; a global student on the server."""
 
     name = "fedmd"
-    DEVICE_READY = True
-    SERVER_STATE = ("_student", "_rng")
 
     @classmethod
     def planned_releases(cls, cfg: RunConfig) -> int:
         p = cfg.privacy
-        return 1 if p.output_noise > 0 and not p.dp_sgd else 0  # noised logits of a non-DP model
+        logits = 1 if p.output_noise > 0 and not p.dp_sgd else 0  # noised logits of a non-DP model
+        counts = 1 if p.enabled and cls.label_counts_released(cfg) else 0
+        return logits + counts
 
-    def __init__(self, *args, **kwargs) -> None:  # noqa: D107 - see Algorithm
-        super().__init__(*args, **kwargs)
-        self._student: nn.Module | None = None
-        self._public: ArrayDataset | None = None
-        self._rng = np.random.default_rng([self.cfg.seed, 0xFED3D])
+    @classmethod
+    def check_config(cls, cfg: RunConfig) -> None:
+        super().check_config(cfg)
+        if cfg.distill.pretrain_public_steps and not cfg.data.public_labels:
+            raise ConfigError("distill.pretrain-public-steps trains on the public labels: it needs "
+                              "data.public-labels = true")
 
     def logits_phase(self, n: int) -> PhaseSpec:
-        """Logits [n, C] on the announced public samples."""
-        bound = self.cfg.aggregation.max_abs_logit
-        return PhaseSpec(
-            name="logits",
-            message_type="query",
-            reply_arrays={"logits": ArraySpec(shape=(n, self.num_classes), dtype="float32",
-                                              low=-bound, high=bound)},
-            min_num_examples=1,  # the weighted rule's teacher weight
-        )
+        """Logits [n, C] on the announced public samples (and label counts with a count rule)."""
+        return self.logits_spec("logits", "query", n)
 
     #: Digest + revisit: targets down, metrics only up.
     DIGEST_PHASE = PhaseSpec(name="digest", message_type="train", reply_metrics=("loss", "accuracy"))
 
     # ----- server half --------------------------------------------------------------------
-    def setup_server(self, data: FederatedData) -> None:
-        if len(data.public) == 0:
-            raise ValueError("fedmd needs a public split: set data.public-fraction > 0")
-        self._public = data.public
-        self._student = self.build_model(seed=self.cfg.seed)
-
-    def global_model(self) -> nn.Module | None:
-        return self._student
-
     def run_round(self, rnd: int, nodes: Sequence[int], exchange: Exchange) -> dict[str, float]:
-        assert self._public is not None and self._student is not None, "setup_server not called"
-        n = min(self.cfg.distill.public_batch, len(self._public))
-        indices = np.sort(self._rng.choice(len(self._public), size=n, replace=False))
+        indices = self.announce()
         query = Payload(config={"round": rnd, "indices": indices.tolist()})
-        result = exchange(self.logits_phase(n), {node: query for node in nodes})
+        result = exchange(self.logits_phase(len(indices)), {node: query for node in nodes})
 
         teachers = sorted(result.replies)
         logits = np.stack([result.replies[k].arrays["logits"] for k in teachers])  # [K, N, C]
-        # With the weighted rule, teachers count by their private training-set size.
-        weights = np.array([float(result.replies[k].metrics["num-examples"]) for k in teachers])
+        weights = self.teacher_weights(result.replies, teachers, logits)
         result = self.aggregate_teachers(self.rule, logits, self._rng, weights=weights)
         # Only samples the rule answered (PATE may abstain) are distilled, by the student and
         # by the clients.
@@ -102,14 +84,7 @@ class FedMD(Algorithm):
         if len(indices) == 0:
             return {"teachers": len(teachers), "answered": 0}
 
-        x_pub = self._public.x[indices]
-        distill = self.cfg.distill
-        student_stats = fit_to_targets(
-            self._student, x_pub, targets, steps=distill.server_steps,
-            batch_size=self.cfg.train.batch_size, learning_rate=self.cfg.train.learning_rate,
-            temperature=distill.temperature, loss=self.distill_loss, generator=seeded_generator(self.cfg.seed, rnd, SERVER_STREAM),
-        )
-
+        student_stats = self.distill_student(indices, targets, rnd)
         digest = Payload(arrays={"targets": targets}, config={"round": rnd, "indices": indices.tolist()})
         done = exchange(self.DIGEST_PHASE, {node: digest for node in teachers})
         replies = list(done.replies.values())
@@ -117,20 +92,13 @@ class FedMD(Algorithm):
         return {
             "teachers": len(teachers),
             "answered": len(indices),
-            "consensus-accuracy": float((targets.argmax(1) == self._public.y[indices]).mean()),
+            **self.public_accuracy(indices, targets),
             "student-distill-loss": student_stats.loss,
             "train-loss": float(np.average([r.metrics["loss"] for r in replies], weights=n_ex)),
             "train-accuracy": float(np.average([r.metrics["accuracy"] for r in replies], weights=n_ex)),
         }
 
     # ----- client half --------------------------------------------------------------------
-    def _public_inputs(self, request: Payload, client: ClientContext) -> np.ndarray:
-        public = client.public
-        indices = np.asarray(request.config["indices"], dtype=np.int64)
-        if indices.ndim != 1 or (indices.size and (indices.min() < 0 or indices.max() >= len(public))):
-            raise ValueError(f"fedmd: public indices outside 0..{len(public) - 1}")
-        return public.x[indices]
-
     def _model(self, client: ClientContext) -> nn.Module:
         model = self.personal_model(client)
         steps = self.cfg.distill.pretrain_public_steps
@@ -145,18 +113,21 @@ class FedMD(Algorithm):
 
     def client_phase(self, phase: str, request: Payload, client: ClientContext) -> Payload:
         model = self._model(client)
-        x_pub = self._public_inputs(request, client)
+        x_pub = self.public_inputs(request, client)
         n_train = len(client.data.train)
+        rnd = int(request.config["round"])
         if phase == "logits":
-            logits = self.release_logits(client, model, x_pub, int(request.config["round"]))
-            return Payload(arrays={"logits": logits}, metrics={"num-examples": n_train})
+            arrays = {"logits": self.release_logits(client, model, x_pub, rnd)}
+            if self.label_counts_released(self.cfg):
+                arrays[LABEL_COUNTS] = self.label_counts(client, rnd)
+            return Payload(arrays=arrays, metrics={"num-examples": n_train})
         if phase != "digest":
             raise ValueError(f"fedmd has no client phase {phase!r}")
         targets = np.asarray(request.arrays["targets"], np.float32)
-        rnd = int(request.config["round"])
         train, distill = self.cfg.train, self.cfg.distill
         fit_to_targets(model, x_pub, targets, steps=distill.steps, batch_size=train.batch_size,
-                       learning_rate=train.learning_rate, temperature=distill.temperature, loss=self.distill_loss,
+                       learning_rate=train.learning_rate, temperature=distill.temperature,
+                       loss=self.distill_loss,
                        generator=seeded_generator(self.cfg.seed, rnd, client.partition_id, 1))
         stats = self.local_fit(client, model, rnd)  # revisit: private data, DP-SGD if on
         self.save_personal_model(client, model)

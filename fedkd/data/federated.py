@@ -93,6 +93,9 @@ class DataSpec:
     public_fraction
         Share of the official train set reserved as the public set, in ``[0, 1)``; 0 for no
         public set.
+    public_labels
+        Whether the public set keeps its labels. ``False`` makes it an unlabeled proxy set: its
+        labels are withheld (every label reads ``-1``), so no algorithm can use them.
     seed
         Seed of the public split, the partitioning and the local splits, ``>= 0``.
 
@@ -110,6 +113,7 @@ class DataSpec:
     classes_per_client: int = 2
     local_test_fraction: float = 0.2
     public_fraction: float = 0.1
+    public_labels: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -405,7 +409,8 @@ def load_federated(spec: DataSpec) -> FederatedData:
     min_size = _federated_min_partition_size(len(pool_idx), spec.num_partitions)
     parts = _cached_partitions(spec, train.y[pool_idx], min_size)
     public_x = train.x[public_idx]
-    public_y = train.y[public_idx]
+    # an unlabeled proxy set: the labels are withheld, never handed to an algorithm
+    public_y = train.y[public_idx] if spec.public_labels else np.full(len(public_idx), -1, np.int64)
     return FederatedData(
         spec=spec,
         num_classes=data.num_classes,

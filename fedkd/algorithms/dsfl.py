@@ -1,0 +1,114 @@
+r"""DS-FL: distillation-based semi-supervised FL (Itahara et al., IEEE TMC 2021, arXiv 2008.06180).
+
+Clients share only soft labels on an unlabeled open (proxy) set that every node holds; the
+server aggregates them with entropy reduction aggregation (ERA, the ``era`` rule) and clients
+*and* the server's global student distil on the result. Round t, with announced open indices
+:math:`I_t` (``distill.public-batch`` of the public split; ``data.public-labels = false`` makes
+it unlabeled):
+
+1. **local update + prediction** (phase ``fit``): each sampled client k trains on its private
+   data, :math:`\min_\theta \mathrm{CE}(f_k(x), y)` for ``train.local-steps`` steps (DP-SGD when
+   configured), then uploads its logits on :math:`x_{I_t}`, :math:`z_k \in \mathbb{R}^{n\times C}`
+   (the paper sends :math:`\sigma(z_k)`; logits carry the same and let any rule run), plus label
+   counts with a rule that needs them;
+2. **ERA** (server): :math:`\bar p = \frac1K \sum_k \sigma(z_k / T)`,
+   :math:`t = \sigma(\bar p / T_{era})` with :math:`T_{era} = 0.1` (``aggregation.era.*``; any
+   rule may stand in);
+3. **global distillation**: the server's student minimises
+   :math:`T^2\,\mathrm{KL}(t \,\|\, \sigma(f_s(x_{I_t}) / T))` for ``distill.server-steps`` steps
+   (replaying the last ``distill.replay-rounds`` rounds), and every client that answered gets
+   :math:`t` (phase ``distill``) and takes ``distill.steps`` steps of the same loss on its own
+   model (``distill.loss`` chooses another loss).
+
+What leaves a client: logits on public inputs [n, C] (and label counts [C] with ``classwise`` or
+``weighted``), never weights or private data. Under DP-SGD the logits are post-processing of a
+DP model; label counts are noised and charged. Architectures may differ per client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from fedkd.algorithms.base import ClientContext, Exchange
+from fedkd.algorithms.public_set import LABEL_COUNTS, PublicSetAlgorithm
+from fedkd.algorithms.registry import ALGORITHMS
+from fedkd.config import RunConfig
+from fedkd.protocol import Payload, PhaseSpec
+from fedkd.training import fit_to_targets, seeded_generator
+
+
+@ALGORITHMS.register("dsfl")
+class DSFL(PublicSetAlgorithm):
+    """Local training, then logits on announced open samples up; ERA targets down; clients and
+    a server student distil on them."""
+
+    name = "dsfl"
+    INDEX_STREAM = 0xD5F1
+
+    @classmethod
+    def planned_releases(cls, cfg: RunConfig) -> int:
+        p = cfg.privacy
+        logits = 1 if p.output_noise > 0 and not p.dp_sgd else 0  # noised logits of a non-DP model
+        counts = 1 if p.enabled and cls.label_counts_released(cfg) else 0
+        return logits + counts
+
+    def fit_phase(self, n: int) -> PhaseSpec:
+        """Local training, then logits [n, C] on the announced samples up."""
+        return self.logits_spec("fit", "train", n, reply_metrics=("loss", "accuracy"))
+
+    #: Global distillation: targets down, metrics only up.
+    DISTILL_PHASE = PhaseSpec(name="distill", message_type="train", reply_metrics=("loss",))
+
+    # ----- server half --------------------------------------------------------------------
+    def run_round(self, rnd: int, nodes: Sequence[int], exchange: Exchange) -> dict[str, float]:
+        indices = self.announce()
+        request = Payload(config={"round": rnd, "indices": indices.tolist()})
+        result = exchange(self.fit_phase(len(indices)), {node: request for node in nodes})
+        teachers = sorted(result.replies)
+        replies = [result.replies[k] for k in teachers]
+        logits = np.stack([r.arrays["logits"] for r in replies])  # [K, n, C]
+        weights = self.teacher_weights(result.replies, teachers, logits)
+        targets = self.aggregate_teachers(self.rule, logits, self._rng, weights=weights)
+        indices, probs = indices[targets.answered], targets.probs[targets.answered]
+        n_ex = np.array([float(r.metrics["num-examples"]) for r in replies])
+        metrics = {
+            "teachers": len(teachers), "answered": len(indices),
+            "train-loss": float(np.average([r.metrics["loss"] for r in replies], weights=n_ex)),
+            "train-accuracy": float(np.average([r.metrics["accuracy"] for r in replies], weights=n_ex)),
+        }
+        if len(indices) == 0:
+            return metrics
+        student = self.distill_student(indices, probs, rnd)
+        down = Payload(arrays={"targets": probs}, config={"round": rnd, "indices": indices.tolist()})
+        exchange(self.DISTILL_PHASE, {node: down for node in teachers})
+        return {**metrics, **self.public_accuracy(indices, probs),
+                "student-distill-loss": student.loss}
+
+    # ----- client half --------------------------------------------------------------------
+    def client_phase(self, phase: str, request: Payload, client: ClientContext) -> Payload:
+        rnd = int(request.config["round"])
+        model = self.personal_model(client)
+        x_pub = self.public_inputs(request, client)
+        n_train = len(client.data.train)
+        if phase == "fit":
+            stats = self.local_fit(client, model, rnd)  # private data; DP-SGD if on
+            self.save_personal_model(client, model)
+            arrays = {"logits": self.release_logits(client, model, x_pub, rnd)}
+            if self.label_counts_released(self.cfg):
+                arrays[LABEL_COUNTS] = self.label_counts(client, rnd)
+            return Payload(arrays=arrays, metrics={"num-examples": n_train, "loss": stats.loss,
+                                                   "accuracy": stats.accuracy})
+        if phase != "distill":
+            raise ValueError(f"dsfl has no client phase {phase!r}")
+        targets = np.asarray(request.arrays["targets"], np.float32)
+        if targets.shape != (len(x_pub), self.num_classes):
+            raise ValueError(f"dsfl: targets of shape {targets.shape} for {len(x_pub)} inputs")
+        train, distill = self.cfg.train, self.cfg.distill
+        stats = fit_to_targets(model, x_pub, targets, steps=distill.steps,
+                               batch_size=train.batch_size, learning_rate=train.learning_rate,
+                               temperature=distill.temperature, loss=self.distill_loss,
+                               generator=seeded_generator(self.cfg.seed, rnd, client.partition_id, 1))
+        self.save_personal_model(client, model)
+        return Payload(metrics={"num-examples": n_train, "loss": stats.loss})

@@ -1,0 +1,169 @@
+"""The machinery every public-set (proxy-set) algorithm shares: FedMD, DS-FL, Selective-FD.
+
+A public set is a seeded split of the official train set that every node holds (the same seed
+on every node), so only indices travel. With ``data.public-labels = false`` it is an
+*unlabeled proxy set*: its labels are withheld (they read ``-1``) and nothing here reads them.
+
+:class:`PublicSetAlgorithm` holds the server half's common steps, each a method an algorithm
+calls from its own ``run_round``:
+
+* :meth:`announce`: draw this round's ``distill.public-batch`` indices;
+* :meth:`logits_spec`: the reply contract of logits on them (``[n, C]``, bounded), plus label
+  counts ``[C]`` when the rule needs counts (``classwise``, ``weighted``) and, for
+  Selective-FD, an answer mask;
+* :meth:`teacher_weights`: the rule's weights from the replies (label counts, or each
+  client's data size);
+* :meth:`distill_student`: the server's global student distils on the aggregated targets,
+  replaying the last ``distill.replay-rounds`` rounds' (inputs, targets) so it does not forget
+  earlier batches;
+
+and the client half's: :meth:`public_inputs` (the announced inputs, checked) and
+:meth:`label_counts` (the client's label histogram, noised and charged under DP).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+
+import numpy as np
+from torch import nn
+
+from fedkd.algorithms.base import OUTPUT_NOISE_STREAM, Algorithm, ClientContext
+from fedkd.data.datasets import ArrayDataset
+from fedkd.data.federated import FederatedData
+from fedkd.errors import ConfigError
+from fedkd.protocol import ArraySpec, InvalidReply, Payload, PhaseSpec
+from fedkd.training import FitStats, fit_to_targets, seeded_generator
+
+#: Seed stream of the server student's batches (client streams use partition ids).
+SERVER_STREAM = 2**31 - 1
+#: Name of the label-count array in a reply.
+LABEL_COUNTS = "label-counts"
+
+
+class PublicSetAlgorithm(Algorithm):
+    """Base of the algorithms that share logits on announced public (proxy) samples."""
+
+    SERVER_STATE = ("_student", "_rng", "_replay")
+    DEVICE_READY = True
+    #: The seed stream of the server's index draws (kept per algorithm: results stay as they were).
+    INDEX_STREAM = 0xFED3D
+
+    @classmethod
+    def check_config(cls, cfg) -> None:  # noqa: ANN001 - RunConfig
+        if cfg.data.public_fraction <= 0:
+            raise ConfigError(f"{cls.name} needs a public set: set data.public-fraction > 0")
+        if cls.label_counts_released(cfg) and cfg.privacy.dp_sgd and cfg.privacy.output_noise <= 0:
+            raise ConfigError(
+                f"{cls.name} with the {cfg.aggregation.rule} rule releases label counts: under "
+                "DP-SGD they need privacy.output-noise > 0")
+
+    @staticmethod
+    def label_counts_released(cfg) -> bool:  # noqa: ANN001 - RunConfig
+        """Whether clients send label counts: the configured rule needs them."""
+        from fedkd.aggregation import AGGREGATORS
+
+        return AGGREGATORS.get(cfg.aggregation.rule).needs_counts
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: D107 - see Algorithm
+        super().__init__(*args, **kwargs)
+        self._student: nn.Module | None = None
+        self._public: ArrayDataset | None = None
+        self._rng = np.random.default_rng([self.cfg.seed, self.INDEX_STREAM])
+        #: (indices, targets) of recent rounds, newest last, for the student's replay.
+        self._replay: deque[tuple[np.ndarray, np.ndarray]] = deque(
+            maxlen=self.cfg.distill.replay_rounds)
+
+    # ----- server half --------------------------------------------------------------------
+    def setup_server(self, data: FederatedData) -> None:
+        if len(data.public) == 0:
+            raise ValueError(f"{self.name} needs a public split: set data.public-fraction > 0")
+        self._public = data.public
+        self._student = self.build_model(seed=self.cfg.seed)
+
+    def global_model(self) -> nn.Module | None:
+        return self._student
+
+    def announce(self) -> np.ndarray:
+        """This round's public indices: ``distill.public-batch`` of them, sorted."""
+        assert self._public is not None, "setup_server not called"
+        n = min(self.cfg.distill.public_batch, len(self._public))
+        return np.sort(self._rng.choice(len(self._public), size=n, replace=False))
+
+    def logits_spec(self, name: str, message_type: str, n: int,
+                    extra: Mapping[str, ArraySpec] | None = None, check=None,  # noqa: ANN001
+                    reply_metrics: tuple[str, ...] = ()) -> PhaseSpec:
+        """Logits [n, C] (plus label counts [C] when the rule needs counts, plus ``extra``)."""
+        bound = self.cfg.aggregation.max_abs_logit
+        arrays = {"logits": ArraySpec(shape=(n, self.num_classes), dtype="float32",
+                                      low=-bound, high=bound)}
+        if self.label_counts_released(self.cfg):
+            arrays[LABEL_COUNTS] = ArraySpec(shape=(self.num_classes,), dtype="float32", low=0.0)
+        arrays.update(extra or {})
+        return PhaseSpec(name=name, message_type=message_type, reply_arrays=arrays, check=check,
+                         reply_metrics=reply_metrics,
+                         min_num_examples=1)  # the weighted rule's teacher weight
+
+    def teacher_weights(self, replies: Mapping[int, Payload], teachers: list[int],
+                        logits: np.ndarray) -> np.ndarray | None:
+        """The rule's weights: label counts ``[K, C]`` (per class, or per sample by the
+        consensus label), else each teacher's data size ``[K]``; ``None`` for rules without."""
+        if not self.rule.uses_weights:
+            return None
+        if LABEL_COUNTS in replies[teachers[0]].arrays:
+            counts = np.stack([replies[k].arrays[LABEL_COUNTS] for k in teachers]).astype(np.float64)
+            counts = counts + 1e-6  # no class may end with zero total weight
+            consensus = logits.mean(axis=0).argmax(axis=1)  # unlabeled: the mean logit's class
+            return self.rule.weights_from_counts(counts, consensus)
+        return np.array([float(replies[k].metrics["num-examples"]) for k in teachers])
+
+    def distill_student(self, indices: np.ndarray, targets: np.ndarray, rnd: int) -> FitStats:
+        """Distil the global student on this round's targets and the replayed earlier ones."""
+        assert self._public is not None and self._student is not None, "setup_server not called"
+        self._replay.append((indices, targets))
+        all_idx = np.concatenate([i for i, _ in self._replay])
+        all_targets = np.concatenate([t for _, t in self._replay])
+        distill = self.cfg.distill
+        return fit_to_targets(
+            self._student, self._public.x[all_idx], all_targets, steps=distill.server_steps,
+            batch_size=self.cfg.train.batch_size, learning_rate=self.cfg.train.learning_rate,
+            temperature=distill.temperature, loss=self.distill_loss,
+            generator=seeded_generator(self.cfg.seed, rnd, SERVER_STREAM),
+        )
+
+    def public_accuracy(self, indices: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+        """How often the targets' argmax is the true label: only with a labelled public set."""
+        assert self._public is not None
+        if not self.cfg.data.public_labels:
+            return {}
+        return {"consensus-accuracy": float((targets.argmax(1) == self._public.y[indices]).mean())}
+
+    # ----- client half --------------------------------------------------------------------
+    def public_inputs(self, request: Payload, client: ClientContext) -> np.ndarray:
+        """The announced public inputs (indices checked against this node's public set)."""
+        public = client.public
+        indices = np.asarray(request.config["indices"], dtype=np.int64)
+        if indices.ndim != 1 or (indices.size and (indices.min() < 0 or indices.max() >= len(public))):
+            raise ValueError(f"{self.name}: public indices outside 0..{len(public) - 1}")
+        return public.x[indices]
+
+    def label_counts(self, client: ClientContext, rnd: int) -> np.ndarray:
+        """The client's label histogram; noised by the output mechanism and charged under DP."""
+        y = client.data.train.y
+        if not self.cfg.privacy.enabled:
+            return np.bincount(y, minlength=self.num_classes).astype(np.float32)
+        rng = np.random.default_rng([self.cfg.seed, rnd, client.partition_id, OUTPUT_NOISE_STREAM, 1])
+        release = self.output_mechanism.counts(y, self.num_classes, rng)
+        self.account_releases(client, release)
+        return np.maximum(release.values, 0.0).astype(np.float32)
+
+    @staticmethod
+    def check_mask(name: str):  # noqa: ANN205
+        """A reply check: the answer mask ``name`` answers at least one sample."""
+
+        def check(reply: Payload) -> None:
+            if not np.asarray(reply.arrays[name]).any():
+                raise InvalidReply(f"array {name!r}: masks every sample (no answer to aggregate)")
+
+        return check

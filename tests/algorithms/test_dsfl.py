@@ -1,0 +1,77 @@
+"""DS-FL and the unlabeled proxy set, through the real round loop and client app."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedkd.compose import build_config
+from fedkd.data.federated import load_federated
+from fedkd.errors import ConfigError
+from tests.algorithms.inprocess import run_inprocess
+
+FAST = {"distill.public-batch": 60, "distill.server-steps": 10, "distill.steps": 3,
+        "train.local-steps": 5, "num-server-rounds": 2}
+
+
+def test_dsfl_shares_logits_on_announced_samples_and_distils_a_student(tmp_path: Path) -> None:
+    rows, audit, _ = run_inprocess({"algorithm": "dsfl", "aggregation.rule": "era", **FAST,
+                                    "train.client-models": "mlp,fedgen-cnn,resnet"}, 3, tmp_path)
+    assert rows[-1]["num-failures"] == 0 and rows[-1]["teachers"] == 3
+    assert rows[-1]["global-accuracy"] is not None and rows[-1]["answered"] == 60
+    for a in audit:
+        if a["phase"] == "fit":  # logits only: no weights, no inputs
+            assert a["arrays"] == {"arrays/logits": {"shape": [60, 10], "dtype": "float32",
+                                                     "bytes": 60 * 10 * 4 + 128}}
+        else:
+            assert a["arrays"] == {}, a
+
+
+def test_count_rules_make_clients_send_label_counts(tmp_path: Path) -> None:
+    rows, audit, _ = run_inprocess({"algorithm": "dsfl", "aggregation.rule": "classwise", **FAST},
+                                   3, tmp_path)
+    fit = [a for a in audit if a["phase"] == "fit"]
+    assert fit and all(a["arrays"]["arrays/label-counts"]["shape"] == [10] for a in fit)
+    assert rows[-1]["num-failures"] == 0
+
+
+def _without(rows: list[dict], *keys: str) -> str:
+    out = []
+    for r in rows:
+        r = {k: v for k, v in r.items() if k not in ("wall-time-s", *keys)}
+        r["clients"] = sorted((c["partition-id"], c["accuracy"], c["loss"]) for c in r["clients"].values()
+                              if "accuracy" in c)
+        out.append(r)
+    return json.dumps(out, sort_keys=True)
+
+
+@pytest.mark.parametrize("algorithm", ["dsfl", "fedmd"])
+def test_public_labels_are_never_read(algorithm: str, tmp_path: Path) -> None:
+    # Withheld labels read -1 (training on them would fail); the run is exactly the run with the
+    # labels present: no algorithm reads them (only the consensus-accuracy metric does, when
+    # there are labels to compare with).
+    hidden = build_config({"data.dataset": "digits", "data.public-labels": False})
+    assert (load_federated(hidden.data).public.y == -1).all()
+    assert (load_federated(build_config({"data.dataset": "digits"}).data).public.y >= 0).all()
+    overrides = {"algorithm": algorithm, **FAST}
+    labelled, _, _ = run_inprocess(overrides, 3, tmp_path / "labelled")
+    unlabeled, _, _ = run_inprocess({**overrides, "data.public-labels": False}, 3,
+                                    tmp_path / "unlabeled")
+    assert "consensus-accuracy" in labelled[-1] and "consensus-accuracy" not in unlabeled[-1]
+    assert _without(labelled, "consensus-accuracy") == _without(unlabeled, "consensus-accuracy")
+
+
+def test_pretraining_on_public_labels_needs_labels() -> None:
+    with pytest.raises(ConfigError, match="needs data.public-labels = true"):
+        build_config({"algorithm": "fedmd", "distill.pretrain-public-steps": 5,
+                      "data.public-labels": False})
+
+
+def test_student_replays_earlier_rounds(tmp_path: Path) -> None:
+    rows, _, _ = run_inprocess({"algorithm": "dsfl", **FAST, "num-server-rounds": 3,
+                                "distill.replay-rounds": 3}, 3, tmp_path)
+    assert all(r["global-accuracy"] is not None for r in rows)
+    assert np.isfinite([r["student-distill-loss"] for r in rows]).all()
