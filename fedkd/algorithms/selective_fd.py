@@ -1,0 +1,202 @@
+r"""Selective-FD (Shao, Wu & Zhang, Nature Communications 2024, arXiv 2304.01731).
+
+Federated distillation on an unlabeled proxy set that every node holds, with two knowledge
+selectors (``fedkd/selection.py``). Round t, announced proxy indices :math:`I_t`:
+
+1. **local update + selective upload** (phase ``fit``): each sampled client k trains on its
+   private data (``train.local-steps`` of cross-entropy), then answers on :math:`x_{I_t}` with its
+   logits and an answer mask :math:`m_k \in \{0, 1\}^{n}`. The *client-side selector* keeps a
+   proxy sample only if it looks like the client's own data: a KuLSIF density-ratio estimate
+
+   .. math:: \hat r_k(x) \approx \frac{p_k(x)}{q(x)} \ge \theta_k ,
+
+   with :math:`p_k` the client's inputs, :math:`q` uniform over the input range, and
+   :math:`\theta_k` the ``ratio-quantile`` quantile of :math:`\hat r_k` on the client's own
+   held-out samples (estimator fitted once, on ``ratio-sample-fraction`` of the local data,
+   with ``auxiliary-samples`` draws of :math:`q`, kernel width ``kernel-width`` and
+   :math:`\lambda` = ``regularisation`` or :math:`n^{-1/2}`, as in the official code). Masked
+   rows are sent as zeros.
+2. **aggregation** (server): for every sample answered by at least one client, the configured
+   rule over the clients that answered (``mean``: :math:`t_i = \frac{1}{|K_i|}\sum_{k \in K_i}
+   \sigma(z_{k,i}/T)`, the paper's ensemble); samples nobody answered are dropped.
+3. **server-side selector**: a target is kept only if its normalised entropy is low,
+
+   .. math:: \frac{H(t_i)}{\ln C} \le \tau \qquad (\tau = \texttt{entropy-threshold}).
+
+4. **distillation**: the server's global student and every client that answered minimise
+   :math:`T^2\,\mathrm{KL}(t_i \,\|\, \sigma(f(x_i)/T))` (cross-entropy to the soft target up to a
+   constant) over the kept samples (``distill.server-steps`` and ``distill.steps`` steps).
+
+What leaves a client: logits [n, C] on public inputs and an answer mask [n] (uint8, declared and
+validated as every array is), never weights or private data. The mask depends on the private
+data through the density-ratio estimator, which no DP mechanism here covers, so Selective-FD
+refuses ``privacy.dp-sgd`` and ``privacy.output-noise`` (use ``dsfl`` or ``fedmd`` under DP).
+The paper's headline metric is the clients' own models on the global test set; fedkd reports
+the server student's global accuracy and the clients' personalised accuracy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedkd.algorithms.base import ClientContext, Exchange
+from fedkd.algorithms.public_set import LABEL_COUNTS, PublicSetAlgorithm
+from fedkd.algorithms.registry import ALGORITHMS
+from fedkd.config import RunConfig
+from fedkd.errors import ConfigError
+from fedkd.protocol import ArraySpec, Payload, PhaseSpec
+from fedkd.selection import KuLSIF, auxiliary_uniform, client_mask, entropy_mask, threshold_from_quantile
+from fedkd.training import fit_to_targets, seeded_generator
+
+#: Node-state key of the client's answer mask over the whole proxy set (computed once).
+MASK_KEY = "selective-fd/in-distribution"
+#: Seed stream of the client's selector (its data split and auxiliary samples).
+SELECTOR_STREAM = 0x5E1
+#: Name of the answer mask in a fit reply.
+MASK = "answer-mask"
+
+
+@dataclass(frozen=True)
+class SelectiveFDConfig:
+    """``selective-fd.*``: the two selectors (defaults: the official code's MNIST settings)."""
+
+    ratio_sample_fraction: float = 0.1
+    auxiliary_samples: int = 250
+    kernel_width: float = 5.0
+    regularisation: float = 0.0
+    ratio_quantile: float = 0.25
+    entropy_threshold: float = 0.7
+
+    def __post_init__(self) -> None:
+        checks = (("ratio-sample-fraction", 0 < self.ratio_sample_fraction < 1, "in (0, 1)"),
+                  ("auxiliary-samples", self.auxiliary_samples >= 2, ">= 2"),
+                  ("kernel-width", self.kernel_width > 0, "> 0"),
+                  ("regularisation", self.regularisation >= 0, ">= 0 (0: n^-1/2)"),
+                  ("ratio-quantile", 0 <= self.ratio_quantile < 1, "in [0, 1)"),
+                  ("entropy-threshold", 0 <= self.entropy_threshold <= 1, "in [0, 1]"))
+        for key, ok, what in checks:
+            if not ok:
+                raise ConfigError(f"selective-fd.{key} must be {what}, got "
+                                  f"{getattr(self, key.replace('-', '_'))!r}")
+
+
+@ALGORITHMS.register("selective-fd")
+class SelectiveFD(PublicSetAlgorithm):
+    """Selective knowledge sharing: clients answer only on proxy samples like their data; the
+    server keeps only confident ensemble targets."""
+
+    name = "selective-fd"
+    config_sections = {"selective-fd": SelectiveFDConfig}
+    INDEX_STREAM = 0x5E1FD
+
+    @classmethod
+    def check_config(cls, cfg: RunConfig) -> None:
+        super().check_config(cfg)
+        if cfg.privacy.enabled:
+            raise ConfigError(
+                "selective-fd's answer mask is computed from private data by a density-ratio "
+                "estimator that no DP mechanism here covers: it runs without privacy.dp-sgd and "
+                "privacy.output-noise (use dsfl or fedmd under DP)")
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: D107 - see Algorithm
+        super().__init__(*args, **kwargs)
+        self.options: SelectiveFDConfig = self.cfg.section("selective-fd")
+
+    def fit_phase(self, n: int) -> PhaseSpec:
+        """Local training, then logits [n, C] and the answer mask [n] (0/1) up."""
+        mask = {MASK: ArraySpec(shape=(n,), dtype="uint8", low=0, high=1)}
+        return self.logits_spec("fit", "train", n, extra=mask, check=self.check_mask(MASK),
+                                reply_metrics=("loss", "accuracy"))
+
+    #: Distillation on the kept targets: targets down, metrics only up.
+    DISTILL_PHASE = PhaseSpec(name="distill", message_type="train", reply_metrics=("loss",))
+
+    # ----- server half --------------------------------------------------------------------
+    def run_round(self, rnd: int, nodes: Sequence[int], exchange: Exchange) -> dict[str, float]:
+        indices = self.announce()
+        request = Payload(config={"round": rnd, "indices": indices.tolist()})
+        result = exchange(self.fit_phase(len(indices)), {node: request for node in nodes})
+        teachers = sorted(result.replies)
+        replies = [result.replies[k] for k in teachers]
+        logits = np.stack([r.arrays["logits"] for r in replies])  # [K, n, C]
+        answers = np.stack([r.arrays[MASK] for r in replies]).astype(bool)  # [K, n]
+        n_ex = np.array([float(r.metrics["num-examples"]) for r in replies])
+        metrics = {
+            "teachers": len(teachers),
+            "answers-per-client": float(answers.sum(axis=1).mean()),
+            "train-loss": float(np.average([r.metrics["loss"] for r in replies], weights=n_ex)),
+            "train-accuracy": float(np.average([r.metrics["accuracy"] for r in replies], weights=n_ex)),
+        }
+        answered = answers.any(axis=0)  # samples at least one client answered
+        if not answered.any():
+            return {**metrics, "answered": 0, "kept": 0}
+        sub = logits[:, answered]
+        weights = self.teacher_weights(result.replies, teachers, sub)
+        agg = self.aggregate_teachers(self.rule, sub, self._rng, weights=weights,
+                                      mask=answers[:, answered])
+        kept = agg.answered & entropy_mask(agg.probs, self.options.entropy_threshold)
+        idx, probs = indices[answered][kept], agg.probs[kept]
+        metrics.update({"answered": int(answered.sum()), "kept": int(kept.sum())})
+        if len(idx) == 0:
+            return metrics
+        student = self.distill_student(idx, probs, rnd)
+        down = Payload(arrays={"targets": probs}, config={"round": rnd, "indices": idx.tolist()})
+        exchange(self.DISTILL_PHASE, {node: down for node in teachers})
+        return {**metrics, **self.public_accuracy(idx, probs), "student-distill-loss": student.loss}
+
+    # ----- client half --------------------------------------------------------------------
+    def in_distribution(self, client: ClientContext) -> np.ndarray:
+        """The client-side selector over the whole proxy set: bool [P], computed once per node
+        (KuLSIF fitted on a seeded share of the local training inputs; the threshold is the
+        ``ratio-quantile`` quantile of the ratio on the rest)."""
+        saved = client.state.get(MASK_KEY)
+        if saved is not None and len(saved) == len(client.public):
+            return np.asarray(saved).astype(bool)
+        opts = self.options
+        rng = np.random.default_rng([self.cfg.seed, client.partition_id, SELECTOR_STREAM])
+        x = client.data.train.x
+        order = rng.permutation(len(x))
+        n_fit = max(2, int(round(opts.ratio_sample_fraction * len(x))))
+        fit, held = x[order[:n_fit]], x[order[n_fit:]]
+        if len(held) == 0:
+            held = fit
+        aux = auxiliary_uniform(opts.auxiliary_samples, tuple(x.shape[1:]), -1.0, 1.0, rng)
+        lam = opts.regularisation or opts.auxiliary_samples ** -0.5
+        estimator = KuLSIF.fit(fit, aux, sigma=opts.kernel_width, lam=lam)
+        threshold = threshold_from_quantile(estimator.ratio(held), opts.ratio_quantile)
+        mask = client_mask(estimator.ratio(client.public.x), threshold)
+        client.state[MASK_KEY] = mask.astype(np.uint8)
+        return mask
+
+    def client_phase(self, phase: str, request: Payload, client: ClientContext) -> Payload:
+        rnd = int(request.config["round"])
+        model = self.personal_model(client)
+        x_pub = self.public_inputs(request, client)
+        n_train = len(client.data.train)
+        if phase == "fit":
+            stats = self.local_fit(client, model, rnd)
+            self.save_personal_model(client, model)
+            indices = np.asarray(request.config["indices"], dtype=np.int64)
+            answer = self.in_distribution(client)[indices]
+            logits = self.release_logits(client, model, x_pub, rnd)
+            logits[~answer] = 0.0
+            arrays = {"logits": logits, MASK: answer.astype(np.uint8)}
+            if self.label_counts_released(self.cfg):
+                arrays[LABEL_COUNTS] = self.label_counts(client, rnd)
+            return Payload(arrays=arrays, metrics={"num-examples": n_train, "loss": stats.loss,
+                                                   "accuracy": stats.accuracy})
+        if phase != "distill":
+            raise ValueError(f"selective-fd has no client phase {phase!r}")
+        targets = np.asarray(request.arrays["targets"], np.float32)
+        if targets.shape != (len(x_pub), self.num_classes):
+            raise ValueError(f"selective-fd: targets of shape {targets.shape} for {len(x_pub)} inputs")
+        train, distill = self.cfg.train, self.cfg.distill
+        stats = fit_to_targets(model, x_pub, targets, steps=distill.steps,
+                               batch_size=train.batch_size, learning_rate=train.learning_rate,
+                               temperature=distill.temperature, loss=self.distill_loss,
+                               generator=seeded_generator(self.cfg.seed, rnd, client.partition_id, 1))
+        self.save_personal_model(client, model)
+        return Payload(metrics={"num-examples": n_train, "loss": stats.loss})
