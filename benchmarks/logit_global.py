@@ -1,0 +1,208 @@
+"""Logit-only global models against FedAvg on an unlabeled proxy set, through the real Flower simulation.
+
+The protocol of the issue on logit-only global accuracy: Fashion-MNIST, 20 clients, 10 sampled
+per round, FedGen's CNN (``fedgen-cnn``) for every client and server model (``--model cnn`` for
+McMahan's CNN), a proxy set of 10% of the official train set, **unlabeled**
+(``data.public-labels = false``) and disjoint from the clients, partitions Dirichlet 0.1,
+Dirichlet 1.0 and pathological with 2 classes per client. Rows:
+
+* ``fedavg``: weights up and down (the baseline), at ``--fedavg-lrs`` (the better is reported);
+* ``fedmd (mean)``, ``fedmd (classwise)``: logits on announced proxy samples (Li & Wang 2019),
+  consensus with the survey's mean rule, or with per-class label-count weights;
+* ``dsfl``: DS-FL (Itahara et al. 2021): local update, logits on the open set, ERA, clients and
+  the server student distil;
+* ``selective-fd``: Selective-FD (Shao et al. 2024): KuLSIF client-side selector, entropy
+  server-side selector.
+
+Each run is a separate ``python -m simulations.run`` (own SuperLink, real Ray backend); the table
+is built from the runs' own ``metrics.jsonl``. Finished runs are read back, not rerun.
+
+Run (what produced ``benchmarks/results/logit_global.md``; see its header for the exact command)::
+
+    .venv/bin/python -m benchmarks.logit_global --rounds 100 --partitions dir0.1 --seeds 0
+
+Columns: final and best global accuracy of the server model (mean ± std over seeds), the
+swing of the global accuracy over the last 20 rounds (max - min), mean personalized accuracy,
+the first round at which the global accuracy reaches FedAvg's final one, bytes up per client per
+round and FedAvg's over it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import ROOT, fmt, run_simulation, slug
+from fedkd.results import read_metrics
+
+PARTITIONS: dict[str, dict[str, Any]] = {
+    "dir0.1": {"data.partitioner": "dirichlet", "data.alpha": 0.1},
+    "dir1.0": {"data.partitioner": "dirichlet", "data.alpha": 1.0},
+    "path2": {"data.partitioner": "pathological", "data.classes-per-client": 2},
+}
+
+#: Shared by every logit-sharing row: 1,000 proxy samples announced per round (DS-FL's open
+#: batch in the authors' lab code), 20 client distillation steps, a server student with 200
+#: steps per round on the last 5 rounds' targets.
+PROXY: dict[str, Any] = {"distill.public-batch": 1000, "distill.steps": 20,
+                         "distill.server-steps": 200, "distill.replay-rounds": 5}
+
+ROWS: dict[str, dict[str, Any]] = {
+    "fedavg": {"algorithm": "fedavg"},
+    "fedmd (mean)": {"algorithm": "fedmd", "aggregation.rule": "mean", **PROXY},
+    "fedmd (classwise)": {"algorithm": "fedmd", "aggregation.rule": "classwise", **PROXY},
+    "dsfl": {"algorithm": "dsfl", "aggregation.rule": "era", **PROXY},
+    "selective-fd": {"algorithm": "selective-fd", "aggregation.rule": "mean", **PROXY},
+}
+
+
+def run_label(name: str, partition: str, seed: int, model: str, lr: float | None = None) -> str:
+    suffix = f"-lr{lr:g}" if lr is not None else ""
+    return slug(f"{name.split(' ')[0]}{'-' + name.split('(')[1].rstrip(')') if '(' in name else ''}"
+                f"-{partition}-{model}-s{seed}{suffix}")
+
+
+def run_one(name: str, partition: str, seed: int, args: argparse.Namespace, out: Path,
+            lr: float | None = None) -> dict[str, Any]:
+    settings = {
+        "train.model": args.model, "train.local-steps": args.local_steps, "seed": seed,
+        "data.seed": seed, "data.public-fraction": 0.1, "data.public-labels": False,
+        "federation.min-nodes": args.clients, "federation.fraction-train": args.fraction,
+        "federation.min-replies": max(1, int(args.clients * args.fraction) // 2),
+        "federation.evaluate-every": args.evaluate_every,
+        "output.resume": False, "output.audit-replies": False,
+        **PARTITIONS[partition], **ROWS[name],
+    }
+    if lr is not None:
+        settings["train.learning-rate"] = lr
+    label = run_label(name, partition, seed, args.model, lr)
+    if not (out / label / "summary.json").exists():
+        run_simulation(label, settings, clients=args.clients, rounds=args.rounds, out_dir=out)
+    rows = read_metrics(out / label)
+    acc = [(r["round"], r["global-accuracy"]) for r in rows if r.get("global-accuracy") is not None]
+    personal = [r["personalized-accuracy"] for r in rows if r.get("personalized-accuracy") is not None]
+    last20 = [a for rnd, a in acc if rnd > rows[-1]["round"] - 20]
+    return {
+        "name": name, "partition": partition, "seed": seed, "lr": lr, "run-dir": str(out / label),
+        "final": acc[-1][1], "best": max(a for _, a in acc), "curve": acc,
+        "swing-last-20": max(last20) - min(last20),
+        "personalized": personal[-1] if personal else None,
+        "bytes-up": statistics.mean(r["bytes-up-per-client"] for r in rows),
+        "wall-time-per-round-s": statistics.mean(r["wall-time-s"] for r in rows[1:] or rows),
+    }
+
+
+def first_round_at(curve: list[tuple[int, float]], level: float) -> int | None:
+    return next((rnd for rnd, a in curve if a >= level), None)
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = ["| partition | row | seeds | final global acc | best global acc | swing, last 20 rounds "
+             "| final personalized acc | rounds to FedAvg's final | bytes up / client / round "
+             "| x fewer than FedAvg | s / round |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for partition in PARTITIONS:
+        here = [r for r in results if r["partition"] == partition]
+        if not here:
+            continue
+        fedavg = best_fedavg(here)
+        target = statistics.mean(r["final"] for r in fedavg) if fedavg else None
+        base_bytes = statistics.mean(r["bytes-up"] for r in fedavg) if fedavg else None
+        for name in ROWS:
+            group = fedavg if name == "fedavg" else [r for r in here if r["name"] == name]
+            if not group:
+                continue
+            label = name + (f" (lr {group[0]['lr']:g})" if name == "fedavg" and group[0]["lr"] else "")
+            reach = [first_round_at(r["curve"], target) for r in group] if target else []
+            reach_cell = ", ".join("-" if x is None else str(x) for x in reach) or "-"
+            up = statistics.mean(r["bytes-up"] for r in group)
+            ratio = f"{base_bytes / up:,.1f}" if base_bytes else "-"
+            pers = [r["personalized"] for r in group if r["personalized"] is not None]
+            lines.append(
+                f"| {partition} | {label} | {len(group)} | {mean_std([r['final'] for r in group])} "
+                f"| {mean_std([r['best'] for r in group])} "
+                f"| {mean_std([r['swing-last-20'] for r in group])} | {mean_std(pers)} "
+                f"| {reach_cell} | {up:,.0f} | {ratio} "
+                f"| {fmt(statistics.mean(r['wall-time-per-round-s'] for r in group), '.1f')} |")
+    return "\n".join(lines)
+
+
+def best_fedavg(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """FedAvg's runs at the learning rate with the better mean final accuracy."""
+    runs = [r for r in results if r["name"] == "fedavg"]
+    by_lr: dict[Any, list[dict[str, Any]]] = {}
+    for r in runs:
+        by_lr.setdefault(r["lr"], []).append(r)
+    if not by_lr:
+        return []
+    return max(by_lr.values(), key=lambda g: statistics.mean(r["final"] for r in g))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--fraction", type=float, default=0.5)
+    parser.add_argument("--local-steps", type=int, default=20)
+    parser.add_argument("--model", default="fedgen-cnn")
+    parser.add_argument("--evaluate-every", type=int, default=1)
+    parser.add_argument("--partitions", nargs="+", default=list(PARTITIONS), choices=list(PARTITIONS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--fedavg-lrs", type=float, nargs="+", default=[0.01, 0.05])
+    parser.add_argument("--only", nargs="*", help="rows to run (prefix match)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--name", default="logit_global", help="results file stem")
+    args = parser.parse_args(argv)
+
+    out = Path(args.out)
+    runs_dir = out / "runs"
+    results: list[dict[str, Any]] = []
+    names = [n for n in ROWS if not args.only or any(n.startswith(p) for p in args.only)]
+    for partition in args.partitions:
+        for seed in args.seeds:
+            for name in names:
+                for lr in (args.fedavg_lrs if name == "fedavg" else [None]):
+                    print(f"{name} {partition} seed {seed}" + (f" lr {lr}" if lr else ""), flush=True)
+                    try:
+                        r = run_one(name, partition, seed, args, runs_dir, lr)
+                    except RuntimeError as err:
+                        print(f"  FAILED: {str(err)[-1500:]}", flush=True)
+                        continue
+                    results.append(r)
+                    print(f"  final {r['final']:.4f} best {r['best']:.4f} swing "
+                          f"{r['swing-last-20']:.4f} up {r['bytes-up']:,.0f} B "
+                          f"{r['wall-time-per-round-s']:.1f} s/round", flush=True)
+                    write(out, args, results)
+
+
+def write(out: Path, args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
+    command = (f".venv/bin/python -m benchmarks.logit_global --rounds {args.rounds} --model "
+               f"{args.model} --partitions {' '.join(args.partitions)} --seeds "
+               f"{' '.join(map(str, args.seeds))} --fedavg-lrs {' '.join(map(str, args.fedavg_lrs))}"
+               + (f" --only {' '.join(args.only)}" if args.only else "")
+               + (f" --name {args.name}" if args.name != "logit_global" else ""))
+    header = (f"Fashion-MNIST, {args.clients} clients, {args.fraction:.0%} sampled per round, "
+              f"{args.rounds} rounds of {args.local_steps} local steps (batch 32), model "
+              f"{args.model} everywhere, proxy set 10% of the official train set (unlabeled, "
+              f"disjoint from the clients), 1,000 proxy samples per round. FedAvg at the better of "
+              f"lr {' and '.join(map(str, args.fedavg_lrs))} (shown); the rest at lr 0.05. "
+              f"Mean ± std over seeds. Command: `{command}`")
+    md = header + "\n\n" + table(results) + "\n"
+    (out / f"{args.name}.md").write_text(md)
+    (out / f"{args.name}.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+    print(md, flush=True)
+
+
+if __name__ == "__main__":
+    main()
