@@ -58,6 +58,13 @@ def test_presets_cover_the_experiment_grid() -> None:
                 cfg, _ = runner.resolve_config(presets.load_preset(name))
                 assert (cfg.algorithm, cfg.data.dataset, cfg.data.partitioner, cfg.data.alpha,
                         cfg.privacy.dp_sgd) == (algorithm, "fashion-mnist", "dirichlet", alpha, dp)
+    for algorithm in ("dsfl", "selective-fd"):  # the unlabeled-proxy presets
+        for alpha in (0.1, 1.0):
+            for dp in (False, True) if algorithm == "dsfl" else (False,):
+                name = f"{algorithm}-fmnist-dir{alpha}" + ("-dp" if dp else "")
+                cfg, _ = runner.resolve_config(presets.load_preset(name))
+                assert (cfg.algorithm, cfg.data.alpha, cfg.privacy.dp_sgd,
+                        cfg.data.public_labels) == (algorithm, alpha, dp, False)
     # FD and FedGen release counts or per-class sums: under DP-SGD they need output noise.
     for name in ("fd-fmnist-dir0.1-dp", "fedgen-fmnist-dir1.0-dp"):
         assert runner.resolve_config(presets.load_preset(name))[0].privacy.output_noise > 0
