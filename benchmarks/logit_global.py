@@ -69,8 +69,9 @@ DP: dict[str, Any] = {"privacy.dp-sgd": True, "privacy.target-epsilon": 8.0, "pr
 
 
 def run_label(name: str, partition: str, seed: int, model: str, lr: float | None = None,
-              dp: bool = False) -> str:
-    suffix = (f"-lr{lr:g}" if lr is not None else "") + ("-dp" if dp else "")
+              dp: bool = False, rounds: int = 100) -> str:
+    suffix = ((f"-lr{lr:g}" if lr is not None else "") + ("-dp" if dp else "")
+              + (f"-r{rounds}" if rounds != 100 else ""))
     return slug(f"{name.split(' ')[0]}{'-' + name.split('(')[1].rstrip(')') if '(' in name else ''}"
                 f"-{partition}-{model}-s{seed}{suffix}")
 
@@ -90,7 +91,7 @@ def run_one(name: str, partition: str, seed: int, args: argparse.Namespace, out:
         settings["train.learning-rate"] = lr
     if args.dp:
         settings.update(DP)
-    label = run_label(name, partition, seed, args.model, lr, args.dp)
+    label = run_label(name, partition, seed, args.model, lr, args.dp, args.rounds)
     if not (out / label / "summary.json").exists():
         run_simulation(label, settings, clients=args.clients, rounds=args.rounds, out_dir=out)
     rows = read_metrics(out / label)
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
                 for lr in (args.fedavg_lrs if name == "fedavg" else [None]):
                     if args.dp and name == "selective-fd":
                         continue
-                    label = run_label(name, partition, seed, args.model, lr, args.dp)
+                    label = run_label(name, partition, seed, args.model, lr, args.dp, args.rounds)
                     if args.report_only and not (runs_dir / label / "summary.json").exists():
                         continue
                     print(f"{name} {partition} seed {seed}" + (f" lr {lr}" if lr else ""), flush=True)
