@@ -147,7 +147,7 @@ def test_unknown_profile_lists_the_valid_names(capsys: pytest.CaptureFixture[str
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ('algorithm="fedx"', "unknown algorithm 'fedx'; valid names: fd, fedavg, fedgen"),
+        ('algorithm="fedx"', "unknown algorithm 'fedx'; valid names: dsfl, fd, fedavg, fedgen"),
         ('aggregation.rule="avg"', "unknown aggregation rule 'avg'; valid names: classwise, confidence, "),
         ('train.model="vgg"', "unknown model 'vgg'; valid names:"),
         ("train.nope=1", "unknown config key 'train.nope'"),
