@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedkd.aggregation import AggregationRule, Targets, build_rule
+from fedkd.aggregation import AGGREGATORS, AggregationRule, Targets, build_rule
 from fedkd.config import RunConfig
 from fedkd.data.datasets import ArrayDataset
 from fedkd.data.federated import ClientData, FederatedData
@@ -67,6 +67,16 @@ OUTPUT_NOISE_STREAM = 0x0B7
 EVALUATE_PHASE = PhaseSpec(
     name="evaluate", message_type="evaluate", reply_metrics=("loss", "accuracy")
 )
+
+
+def train_metrics(replies: Iterable[Payload]) -> dict[str, float]:
+    """``train-loss`` and ``train-accuracy`` of replies, averaged with their ``num-examples``."""
+    replies = list(replies)
+    n = np.array([float(r.metrics["num-examples"]) for r in replies])
+    return {
+        "train-loss": float(np.average([r.metrics["loss"] for r in replies], weights=n)),
+        "train-accuracy": float(np.average([r.metrics["accuracy"] for r in replies], weights=n)),
+    }
 
 
 class QuorumError(RuntimeError):
@@ -247,11 +257,25 @@ class Algorithm(ABC):
         :class:`~fedkd.privacy.dpsgd.BudgetExhausted` when the budget would be exceeded: the
         caller then publishes nothing."""
         ledger = self.client_privacy(client)
-        for release in releases:
-            if release.noise_multiplier <= 0:
-                raise ValueError("a release without noise cannot be accounted")
-        ledger.charge([(float(r.noise_multiplier), 1.0, 1) for r in releases])
+        ledger.account(*releases)
         ledger.save()
+
+    @staticmethod
+    def releases_label_counts(cfg: RunConfig) -> bool:
+        """Whether clients send their label counts: the configured rule needs them (a class
+        attribute of the rule: nothing is built)."""
+        return AGGREGATORS.get(cfg.aggregation.rule).needs_counts
+
+    def release_label_counts(self, client: ClientContext, rnd: int) -> np.ndarray:
+        """The client's label histogram [C] (float32); noised by the output mechanism and
+        charged to its ledger when privacy is on."""
+        y = client.data.train.y
+        if not self.cfg.privacy.enabled:
+            return np.bincount(y, minlength=self.num_classes).astype(np.float32)
+        rng = np.random.default_rng([self.cfg.seed, rnd, client.partition_id, OUTPUT_NOISE_STREAM, 1])
+        release = self.output_mechanism.counts(y, self.num_classes, rng)
+        self.account_releases(client, release)
+        return np.maximum(release.values, 0.0).astype(np.float32)
 
     def release_logits(
         self, client: ClientContext, model: nn.Module, x: np.ndarray, rnd: int

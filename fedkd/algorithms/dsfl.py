@@ -31,12 +31,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedkd.algorithms.base import ClientContext, Exchange
-from fedkd.algorithms.public_set import LABEL_COUNTS, PublicSetAlgorithm
+from fedkd.algorithms.base import ClientContext, Exchange, train_metrics
+from fedkd.algorithms.public_set import PublicSetAlgorithm
 from fedkd.algorithms.registry import ALGORITHMS
-from fedkd.config import RunConfig
 from fedkd.protocol import Payload, PhaseSpec
-from fedkd.training import fit_to_targets, seeded_generator
 
 
 @ALGORITHMS.register("dsfl")
@@ -46,13 +44,6 @@ class DSFL(PublicSetAlgorithm):
 
     name = "dsfl"
     INDEX_STREAM = 0xD5F1
-
-    @classmethod
-    def planned_releases(cls, cfg: RunConfig) -> int:
-        p = cfg.privacy
-        logits = 1 if p.output_noise > 0 and not p.dp_sgd else 0  # noised logits of a non-DP model
-        counts = 1 if p.enabled and cls.label_counts_released(cfg) else 0
-        return logits + counts
 
     def fit_phase(self, n: int) -> PhaseSpec:
         """Local training, then logits [n, C] on the announced samples up."""
@@ -72,17 +63,10 @@ class DSFL(PublicSetAlgorithm):
         weights = self.teacher_weights(result.replies, teachers, logits)
         targets = self.aggregate_teachers(self.rule, logits, self._rng, weights=weights)
         indices, probs = indices[targets.answered], targets.probs[targets.answered]
-        n_ex = np.array([float(r.metrics["num-examples"]) for r in replies])
-        metrics = {
-            "teachers": len(teachers), "answered": len(indices),
-            "train-loss": float(np.average([r.metrics["loss"] for r in replies], weights=n_ex)),
-            "train-accuracy": float(np.average([r.metrics["accuracy"] for r in replies], weights=n_ex)),
-        }
+        metrics = {"teachers": len(teachers), "answered": len(indices), **train_metrics(replies)}
         if len(indices) == 0:
             return metrics
-        student = self.distill_student(indices, probs, rnd)
-        down = Payload(arrays={"targets": probs}, config={"round": rnd, "indices": indices.tolist()})
-        exchange(self.DISTILL_PHASE, {node: down for node in teachers})
+        student, _ = self.teach(rnd, teachers, indices, probs, exchange, self.DISTILL_PHASE)
         return {**metrics, **self.public_accuracy(indices, probs),
                 "student-distill-loss": student.loss}
 
@@ -95,20 +79,11 @@ class DSFL(PublicSetAlgorithm):
         if phase == "fit":
             stats = self.local_fit(client, model, rnd)  # private data; DP-SGD if on
             self.save_personal_model(client, model)
-            arrays = {"logits": self.release_logits(client, model, x_pub, rnd)}
-            if self.label_counts_released(self.cfg):
-                arrays[LABEL_COUNTS] = self.label_counts(client, rnd)
-            return Payload(arrays=arrays, metrics={"num-examples": n_train, "loss": stats.loss,
-                                                   "accuracy": stats.accuracy})
+            return Payload(arrays=self.upload(client, model, x_pub, rnd),
+                           metrics={"num-examples": n_train, "loss": stats.loss,
+                                    "accuracy": stats.accuracy})
         if phase != "distill":
             raise ValueError(f"dsfl has no client phase {phase!r}")
-        targets = np.asarray(request.arrays["targets"], np.float32)
-        if targets.shape != (len(x_pub), self.num_classes):
-            raise ValueError(f"dsfl: targets of shape {targets.shape} for {len(x_pub)} inputs")
-        train, distill = self.cfg.train, self.cfg.distill
-        stats = fit_to_targets(model, x_pub, targets, steps=distill.steps,
-                               batch_size=train.batch_size, learning_rate=train.learning_rate,
-                               temperature=distill.temperature, loss=self.distill_loss,
-                               generator=seeded_generator(self.cfg.seed, rnd, client.partition_id, 1))
+        stats = self.distill_on_targets(request, client, model, x_pub, rnd)
         self.save_personal_model(client, model)
         return Payload(metrics={"num-examples": n_train, "loss": stats.loss})

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from fedkd.algorithms.base import OUTPUT_NOISE_STREAM, Algorithm, ClientContext, Exchange
+from fedkd.algorithms.base import OUTPUT_NOISE_STREAM, Algorithm, ClientContext, Exchange, train_metrics
 from fedkd.algorithms.registry import ALGORITHMS
 from fedkd.config import RunConfig
 from fedkd.errors import ConfigError
@@ -141,11 +141,8 @@ class FD(Algorithm):
             node: (r.arrays["class-logits"], r.arrays["class-counts"])
             for node, r in result.replies.items()
         }
-        replies = list(result.replies.values())
-        n = np.array([float(r.metrics["num-examples"]) for r in replies])
         return {
-            "train-loss": float(np.average([r.metrics["loss"] for r in replies], weights=n)),
-            "train-accuracy": float(np.average([r.metrics["accuracy"] for r in replies], weights=n)),
+            **train_metrics(result.replies.values()),
             "classes-with-teachers": int(np.any([c > 0 for _, c in self._uploads.values()], axis=0).sum()),
         }
 

@@ -86,7 +86,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedkd.algorithms.base import OUTPUT_NOISE_STREAM, Algorithm, ClientContext, Exchange
+from fedkd.algorithms.base import Algorithm, ClientContext, Exchange, train_metrics
 from fedkd.algorithms.registry import ALGORITHMS
 from fedkd.algorithms.fedgen import FedGenConfig
 from fedkd.config import RunConfig
@@ -143,8 +143,8 @@ class FedGenLogits(Algorithm):
     @classmethod
     def planned_releases(cls, cfg: RunConfig) -> int:
         # noised label counts with every query cycle, for a rule that needs counts
-        needs_counts = build_rule(cfg).needs_counts
-        return cfg.section("fedgen").generator_queries if cfg.privacy.enabled and needs_counts else 0
+        counts = cfg.privacy.enabled and cls.releases_label_counts(cfg)
+        return cfg.section("fedgen").generator_queries if counts else 0
 
     @classmethod
     def check_config(cls, cfg: RunConfig) -> None:
@@ -237,8 +237,6 @@ class FedGenLogits(Algorithm):
             "answered-per-query": [len(r.answered) for r in queries],
         })
         done = exchange(self.DISTILL_PHASE, {node: request for node in teachers})
-        replies = list(done.replies.values())
-        k = np.array([float(r.metrics["num-examples"]) for r in replies])
         metrics = {
             "teachers": len(teachers),
             "answered": len(t),
@@ -246,8 +244,7 @@ class FedGenLogits(Algorithm):
             "consensus-label-agreement": float((t.argmax(1) == y).mean()) if len(t) else 0.0,
             "student-distill-loss": student_stats.loss,
             "generator-loss": gen_loss,
-            "train-loss": float(np.average([r.metrics["loss"] for r in replies], weights=k)),
-            "train-accuracy": float(np.average([r.metrics["accuracy"] for r in replies], weights=k)),
+            **train_metrics(done.replies.values()),
         }
         if fg.zo_directions:
             metrics["generator-teacher-loss"] = float(np.mean([r.zo_loss for r in queries]))
@@ -399,7 +396,7 @@ class FedGenLogits(Algorithm):
             client.state[f"{INPUTS_KEY}/{query}"] = x
             arrays = {"logits": self.release_logits(client, model, x, rnd)}
             if self.rule.uses_weights:
-                arrays["label-counts"] = self._label_counts(client, rnd)
+                arrays["label-counts"] = self.release_label_counts(client, rnd)
             return Payload(arrays=arrays, metrics={"num-examples": n_train})
         if phase != "distill":
             raise ValueError(f"fedgen-logits has no client phase {phase!r}")
@@ -426,15 +423,3 @@ class FedGenLogits(Algorithm):
         self.save_personal_model(client, model)
         return Payload(metrics={"num-examples": n_train, "loss": stats.loss, "accuracy": stats.accuracy})
 
-    def _label_counts(self, client: ClientContext, rnd: int) -> np.ndarray:
-        """The client's label histogram for a weighted rule; noised (and accounted) under DP."""
-        y = client.data.train.y
-        privacy = self.cfg.privacy
-        if not privacy.enabled:
-            return np.bincount(y, minlength=self.num_classes).astype(np.float32)
-        if privacy.output_noise <= 0:
-            raise ConfigError("label counts under DP need privacy.output-noise > 0")
-        rng = np.random.default_rng([self.cfg.seed, rnd, client.partition_id, OUTPUT_NOISE_STREAM, 1])
-        release = self.output_mechanism.counts(y, self.num_classes, rng)
-        self.account_releases(client, release)
-        return np.maximum(release.values, 0.0).astype(np.float32)

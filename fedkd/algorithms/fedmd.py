@@ -29,13 +29,13 @@ from collections.abc import Sequence
 import numpy as np
 from torch import nn
 
-from fedkd.algorithms.base import ClientContext, Exchange
-from fedkd.algorithms.public_set import LABEL_COUNTS, PublicSetAlgorithm
+from fedkd.algorithms.base import ClientContext, Exchange, train_metrics
+from fedkd.algorithms.public_set import PublicSetAlgorithm
 from fedkd.algorithms.registry import ALGORITHMS
 from fedkd.config import RunConfig
 from fedkd.errors import ConfigError
 from fedkd.protocol import Payload, PhaseSpec
-from fedkd.training import fit_supervised, fit_to_targets, seeded_generator
+from fedkd.training import fit_supervised, seeded_generator
 
 #: Node-state key marking that the public pre-training was done.
 PRETRAINED_KEY = "fedmd/pretrained"
@@ -46,13 +46,6 @@ class FedMD(PublicSetAlgorithm):
     """Logits on announced public samples up; consensus targets down; a global student on the server."""
 
     name = "fedmd"
-
-    @classmethod
-    def planned_releases(cls, cfg: RunConfig) -> int:
-        p = cfg.privacy
-        logits = 1 if p.output_noise > 0 and not p.dp_sgd else 0  # noised logits of a non-DP model
-        counts = 1 if p.enabled and cls.label_counts_released(cfg) else 0
-        return logits + counts
 
     @classmethod
     def check_config(cls, cfg: RunConfig) -> None:
@@ -84,18 +77,14 @@ class FedMD(PublicSetAlgorithm):
         if len(indices) == 0:
             return {"teachers": len(teachers), "answered": 0}
 
-        student_stats = self.distill_student(indices, targets, rnd)
-        digest = Payload(arrays={"targets": targets}, config={"round": rnd, "indices": indices.tolist()})
-        done = exchange(self.DIGEST_PHASE, {node: digest for node in teachers})
-        replies = list(done.replies.values())
-        n_ex = np.array([float(r.metrics["num-examples"]) for r in replies])
+        student_stats, done = self.teach(rnd, teachers, indices, targets, exchange,
+                                         self.DIGEST_PHASE)
         return {
             "teachers": len(teachers),
             "answered": len(indices),
             **self.public_accuracy(indices, targets),
             "student-distill-loss": student_stats.loss,
-            "train-loss": float(np.average([r.metrics["loss"] for r in replies], weights=n_ex)),
-            "train-accuracy": float(np.average([r.metrics["accuracy"] for r in replies], weights=n_ex)),
+            **train_metrics(done.replies.values()),
         }
 
     # ----- client half --------------------------------------------------------------------
@@ -117,18 +106,11 @@ class FedMD(PublicSetAlgorithm):
         n_train = len(client.data.train)
         rnd = int(request.config["round"])
         if phase == "logits":
-            arrays = {"logits": self.release_logits(client, model, x_pub, rnd)}
-            if self.label_counts_released(self.cfg):
-                arrays[LABEL_COUNTS] = self.label_counts(client, rnd)
-            return Payload(arrays=arrays, metrics={"num-examples": n_train})
+            return Payload(arrays=self.upload(client, model, x_pub, rnd),
+                           metrics={"num-examples": n_train})
         if phase != "digest":
             raise ValueError(f"fedmd has no client phase {phase!r}")
-        targets = np.asarray(request.arrays["targets"], np.float32)
-        train, distill = self.cfg.train, self.cfg.distill
-        fit_to_targets(model, x_pub, targets, steps=distill.steps, batch_size=train.batch_size,
-                       learning_rate=train.learning_rate, temperature=distill.temperature,
-                       loss=self.distill_loss,
-                       generator=seeded_generator(self.cfg.seed, rnd, client.partition_id, 1))
+        self.distill_on_targets(request, client, model, x_pub, rnd)  # digest
         stats = self.local_fit(client, model, rnd)  # revisit: private data, DP-SGD if on
         self.save_personal_model(client, model)
         return Payload(metrics={"num-examples": n_train, "loss": stats.loss, "accuracy": stats.accuracy})

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 
-from fedkd.algorithms.base import Algorithm, ClientContext, Exchange
+from fedkd.algorithms.base import Algorithm, ClientContext, Exchange, train_metrics
 from fedkd.algorithms.registry import ALGORITHMS
 from fedkd.data.federated import FederatedData
 from fedkd.protocol import Payload, PhaseSpec
@@ -31,12 +30,7 @@ class LocalOnly(Algorithm):
 
     def run_round(self, rnd: int, nodes: Sequence[int], exchange: Exchange) -> dict[str, float]:
         result = exchange(self.FIT_PHASE, {node: Payload(config={"round": rnd}) for node in nodes})
-        replies = list(result.replies.values())
-        n = np.array([float(r.metrics["num-examples"]) for r in replies])
-        return {
-            "train-loss": float(np.average([r.metrics["loss"] for r in replies], weights=n)),
-            "train-accuracy": float(np.average([r.metrics["accuracy"] for r in replies], weights=n)),
-        }
+        return train_metrics(result.replies.values())
 
     def client_phase(self, phase: str, request: Payload, client: ClientContext) -> Payload:
         if phase != "fit":

@@ -15,10 +15,11 @@ calls from its own ``run_round``:
   client's data size);
 * :meth:`distill_student`: the server's global student distils on the aggregated targets,
   replaying the last ``distill.replay-rounds`` rounds' (inputs, targets) so it does not forget
-  earlier batches;
+  earlier batches; :meth:`teach` does that and sends the targets to the clients;
 
-and the client half's: :meth:`public_inputs` (the announced inputs, checked) and
-:meth:`label_counts` (the client's label histogram, noised and charged under DP).
+and the client half's: :meth:`public_inputs` (the announced inputs, checked), :meth:`upload`
+(logits on them, plus the label counts a count rule needs) and :meth:`distill_on_targets` (the
+client's distillation on the targets it was sent).
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from collections.abc import Mapping
 import numpy as np
 from torch import nn
 
-from fedkd.algorithms.base import OUTPUT_NOISE_STREAM, Algorithm, ClientContext
+from fedkd.algorithms.base import Algorithm, ClientContext, Exchange, ExchangeResult
 from fedkd.data.datasets import ArrayDataset
+from fedkd.config import RunConfig
 from fedkd.data.federated import FederatedData
 from fedkd.errors import ConfigError
 from fedkd.protocol import ArraySpec, InvalidReply, Payload, PhaseSpec
@@ -51,20 +53,20 @@ class PublicSetAlgorithm(Algorithm):
     INDEX_STREAM = 0xFED3D
 
     @classmethod
-    def check_config(cls, cfg) -> None:  # noqa: ANN001 - RunConfig
+    def check_config(cls, cfg: RunConfig) -> None:
         if cfg.data.public_fraction <= 0:
             raise ConfigError(f"{cls.name} needs a public set: set data.public-fraction > 0")
-        if cls.label_counts_released(cfg) and cfg.privacy.dp_sgd and cfg.privacy.output_noise <= 0:
+        if cls.releases_label_counts(cfg) and cfg.privacy.dp_sgd and cfg.privacy.output_noise <= 0:
             raise ConfigError(
                 f"{cls.name} with the {cfg.aggregation.rule} rule releases label counts: under "
                 "DP-SGD they need privacy.output-noise > 0")
 
-    @staticmethod
-    def label_counts_released(cfg) -> bool:  # noqa: ANN001 - RunConfig
-        """Whether clients send label counts: the configured rule needs them."""
-        from fedkd.aggregation import AGGREGATORS
-
-        return AGGREGATORS.get(cfg.aggregation.rule).needs_counts
+    @classmethod
+    def planned_releases(cls, cfg: RunConfig) -> int:
+        p = cfg.privacy
+        logits = 1 if p.output_noise > 0 and not p.dp_sgd else 0  # noised logits of a non-DP model
+        counts = 1 if p.enabled and cls.releases_label_counts(cfg) else 0
+        return logits + counts
 
     def __init__(self, *args, **kwargs) -> None:  # noqa: D107 - see Algorithm
         super().__init__(*args, **kwargs)
@@ -98,7 +100,7 @@ class PublicSetAlgorithm(Algorithm):
         bound = self.cfg.aggregation.max_abs_logit
         arrays = {"logits": ArraySpec(shape=(n, self.num_classes), dtype="float32",
                                       low=-bound, high=bound)}
-        if self.label_counts_released(self.cfg):
+        if self.releases_label_counts(self.cfg):
             arrays[LABEL_COUNTS] = ArraySpec(shape=(self.num_classes,), dtype="float32", low=0.0)
         arrays.update(extra or {})
         return PhaseSpec(name=name, message_type=message_type, reply_arrays=arrays, check=check,
@@ -132,6 +134,14 @@ class PublicSetAlgorithm(Algorithm):
             generator=seeded_generator(self.cfg.seed, rnd, SERVER_STREAM),
         )
 
+    def teach(self, rnd: int, teachers: list[int], indices: np.ndarray, targets: np.ndarray,
+              exchange: Exchange, phase: PhaseSpec) -> tuple[FitStats, ExchangeResult]:
+        """Distil the server's student on the targets, then send them (and their indices) to
+        the ``teachers`` in ``phase``, where each client distils on them."""
+        student = self.distill_student(indices, targets, rnd)
+        down = Payload(arrays={"targets": targets}, config={"round": rnd, "indices": indices.tolist()})
+        return student, exchange(phase, {node: down for node in teachers})
+
     def public_accuracy(self, indices: np.ndarray, targets: np.ndarray) -> dict[str, float]:
         """How often the targets' argmax is the true label: only with a labelled public set."""
         assert self._public is not None
@@ -148,15 +158,27 @@ class PublicSetAlgorithm(Algorithm):
             raise ValueError(f"{self.name}: public indices outside 0..{len(public) - 1}")
         return public.x[indices]
 
-    def label_counts(self, client: ClientContext, rnd: int) -> np.ndarray:
-        """The client's label histogram; noised by the output mechanism and charged under DP."""
-        y = client.data.train.y
-        if not self.cfg.privacy.enabled:
-            return np.bincount(y, minlength=self.num_classes).astype(np.float32)
-        rng = np.random.default_rng([self.cfg.seed, rnd, client.partition_id, OUTPUT_NOISE_STREAM, 1])
-        release = self.output_mechanism.counts(y, self.num_classes, rng)
-        self.account_releases(client, release)
-        return np.maximum(release.values, 0.0).astype(np.float32)
+    def upload(self, client: ClientContext, model: nn.Module, x_pub: np.ndarray,
+               rnd: int) -> dict[str, np.ndarray]:
+        """What a client sends for the announced samples: its logits (noised where the model is
+        not private), plus its label counts when the rule needs counts."""
+        arrays = {"logits": self.release_logits(client, model, x_pub, rnd)}
+        if self.releases_label_counts(self.cfg):
+            arrays[LABEL_COUNTS] = self.release_label_counts(client, rnd)
+        return arrays
+
+    def distill_on_targets(self, request: Payload, client: ClientContext, model: nn.Module,
+                           x_pub: np.ndarray, rnd: int) -> FitStats:
+        """The client distils ``model`` on the targets it was sent for ``x_pub``
+        (``distill.steps`` steps of ``distill.loss``); the caller saves the model."""
+        targets = np.asarray(request.arrays["targets"], np.float32)
+        if targets.shape != (len(x_pub), self.num_classes):
+            raise ValueError(f"{self.name}: targets of shape {targets.shape} for {len(x_pub)} inputs")
+        train, distill = self.cfg.train, self.cfg.distill
+        return fit_to_targets(model, x_pub, targets, steps=distill.steps,
+                              batch_size=train.batch_size, learning_rate=train.learning_rate,
+                              temperature=distill.temperature, loss=self.distill_loss,
+                              generator=seeded_generator(self.cfg.seed, rnd, client.partition_id, 1))
 
     @staticmethod
     def check_mask(name: str):  # noqa: ANN205

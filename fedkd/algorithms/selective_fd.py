@@ -42,14 +42,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedkd.algorithms.base import ClientContext, Exchange
-from fedkd.algorithms.public_set import LABEL_COUNTS, PublicSetAlgorithm
+from fedkd.algorithms.base import ClientContext, Exchange, train_metrics
+from fedkd.algorithms.public_set import PublicSetAlgorithm
 from fedkd.algorithms.registry import ALGORITHMS
 from fedkd.config import RunConfig
 from fedkd.errors import ConfigError
 from fedkd.protocol import ArraySpec, Payload, PhaseSpec
 from fedkd.selection import KuLSIF, auxiliary_uniform, client_mask, entropy_mask, threshold_from_quantile
-from fedkd.training import fit_to_targets, seeded_generator
 
 #: Node-state key of the client's answer mask over the whole proxy set (computed once).
 MASK_KEY = "selective-fd/in-distribution"
@@ -123,13 +122,8 @@ class SelectiveFD(PublicSetAlgorithm):
         replies = [result.replies[k] for k in teachers]
         logits = np.stack([r.arrays["logits"] for r in replies])  # [K, n, C]
         answers = np.stack([r.arrays[MASK] for r in replies]).astype(bool)  # [K, n]
-        n_ex = np.array([float(r.metrics["num-examples"]) for r in replies])
-        metrics = {
-            "teachers": len(teachers),
-            "answers-per-client": float(answers.sum(axis=1).mean()),
-            "train-loss": float(np.average([r.metrics["loss"] for r in replies], weights=n_ex)),
-            "train-accuracy": float(np.average([r.metrics["accuracy"] for r in replies], weights=n_ex)),
-        }
+        metrics = {"teachers": len(teachers), "answers-per-client": float(answers.sum(axis=1).mean()),
+                   **train_metrics(replies)}
         answered = answers.any(axis=0)  # samples at least one client answered
         if not answered.any():
             return {**metrics, "answered": 0, "kept": 0}
@@ -142,9 +136,7 @@ class SelectiveFD(PublicSetAlgorithm):
         metrics.update({"answered": int(answered.sum()), "kept": int(kept.sum())})
         if len(idx) == 0:
             return metrics
-        student = self.distill_student(idx, probs, rnd)
-        down = Payload(arrays={"targets": probs}, config={"round": rnd, "indices": idx.tolist()})
-        exchange(self.DISTILL_PHASE, {node: down for node in teachers})
+        student, _ = self.teach(rnd, teachers, idx, probs, exchange, self.DISTILL_PHASE)
         return {**metrics, **self.public_accuracy(idx, probs), "student-distill-loss": student.loss}
 
     # ----- client half --------------------------------------------------------------------
@@ -181,22 +173,13 @@ class SelectiveFD(PublicSetAlgorithm):
             self.save_personal_model(client, model)
             indices = np.asarray(request.config["indices"], dtype=np.int64)
             answer = self.in_distribution(client)[indices]
-            logits = self.release_logits(client, model, x_pub, rnd)
-            logits[~answer] = 0.0
-            arrays = {"logits": logits, MASK: answer.astype(np.uint8)}
-            if self.label_counts_released(self.cfg):
-                arrays[LABEL_COUNTS] = self.label_counts(client, rnd)
+            arrays = self.upload(client, model, x_pub, rnd)
+            arrays["logits"][~answer] = 0.0  # no answer: zeros
+            arrays[MASK] = answer.astype(np.uint8)
             return Payload(arrays=arrays, metrics={"num-examples": n_train, "loss": stats.loss,
                                                    "accuracy": stats.accuracy})
         if phase != "distill":
             raise ValueError(f"selective-fd has no client phase {phase!r}")
-        targets = np.asarray(request.arrays["targets"], np.float32)
-        if targets.shape != (len(x_pub), self.num_classes):
-            raise ValueError(f"selective-fd: targets of shape {targets.shape} for {len(x_pub)} inputs")
-        train, distill = self.cfg.train, self.cfg.distill
-        stats = fit_to_targets(model, x_pub, targets, steps=distill.steps,
-                               batch_size=train.batch_size, learning_rate=train.learning_rate,
-                               temperature=distill.temperature, loss=self.distill_loss,
-                               generator=seeded_generator(self.cfg.seed, rnd, client.partition_id, 1))
+        stats = self.distill_on_targets(request, client, model, x_pub, rnd)
         self.save_personal_model(client, model)
         return Payload(metrics={"num-examples": n_train, "loss": stats.loss})

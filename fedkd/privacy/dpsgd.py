@@ -191,13 +191,14 @@ class ClientPrivacy:
         self.state[HISTORY_KEY] = np.asarray(self.history, dtype=np.float64).reshape(-1, 3)
         self.state[MECHANISM_KEY] = np.frombuffer(self.cfg.accountant.encode(), dtype=np.uint8).copy()
 
-    def account(self, release: Release) -> None:
-        """Charge one release of private outputs as a Gaussian step (sample rate 1), after the
-        budget check: with ``privacy.epsilon-budget`` > 0, a release that would exceed it raises
-        :class:`BudgetExhausted` and is not recorded (the caller must not publish it)."""
-        if release.noise_multiplier <= 0:
+    def account(self, *releases: Release) -> None:
+        """Charge releases of private outputs, each a Gaussian step (sample rate 1), after one
+        budget check for all of them: with ``privacy.epsilon-budget`` > 0, releases that would
+        exceed it raise :class:`BudgetExhausted` and none is recorded (the caller must not
+        publish them)."""
+        if any(r.noise_multiplier <= 0 for r in releases):
             raise ValueError("a release without noise cannot be accounted: its epsilon is infinite")
-        self.charge([(float(release.noise_multiplier), 1.0, 1)])
+        self.charge([(float(r.noise_multiplier), 1.0, 1) for r in releases])
 
     def charge(self, entries: list[tuple[float, float, int]]) -> None:
         """Add ``(sigma, sample rate, steps)`` entries to the ledger, checking the budget first:
