@@ -29,8 +29,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-
 from fedkd.algorithms.base import ClientContext, Exchange, train_metrics
 from fedkd.algorithms.public_set import PublicSetAlgorithm
 from fedkd.algorithms.registry import ALGORITHMS
@@ -54,16 +52,13 @@ class DSFL(PublicSetAlgorithm):
 
     # ----- server half --------------------------------------------------------------------
     def run_round(self, rnd: int, nodes: Sequence[int], exchange: Exchange) -> dict[str, float]:
-        indices = self.announce()
-        request = Payload(config={"round": rnd, "indices": indices.tolist()})
-        result = exchange(self.fit_phase(len(indices)), {node: request for node in nodes})
-        teachers = sorted(result.replies)
-        replies = [result.replies[k] for k in teachers]
-        logits = np.stack([r.arrays["logits"] for r in replies])  # [K, n, C]
-        weights = self.teacher_weights(result.replies, teachers, logits)
-        targets = self.aggregate_teachers(self.rule, logits, self._rng, weights=weights)
-        indices, probs = indices[targets.answered], targets.probs[targets.answered]
-        metrics = {"teachers": len(teachers), "answered": len(indices), **train_metrics(replies)}
+        asked = self.ask(rnd, nodes, exchange, self.fit_phase)
+        weights = self.teacher_weights(asked.replies, asked.logits)
+        targets = self.aggregate_teachers(self.rule, asked.logits, self._rng, weights=weights)
+        indices, probs = asked.indices[targets.answered], targets.probs[targets.answered]
+        teachers = asked.teachers
+        metrics = {"teachers": len(teachers), "answered": len(indices),
+                   **train_metrics(asked.replies)}
         if len(indices) == 0:
             return metrics
         student, _ = self.teach(rnd, teachers, indices, probs, exchange, self.DISTILL_PHASE)

@@ -63,14 +63,10 @@ class FedMD(PublicSetAlgorithm):
 
     # ----- server half --------------------------------------------------------------------
     def run_round(self, rnd: int, nodes: Sequence[int], exchange: Exchange) -> dict[str, float]:
-        indices = self.announce()
-        query = Payload(config={"round": rnd, "indices": indices.tolist()})
-        result = exchange(self.logits_phase(len(indices)), {node: query for node in nodes})
-
-        teachers = sorted(result.replies)
-        logits = np.stack([result.replies[k].arrays["logits"] for k in teachers])  # [K, N, C]
-        weights = self.teacher_weights(result.replies, teachers, logits)
-        result = self.aggregate_teachers(self.rule, logits, self._rng, weights=weights)
+        asked = self.ask(rnd, nodes, exchange, self.logits_phase)
+        indices, teachers = asked.indices, asked.teachers
+        weights = self.teacher_weights(asked.replies, asked.logits)
+        result = self.aggregate_teachers(self.rule, asked.logits, self._rng, weights=weights)
         # Only samples the rule answered (PATE may abstain) are distilled, by the student and
         # by the clients.
         indices, targets = indices[result.answered], result.probs[result.answered]

@@ -25,7 +25,8 @@ client's distillation on the targets it was sent).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 from torch import nn
@@ -42,6 +43,15 @@ from fedkd.training import FitStats, fit_to_targets, seeded_generator
 SERVER_STREAM = 2**31 - 1
 #: Name of the label-count array in a reply.
 LABEL_COUNTS = "label-counts"
+
+
+class ProxyAnswers(NamedTuple):
+    """The valid replies to one round's announcement, teachers in node order."""
+
+    indices: np.ndarray  #: the announced public indices [n]
+    teachers: list[int]  #: nodes that answered, sorted
+    replies: list[Payload]  #: their replies, in that order
+    logits: np.ndarray  #: their logits [K, n, C]
 
 
 class PublicSetAlgorithm(Algorithm):
@@ -93,6 +103,18 @@ class PublicSetAlgorithm(Algorithm):
         n = min(self.cfg.distill.public_batch, len(self._public))
         return np.sort(self._rng.choice(len(self._public), size=n, replace=False))
 
+    def ask(self, rnd: int, nodes: Sequence[int], exchange: Exchange,
+            phase: Callable[[int], PhaseSpec]) -> ProxyAnswers:
+        """Announce this round's indices and collect every sampled node's valid reply in
+        ``phase(n)`` (the phase for ``n`` announced samples)."""
+        indices = self.announce()
+        request = Payload(config={"round": rnd, "indices": indices.tolist()})
+        result = exchange(phase(len(indices)), {node: request for node in nodes})
+        teachers = sorted(result.replies)
+        replies = [result.replies[k] for k in teachers]
+        logits = np.stack([r.arrays["logits"] for r in replies])
+        return ProxyAnswers(indices, teachers, replies, logits)
+
     def logits_spec(self, name: str, message_type: str, n: int,
                     extra: Mapping[str, ArraySpec] | None = None, check=None,  # noqa: ANN001
                     reply_metrics: tuple[str, ...] = ()) -> PhaseSpec:
@@ -107,18 +129,18 @@ class PublicSetAlgorithm(Algorithm):
                          reply_metrics=reply_metrics,
                          min_num_examples=1)  # the weighted rule's teacher weight
 
-    def teacher_weights(self, replies: Mapping[int, Payload], teachers: list[int],
-                        logits: np.ndarray) -> np.ndarray | None:
+    def teacher_weights(self, replies: Sequence[Payload], logits: np.ndarray) -> np.ndarray | None:
         """The rule's weights: label counts ``[K, C]`` (per class, or per sample by the
-        consensus label), else each teacher's data size ``[K]``; ``None`` for rules without."""
+        consensus label of ``logits`` [K, n, C]), else each teacher's data size ``[K]``;
+        ``None`` for rules without."""
         if not self.rule.uses_weights:
             return None
-        if LABEL_COUNTS in replies[teachers[0]].arrays:
-            counts = np.stack([replies[k].arrays[LABEL_COUNTS] for k in teachers]).astype(np.float64)
+        if LABEL_COUNTS in replies[0].arrays:
+            counts = np.stack([r.arrays[LABEL_COUNTS] for r in replies]).astype(np.float64)
             counts = counts + 1e-6  # no class may end with zero total weight
             consensus = logits.mean(axis=0).argmax(axis=1)  # unlabeled: the mean logit's class
             return self.rule.weights_from_counts(counts, consensus)
-        return np.array([float(replies[k].metrics["num-examples"]) for k in teachers])
+        return np.array([float(r.metrics["num-examples"]) for r in replies])
 
     def distill_student(self, indices: np.ndarray, targets: np.ndarray, rnd: int) -> FitStats:
         """Distil the global student on this round's targets and the replayed earlier ones."""

@@ -115,12 +115,8 @@ class SelectiveFD(PublicSetAlgorithm):
 
     # ----- server half --------------------------------------------------------------------
     def run_round(self, rnd: int, nodes: Sequence[int], exchange: Exchange) -> dict[str, float]:
-        indices = self.announce()
-        request = Payload(config={"round": rnd, "indices": indices.tolist()})
-        result = exchange(self.fit_phase(len(indices)), {node: request for node in nodes})
-        teachers = sorted(result.replies)
-        replies = [result.replies[k] for k in teachers]
-        logits = np.stack([r.arrays["logits"] for r in replies])  # [K, n, C]
+        asked = self.ask(rnd, nodes, exchange, self.fit_phase)
+        indices, teachers, replies, logits = asked
         answers = np.stack([r.arrays[MASK] for r in replies]).astype(bool)  # [K, n]
         metrics = {"teachers": len(teachers), "answers-per-client": float(answers.sum(axis=1).mean()),
                    **train_metrics(replies)}
@@ -128,7 +124,7 @@ class SelectiveFD(PublicSetAlgorithm):
         if not answered.any():
             return {**metrics, "answered": 0, "kept": 0}
         sub = logits[:, answered]
-        weights = self.teacher_weights(result.replies, teachers, sub)
+        weights = self.teacher_weights(replies, sub)
         agg = self.aggregate_teachers(self.rule, sub, self._rng, weights=weights,
                                       mask=answers[:, answered])
         kept = agg.answered & entropy_mask(agg.probs, self.options.entropy_threshold)
