@@ -102,6 +102,7 @@ def client_context(
         model_name=model_name,
         public=data.public,
         state=state,
+        global_test=data.global_test,
     )
 
 

@@ -127,6 +127,8 @@ class FederationConfig:
     evaluate_every: int = 1
     client_state: str = "node"
     max_num_examples: int = 10_000_000
+    client_global_test: int = 0
+    client_global_test_every: int = 10
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction_train <= 1.0:
@@ -140,6 +142,12 @@ class FederationConfig:
             raise ConfigError(
                 f"federation.evaluate-every must be >= 0 (0: never), got {self.evaluate_every!r}"
             )
+        if self.client_global_test < 0:
+            raise ConfigError(
+                "federation.client-global-test must be >= 0 (samples of the official test set "
+                f"each client also evaluates its own model on; 0: off), got {self.client_global_test!r}"
+            )
+        _positive("federation.client-global-test-every", self.client_global_test_every)
         if self.client_state not in ("node", "disk"):
             raise ConfigError(
                 f"federation.client-state must be 'node' or 'disk', got {self.client_state!r}"

@@ -294,8 +294,12 @@ def run_rounds(
                 {"bytes-up": traffic.up[node], "bytes-down": traffic.down[node]})
         evaluated = [c for c in clients.values() if c.get("num-examples", 0) > 0]
         n_total = sum(c["num-examples"] for c in evaluated)
+        on_global = [c["global-test-accuracy"] for c in clients.values()
+                     if "global-test-accuracy" in c]
         row.update({
             "personalized-accuracy": _mean([c["accuracy"] for c in evaluated]),
+            # federation.client-global-test: the clients' own models on the official test set
+            "client-global-accuracy": _mean(on_global),
             "personalized-accuracy-weighted": (
                 sum(c["accuracy"] * c["num-examples"] for c in evaluated) / n_total if n_total else None
             ),

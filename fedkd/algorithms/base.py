@@ -107,7 +107,8 @@ class ClientContext:
 
     ``state`` persists across rounds of one run on this node (Flower's ``Context.state``); the
     client app saves whatever the algorithm leaves in it. ``public`` is the public split shared
-    by every node (for public-set algorithms such as FedMD).
+    by every node (for public-set algorithms such as FedMD). ``global_test`` is the official test
+    set where the node has it (simulation), for ``federation.client-global-test``.
     """
 
     cfg: RunConfig
@@ -119,6 +120,7 @@ class ClientContext:
     model_name: str
     public: ArrayDataset
     state: MutableMapping[str, np.ndarray] = field(default_factory=dict)
+    global_test: ArrayDataset | None = None
 
 
 class Algorithm(ABC):
@@ -345,6 +347,27 @@ class Algorithm(ABC):
             "num-examples": stats.num_examples, "loss": stats.loss, "accuracy": stats.accuracy,
             "partition-id": client.partition_id,
         }
+        subset = self._client_global_test(request, client)
+        if subset is not None:
+            on_global = evaluate(model, subset, batch_size=self.cfg.train.eval_batch_size)
+            metrics["global-test-accuracy"] = on_global.accuracy
         if self.cfg.privacy.enabled:
             metrics["epsilon"] = self.client_privacy(client).epsilon()
         return Payload(metrics=metrics)
+
+    def _client_global_test(self, request: Payload, client: ClientContext) -> ArrayDataset | None:
+        """``federation.client-global-test`` samples of the official test set (the same seeded
+        subset on every client) on the evaluation rounds where clients also score their own
+        model on it: every ``client-global-test-every`` rounds and the last; ``None`` otherwise
+        or where the node has no official test set (a device with its own data)."""
+        fed = self.cfg.federation
+        rnd = int(request.config.get("round", 0))
+        if (fed.client_global_test == 0 or client.global_test is None
+                or len(client.global_test) == 0
+                or not (rnd % fed.client_global_test_every == 0
+                        or rnd == self.cfg.num_server_rounds)):
+            return None
+        n = min(fed.client_global_test, len(client.global_test))
+        order = np.random.default_rng(self.cfg.seed).permutation(len(client.global_test))
+        chosen = np.sort(order[:n])
+        return ArrayDataset(x=client.global_test.x[chosen], y=client.global_test.y[chosen])
