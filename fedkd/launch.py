@@ -9,8 +9,10 @@ stops exactly the processes it started, by PID.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -180,6 +182,24 @@ def run_config_toml(flat: Mapping[str, bool | int | float | str]) -> str:
     return tomli_w.dumps(nested)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def flower_error_lines(flwr_output: Sequence[str], superlink_log: str) -> list[str]:
+    """Flower's own reasons for a run that did not start: the text of ``flwr run``'s error box
+    and the SuperLink's ``ERROR`` lines (without colour codes), in that order, deduplicated."""
+    found: list[str] = []
+    for line in flwr_output:
+        text = _ANSI.sub("", line).strip().strip("│╭╮╰╯─ ")
+        if text not in ("", "Error") and ("code:" in text or "rror" in text):
+            found.append(text)
+    for line in superlink_log.splitlines():
+        text = _ANSI.sub("", line).strip()
+        if "ERROR" in text:
+            found.append(text.split("ERROR", 1)[1].lstrip(" :"))
+    return list(dict.fromkeys(found))
+
+
 def _port_in_use(port: int) -> str:
     return (f"port {port} on 127.0.0.1 is already in use; choose another one (--port N of "
             "`fedkd simulate` and `python -m simulations.run`), leave the port out to let fedkd "
@@ -272,6 +292,17 @@ class SimulationSuperLink:
             time.sleep(0.3)
         raise LaunchError(f"flower-superlink not ready after {ready_timeout:g} s; see {self.log_path}")
 
+    def _new_log_text(self) -> str:
+        """What the SuperLink logged since it started (this object's runs only)."""
+        if self._log is not None:
+            self._log.flush()
+        try:
+            with self.log_path.open("rb") as fh:
+                fh.seek(self._log_offset)
+                return fh.read().decode(errors="replace")
+        except OSError:
+            return ""
+
     def stop(self) -> None:
         """Stop the SuperLink (its whole process group) and close its log."""
         if self.proc is not None:
@@ -340,9 +371,11 @@ class SimulationSuperLink:
             stdin=subprocess.DEVNULL, start_new_session=True, bufsize=1,
         )
         deadline = time.monotonic() + timeout
+        tail: collections.deque[str] = collections.deque(maxlen=50)
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
+                tail.append(line.rstrip("\n"))
                 on_line(line.rstrip("\n"))
                 if time.monotonic() > deadline:
                     raise LaunchError(f"run did not finish within {timeout:g} s")
@@ -351,7 +384,11 @@ class SimulationSuperLink:
             stop_process(proc, grace=5.0)
         runs = self.runs()
         if not runs:
-            raise LaunchError(f"flwr run exited with code {proc.returncode} and started no run")
+            reasons = flower_error_lines(tail, self._new_log_text())
+            raise LaunchError(
+                f"flwr run exited with code {proc.returncode} and started no run"
+                + (": " + "; ".join(reasons) if reasons else "")
+                + f" (SuperLink log: {self.log_path})")
         latest = max(runs, key=lambda r: int(r["run-id"]))
         run_id = int(latest["run-id"])
         status = self.status(run_id)

@@ -147,3 +147,18 @@ def test_superlink_that_cannot_bind_its_port_names_it(tmp_path: Path) -> None:
             link.start()
     assert link.proc is not None and link.proc.poll() is not None
     assert not link.flwr_home.exists()
+
+
+def test_a_run_flower_refuses_to_start_says_flowers_reason(tmp_path: Path) -> None:
+    # A run-config key without a pyproject default: Flower refuses the run. The error carries
+    # Flower's own lines (flwr run's error box and the SuperLink's reason), not just an exit code.
+    from fedkd.experiments.presets import APP_DIR
+
+    with SimulationSuperLink(log_path=tmp_path / "superlink.log") as link:
+        with pytest.raises(LaunchError) as err:
+            link.run_streaming(APP_DIR, {"federation.no-such-key": 1}, {"num-supernodes": 2},
+                               on_line=lambda line: None, timeout=120)
+    message = str(err.value)
+    assert "started no run: " in message and "Invalid run configuration" in message
+    assert "'federation.no-such-key' is not present" in message
+    assert str(tmp_path / "superlink.log") in message
