@@ -18,6 +18,7 @@ submits.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import textwrap
 import time
@@ -62,10 +63,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         name = f"{preset.name}-seed{seed if seed is not None else 0}-{stamp}"
     cfg, run_config = resolve_config(preset, overrides, seed=args.seed, rounds=args.rounds,
                                      output_dir=output_dir, run_name=name)
-    federation = federation_config(profile, cfg)
+    federation = federation_config(profile, cfg, args.ray_address)
     try:
         result = run_preset(preset, cfg, run_config, federation, port=args.port,
-                            timeout=args.timeout,
+                            timeout=args.timeout, ray_address=args.ray_address,
                             extra_record={"profile": args.profile, "argv": sys.argv})
     except KeyboardInterrupt:
         run_dir = output_dir.resolve() / name
@@ -83,10 +84,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     overrides = {**profile.run_config, **parse_sets(args.overrides)}
     output_dir = Path(args.output_dir).resolve()
     plan = plan_sweep(args.presets, args.seeds, overrides, profile, output_dir=output_dir,
-                      rounds=args.rounds)
+                      rounds=args.rounds, ray_address=args.ray_address)
     print(f"[fedkd] sweep: {len(args.presets)} preset(s) x {len(args.seeds)} seed(s) = "
           f"{len(plan)} runs in {output_dir}", flush=True)
-    result = run_sweep(plan, port=args.port, timeout=args.timeout,
+    result = run_sweep(plan, port=args.port, timeout=args.timeout, ray_address=args.ray_address,
                        extra_record={"profile": args.profile, "argv": sys.argv})
     if result.interrupted is not None:
         print(f"\n{interrupted_message(result.interrupted)}\nsweep stopped after "
@@ -136,6 +137,11 @@ def _common_run_options(p: argparse.ArgumentParser, output_help: str) -> None:
                    help="SuperLink port on 127.0.0.1 (default: a free one)")
     p.add_argument("--timeout", type=float, default=24 * 3600.0,
                    help="seconds before a run is stopped (default: 24 h)")
+    p.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS") or None,
+                   metavar="HOST:PORT",
+                   help="run the clients on an existing Ray cluster (its head's address, "
+                        "HOST:6379 or ray://HOST:10001; default: $RAY_ADDRESS, else a private "
+                        "Ray instance on this machine); use with --profile cluster")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -182,6 +182,8 @@ def run_config_toml(flat: Mapping[str, bool | int | float | str]) -> str:
     return tomli_w.dumps(nested)
 
 
+#: This repository: the Flower app (``client``, ``server``, ``fedkd``).
+REPO_ROOT = Path(__file__).resolve().parents[1]
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -221,10 +223,17 @@ class SimulationSuperLink:
     log_path
         Where the SuperLink's output goes; default ``<flwr_home>/superlink.log`` (a temporary
         ``FLWR_HOME`` is removed on stop, so pass a path to keep the log).
+    ray_address
+        An existing Ray cluster for the simulation's clients (``RAY_ADDRESS`` of the SuperLink and
+        the simulation process it starts: ``<head-ip>:6379`` or ``ray://<head-ip>:10001``);
+        ``None`` starts a private Ray instance on this machine, whatever ``RAY_ADDRESS`` this
+        process has. With a cluster, the federation config must not carry ``init-args-num-cpus``
+        or ``init-args-num-gpus`` (Ray refuses resources when it attaches).
     """
 
     def __init__(
-        self, port: int | None = None, flwr_home: Path | None = None, log_path: Path | None = None
+        self, port: int | None = None, flwr_home: Path | None = None, log_path: Path | None = None,
+        ray_address: str | None = None,
     ) -> None:
         if port is not None and not port_is_free(port):
             raise LaunchError(_port_in_use(port))
@@ -234,6 +243,15 @@ class SimulationSuperLink:
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         self.log_path = log_path or self.flwr_home / "superlink.log"
         self.env = offline_env(self.flwr_home)
+        self.ray_address = ray_address
+        self.env.pop("RAY_ADDRESS", None)
+        if ray_address:
+            self.env["RAY_ADDRESS"] = ray_address
+            # Flower's Ray backend gives every worker the simulation process's sys.path; the
+            # app it unpacks under FLWR_HOME exists on this machine only, so the workers of other
+            # machines import the app from this repository (at the same path on every node).
+            self.env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (str(REPO_ROOT), self.env.get("PYTHONPATH", "")) if p)
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self._runs_submitted = 0

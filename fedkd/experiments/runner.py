@@ -85,8 +85,26 @@ def resolve_config(
     return cfg, run_config
 
 
-def federation_config(profile: Profile, cfg: RunConfig) -> dict[str, Scalar]:
-    """The simulation's federation config: one SuperNode per partition, plus the profile's keys."""
+#: Ray's ``init`` arguments it refuses when attaching to an existing cluster.
+CLUSTER_REFUSED_KEYS = ("init-args-num-cpus", "init-args-num-gpus")
+
+
+def federation_config(profile: Profile, cfg: RunConfig,
+                      ray_address: str | None = None) -> dict[str, Scalar]:
+    """The simulation's federation config: one SuperNode per partition, plus the profile's keys.
+
+    On this machine (``ray_address`` ``None``), Ray gets this machine's CPU count. On an existing
+    cluster the cluster's own resources count: ``init-args-num-cpus`` and ``-num-gpus``, which Ray
+    refuses when it attaches, are left out (a profile that sets them is refused), and the GPU
+    check is left to the cluster (its head may have none)."""
+    if ray_address:
+        refused = [k for k in CLUSTER_REFUSED_KEYS if k in profile.federation]
+        if refused:
+            raise CliError(
+                f"profile {profile.name} sets {', '.join(refused)}, which Ray refuses when it "
+                f"attaches to the cluster at {ray_address} (the cluster's own resources count); "
+                "use --profile cluster, or a profile without them")
+        return {"num-supernodes": cfg.data.num_partitions, **profile.federation}
     fed: dict[str, Scalar] = {
         "num-supernodes": cfg.data.num_partitions,
         "init-args-num-cpus": os.cpu_count() or 1,
@@ -287,6 +305,7 @@ def run_simulation(
     out: TextIO | None = None,
     record: Mapping[str, Any] | None = None,
     console: Console = PROGRESS,
+    ray_address: str | None = None,
 ) -> RunResult:
     """Run one configuration (validated by :func:`resolve_config`) through the simulation engine.
 
@@ -331,7 +350,8 @@ def run_simulation(
     start = time.monotonic()
     link = None
     try:
-        link = SimulationSuperLink(port=port, log_path=run_dir / "superlink.log")
+        link = SimulationSuperLink(port=port, log_path=run_dir / "superlink.log",
+                                   ray_address=ray_address)
         # start() inside the try: a Ctrl-C while the SuperLink starts still stops it.
         link.start()
         with log_path.open("w") as log, follower:
@@ -377,6 +397,7 @@ def run_preset(
     timeout: float = 24 * 3600.0,
     out: TextIO | None = None,
     extra_record: Mapping[str, Any] | None = None,
+    ray_address: str | None = None,
 ) -> RunResult:
     """:func:`run_simulation` for a preset, as ``fedkd simulate`` and ``fedkd sweep`` run it:
     progress lines, and how the run was started recorded in ``fedkd-run.json``."""
@@ -384,13 +405,14 @@ def run_preset(
     record = {"preset": preset.name, "preset-path": str(preset.path),
               "run-config": dict(run_config), "federation-config": dict(federation),
               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              **(extra_record or {})}
+              "ray-address": ray_address, **(extra_record or {})}
     header = (f"[fedkd] {preset.name}: {cfg.algorithm} on {cfg.data.dataset}, "
               f"{cfg.data.num_partitions} clients, {cfg.num_server_rounds} rounds, seed "
               f"{cfg.seed}; outputs in {run_dir} (label histogram: partition.txt, full log: "
               "run.log)")
     return run_simulation(cfg, run_config, federation, header=header, port=port,
-                          timeout=timeout, out=out, record=record, console=PROGRESS)
+                          timeout=timeout, out=out, record=record, console=PROGRESS,
+                          ray_address=ray_address)
 
 
 def interrupted_message(run_dir: Path) -> str:
@@ -448,6 +470,7 @@ def plan_sweep(
     *,
     output_dir: Path,
     rounds: int | None = None,
+    ray_address: str | None = None,
 ) -> list[PlannedRun]:
     """Every preset x seed, validated before any starts: a typo in the last preset fails now,
     not hours in. Raises :class:`CliError`."""
@@ -458,7 +481,8 @@ def plan_sweep(
             cfg, run_config = resolve_config(preset, overrides, seed=seed, rounds=rounds,
                                              output_dir=output_dir,
                                              run_name=f"{preset.name}-seed{seed}")
-            plan.append(PlannedRun(preset, seed, cfg, run_config, federation_config(profile, cfg)))
+            plan.append(PlannedRun(preset, seed, cfg, run_config,
+                                   federation_config(profile, cfg, ray_address)))
     return plan
 
 
@@ -478,6 +502,7 @@ def run_sweep(
     port: int | None = None,
     timeout: float = 24 * 3600.0,
     extra_record: Mapping[str, Any] | None = None,
+    ray_address: str | None = None,
 ) -> SweepResult:
     """Run the plan one run after another: a finished run is skipped, an interrupted one continues
     after its last round, a directory holding another configuration is reported and left alone.
@@ -499,7 +524,8 @@ def run_sweep(
               flush=True)
         try:
             outcome = run_preset(run.preset, run.cfg, run.run_config, run.federation, port=port,
-                                 timeout=timeout, extra_record=extra_record)
+                                 timeout=timeout, extra_record=extra_record,
+                                 ray_address=ray_address)
         except KeyboardInterrupt:
             result.interrupted = run_dir
             return result

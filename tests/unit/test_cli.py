@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -131,6 +132,40 @@ def test_gpu_profile_without_a_gpu_says_so(monkeypatch: pytest.MonkeyPatch) -> N
         runner.federation_config(presets.load_profile("gpu"), RunConfig())
 
 
+def test_on_a_ray_cluster_the_resources_ray_refuses_are_left_out() -> None:
+    cfg = RunConfig.from_flat({"data.num-partitions": 7})
+    assert "init-args-num-cpus" in runner.federation_config(presets.load_profile("cpu"), cfg)
+    for name in ("cpu", "cluster"):
+        fed = runner.federation_config(presets.load_profile(name), cfg, "127.0.0.1:6379")
+        assert fed["num-supernodes"] == 7 and fed["client-resources-num-cpus"] == 1
+        assert not set(runner.CLUSTER_REFUSED_KEYS) & set(fed)
+    # a profile that sets them is refused, naming the key and the way out (no GPU check: the
+    # cluster's nodes may have GPUs the head lacks)
+    with pytest.raises(presets.CliError, match=r"gpu sets init-args-num-gpus, which Ray refuses "
+                                               r"when it attaches to the cluster at h:1.*cluster"):
+        runner.federation_config(presets.load_profile("gpu"), cfg, "h:1")
+
+
+def test_ray_address_defaults_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    assert cli.build_parser().parse_args(["simulate", "tiny"]).ray_address == "10.0.0.5:6379"
+    assert cli.build_parser().parse_args(["sweep", "tiny", "--ray-address", "h:1"]).ray_address == "h:1"
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert cli.build_parser().parse_args(["simulate", "tiny"]).ray_address is None
+
+
+def test_a_superlink_without_a_cluster_drops_an_inherited_ray_address(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from fedkd.launch import SimulationSuperLink
+
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    assert "RAY_ADDRESS" not in SimulationSuperLink(flwr_home=tmp_path).env
+    on_cluster = SimulationSuperLink(flwr_home=tmp_path, ray_address="h:1").env
+    assert on_cluster["RAY_ADDRESS"] == "h:1"
+    # the workers of other machines import the app from this repository, at the same path
+    assert on_cluster["PYTHONPATH"].split(os.pathsep)[0] == str(presets.APP_DIR)
+
+
 # ----- errors a newcomer meets --------------------------------------------------------------
 def test_unknown_preset_lists_the_valid_names(capsys: pytest.CaptureFixture[str]) -> None:
     rc, _, err = run_cli(capsys, "simulate", "fd-fmnist")
@@ -141,7 +176,7 @@ def test_unknown_preset_lists_the_valid_names(capsys: pytest.CaptureFixture[str]
 
 def test_unknown_profile_lists_the_valid_names(capsys: pytest.CaptureFixture[str]) -> None:
     rc, _, err = run_cli(capsys, "simulate", "tiny", "--profile", "tpu")
-    assert rc == 2 and "unknown profile 'tpu'; valid names: cpu, gpu" in err
+    assert rc == 2 and "unknown profile 'tpu'; valid names: cluster, cpu, gpu" in err
 
 
 @pytest.mark.parametrize(
@@ -184,7 +219,8 @@ class FakeSuperLink:
     made: list[FakeSuperLink] = []
 
     def __init__(self, port: int | None = None, flwr_home: Path | None = None,
-                 log_path: Path | None = None) -> None:
+                 log_path: Path | None = None, ray_address: str | None = None) -> None:
+        self.ray_address = ray_address
         self.port, self.log_path, self.stopped = port, log_path, False
         FakeSuperLink.made.append(self)
 
