@@ -22,22 +22,36 @@ takes 0.2 s to 2 s (growing with the number of queries: 640 -> 0.5 s, 10,000 -> 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from numbers import Integral, Real
 from typing import Any
 
-import dp_accounting
-from dp_accounting import pld, rdp
-
 from fedkd.registry import Registry
+
+# dp_accounting (with scipy, about 1 s to import) is imported where it is used, not here: a
+# process that builds a ServerLedger but never reports an epsilon (a client, a run without DP)
+# does not pay for it.
 
 __all__ = ["ACCOUNTANTS", "ServerLedger", "gnmax_epsilon"]
 
-ACCOUNTANTS: Registry[type[dp_accounting.PrivacyAccountant]] = Registry("server accountant")
-"""The server ledger's accountants by name (``privacy.server-accountant``): ``"rdp"``
-(dp_accounting ``RdpAccountant``), ``"pld"`` (``PLDAccountant``, tighter, slower)."""
-ACCOUNTANTS.register("rdp")(rdp.RdpAccountant)
-ACCOUNTANTS.register("pld")(pld.PLDAccountant)
+ACCOUNTANTS: Registry[Callable[[], Any]] = Registry("server accountant")
+"""The server ledger's accountants by name (``privacy.server-accountant``), as factories of a
+``dp_accounting.PrivacyAccountant``: ``"rdp"`` (``RdpAccountant``), ``"pld"``
+(``PLDAccountant``, tighter, slower)."""
+
+
+@ACCOUNTANTS.register("rdp")
+def _rdp() -> Any:
+    from dp_accounting import rdp
+
+    return rdp.RdpAccountant()
+
+
+@ACCOUNTANTS.register("pld")
+def _pld() -> Any:
+    from dp_accounting import pld
+
+    return pld.PLDAccountant()
 
 _STATE_VERSION = 1
 _GAUSSIAN = "gaussian"
@@ -61,7 +75,7 @@ def _check_accountant(accountant: object) -> str:
     return str(accountant)
 
 
-def _new_accountant(accountant: str) -> dp_accounting.PrivacyAccountant:
+def _new_accountant(accountant: str) -> Any:  # a dp_accounting.PrivacyAccountant
     return ACCOUNTANTS.get(accountant)()
 
 
@@ -70,6 +84,8 @@ def _flatten(event: Any, times: int, gaussian: dict[float, int]) -> bool:
 
     Returns whether the event contains a non-private release. Raises on unsupported events.
     """
+    import dp_accounting
+
     if isinstance(event, dp_accounting.NonPrivateDpEvent):
         return times > 0
     if isinstance(event, dp_accounting.NoOpDpEvent):
@@ -140,6 +156,8 @@ class ServerLedger:
         ValueError
             On an unsupported event type (sampled, Laplace...) or an invalid event.
         """
+        import dp_accounting
+
         if isinstance(events, dp_accounting.DpEvent):
             raise TypeError("record() takes an iterable of events; wrap a single event: [event]")
         staged: dict[float, int] = {}
@@ -249,6 +267,8 @@ class ServerLedger:
 
 
 def _epsilon(gaussian: Mapping[float, int], delta: float, accountant: str) -> float:
+    import dp_accounting
+
     acct = _new_accountant(accountant)
     for z, k in sorted(gaussian.items()):
         acct.compose(dp_accounting.GaussianDpEvent(z), k)

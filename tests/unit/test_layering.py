@@ -22,6 +22,9 @@ LAYERS = {
     "fedkd.protocol": ("fedkd.algorithms", "fedkd.compose", "fedkd.config"),
     "fedkd.algorithms": ("fedkd.compose", "fedkd.experiments", "server", "client"),
     "fedkd.compose": ("fedkd.experiments", "server", "client"),
+    # A deployed client starts one process per message: with DP off it must not pay for the DP
+    # libraries (dp_accounting and scipy: about 1 s; opacus) or the experiment tooling.
+    "client.app": ("dp_accounting", "scipy", "opacus", "fedkd.experiments", "sklearn"),
 }
 
 
