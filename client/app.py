@@ -17,7 +17,9 @@ default (``federation.client-state = "node"``); in a simulation that keeps every
 the server's process and ships it to the worker and back with every message. With ``"disk"``
 it lives in one file per node under ``<output.dir>/client-state/run-<run id>/`` instead (read
 and replaced atomically by the message that uses it), so the server's memory does not grow
-with the number of clients; the ServerApp removes the folder when the run ends.
+with the number of clients; the ServerApp removes the folder when the run ends. A device started
+with node config ``state-dir=<dir>`` keeps its whole state there instead, across SuperNode
+restarts and resubmitted runs (:mod:`client.state`).
 """
 
 from __future__ import annotations
@@ -43,7 +45,16 @@ from fedkd.data.datasets import DATASETS, ArrayDataset
 from fedkd.data.device import load_device_data
 from fedkd.data.federated import ClientData, load_federated
 from fedkd.models import MODELS
-from fedkd.protocol import PHASE_KEY, decode, encode, from_array
+from client.state import NodeStateDir, Place
+from fedkd.protocol import (
+    CONFIG_KEY,
+    EXCHANGE_ROUND_KEY,
+    EXCHANGE_STEP_KEY,
+    PHASE_KEY,
+    decode,
+    encode,
+    from_array,
+)
 from fedkd.training import device_scope, resolve_device
 
 app = ClientApp()
@@ -213,6 +224,22 @@ def save_state_file(path: Path, state: Mapping[str, np.ndarray]) -> None:
     os.replace(tmp, path)
 
 
+def device_state_dir(cfg: RunConfig, context: Context) -> NodeStateDir | None:
+    """The node's state directory for this run (node config ``state-dir``), if it has one."""
+    root = context.node_config.get("state-dir")
+    if not root:
+        return None
+    return NodeStateDir(Path(str(root)), cfg.output.run_name or f"run-{int(context.run_id)}")
+
+
+def message_place(msg: Message) -> Place | None:
+    """The request's place in the server's run (round, exchange index), if it carries one."""
+    config = msg.content.get(CONFIG_KEY) if msg.content is not None else None
+    if config is None or EXCHANGE_ROUND_KEY not in config or EXCHANGE_STEP_KEY not in config:
+        return None
+    return Place(int(config[EXCHANGE_ROUND_KEY]), int(config[EXCHANGE_STEP_KEY]))
+
+
 def _set_threads(n: int) -> None:
     if torch.get_num_threads() != n:  # once per worker process, not once per message
         torch.set_num_threads(n)
@@ -224,13 +251,21 @@ def _handle(msg: Message, context: Context) -> Message:
     state: dict[str, np.ndarray] = {}
     on_disk = cfg.federation.client_state == "disk"
     state_file = client_state_path(cfg, int(context.run_id), int(context.node_id)) if on_disk else None
-    if state_file is not None:
+    # A device's own state directory (node config state-dir, client/state.py): the whole state
+    # survives SuperNode restarts and resubmitted runs, a replayed message starts from the state
+    # before it.
+    node_dir = device_state_dir(cfg, context)
+    place = message_place(msg)
+    if node_dir is not None:
+        state = node_dir.load(place)
+    elif state_file is not None:
         state = load_state_file(state_file)
     elif STATE_KEY in context.state:
         state = {k: from_array(a) for k, a in context.state[STATE_KEY].items()}
     # Flower keeps node state per run only: a device's privacy spend that must survive client
     # restarts and later runs lives in its own file, which wins over the node state.
-    privacy_file = context.node_config.get("state-path")
+    privacy_file = context.node_config.get("state-path") or (
+        node_dir.privacy_path if node_dir is not None else None)
     if privacy_file:
         state.update(load_privacy_file(Path(str(privacy_file))))
     before = dict(state)  # the arrays as loaded: algorithms replace what they change
@@ -240,7 +275,9 @@ def _handle(msg: Message, context: Context) -> Message:
         save_privacy_file(Path(str(privacy_file)), client.state)
     changed = client.state.keys() != before.keys() or any(
         client.state[k] is not v for k, v in before.items())
-    if changed and state_file is not None:  # an evaluation, say, leaves the file as it is
+    if changed and node_dir is not None:
+        node_dir.save(place, client.state)
+    elif changed and state_file is not None:  # an evaluation, say, leaves the file as it is
         save_state_file(state_file, client.state)
     elif changed and client.state:
         context.state[STATE_KEY] = ArrayRecord({k: Array(np.ascontiguousarray(v))

@@ -33,6 +33,11 @@ ARRAYS_KEY = "arrays"
 CONFIG_KEY = "config"
 METRICS_KEY = "metrics"
 PHASE_KEY = "phase"
+#: Every request's place in the server's run: its round and the index of its exchange within the
+#: round (a resumed server replays the same places; a client keeping its state on disk uses them
+#: to recognise a replay, ``client/state.py``).
+EXCHANGE_ROUND_KEY = "exchange-round"
+EXCHANGE_STEP_KEY = "exchange-step"
 
 #: Metrics every reply carries (DESIGN.md §4).
 REQUIRED_METRICS: tuple[str, ...] = ("num-examples",)

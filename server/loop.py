@@ -26,7 +26,17 @@ from fedkd.algorithms.base import EVALUATE_PHASE
 from fedkd.config import RunConfig
 from fedkd.data.federated import FederatedData
 from fedkd.privacy.dpsgd import BUDGET_EXHAUSTED
-from fedkd.protocol import PHASE_KEY, InvalidReply, Payload, PhaseSpec, content_nbytes, encode, validate_reply
+from fedkd.protocol import (
+    EXCHANGE_ROUND_KEY,
+    EXCHANGE_STEP_KEY,
+    PHASE_KEY,
+    InvalidReply,
+    Payload,
+    PhaseSpec,
+    content_nbytes,
+    encode,
+    validate_reply,
+)
 from fedkd.results import RunOutput
 from fedkd.training import evaluate
 
@@ -91,6 +101,7 @@ class RoundExchange(ABC):
         self.traffic = traffic
         self.audit = audit
         self.failures: dict[str, dict[int, Failure]] = {}
+        self.steps = 0  # exchanges made in this round so far
 
     @abstractmethod
     def _send(self, phase: PhaseSpec, requests: dict[int, RecordDict]) -> dict[int, RecordDict | Failure]:
@@ -101,10 +112,12 @@ class RoundExchange(ABC):
     ) -> ExchangeResult:
         contents = {}
         shared: dict[int, ArrayRecord] = {}  # one encoding of arrays sent to many nodes
+        self.steps += 1
+        place = {EXCHANGE_ROUND_KEY: self.rnd, EXCHANGE_STEP_KEY: self.steps}
         for node, payload in requests.items():
             contents[node] = encode(Payload(
                 arrays=payload.arrays,
-                config={**payload.config, PHASE_KEY: phase.name},
+                config={**payload.config, PHASE_KEY: phase.name, **place},
                 metrics=payload.metrics,
             ), arrays_cache=shared)
             self.traffic.down[node] += content_nbytes(contents[node])

@@ -1,0 +1,130 @@
+"""A device's client state on its own disk, so that it survives restarts (node config ``state-dir``).
+
+Flower keeps a node's state (``Context.state``) in the SuperNode's memory, for one run: a
+SuperNode that restarts, or a run resubmitted after a SuperLink crash, starts its clients from
+scratch. With ``--node-config 'state-dir=/var/lib/fedkd ...'`` a SuperNode keeps instead:
+
+* ``<state-dir>/runs/<run>/``: the node's whole state in run ``<run>`` (the run's
+  ``output.run-name``, else ``run-<id>``): personal model, optimiser, algorithm state, ledger;
+  one ``.npz`` per message that changed it, each written atomically (temporary file, rename),
+  and ``journal.json`` listing them in order, also replaced atomically;
+* ``<state-dir>/privacy.npz``: the privacy ledger, across runs (what ``state-path`` keeps).
+
+Every request carries its place in the server's round (``exchange-round``, ``exchange-step``:
+the k-th exchange of that round). A resumed server replays the rounds after its checkpoint, so a
+request whose place is already in the journal, or behind it, is a replay: the journal is cut
+back to the state just before that place, and the replay computes what the first attempt did.
+The privacy ledger is never cut back: a replayed release is charged again (the epsilon only
+grows, a conservative bound).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+JOURNAL = "journal.json"
+#: Rounds of history kept besides the newest state (enough to roll back the round in progress).
+KEEP_ROUNDS = 2
+
+
+@dataclass(frozen=True, order=True)
+class Place:
+    """A message's place in the server's run: round, then the exchange's index in the round."""
+
+    round: int
+    step: int
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class NodeStateDir:
+    """The state of one node in one run, kept under ``root/runs/<run_key>``.
+
+    Parameters
+    ----------
+    root
+        The node config's ``state-dir``.
+    run_key
+        Names the run: its ``output.run-name`` (the same across a resubmission), else
+        ``run-<id>``.
+    """
+
+    def __init__(self, root: Path, run_key: str) -> None:
+        if not run_key or "/" in run_key or run_key in (".", ".."):
+            raise ValueError(f"run key must be a plain name, got {run_key!r}")
+        self.root = Path(root).expanduser()
+        self.dir = self.root / "runs" / run_key
+        self.privacy_path = self.root / "privacy.npz"
+
+    # ----- journal -------------------------------------------------------------------------
+    def _journal(self) -> list[dict[str, int | str]]:
+        path = self.dir / JOURNAL
+        if not path.exists():
+            return []
+        entries = json.loads(path.read_text())
+        if not isinstance(entries, list):
+            raise ValueError(f"{path}: not a journal (a list of entries)")
+        return entries
+
+    def _write_journal(self, entries: list[dict[str, int | str]]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.dir / JOURNAL, json.dumps(entries).encode())
+
+    @staticmethod
+    def _place(entry: Mapping[str, int | str]) -> Place:
+        return Place(int(entry["round"]), int(entry["step"]))
+
+    # ----- API -----------------------------------------------------------------------------
+    def load(self, place: Place | None) -> dict[str, np.ndarray]:
+        """The node's state before the message at ``place``: the newest saved state, or, for a
+        replayed place, the state saved just before it (the later entries are removed).
+        ``None``: no place known; the newest state."""
+        entries = self._journal()
+        if place is not None:
+            keep = [e for e in entries if self._place(e) < place]
+            if len(keep) < len(entries):  # a replay: cut back to before this place
+                self._write_journal(keep)
+                for e in entries[len(keep):]:
+                    (self.dir / str(e["file"])).unlink(missing_ok=True)
+                entries = keep
+        if not entries:
+            return {}
+        with np.load(self.dir / str(entries[-1]["file"]), allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+
+    def save(self, place: Place | None, state: Mapping[str, np.ndarray]) -> Path:
+        """Record the state after the message at ``place`` (after the newest entry when
+        ``None``); old rounds are pruned. Returns the file written."""
+        entries = self._journal()
+        if place is None:
+            place = self._place(entries[-1]) if entries else Place(0, 0)
+            place = Place(place.round, place.step + 1)
+        seq = int(entries[-1]["seq"]) + 1 if entries else 0
+        name = f"state-{seq:08d}.npz"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        np.savez(buf, **{k: np.asarray(v) for k, v in state.items()})
+        _atomic_write(self.dir / name, buf.getvalue())
+        entries.append({"seq": seq, "round": place.round, "step": place.step, "file": name})
+        # keep the newest entry of every round from place.round - KEEP_ROUNDS on, and the newest
+        # entry before them (the state a replay of the oldest kept round starts from)
+        old = [e for e in entries if int(e["round"]) < place.round - KEEP_ROUNDS]
+        drop = old[:-1]
+        self._write_journal([e for e in entries if e not in drop])
+        for e in drop:
+            (self.dir / str(e["file"])).unlink(missing_ok=True)
+        return self.dir / name
