@@ -23,6 +23,8 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -49,9 +51,26 @@ def summarise(name: str, rows: list[dict[str, Any]], total_s: float, setup_s: fl
     }
 
 
-def run_deployed(settings: dict[str, Any], clients: int, rounds: int, root: Path) -> dict[str, Any]:
+def import_seconds(module: str, repeats: int = 3) -> float:
+    """Wall time of a fresh interpreter that imports Flower's ClientApp runtime and ``module``,
+    minus one that imports only the runtime (the fastest of ``repeats``): what each message's
+    ``flwr-clientapp`` process spends loading the app."""
+    def timed(code: str) -> float:
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    runtime = "import flwr.supernode.runtime.run_clientapp"
+    return timed(f"{runtime}; import {module}") - timed(runtime)
+
+
+def run_deployed(settings: dict[str, Any], clients: int, rounds: int, root: Path,
+                 warm: bool = False) -> dict[str, Any]:
     """One run on a fresh local TLS deployment; stops every process it started."""
-    fed = LocalFederation(root / "federation")
+    fed = LocalFederation(root / "federation", warm=warm)
     start = time.monotonic()
     try:
         fed.superlink()
@@ -66,8 +85,8 @@ def run_deployed(settings: dict[str, Any], clients: int, rounds: int, root: Path
         total_s = time.monotonic() - start
     finally:
         fed.stop()
-    return summarise("deployed (TLS, node auth)", read_metrics(root / "runs" / "deployed"),
-                     total_s, setup_s)
+    name = "deployed, warm workers" if warm else "deployed (a process per message)"
+    return summarise(name, read_metrics(root / "runs" / "deployed"), total_s, setup_s)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -82,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-evaluate", action="store_true",
                         help="skip the per-round evaluation exchange on the clients")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--name", default="deployed_vs_sim", help="results file stem")
     args = parser.parse_args(argv)
 
     settings: dict[str, Any] = {
@@ -94,30 +114,41 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="fedkd-deployed-vs-sim-") as tmp:
+        print("timing the client process's imports ...", flush=True)
+        imports = {"client.app (a process per message)": import_seconds("client.app"),
+                   "client.entry (warm workers)": import_seconds("client.entry")}
         print("running the deployed path ...", flush=True)
-        deployed = run_deployed(settings, args.clients, args.rounds, Path(tmp))
+        deployed = run_deployed(settings, args.clients, args.rounds, Path(tmp) / "cold")
+        print("running the deployed path with warm workers ...", flush=True)
+        warm = run_deployed(settings, args.clients, args.rounds, Path(tmp) / "warm", warm=True)
         print("running the simulation ...", flush=True)
         sim_raw = run_simulation("simulation", settings, clients=args.clients, rounds=args.rounds,
                                  out_dir=Path(tmp) / "runs")
         sim = summarise("simulation (Ray)", read_metrics(sim_raw["run-dir"]),
                         sim_raw["process-wall-time-s"], None)
     load_after = os.getloadavg()
-    results = [deployed, sim]
-    ratio = {
-        "later-rounds": (deployed["later-rounds-mean-s"] / sim["later-rounds-mean-s"]
-                         if deployed["later-rounds-mean-s"] and sim["later-rounds-mean-s"] else None),
-        "round-1": deployed["round-1-s"] / sim["round-1-s"],
-        "total": deployed["total-s"] / sim["total-s"],
-    }
+    results = [deployed, warm, sim]
+
+    def ratios(dep: dict[str, Any]) -> dict[str, float | None]:
+        return {
+            "later-rounds": (dep["later-rounds-mean-s"] / sim["later-rounds-mean-s"]
+                             if dep["later-rounds-mean-s"] and sim["later-rounds-mean-s"] else None),
+            "round-1": dep["round-1-s"] / sim["round-1-s"],
+            "total": dep["total-s"] / sim["total-s"],
+        }
+
+    ratio = {"cold": ratios(deployed), "warm": ratios(warm)}
     evaluate = "with" if not args.no_evaluate else "without"
     lines = [
         f"{args.algorithm}, {args.dataset}, model {args.model}, {args.clients} clients, "
         f"{args.rounds} rounds of {args.local_steps} local steps, {evaluate} per-round client "
         f"evaluation, seed {args.seed}; {os.cpu_count()} CPUs, load average "
         f"{load_before[0]:.1f} before and {load_after[0]:.1f} after. Command: "
-        f".venv/bin/python -m benchmarks.deployed_vs_sim --clients {args.clients} "
+        f".venv/bin/python -m benchmarks.deployed_vs_sim --algorithm {args.algorithm} --dataset "
+        f"{args.dataset} --model {args.model} --clients {args.clients} "
         f"--rounds {args.rounds} --local-steps {args.local_steps}"
-        + (" --no-evaluate" if args.no_evaluate else ""),
+        + (" --no-evaluate" if args.no_evaluate else "")
+        + (f" --name {args.name}" if args.name != "deployed_vs_sim" else ""),
         "",
         "| path | round 1 (s) | later rounds, mean (s) | setup (s) | total (s) | personalized acc |",
         "|---|---|---|---|---|---|",
@@ -128,16 +159,22 @@ def main(argv: list[str] | None = None) -> None:
             f"| {fmt(r['setup-s'], '.1f')} | {fmt(r['total-s'], '.1f')} "
             f"| {fmt(r['personalized-accuracy'])} |"
         )
-    lines += [
-        "",
-        f"Deployed / simulation: later rounds {fmt(ratio['later-rounds'], '.1f')}x, round 1 "
-        f"{fmt(ratio['round-1'], '.1f')}x, whole command {fmt(ratio['total'], '.1f')}x.",
-    ]
+    lines.append("")
+    for key, label in (("cold", "a process per message"), ("warm", "warm workers")):
+        r = ratio[key]
+        lines.append(f"Deployed ({label}) / simulation: later rounds "
+                     f"{fmt(r['later-rounds'], '.1f')}x, round 1 {fmt(r['round-1'], '.1f')}x, "
+                     f"whole command {fmt(r['total'], '.1f')}x.")
+    lines += ["", "What each message's `flwr-clientapp` process spends importing the app (a fresh "
+              "interpreter importing Flower's ClientApp runtime and the module, minus one importing "
+              "only the runtime; fastest of 3):", "",
+              "| module the process loads | import (s) |", "|---|---|"]
+    lines += [f"| `{m}` | {t:.2f} |" for m, t in imports.items()]
     md = "\n".join(lines) + "\n"
-    (out / "deployed_vs_sim.md").write_text(md)
-    (out / "deployed_vs_sim.json").write_text(json.dumps(
+    (out / f"{args.name}.md").write_text(md)
+    (out / f"{args.name}.json").write_text(json.dumps(
         {"args": vars(args), "settings": settings, "load-average": [load_before, load_after],
-         "results": results, "ratio": ratio}, indent=2))
+         "results": results, "ratio": ratio, "import-s": imports}, indent=2))
     print(md)
 
 

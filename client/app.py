@@ -1,4 +1,5 @@
-"""The ClientApp (component ``client.app:app`` in pyproject.toml).
+"""The client half's message handler (:func:`_handle`; the ClientApp component that calls it is
+the light :mod:`client.entry`).
 
 Every message carries its phase name in the request config; the handler builds the node's context
 (config, data, persistent state) and lets the algorithm answer. The reply holds only what the
@@ -35,7 +36,6 @@ from typing import Any
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
-from flwr.clientapp import ClientApp
 
 from fedkd.algorithms import ALGORITHMS, Algorithm, ClientContext
 from fedkd.attacks import apply_attack
@@ -56,8 +56,6 @@ from fedkd.protocol import (
     from_array,
 )
 from fedkd.training import device_scope, resolve_device
-
-app = ClientApp()
 
 #: Key of the node's persistent algorithm state in ``Context.state``.
 STATE_KEY = "fedkd-state"
@@ -283,21 +281,3 @@ def _handle(msg: Message, context: Context) -> Message:
         context.state[STATE_KEY] = ArrayRecord({k: Array(np.ascontiguousarray(v))
                                                 for k, v in client.state.items()})
     return Message(content=content, reply_to=msg)
-
-
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    """Training phases (``fit``, ``distill``...)."""
-    return _handle(msg, context)
-
-
-@app.evaluate()
-def evaluate(msg: Message, context: Context) -> Message:
-    """Personalised evaluation on the local test split."""
-    return _handle(msg, context)
-
-
-@app.query()
-def query(msg: Message, context: Context) -> Message:
-    """Phases that only ask for outputs (logits on public or synthetic inputs)."""
-    return _handle(msg, context)

@@ -29,10 +29,12 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import signal
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Sequence
@@ -151,9 +153,12 @@ class LocalFederation:
 
     CONNECTION = "tls"
 
-    def __init__(self, root: Path, node_auth: bool = True) -> None:
+    def __init__(self, root: Path, node_auth: bool = True, warm: bool = False) -> None:
         self.root = root
         self.node_auth = node_auth
+        # warm workers (client/warm.py): one directory per node under a short path (Unix
+        # socket paths are limited to 108 bytes); stop() stops the workers by their PID files
+        self.warm_root = Path(tempfile.mkdtemp(prefix="fkw-", dir="/tmp")) if warm else None
         (root / "flwr-home").mkdir(parents=True, exist_ok=True)
         self.env = offline_env(root / "flwr-home")
         self.certs = make_certificates(root / "certs", ["127.0.0.1", "localhost"])
@@ -229,7 +234,8 @@ class LocalFederation:
 
     def add_nodes(self, count: int, node_config: str = "") -> list[Node]:
         """Make keys, register them (with node authentication) and start ``count`` SuperNodes,
-        ``node<i>`` holding partition ``i`` of ``count``."""
+        ``node<i>`` holding partition ``i`` of ``count``; ``{name}`` in ``node_config`` becomes
+        the node's name (``state-dir=/data/{name}``)."""
         nodes = []
         for i in range(count):
             name = f"node{i}"
@@ -237,10 +243,22 @@ class LocalFederation:
             if self.node_auth:
                 key, public = make_node_key(self.root / "keys", name)
                 node_id = self.register(public)
-            node = Node(name, self.supernode(name, key, i, count, node_config), node_id)
+            config = node_config.replace("{name}", name)
+            if self.warm_root is not None:
+                config = f"{config} warm-dir='{self.warm_root / name}'".strip()
+            node = Node(name, self.supernode(name, key, i, count, config), node_id)
             self.nodes[name] = node
             nodes.append(node)
         return nodes
+
+    def restart_node(self, name: str, node_config: str = "") -> Node:
+        """Start SuperNode ``name`` again (after :meth:`kill`), with its key and partition."""
+        old = self.nodes[name]
+        i, count = int(name.removeprefix("node")), len(self.nodes)
+        key = self.root / "keys" / name if self.node_auth else None
+        proc = self.supernode(name, key, i, count, node_config.replace("{name}", name))
+        self.nodes[name] = Node(name, proc, old.node_id)
+        return self.nodes[name]
 
     def online_nodes(self) -> list[int]:
         """Ids of the nodes the SuperLink lists as online (needs node authentication)."""
@@ -290,6 +308,13 @@ class LocalFederation:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+        if self.warm_root is not None:  # the warm workers the nodes started, by their PID files
+            for pid_file in self.warm_root.glob("*/*/worker.pid"):
+                try:
+                    os.kill(int(pid_file.read_text()), signal.SIGTERM)
+                except (ProcessLookupError, ValueError):
+                    pass
+            shutil.rmtree(self.warm_root, ignore_errors=True)
 
     # ----- runs ---------------------------------------------------------------------------
     def write_run_config(self, name: str, flat: dict[str, bool | int | float | str]) -> Path:

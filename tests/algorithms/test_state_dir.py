@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
 import time
 
 from flwr.app import Context, Message, Metadata, RecordDict
@@ -47,28 +46,30 @@ class HandlerExchange(RoundExchange):
                 run_id=7, message_id=f"m{self.rnd}-{self.steps}-{node}", src_node_id=1,
                 dst_node_id=node, reply_to_message_id="", group_id="", created_at=time.time(),
                 ttl=3600.0, message_type=kind))
+            handle = self.world.get("handle", _handle)
             if (self.rnd, self.steps) in self.world["replay"]:  # a first attempt, lost
-                _handle(msg, self.world["contexts"][node])
-            out[node] = _handle(msg, self.world["contexts"][node]).content
+                handle(msg, self.world["contexts"][node])
+            out[node] = handle(msg, self.world["contexts"][node]).content
         return out
 
 
 def fresh_contexts(world: dict[str, Any]) -> dict[int, Context]:
     return {node: Context(run_id=7, node_id=node, node_config={
-        "partition-id": i, "num-partitions": 3,
+        "partition-id": i, "num-partitions": 3, **world.get("node-config", {}),
         **({"state-dir": str(world["state-root"] / f"node{i}")} if world["state-root"] else {})},
         state=RecordDict(), run_config=world["flat"]) for i, node in enumerate(NODES)}
 
 
 def run(tmp_path: Path, name: str, state_dir: bool, restart_before: tuple[int, ...] = (),
-        replay: tuple[tuple[int, int], ...] = ()) -> list[dict[str, Any]]:
+        replay: tuple[tuple[int, int], ...] = (), **world_extra: Any) -> list[dict[str, Any]]:
     flat = {**pyproject_defaults(APP_DIR / "pyproject.toml"), **SETTINGS,
             "output.dir": str(tmp_path), "output.run-name": name}
     cfg = build_config(flat)
     data = load_federated(cfg.data)
     algorithm = ALGORITHMS.get(cfg.algorithm)(cfg, data.num_classes, data.input_shape)
     world: dict[str, Any] = {"flat": flat, "restart-before": restart_before, "replay": replay,
-                             "state-root": tmp_path / f"{name}-state" if state_dir else None}
+                             "state-root": tmp_path / f"{name}-state" if state_dir else None,
+                             **world_extra}
     world["contexts"] = fresh_contexts(world)
     run_rounds(cfg, algorithm, data, RunOutput.for_config(cfg), online_nodes=lambda: list(NODES),
                make_exchange=lambda rnd, *a, **k: HandlerExchange(world, rnd, *a, **k))

@@ -25,6 +25,9 @@ LAYERS = {
     # A deployed client starts one process per message: with DP off it must not pay for the DP
     # libraries (dp_accounting and scipy: about 1 s; opacus) or the experiment tooling.
     "client.app": ("dp_accounting", "scipy", "opacus", "fedkd.experiments", "sklearn"),
+    # The ClientApp component itself stays light: torch and the app load in the warm worker,
+    # or on a node's first message (client/entry.py).
+    "client.entry": ("torch", "fedkd.algorithms", "client.app"),
 }
 
 

@@ -1,0 +1,83 @@
+"""client/warm.py: the warm worker behind the light ClientApp (client/entry.py), a real process
+started by the first message, answering over its Unix socket."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Client
+from pathlib import Path
+
+import pytest
+
+from client.entry import dispatch
+from client.warm import APP_DIR, worker_dir
+from tests.algorithms.test_state_dir import run, scores
+
+
+@pytest.fixture
+def warm_root() -> Iterator[Path]:
+    # Unix socket paths are limited to 108 bytes: a short directory, not tmp_path.
+    root = Path(tempfile.mkdtemp(prefix="fkw-", dir="/tmp"))
+    try:
+        yield root
+    finally:
+        pid_file = worker_dir(root) / "worker.pid"
+        if pid_file.exists():  # stop the worker this test started, by its PID
+            pid = int(pid_file.read_text())
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(100):
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.05)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_warm_worker_answers_every_message_as_the_process_would(warm_root: Path,
+                                                                    tmp_path: Path) -> None:
+    straight = scores(run(tmp_path, "straight", state_dir=False))
+    pids: set[int] = set()
+
+    def through_the_worker(msg, context):  # type: ignore[no-untyped-def]
+        reply = dispatch(msg, context)
+        pids.add(int((worker_dir(warm_root) / "worker.pid").read_text()))
+        return reply
+
+    warm = scores(run(tmp_path, "warm", state_dir=False, handle=through_the_worker,
+                      **{"node-config": {"warm-dir": str(warm_root)}}))
+    assert warm == straight  # node state went to the worker and back every message
+    assert len(pids) == 1 and next(iter(pids)) != os.getpid()  # one worker, for all 30 messages
+
+
+def test_the_worker_refuses_a_client_without_its_key_and_goes_on(warm_root: Path,
+                                                                  tmp_path: Path) -> None:
+    run(tmp_path, "first", state_dir=False, handle=dispatch,
+        **{"node-config": {"warm-dir": str(warm_root)}})
+    directory = worker_dir(warm_root)
+    assert oct(directory.stat().st_mode & 0o777) == "0o700"
+    assert oct((directory / "worker.key").stat().st_mode & 0o777) == "0o600"
+    with pytest.raises((AuthenticationError, EOFError, ConnectionError)):
+        Client(str(directory / "worker.sock"), family="AF_UNIX", authkey=b"not the key").send(b"x")
+    pid = int((directory / "worker.pid").read_text())
+    run(tmp_path, "second", state_dir=False, handle=dispatch,
+        **{"node-config": {"warm-dir": str(warm_root)}})
+    assert int((directory / "worker.pid").read_text()) == pid  # the same worker served it
+
+
+def test_an_idle_worker_exits_and_cleans_up(warm_root: Path) -> None:
+    directory = worker_dir(warm_root)
+    proc = subprocess.run(
+        [sys.executable, "-c", "from client.warm import serve; import sys; "
+         f"serve(__import__('pathlib').Path({str(directory)!r}), 0.5, handle=lambda m, c: m)"],
+        cwd=APP_DIR, timeout=60, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert not any((directory / name).exists() for name in ("worker.sock", "worker.key", "worker.pid"))
