@@ -80,7 +80,7 @@ def test_a_restarted_supernode_and_a_restarted_superlink_lose_nothing(tmp_path: 
         fed.wait_online(3)
 
         # --- the SuperLink dies after round 2, restarts on its database, the run is resubmitted
-        plain = {**SETTINGS, "privacy.dp-sgd": False}
+        plain = {**SETTINGS, "privacy.dp-sgd": False, "privacy.output-noise": 0.0}
         config = run_config(fed, tmp_path, "link-restart", plain)
         run_dir = tmp_path / "link-restart"
         run_id = fed.submit(APP_DIR, config)
