@@ -38,6 +38,9 @@ from multiprocessing.connection import Client, Connection
 from pathlib import Path
 from typing import Any
 
+#: The Flower version whose message and context serialisation (``flwr.common.serde``, an internal
+#: module) this was written against and tested with; on another one ``warm-dir`` is refused.
+TESTED_FLOWER_VERSION = "1.42.0"
 #: How long a message waits for a worker it started to accept connections (torch import, etc.).
 START_TIMEOUT_S = 120.0
 DEFAULT_IDLE_S = 600.0
@@ -124,9 +127,23 @@ def connect(root: Path, idle_s: float = DEFAULT_IDLE_S) -> Connection:
                           f"{START_TIMEOUT_S:g} s; its log ends:\n{log}")
 
 
+def check_flower_version(version: str | None = None) -> None:
+    """Refuse to run on a Flower version other than :data:`TESTED_FLOWER_VERSION`."""
+    if version is None:
+        import flwr
+
+        version = getattr(flwr, "__version__", None)
+    if version != TESTED_FLOWER_VERSION:
+        raise WarmWorkerError(
+            f"node config warm-dir relies on Flower {TESTED_FLOWER_VERSION}'s internal message "
+            f"serialisation, and this node runs Flower {version}: remove warm-dir from the node "
+            "config (every message then runs in its own process)")
+
+
 def forward(root: Path, message: Any, context: Any, idle_s: float = DEFAULT_IDLE_S) -> Any:
     """Have the worker answer ``message`` for ``context`` (Flower ``Message`` and ``Context``);
     returns the reply ``Message`` and updates ``context.state`` in place."""
+    check_flower_version()
     from flwr.app import Message
     from flwr.common.serde import (
         context_from_proto,

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from client.entry import dispatch
-from client.warm import APP_DIR, worker_dir
+from client.warm import APP_DIR, WarmWorkerError, check_flower_version, worker_dir
 from tests.algorithms.test_state_dir import run, scores
 
 
@@ -81,3 +81,10 @@ def test_an_idle_worker_exits_and_cleans_up(warm_root: Path) -> None:
         cwd=APP_DIR, timeout=60, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert not any((directory / name).exists() for name in ("worker.sock", "worker.key", "worker.pid"))
+
+
+def test_another_flower_version_is_refused_loudly() -> None:
+    check_flower_version()  # the installed one is the tested one
+    with pytest.raises(WarmWorkerError, match=r"relies on Flower 1\.42\.0.*runs Flower 1\.43\.0: "
+                                              r"remove warm-dir"):
+        check_flower_version("1.43.0")
