@@ -63,11 +63,19 @@ def app_key(app_dir: Path = APP_DIR) -> str:
     return digest.hexdigest()[:16]
 
 
+#: The longest Unix socket path Linux accepts (``sun_path`` is 108 bytes with the final NUL).
+MAX_SOCKET_PATH = 107
+
+
 def worker_dir(root: Path, app_dir: Path = APP_DIR) -> Path:
     """``<root>/<app key>``, made private to this user (mode 0700)."""
-    path = Path(root).expanduser() / app_key(app_dir)
+    path = Path(root).expanduser().absolute() / app_key(app_dir)
+    if len(str(path / "worker.sock").encode()) > MAX_SOCKET_PATH:
+        raise WarmWorkerError(
+            f"warm-dir {root} is too long for a Unix socket ({path / 'worker.sock'} exceeds "
+            f"{MAX_SOCKET_PATH} bytes): choose a shorter directory")
     path.mkdir(parents=True, exist_ok=True)
-    os.chmod(root, 0o700)
+    os.chmod(path.parent, 0o700)
     os.chmod(path, 0o700)
     return path
 

@@ -88,3 +88,8 @@ def test_another_flower_version_is_refused_loudly() -> None:
     with pytest.raises(WarmWorkerError, match=r"relies on Flower 1\.42\.0.*runs Flower 1\.43\.0: "
                                               r"remove warm-dir"):
         check_flower_version("1.43.0")
+
+
+def test_a_warm_dir_too_long_for_a_unix_socket_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(WarmWorkerError, match="too long for a Unix socket"):
+        worker_dir(tmp_path / ("x" * 80))
