@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import os
 from pathlib import Path
 from collections.abc import Mapping
 from typing import Any
@@ -45,7 +44,7 @@ from fedkd.data.datasets import DATASETS, ArrayDataset
 from fedkd.data.device import load_device_data
 from fedkd.data.federated import ClientData, load_federated
 from fedkd.models import MODELS
-from client.state import NodeStateDir, Place
+from client.state import NodeStateDir, Place, load_arrays, save_arrays
 from fedkd.protocol import (
     CONFIG_KEY,
     EXCHANGE_ROUND_KEY,
@@ -177,22 +176,14 @@ def answer(content: RecordDict, client: ClientContext) -> RecordDict:
 
 def load_privacy_file(path: Path) -> dict[str, np.ndarray]:
     """The privacy ledger a device keeps in its own file (node config ``state-path``)."""
-    if not path.exists():
-        return {}
-    with np.load(path, allow_pickle=False) as npz:
-        return {k: npz[k] for k in npz.files if k.startswith(PRIVACY_PREFIX)}
+    return {k: v for k, v in load_arrays(path).items() if k.startswith(PRIVACY_PREFIX)}
 
 
 def save_privacy_file(path: Path, state: Mapping[str, np.ndarray]) -> None:
     """Write the ledger entries of ``state`` to ``path`` atomically (temporary file, rename)."""
-    ledger = {k: np.asarray(v) for k, v in state.items() if k.startswith(PRIVACY_PREFIX)}
-    if not ledger:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as fh:
-        np.savez(fh, **ledger)
-    os.replace(tmp, path)
+    ledger = {k: v for k, v in state.items() if k.startswith(PRIVACY_PREFIX)}
+    if ledger:
+        save_arrays(path, ledger, fsync=False)
 
 
 def client_state_path(cfg: RunConfig, run_id: int, node_id: int) -> Path:
@@ -207,19 +198,13 @@ def client_state_dir(cfg: RunConfig, run_id: int) -> Path:
 
 def load_state_file(path: Path) -> dict[str, np.ndarray]:
     """A node's state saved by :func:`save_state_file` (empty before its first message)."""
-    if not path.exists():
-        return {}
-    with np.load(path, allow_pickle=False) as npz:
-        return {k: npz[k] for k in npz.files}
+    return load_arrays(path)
 
 
 def save_state_file(path: Path, state: Mapping[str, np.ndarray]) -> None:
-    """Replace ``path`` with ``state`` atomically (temporary file, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    with tmp.open("wb") as fh:
-        np.savez(fh, **{k: np.asarray(v) for k, v in state.items()})
-    os.replace(tmp, path)
+    """Replace ``path`` with ``state`` atomically (no fsync: a simulation's state files are
+    removed when the run ends)."""
+    save_arrays(path, state, fsync=False)
 
 
 def device_state_dir(cfg: RunConfig, context: Context) -> NodeStateDir | None:

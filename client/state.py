@@ -42,13 +42,31 @@ class Place:
     step: int
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _atomic_write(path: Path, data: bytes, fsync: bool = True) -> None:
+    """Replace ``path`` with ``data``: a temporary file in the same folder, then a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with tmp.open("wb") as fh:
         fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+        if fsync:  # durable across a power loss, not only a killed process
+            fh.flush()
+            os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def save_arrays(path: Path, arrays: Mapping[str, np.ndarray], fsync: bool = True) -> None:
+    """Write named arrays to ``path`` (``.npz``) atomically."""
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    _atomic_write(path, buf.getvalue(), fsync)
+
+
+def load_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays :func:`save_arrays` wrote (empty if ``path`` does not exist)."""
+    if not path.exists():
+        return {}
+    with np.load(path, allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
 
 
 class NodeStateDir:
@@ -81,7 +99,6 @@ class NodeStateDir:
         return entries
 
     def _write_journal(self, entries: list[dict[str, int | str]]) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
         _atomic_write(self.dir / JOURNAL, json.dumps(entries).encode())
 
     @staticmethod
@@ -101,10 +118,7 @@ class NodeStateDir:
                 for e in entries[len(keep):]:
                     (self.dir / str(e["file"])).unlink(missing_ok=True)
                 entries = keep
-        if not entries:
-            return {}
-        with np.load(self.dir / str(entries[-1]["file"]), allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
+        return load_arrays(self.dir / str(entries[-1]["file"])) if entries else {}
 
     def save(self, place: Place | None, state: Mapping[str, np.ndarray]) -> Path:
         """Record the state after the message at ``place`` (after the newest entry when
@@ -115,10 +129,7 @@ class NodeStateDir:
             place = Place(place.round, place.step + 1)
         seq = int(entries[-1]["seq"]) + 1 if entries else 0
         name = f"state-{seq:08d}.npz"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        buf = io.BytesIO()
-        np.savez(buf, **{k: np.asarray(v) for k, v in state.items()})
-        _atomic_write(self.dir / name, buf.getvalue())
+        save_arrays(self.dir / name, state)
         entries.append({"seq": seq, "round": place.round, "step": place.step, "file": name})
         # keep the newest entry of every round from place.round - KEEP_ROUNDS on, and the newest
         # entry before them (the state a replay of the oldest kept round starts from)

@@ -246,6 +246,31 @@ def serve(directory: Path, idle_s: float,
             (directory / "worker.pid").unlink(missing_ok=True)
 
 
+def stop_workers(root: Path, wait_s: float = 5.0) -> list[int]:
+    """SIGTERM every worker whose PID file lies under ``root`` (any node, any app version) and
+    wait up to ``wait_s`` for each to exit; returns their PIDs. For whoever started the nodes
+    (tests, benchmarks): a worker otherwise exits after its idle time."""
+    import signal
+
+    pids = []
+    for pid_file in Path(root).glob("**/worker.pid"):
+        try:
+            pid = int(pid_file.read_text())
+            os.kill(pid, signal.SIGTERM)
+        except (ProcessLookupError, ValueError, OSError):
+            continue
+        pids.append(pid)
+    deadline = time.monotonic() + wait_s
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+    return pids
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 

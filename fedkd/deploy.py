@@ -309,11 +309,9 @@ class LocalFederation:
                 except ProcessLookupError:
                     pass
         if self.warm_root is not None:  # the warm workers the nodes started, by their PID files
-            for pid_file in self.warm_root.glob("*/*/worker.pid"):
-                try:
-                    os.kill(int(pid_file.read_text()), signal.SIGTERM)
-                except (ProcessLookupError, ValueError):
-                    pass
+            from client.warm import stop_workers
+
+            stop_workers(self.warm_root)
             shutil.rmtree(self.warm_root, ignore_errors=True)
 
     # ----- runs ---------------------------------------------------------------------------

@@ -184,7 +184,8 @@ def run_config_toml(flat: Mapping[str, bool | int | float | str]) -> str:
 
 #: This repository: the Flower app (``client``, ``server``, ``fedkd``).
 REPO_ROOT = Path(__file__).resolve().parents[1]
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+#: Terminal colour codes, stripped from Flower's output where it is shown or searched.
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def flower_error_lines(flwr_output: Sequence[str], superlink_log: str) -> list[str]:
@@ -192,11 +193,11 @@ def flower_error_lines(flwr_output: Sequence[str], superlink_log: str) -> list[s
     and the SuperLink's ``ERROR`` lines (without colour codes), in that order, deduplicated."""
     found: list[str] = []
     for line in flwr_output:
-        text = _ANSI.sub("", line).strip().strip("│╭╮╰╯─ ")
+        text = ANSI_ESCAPE.sub("", line).strip().strip("│╭╮╰╯─ ")
         if text not in ("", "Error") and ("code:" in text or "rror" in text):
             found.append(text)
     for line in superlink_log.splitlines():
-        text = _ANSI.sub("", line).strip()
+        text = ANSI_ESCAPE.sub("", line).strip()
         if "ERROR" in text:
             found.append(text.split("ERROR", 1)[1].lstrip(" :"))
     return list(dict.fromkeys(found))
@@ -291,12 +292,7 @@ class SimulationSuperLink:
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                if self._log is not None:
-                    self._log.flush()
-                with self.log_path.open("rb") as fh:
-                    fh.seek(self._log_offset)
-                    output = fh.read().decode(errors="replace")
-                if "address already in use" in output:
+                if "address already in use" in self._new_log_text():
                     raise LaunchError(f"{_port_in_use(self.port)}; see {self.log_path}")
                 raise LaunchError(
                     f"flower-superlink exited with code {self.proc.returncode}; see {self.log_path}"

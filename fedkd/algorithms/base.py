@@ -27,6 +27,7 @@ Adding an algorithm means writing one file in ``fedkd/algorithms/`` and register
 from __future__ import annotations
 
 import copy
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
@@ -77,6 +78,15 @@ def train_metrics(replies: Iterable[Payload]) -> dict[str, float]:
         "train-loss": float(np.average([r.metrics["loss"] for r in replies], weights=n)),
         "train-accuracy": float(np.average([r.metrics["accuracy"] for r in replies], weights=n)),
     }
+
+
+@functools.lru_cache(maxsize=8)
+def _seeded_subset(seed: int, n: int, size: int) -> np.ndarray:
+    """``min(n, size)`` sorted indices of ``range(size)`` drawn with ``seed`` (computed once per
+    process, not once per evaluation message)."""
+    chosen = np.sort(np.random.default_rng(seed).permutation(size)[:min(n, size)])
+    chosen.setflags(write=False)
+    return chosen
 
 
 class QuorumError(RuntimeError):
@@ -367,7 +377,5 @@ class Algorithm(ABC):
                 or not (rnd % fed.client_global_test_every == 0
                         or rnd == self.cfg.num_server_rounds)):
             return None
-        n = min(fed.client_global_test, len(client.global_test))
-        order = np.random.default_rng(self.cfg.seed).permutation(len(client.global_test))
-        chosen = np.sort(order[:n])
+        chosen = _seeded_subset(self.cfg.seed, fed.client_global_test, len(client.global_test))
         return ArrayDataset(x=client.global_test.x[chosen], y=client.global_test.y[chosen])

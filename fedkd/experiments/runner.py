@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import sys
 import threading
@@ -36,6 +35,7 @@ from typing import Any, TextIO
 from fedkd.config import RunConfig, Scalar, pyproject_defaults
 from fedkd.errors import ConfigError
 from fedkd.experiments.presets import APP_DIR, CliError, Preset, Profile, load_preset
+from fedkd.launch import ANSI_ESCAPE
 from fedkd.results import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
 
 #: What ``fedkd simulate`` records about how a run was started (the report labels runs with it).
@@ -43,7 +43,6 @@ CLI_FILE = "fedkd-run.json"
 #: Keys an interrupted run may change and still continue from its checkpoint (server/loop.py).
 RESUMABLE_KEYS = frozenset({"num-server-rounds", "output.resume", "output.checkpoint"})
 EXIT_INTERRUPTED = 130
-ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 #: A notice ``flwr run`` prints about its default federation, which does not apply here.
 _STALE_NOTICE = "default simulated SuperNodes"
 

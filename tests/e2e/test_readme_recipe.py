@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from client.warm import stop_workers
 from fedkd.launch import descendants, free_port, stop_process
 from fedkd.results import read_metrics
 
@@ -95,11 +96,7 @@ def test_the_deployment_recipe_runs_as_written(tmp_path: Path) -> None:
                     os.kill(child, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
-        for worker in (tmp_path / ".warm").glob("*/*/worker.pid"):
-            try:
-                os.kill(int(worker.read_text()), signal.SIGTERM)
-            except (ProcessLookupError, ValueError):
-                pass
+        stop_workers(tmp_path / ".warm")
         stop_process(link)
     rows = read_metrics(tmp_path / "outputs" / "fd-demo")
     assert [r["round"] for r in rows] == [1, 2] and rows[-1]["num-failures"] == 0

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client
@@ -18,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from client.entry import dispatch
-from client.warm import APP_DIR, WarmWorkerError, check_flower_version, worker_dir
+from client.warm import APP_DIR, WarmWorkerError, check_flower_version, stop_workers, worker_dir
 from tests.algorithms.test_state_dir import run, scores
 
 
@@ -29,16 +27,7 @@ def warm_root() -> Iterator[Path]:
     try:
         yield root
     finally:
-        pid_file = worker_dir(root) / "worker.pid"
-        if pid_file.exists():  # stop the worker this test started, by its PID
-            pid = int(pid_file.read_text())
-            os.kill(pid, signal.SIGTERM)
-            for _ in range(100):
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.05)
+        stop_workers(root)  # the worker this test started, by its PID
         shutil.rmtree(root, ignore_errors=True)
 
 
