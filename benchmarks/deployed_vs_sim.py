@@ -3,8 +3,12 @@
 The same work on both paths: the same algorithm, dataset, model, clients, rounds, local steps and
 seed. The deployed path is :class:`fedkd.deploy.LocalFederation` (a TLS SuperLink with node
 authentication and one registered SuperNode per client on 127.0.0.1, the run submitted with
-``flwr run --stream``); every message there runs in a fresh ``flwr-clientapp`` process. The
-simulation path is ``python -m simulations.run`` (our own simulation SuperLink, Flower's Ray
+``flwr run --stream``); every message there runs in a fresh ``flwr-clientapp`` process. It runs
+three ways: that process importing the app itself; the same with warm workers (node config
+``warm-dir``, client/warm.py); and warm workers on SuperNodes started as ``python -m
+fedkd.supernode`` (Flower's SuperNode with its 3 s idle poll shortened, fedkd/supernode.py).
+Every deployed run records the timing trace (``FEDKD_TRACE``, fedkd/trace.py), from which the
+table of where a round's time goes is computed. The simulation path is ``python -m simulations.run`` (our own simulation SuperLink, Flower's Ray
 backend, one CPU per client). Per-round times are the ``wall-time-s`` the round loop records in
 ``metrics.jsonl`` (send, train, receive, validate, aggregate, evaluate); round 1 is listed apart
 because it includes start-up (Ray and its workers in simulation). Setup is the SuperLink and the
@@ -31,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import ROOT, fmt, run_simulation
+from fedkd import trace
 from fedkd.deploy import LocalFederation
 from fedkd.results import read_metrics
 
@@ -68,9 +73,11 @@ def import_seconds(module: str, repeats: int = 3) -> float:
 
 
 def run_deployed(settings: dict[str, Any], clients: int, rounds: int, root: Path,
-                 warm: bool = False) -> dict[str, Any]:
+                 warm: bool = False, poll_interval: float | None = None) -> dict[str, Any]:
     """One run on a fresh local TLS deployment; stops every process it started."""
-    fed = LocalFederation(root / "federation", warm=warm)
+    fed = LocalFederation(root / "federation", warm=warm, poll_interval=poll_interval)
+    trace_file = root / "trace.jsonl"
+    fed.env[trace.ENV] = str(trace_file)
     start = time.monotonic()
     try:
         fed.superlink()
@@ -86,7 +93,60 @@ def run_deployed(settings: dict[str, Any], clients: int, rounds: int, root: Path
     finally:
         fed.stop()
     name = "deployed, warm workers" if warm else "deployed (a process per message)"
-    return summarise(name, read_metrics(root / "runs" / "deployed"), total_s, setup_s)
+    if poll_interval is not None:
+        name += f", fedkd.supernode (polls every {poll_interval:g} s)"
+    rows = read_metrics(root / "runs" / "deployed")
+    result = summarise(name, rows, total_s, setup_s)
+    result["breakdown"] = breakdown(trace.read(trace_file), rows)
+    return result
+
+
+#: The segments of a deployed message's life, in order, from the timing trace (fedkd/trace.py).
+SEGMENTS = {
+    "launch": "push -> its ClientApp process starts (SuperNode's pull, SuperExec's poll, spawn)",
+    "runtime": "process start -> Flower calls the app (interpreter, Flower runtime import, "
+               "message pulled over the ClientAppIo API)",
+    "app": "app import (a process per message) or the hand-over to the warm worker and back",
+    "load": "state and data loaded, client built",
+    "work": "the algorithm's answer (training, logits, evaluation)",
+    "save": "state saved",
+    "return": "app returns -> ServerApp has the reply (SuperNode's reply poll, push, ServerApp's pull)",
+}
+
+
+def breakdown(events: dict[str, dict[str, Any]], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where a deployed round's time goes, rounds 2 and later: each segment's mean seconds per
+    message, the phases' wall time (push to last reply) and the ServerApp's own time between them
+    (the round's wall time minus its phases': aggregation, server distillation, evaluation)."""
+    per_segment: dict[str, list[float]] = {k: [] for k in SEGMENTS}
+    phase_span: dict[tuple[int, str], list[float]] = {}
+    for event in events.values():
+        server, proc, handler = event.get("server"), event.get("clientapp"), event.get("handler")
+        if server is None or server["round"] < 2 or server.get("reply") is None:
+            continue
+        span = phase_span.setdefault((server["round"], server["phase"]), [server["push"], server["push"]])
+        span[1] = max(span[1], server["reply"])
+        if proc is None or handler is None or proc.get("proc_start") is None:
+            continue
+        in_app = handler["load"] + handler["work"] + handler["save"]
+        for key, value in (("launch", proc["proc_start"] - server["push"]),
+                           ("runtime", proc["start"] - proc["proc_start"]),
+                           ("app", proc["end"] - proc["start"] - in_app),
+                           ("load", handler["load"]), ("work", handler["work"]),
+                           ("save", handler["save"]), ("return", server["reply"] - proc["end"])):
+            per_segment[key].append(value)
+    later = [r for r in rows if r["round"] >= 2]
+    phases_s = [sum(end - start for (rnd, _), (start, end) in phase_span.items() if rnd == r["round"])
+                for r in later]
+    rounds_s = [r["wall-time-s"] for r in later]
+    return {
+        "messages": len(per_segment["work"]),
+        "segments-mean-s": {k: statistics.mean(v) if v else None for k, v in per_segment.items()},
+        "phases-per-round": len(phase_span) / len(later) if later else None,
+        "phases-wall-s": statistics.mean(phases_s) if phases_s else None,
+        "server-s": statistics.mean(r - p for r, p in zip(rounds_s, phases_s)) if phases_s else None,
+        "round-s": statistics.mean(rounds_s) if rounds_s else None,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -98,6 +158,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--local-steps", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--poll-interval", type=float, default=0.2,
+                        help="fedkd.supernode's idle poll for the third deployed path (Flower: 3 s)")
     parser.add_argument("--no-evaluate", action="store_true",
                         help="skip the per-round evaluation exchange on the clients")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
@@ -121,13 +183,17 @@ def main(argv: list[str] | None = None) -> None:
         deployed = run_deployed(settings, args.clients, args.rounds, Path(tmp) / "cold")
         print("running the deployed path with warm workers ...", flush=True)
         warm = run_deployed(settings, args.clients, args.rounds, Path(tmp) / "warm", warm=True)
+        print("running the deployed path with warm workers and fedkd.supernode ...", flush=True)
+        fast = run_deployed(settings, args.clients, args.rounds, Path(tmp) / "fast", warm=True,
+                            poll_interval=args.poll_interval)
         print("running the simulation ...", flush=True)
         sim_raw = run_simulation("simulation", settings, clients=args.clients, rounds=args.rounds,
                                  out_dir=Path(tmp) / "runs")
         sim = summarise("simulation (Ray)", read_metrics(sim_raw["run-dir"]),
                         sim_raw["process-wall-time-s"], None)
     load_after = os.getloadavg()
-    results = [deployed, warm, sim]
+    deployments = [deployed, warm, fast]
+    results = [*deployments, sim]
 
     def ratios(dep: dict[str, Any]) -> dict[str, float | None]:
         return {
@@ -137,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
             "total": dep["total-s"] / sim["total-s"],
         }
 
-    ratio = {"cold": ratios(deployed), "warm": ratios(warm)}
+    ratio = {"cold": ratios(deployed), "warm": ratios(warm), "fast": ratios(fast)}
     evaluate = "with" if not args.no_evaluate else "without"
     lines = [
         f"{args.algorithm}, {args.dataset}, model {args.model}, {args.clients} clients, "
@@ -160,7 +226,8 @@ def main(argv: list[str] | None = None) -> None:
             f"| {fmt(r['personalized-accuracy'])} |"
         )
     lines.append("")
-    for key, label in (("cold", "a process per message"), ("warm", "warm workers")):
+    for key, label in (("cold", "a process per message"), ("warm", "warm workers"),
+                       ("fast", "warm workers, fedkd.supernode")):
         r = ratio[key]
         lines.append(f"Deployed ({label}) / simulation: later rounds "
                      f"{fmt(r['later-rounds'], '.1f')}x, round 1 {fmt(r['round-1'], '.1f')}x, "
@@ -170,6 +237,21 @@ def main(argv: list[str] | None = None) -> None:
               "only the runtime; fastest of 3):", "",
               "| module the process loads | import (s) |", "|---|---|"]
     lines += [f"| `{m}` | {t:.2f} |" for m, t in imports.items()]
+    lines += ["", "Where a deployed round's time goes, rounds 2 and later (the timing trace, "
+              "`FEDKD_TRACE`, fedkd/trace.py): each segment's mean seconds per message, then the "
+              "round: its phases' wall time (push to the last reply, the clients in parallel) "
+              "and the ServerApp's own time between phases.", "",
+              "| segment | what | " + " | ".join(r["path"] for r in deployments) + " |",
+              "|---|---|" + "---|" * len(deployments)]
+    for key, what in SEGMENTS.items():
+        lines.append(f"| {key} | {what} | " + " | ".join(
+            fmt(r["breakdown"]["segments-mean-s"][key], ".2f") for r in deployments) + " |")
+    for key, what in (("phases-per-round", "phases per round"),
+                      ("phases-wall-s", "phases' wall time per round (s)"),
+                      ("server-s", "ServerApp between phases per round (s)"),
+                      ("round-s", "round (s)")):
+        lines.append(f"| {key} | {what} | " + " | ".join(
+            fmt(r["breakdown"][key], ".2f") for r in deployments) + " |")
     md = "\n".join(lines) + "\n"
     (out / f"{args.name}.md").write_text(md)
     (out / f"{args.name}.json").write_text(json.dumps(

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 
+from fedkd import trace
 from fedkd.algorithms import ALGORITHMS, Algorithm, ClientContext
 from fedkd.attacks import apply_attack
 from fedkd.compose import build_algorithm, build_config
@@ -229,6 +230,7 @@ def _set_threads(n: int) -> None:
 
 
 def _handle(msg: Message, context: Context) -> Message:
+    started = trace.now()
     cfg = _config(tuple(sorted(context.run_config.items())))
     _set_threads(cfg.train.num_threads)
     state: dict[str, np.ndarray] = {}
@@ -253,7 +255,9 @@ def _handle(msg: Message, context: Context) -> Message:
         state.update(load_privacy_file(Path(str(privacy_file))))
     before = dict(state)  # the arrays as loaded: algorithms replace what they change
     client = client_context(cfg, int(context.node_id), context.node_config, state)
+    loaded = trace.now()
     content = answer(msg.content, client)
+    answered = trace.now()
     if privacy_file:
         save_privacy_file(Path(str(privacy_file)), client.state)
     changed = client.state.keys() != before.keys() or any(
@@ -265,4 +269,6 @@ def _handle(msg: Message, context: Context) -> Message:
     elif changed and client.state:
         context.state[STATE_KEY] = ArrayRecord({k: Array(np.ascontiguousarray(v))
                                                 for k, v in client.state.items()})
+    trace.record("handler", msg=msg.metadata.message_id, load=loaded - started,
+                 work=answered - loaded, save=trace.now() - answered)
     return Message(content=content, reply_to=msg)

@@ -9,15 +9,32 @@ message and answers in-process.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from fedkd import trace
+
 app = ClientApp()
+#: When this ``flwr-clientapp`` process started (for the timing trace, ``FEDKD_TRACE``).
+PROCESS_START = trace.process_start_time() if trace.path() is not None else None
 
 
 def dispatch(msg: Message, context: Context) -> Message:
+    """Answer the message; with ``FEDKD_TRACE`` set, record this process's timing."""
+    if trace.path() is None:
+        return _answer(msg, context)
+    start = trace.now()
+    try:
+        return _answer(msg, context)
+    finally:
+        trace.record("clientapp", msg=msg.metadata.message_id, node=int(context.node_id),
+                     pid=os.getpid(), proc_start=PROCESS_START, start=start, end=trace.now())
+
+
+def _answer(msg: Message, context: Context) -> Message:
     """Answer in a warm worker (node config ``warm-dir``) or in this process."""
     warm_dir = context.node_config.get("warm-dir")
     if warm_dir:

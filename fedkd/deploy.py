@@ -34,6 +34,7 @@ import signal
 import ssl
 import subprocess
 import sys
+import sys
 import tempfile
 import time
 import urllib.request
@@ -142,6 +143,14 @@ class Node:
     node_id: int | None  # from its registration (None without node authentication)
 
 
+#: The directory holding the ``fedkd`` package (on a SuperNode's path for ``fedkd.supernode``).
+REPO_ROOT = Path(__file__).resolve().parents[1]
+#: Flower's SuperExec (the process that starts a ClientApp for each message a SuperNode holds, and
+#: the ServerApp on the SuperLink) looks for new work every 1 s by default, and every phase of a
+#: round waits for it. At 0.1 s it asks its own SuperNode (on loopback) ten times a second.
+SUPEREXEC_POLL = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1"}
+
+
 class LocalFederation:
     """A whole deployment on 127.0.0.1 for tests and benchmarks: a TLS SuperLink (with node
     authentication unless ``node_auth=False``), registered SuperNodes, runs submitted with ``flwr``.
@@ -153,14 +162,18 @@ class LocalFederation:
 
     CONNECTION = "tls"
 
-    def __init__(self, root: Path, node_auth: bool = True, warm: bool = False) -> None:
+    def __init__(self, root: Path, node_auth: bool = True, warm: bool = False,
+                 poll_interval: float | None = None) -> None:
         self.root = root
         self.node_auth = node_auth
+        # SuperNodes started as `python -m fedkd.supernode --poll-interval <s>` (Flower's
+        # SuperNode with its 3 s idle wait shortened, fedkd/supernode.py), or flower-supernode
+        self.poll_interval = poll_interval
         # warm workers (client/warm.py): one directory per node under a short path (Unix
         # socket paths are limited to 108 bytes); stop() stops the workers by their PID files
         self.warm_root = Path(tempfile.mkdtemp(prefix="fkw-", dir="/tmp")) if warm else None
         (root / "flwr-home").mkdir(parents=True, exist_ok=True)
-        self.env = offline_env(root / "flwr-home")
+        self.env = {**offline_env(root / "flwr-home"), **SUPEREXEC_POLL}
         self.certs = make_certificates(root / "certs", ["127.0.0.1", "localhost"])
         self.port = free_port()
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -174,10 +187,10 @@ class LocalFederation:
         )
 
     # ----- processes ----------------------------------------------------------------------
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         """Start a daemon in its own session, output to ``root/<name>.log``."""
         with (self.root / f"{name}.log").open("ab") as log:
-            proc = subprocess.Popen(list(args), env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen(list(args), env=env or self.env, stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
         self.procs.append(proc)
         return proc
@@ -216,7 +229,13 @@ class LocalFederation:
         """Start a SuperNode for ``partition`` of ``partitions`` (``key``: its private key)."""
         auth = ["--auth-supernode-private-key", str(key)] if key is not None else []
         config = f"partition-id={partition} num-partitions={partitions} {node_config}".strip()
-        return self.start(name, bin_path("flower-supernode"), "--root-certificates",
+        command, env = [bin_path("flower-supernode")], self.env
+        if self.poll_interval is not None:
+            command = [sys.executable, "-m", "fedkd.supernode", "--poll-interval",
+                       str(self.poll_interval)]
+            env = {**self.env, "PYTHONPATH": os.pathsep.join(
+                p for p in (str(REPO_ROOT), self.env.get("PYTHONPATH", "")) if p)}
+        return self.start(name, *command, "--root-certificates",
                           str(self.certs["ca-cert"]), "--superlink", f"127.0.0.1:{self.port}",
                           "--host", "127.0.0.1", "--port", str(free_port()), *auth,
                           "--node-config", config)

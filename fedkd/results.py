@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +23,7 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 AUDIT_FILE = "replies.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"
+ARTIFACTS_DIR = "artifacts"
 
 
 def default_run_name(cfg: RunConfig, now: float | None = None) -> str:
@@ -96,9 +99,10 @@ class RunOutput:
         os.replace(tmp, self.metrics_path)
 
     def start_fresh(self) -> None:
-        """Remove the metrics, reply log and checkpoint of an earlier run in this directory."""
+        """Remove the metrics, reply log, checkpoint and artifacts of an earlier run in this directory."""
         for name in (METRICS_FILE, AUDIT_FILE, CHECKPOINT_FILE, SUMMARY_FILE):
             (self.directory / name).unlink(missing_ok=True)
+        shutil.rmtree(self.directory / ARTIFACTS_DIR, ignore_errors=True)
 
     def save_checkpoint(self, state: Mapping[str, Any]) -> None:
         """Write the server's state after a round, atomically (temporary file, then rename)."""
@@ -117,6 +121,17 @@ class RunOutput:
         if not path.exists():
             return None
         return torch.load(path, weights_only=False)  # our own file: numpy and Python objects
+
+    def write_artifact(self, name: str, content: bytes) -> Path:
+        """Write ``artifacts/<name>`` atomically (a plain file name: letters, digits, ``._-``)."""
+        if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", name):
+            raise ValueError(f"artifact name {name!r}: a plain file name is required")
+        folder = self.directory / ARTIFACTS_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{name}.tmp"
+        tmp.write_bytes(content)
+        os.replace(tmp, folder / name)
+        return folder / name
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         """Write ``summary.json`` (atomically)."""

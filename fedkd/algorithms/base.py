@@ -229,6 +229,11 @@ class Algorithm(ABC):
             else:
                 setattr(self, name, copy.deepcopy(saved))
 
+    def round_artifacts(self) -> Mapping[str, bytes]:
+        """Files the last round made for the run directory's ``artifacts/`` (name -> content,
+        e.g. a picture of synthetic inputs); each is handed over once."""
+        return {}
+
     def evaluation_request(self, rnd: int) -> Payload:
         """What the server sends with the personalised-evaluation request."""
         return Payload(config={"round": rnd})

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from fedkd import trace
 from fedkd.deploy import LocalFederation, make_node_key
 from fedkd.results import read_metrics
 
@@ -63,7 +64,10 @@ def wait_for(predicate: Any, timeout: float, what: str) -> None:
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
     """One TLS SuperLink with node authentication and three registered SuperNodes, shared by the
     tests that leave it healthy."""
-    fed = LocalFederation(tmp_path_factory.mktemp("federation"))
+    # SuperNodes started as `python -m fedkd.supernode` (Flower's with shorter waits), every
+    # process tracing its timing (FEDKD_TRACE)
+    fed = LocalFederation(tmp_path_factory.mktemp("federation"), poll_interval=0.2)
+    fed.env[trace.ENV] = str(fed.root / "trace.jsonl")
     try:
         fed.superlink()
         fed.add_nodes(3)
@@ -85,6 +89,18 @@ def test_fd_over_tls_with_node_authentication(federation: LocalFederation, tmp_p
     assert [r["round"] for r in rows] == [1, 2]
     assert all(r["num-failures"] == 0 and len(r["clients"]) == 3 for r in rows)
     assert all(r["personalized-accuracy"] is not None for r in rows)  # evaluated on every node
+
+    # The timing trace: every message the ServerApp pushed (2 rounds x fit and evaluate x 3
+    # nodes) was answered, by a ClientApp process and the app in it, in time order.
+    events = trace.read(federation.root / "trace.jsonl")
+    assert len(events) == 12
+    for event in events.values():
+        server, proc, handler = event["server"], event["clientapp"], event["handler"]
+        assert server["node"] == proc["node"] and server["phase"] in ("fit", "evaluate")
+        assert server["push"] <= proc["proc_start"] + 0.02 <= proc["start"] + 0.02
+        assert proc["start"] <= proc["end"] <= server["reply"]
+        assert 0 <= handler["load"] + handler["work"] + handler["save"] <= proc["end"] - proc["start"]
+    assert "fedkd.supernode" in " ".join(federation.nodes["node0"].proc.args)
 
 
 def test_nan_replies_are_rejected_and_counted(federation: LocalFederation, tmp_path: Path) -> None:
