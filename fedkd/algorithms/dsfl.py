@@ -27,7 +27,7 @@ DP model; label counts are noised and charged. Architectures may differ per clie
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from fedkd.algorithms.base import ClientContext, Exchange, train_metrics
 from fedkd.algorithms.public_set import PublicSetAlgorithm
@@ -52,13 +52,20 @@ class DSFL(PublicSetAlgorithm):
 
     # ----- server half --------------------------------------------------------------------
     def run_round(self, rnd: int, nodes: Sequence[int], exchange: Exchange) -> dict[str, float]:
-        asked = self.ask(rnd, nodes, exchange, self.fit_phase)
+        return self.share_and_teach(rnd, nodes, exchange, self.fit_phase)
+
+    def share_and_teach(self, rnd: int, nodes: Sequence[int], exchange: Exchange,
+                        phase: Callable[[int], PhaseSpec]) -> dict[str, float]:
+        """Ask ``nodes`` for logits on announced proxy samples in ``phase(n)``, aggregate them,
+        distil the server's student and the clients on the targets."""
+        asked = self.ask(rnd, nodes, exchange, phase)
         weights = self.teacher_weights(asked.replies, asked.logits)
         targets = self.aggregate_teachers(self.rule, asked.logits, self._rng, weights=weights)
         indices, probs = asked.indices[targets.answered], targets.probs[targets.answered]
         teachers = asked.teachers
+        trained = all("loss" in r.metrics for r in asked.replies)  # the phase trained first
         metrics = {"teachers": len(teachers), "answered": len(indices),
-                   **train_metrics(asked.replies)}
+                   **(train_metrics(asked.replies) if trained else {})}
         if len(indices) == 0:
             return metrics
         student, _ = self.teach(rnd, teachers, indices, probs, exchange, self.DISTILL_PHASE)

@@ -59,12 +59,15 @@ class PublicSetAlgorithm(Algorithm):
 
     SERVER_STATE = ("_student", "_rng", "_replay")
     DEVICE_READY = True
+    #: Whether the proxy set is the public split of the dataset (``data.public-fraction``);
+    #: an algorithm whose proxy set comes from elsewhere sets False and fills :attr:`_public`.
+    NEEDS_PUBLIC_SPLIT = True
     #: The seed stream of the server's index draws (kept per algorithm: results stay as they were).
     INDEX_STREAM = 0xFED3D
 
     @classmethod
     def check_config(cls, cfg: RunConfig) -> None:
-        if cfg.data.public_fraction <= 0:
+        if cls.NEEDS_PUBLIC_SPLIT and cfg.data.public_fraction <= 0:
             raise ConfigError(f"{cls.name} needs a public set: set data.public-fraction > 0")
         if cls.releases_label_counts(cfg) and cfg.privacy.dp_sgd and cfg.privacy.output_noise <= 0:
             raise ConfigError(
@@ -83,7 +86,7 @@ class PublicSetAlgorithm(Algorithm):
         self._student: nn.Module | None = None
         self._public: ArrayDataset | None = None
         self._rng = np.random.default_rng([self.cfg.seed, self.INDEX_STREAM])
-        #: (indices, targets) of recent rounds, newest last, for the student's replay.
+        #: (inputs, targets) of recent rounds, newest last, for the student's replay.
         self._replay: deque[tuple[np.ndarray, np.ndarray]] = deque(
             maxlen=self.cfg.distill.replay_rounds)
 
@@ -108,12 +111,17 @@ class PublicSetAlgorithm(Algorithm):
         """Announce this round's indices and collect every sampled node's valid reply in
         ``phase(n)`` (the phase for ``n`` announced samples)."""
         indices = self.announce()
-        request = Payload(config={"round": rnd, "indices": indices.tolist()})
+        request = self.proxy_request(rnd, indices)
         result = exchange(phase(len(indices)), {node: request for node in nodes})
         teachers = sorted(result.replies)
         replies = [result.replies[k] for k in teachers]
         logits = np.stack([r.arrays["logits"] for r in replies])
         return ProxyAnswers(indices, teachers, replies, logits)
+
+    def proxy_request(self, rnd: int, indices: np.ndarray) -> Payload:
+        """What tells a client which proxy inputs a phase is about: here their indices in the
+        public split every node holds (an algorithm with another proxy source sends more)."""
+        return Payload(config={"round": rnd, "indices": indices.tolist()})
 
     def logits_spec(self, name: str, message_type: str, n: int,
                     extra: Mapping[str, ArraySpec] | None = None, check=None,  # noqa: ANN001
@@ -145,12 +153,12 @@ class PublicSetAlgorithm(Algorithm):
     def distill_student(self, indices: np.ndarray, targets: np.ndarray, rnd: int) -> FitStats:
         """Distil the global student on this round's targets and the replayed earlier ones."""
         assert self._public is not None and self._student is not None, "setup_server not called"
-        self._replay.append((indices, targets))
-        all_idx = np.concatenate([i for i, _ in self._replay])
+        self._replay.append((self._public.x[indices], targets))
+        all_inputs = np.concatenate([x for x, _ in self._replay])
         all_targets = np.concatenate([t for _, t in self._replay])
         distill = self.cfg.distill
         return fit_to_targets(
-            self._student, self._public.x[all_idx], all_targets, steps=distill.server_steps,
+            self._student, all_inputs, all_targets, steps=distill.server_steps,
             batch_size=self.cfg.train.batch_size, learning_rate=self.cfg.train.learning_rate,
             temperature=distill.temperature, loss=self.distill_loss,
             generator=seeded_generator(self.cfg.seed, rnd, SERVER_STREAM),
@@ -161,7 +169,8 @@ class PublicSetAlgorithm(Algorithm):
         """Distil the server's student on the targets, then send them (and their indices) to
         the ``teachers`` in ``phase``, where each client distils on them."""
         student = self.distill_student(indices, targets, rnd)
-        down = Payload(arrays={"targets": targets}, config={"round": rnd, "indices": indices.tolist()})
+        about = self.proxy_request(rnd, indices)
+        down = Payload(arrays={**about.arrays, "targets": targets}, config=about.config)
         return student, exchange(phase, {node: down for node in teachers})
 
     def public_accuracy(self, indices: np.ndarray, targets: np.ndarray) -> dict[str, float]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import statistics
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -417,6 +418,43 @@ PLOTS = {
 }
 
 
+LEAKAGE_KEYS = ("leak-nn-train", "leak-nn-heldout", "leak-nn-ratio", "leak-mia-auc")
+LEAKAGE_NOTE = (
+    "Measured on the clients that synthesised inputs without privacy (fedkd/synthesis/leakage.py), "
+    "mean over them, per synthesis round: the mean L2 distance from a synthetic image to the "
+    "nearest training image and to the nearest held-out image of the same client (ratio < 1: "
+    "closer to the training set), and the AUC of a membership-inference attack that scores an "
+    "image by its distance to the nearest synthetic image (0.5: no signal). Without DP the "
+    "synthetic images are a function of the data, with no bound on what they reveal.")
+
+
+def leakage_table(runs: Sequence[RunRecord]) -> str:
+    """A row per run and synthesis round that reported leakage figures ('' when none did)."""
+    lines = []
+    for run in runs:
+        for row in run.rows:
+            if all(row.get(k) is not None for k in LEAKAGE_KEYS):
+                lines.append(f"| `{run.directory.name}` | {row['round']} | "
+                             + " | ".join(f"{float(row[k]):.3f}" for k in LEAKAGE_KEYS) + " |")
+    if not lines:
+        return ""
+    return ("| run | round | NN distance to train | to held-out | ratio | membership AUC |\n"
+            "|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n")
+
+
+def copy_synthetic_pictures(runs: Sequence[RunRecord], out_dir: Path) -> list[Path]:
+    """Each run's newest picture of its synthetic proxy set (``artifacts/synthetic-round-*.png``),
+    copied next to the report as ``<run>-synthetic-round-<r>.png``."""
+    copied = []
+    for run in runs:
+        found = sorted((run.directory / "artifacts").glob("synthetic-round-*.png"))
+        if found:
+            target = out_dir / f"{run.directory.name}-{found[-1].name}"
+            shutil.copyfile(found[-1], target)
+            copied.append(target)
+    return copied
+
+
 def write_report(paths: Sequence[str | Path], out_dir: Path) -> tuple[str, list[Path]]:
     """Find runs, group them, write ``report.md``, ``report.json`` and the PNGs to ``out_dir``."""
     import matplotlib
@@ -448,6 +486,14 @@ def write_report(paths: Sequence[str | Path], out_dir: Path) -> tuple[str, list[
         images.append(out_dir / name)
     body = ["# fedkd results", "", table, *(n + "\n" for n in notes),
             *(f"![{p.stem.replace('_', ' ')}]({p.name})\n" for p in images)]
+    leaks = leakage_table(runs)
+    if leaks:
+        body += ["## Leakage of synthetic inputs", "", LEAKAGE_NOTE, "", leaks]
+    pictures = copy_synthetic_pictures(runs, out_dir)
+    if pictures:
+        body += ["## Synthetic inputs the clients shared", "",
+                 *(f"![{p.stem}]({p.name})\n" for p in pictures)]
+        images += pictures
     (out_dir / "report.md").write_text("\n".join(body))
     (out_dir / "report.json").write_text(
         json.dumps([group_summary(g) for g in groups], indent=2) + "\n")

@@ -171,3 +171,26 @@ def test_a_named_run_without_a_finished_round_is_left_out(outputs: Path, tmp_pat
     # A folder that is not a run at all is still an error.
     (tmp_path / "empty").mkdir()
     assert cli.main(["report", str(tmp_path / "empty")]) == 2
+
+
+def test_leakage_figures_and_synthetic_pictures_are_in_the_report(tmp_path: Path) -> None:
+    leak = {"leak-nn-train": 4.5, "leak-nn-heldout": 5.0, "leak-nn-ratio": 0.9, "leak-mia-auc": 0.52}
+    run = write_run(tmp_path / "outputs", "synth", {"algorithm": "synthetic-proxy"},
+                    [{**leak, "global-accuracy": 0.5, "bytes-up-per-client": 100, "wall-time-s": 1.0},
+                     {"global-accuracy": 0.6, "bytes-up-per-client": 100, "wall-time-s": 1.0}],
+                    preset=None)
+    (run / "artifacts").mkdir()
+    for rnd in (1, 3):
+        (run / "artifacts" / f"synthetic-round-00{rnd}.png").write_bytes(PNG_MAGIC + bytes([rnd]))
+    report.write_report([tmp_path / "outputs"], tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "## Leakage of synthetic inputs" in md
+    assert "| `synth` | 1 | 4.500 | 5.000 | 0.900 | 0.520 |" in md
+    # the newest picture, copied next to the report and shown in it
+    copied = tmp_path / "report" / "synth-synthetic-round-003.png"
+    assert copied.read_bytes() == PNG_MAGIC + bytes([3])
+    assert "![synth-synthetic-round-003](synth-synthetic-round-003.png)" in md
+    # a report of runs without synthesis has neither section
+    plain = write_run(tmp_path / "plain", "fedavg", FEDAVG, fedavg_rows([0.5], 0.5, 1.0), preset=None)
+    report.write_report([plain.parent], tmp_path / "report2")
+    assert "Leakage" not in (tmp_path / "report2" / "report.md").read_text()
