@@ -11,6 +11,12 @@ server model, the same rounds, local steps, participation and seeds for every al
   generator (random smooth images) and the ``classwise`` rule.
 * ``fd``: per-class mean logits (Jeong et al.).
 * ``fedmd``: logits on a public split (taken out of the training set before partitioning).
+* ``synthetic-proxy``: clients synthesise K = 10 images per class they hold (FedDM-style
+  distribution matching) in rounds 1, 6 and 11 and upload them as uint8; the server pools them
+  and every round runs DS-FL on the pool (logits up, ``classwise`` rule, student distilled on
+  the last 10 rounds' targets). No weights, no real data.
+* ``synthetic-proxy-dp``: the same under DP-SGD (epsilon 8) with model inversion (reads only the
+  DP model, no epsilon) and the ``era`` rule (no label counts: they would cost epsilon).
 
 Each run is a separate ``python -m simulations.run`` (own SuperLink, real Ray backend); the table
 is built from the runs' own ``metrics.jsonl``. Finished runs (their ``summary.json`` exists) are
@@ -35,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import ROOT, fmt, run_simulation, slug, summarise_run
+from fedkd.results import read_metrics
 
 #: FedGen-logits settings used here (see fedkd/algorithms/fedgen_logits.py): per round 4 cycles of
 #: 64 synthetic samples with 2 zeroth-order probes each (768 logit rows, 30,720 bytes up), and
@@ -58,6 +65,16 @@ FEDGEN_LOGITS_LOW_FREQUENCY: dict[str, Any] = {
     "fedgen.synthetic-batch": 1536, "aggregation.rule": "classwise", "distill.server-steps": 200,
 }
 
+#: synthetic-proxy's settings (fedkd/algorithms/synthetic_proxy.py): a pool of at most
+#: 10 x classes-held images per sampled client and synthesis round, 1,000 pool images announced
+#: per round (40,000 bytes of logits up), the student distilled 200 steps per round on the last
+#: 10 rounds' targets (as in benchmarks/datafree_ceiling.py).
+SYNTHETIC_PROXY: dict[str, Any] = {
+    "algorithm": "synthetic-proxy", "synthesis.method": "matching", "synthesis.per-class": 10,
+    "synthesis.every": 5, "aggregation.rule": "classwise", "distill.public-batch": 1000,
+    "distill.server-steps": 200, "distill.replay-rounds": 10,
+}
+
 #: name -> run-config overrides on top of the shared settings.
 RUNS: dict[str, dict[str, Any]] = {
     "fedavg": {"algorithm": "fedavg"},
@@ -68,6 +85,12 @@ RUNS: dict[str, dict[str, Any]] = {
     "fedgen-logits-lowfreq (classwise)": FEDGEN_LOGITS_LOW_FREQUENCY,
     "fd": {"algorithm": "fd"},
     "fedmd": {"algorithm": "fedmd"},
+    "synthetic-proxy": SYNTHETIC_PROXY,
+    "synthetic-proxy-dp (inversion, eps 8)": {
+        **SYNTHETIC_PROXY, "synthesis.method": "inversion", "aggregation.rule": "era",
+        "privacy.dp-sgd": True, "privacy.target-epsilon": 8.0, "privacy.delta": 1e-5,
+        "privacy.max-grad-norm": 1.0,
+    },
 }
 
 
@@ -94,7 +117,19 @@ def run_one(name: str, alpha: float, seed: int, args: argparse.Namespace, out_di
         result = summarise_run(name, settings, out_dir / slug(label))
     else:
         result = run_simulation(label, settings, clients=args.clients, rounds=args.rounds, out_dir=out_dir)
-    return {**result, "name": name, "alpha": alpha, "seed": seed}
+    return {**result, **leakage_of(Path(result["run-dir"])), "name": name, "alpha": alpha, "seed": seed}
+
+
+def leakage_of(run_dir: Path) -> dict[str, float]:
+    """The synthetic images' leakage figures (means over the synthesis rounds that report them):
+    nearest-neighbour distance to training over held-out images, membership-inference AUC."""
+    rows = read_metrics(run_dir)
+    found = {}
+    for key in ("leak-nn-ratio", "leak-mia-auc"):
+        values = [r[key] for r in rows if key in r]
+        if values:
+            found[key] = statistics.mean(values)
+    return found
 
 
 def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
@@ -106,7 +141,8 @@ def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
 
 def table(results: list[dict[str, Any]]) -> str:
     lines = ["| alpha | algorithm | seeds | global acc | personalized acc | bytes up / client / round "
-             "| x fewer than FedAvg | s / round |", "|---|---|---|---|---|---|---|---|"]
+             "| x fewer than FedAvg | s / round | epsilon | leakage: NN ratio / MIA AUC |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for alpha in sorted({r["alpha"] for r in results}):
         rows = [r for r in results if r["alpha"] == alpha]
         base = [r["bytes-up-per-client-per-round"] for r in rows if r["name"] == "fedavg"]
@@ -120,8 +156,12 @@ def table(results: list[dict[str, Any]]) -> str:
             wall = statistics.mean(r["wall-time-per-round-s"] for r in group)
             ratio = f"{statistics.mean(base) / up:,.0f}" if base and up else "-"
             cell = lambda m, s: "-" if m is None else f"{m:.4f} ± {s:.4f}"  # noqa: E731
+            eps, _ = mean_std([r.get("epsilon-max") for r in group])
+            nn_ratio, _ = mean_std([r.get("leak-nn-ratio") for r in group])
+            auc, _ = mean_std([r.get("leak-mia-auc") for r in group])
+            leak = "-" if nn_ratio is None else f"{nn_ratio:.3f} / {fmt(auc, '.3f')}"
             lines.append(f"| {alpha} | {name} | {len(group)} | {cell(g, gs)} | {cell(p, ps)} | "
-                         f"{up:,.0f} | {ratio} | {fmt(wall, '.1f')} |")
+                         f"{up:,.0f} | {ratio} | {fmt(wall, '.1f')} | {fmt(eps, '.2f')} | {leak} |")
     return "\n".join(lines)
 
 
@@ -136,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="seeds for the first alpha (the headline rows)")
     parser.add_argument("--other-seeds", type=int, nargs="+", default=[0],
                         help="seeds for the other alphas")
-    parser.add_argument("--only", nargs="*", help="run only these algorithms (prefix match)")
+    parser.add_argument("--only", nargs="*", help="run only these algorithms (an exact name, else a prefix)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: tabulate the finished runs of this plan")
@@ -147,8 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     for i, alpha in enumerate(args.alphas):
         for seed in args.seeds if i == 0 else args.other_seeds:
-            names = ([n for p in args.only for n in RUNS if n.startswith(p)] if args.only
-                     else list(RUNS))
+            names = ([n for p in args.only for n in ([p] if p in RUNS else RUNS) if n.startswith(p)]
+                     if args.only else list(RUNS))  # an exact name, else a prefix
             for name in dict.fromkeys(names):  # --only also sets the order
                 if args.report_only and not finished(name, alpha, seed, out / "runs"):
                     continue

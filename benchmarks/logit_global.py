@@ -13,6 +13,9 @@ Dirichlet 1.0 and pathological with 2 classes per client. Rows:
   the server student distil;
 * ``selective-fd``: Selective-FD (Shao et al. 2024): KuLSIF client-side selector, entropy
   server-side selector.
+* ``synthetic-proxy``: data-free: no proxy set is used; the clients synthesise one (FedDM-style
+  distribution matching, 10 images per class held, every 20 rounds) and DS-FL runs on the pool
+  with the ``classwise`` rule.
 
 Each run is a separate ``python -m simulations.run`` (own SuperLink, real Ray backend); the table
 is built from the runs' own ``metrics.jsonl``. Finished runs are read back, not rerun.
@@ -64,6 +67,8 @@ ROWS: dict[str, dict[str, Any]] = {
     "fedmd (classwise)": {"algorithm": "fedmd", "aggregation.rule": "classwise", **PROXY},
     "dsfl": {"algorithm": "dsfl", "aggregation.rule": "era", **PROXY},
     "selective-fd": {"algorithm": "selective-fd", "aggregation.rule": "mean", **PROXY},
+    "synthetic-proxy": {"algorithm": "synthetic-proxy", "aggregation.rule": "classwise",
+                        "synthesis.method": "matching", "synthesis.every": 20, **PROXY},
 }
 
 

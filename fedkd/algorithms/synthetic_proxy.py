@@ -1,7 +1,7 @@
 r"""Data-free logit sharing on a proxy set the clients synthesise (``synthetic-proxy``).
 
 DS-FL (:mod:`fedkd.algorithms.dsfl`) needs an unlabeled proxy set that every node holds. Here
-there is none: the clients make it. In a *synthesis round* (round ``synthesis.start`` and then
+there is none: the clients make it. In a *synthesis round* (round 1 and then
 every ``synthesis.every`` rounds) each sampled client
 
 1. trains on its private data (``train.local-steps``, DP-SGD when configured), then
