@@ -22,7 +22,9 @@ The server pools every upload (at most ``synthesis.max-pool`` images, the newest
 synthetic proxy set. Every round then runs DS-FL on it: announced pool images travel *down*
 (uint8) with the request, clients answer with logits (after training, or in a synthesis round
 right after synthesising), the rule aggregates them (``classwise`` and ``weighted`` get label
-counts), and the server's student and the clients distil on the targets. The machinery is
+counts), and the server's student and the clients distil on the targets. Each pool image also
+carries the label it was synthesised for; with ``synthesis.label-weight`` = beta > 0 the targets
+are anchored on it (:meth:`SyntheticProxy.anchored`): ``(1 - beta) p_teachers + beta onehot(y)``. The machinery is
 :class:`~fedkd.algorithms.public_set.PublicSetAlgorithm`'s; this file adds only the proxy source.
 
 What leaves a client: synthetic images (once per synthesis round), logits on pool images, and
@@ -46,7 +48,7 @@ from typing import ClassVar
 import numpy as np
 from torch import nn
 
-from fedkd.algorithms.base import ClientContext, Exchange, train_metrics
+from fedkd.algorithms.base import ClientContext, Exchange, ExchangeResult, train_metrics
 from fedkd.algorithms.dsfl import DSFL
 from fedkd.algorithms.public_set import PublicSetAlgorithm
 from fedkd.algorithms.registry import ALGORITHMS
@@ -57,7 +59,7 @@ from fedkd.errors import ConfigError
 from fedkd.protocol import ArraySpec, InvalidReply, Payload, PhaseSpec
 from fedkd.synthesis import SYNTHESIZERS, GuardedDataset, SynthesisConfig, dequantise, quantise
 from fedkd.synthesis.leakage import leakage
-from fedkd.training import seeded_generator
+from fedkd.training import FitStats, seeded_generator
 
 #: Names of the uploaded images and their labels, and of the pool images sent down.
 SYNTHETIC, SYNTHETIC_LABELS, INPUTS = "synthetic", "synthetic-labels", "inputs"
@@ -165,6 +167,22 @@ class SyntheticProxy(DSFL):
         if self._public is None or len(self._public) == 0:
             return metrics  # nothing pooled yet: no proxy to share logits on
         return {**metrics, **self.share_and_teach(rnd, nodes, exchange, phase)}
+
+    def teach(self, rnd: int, teachers: list[int], indices: np.ndarray, targets: np.ndarray,
+              exchange: Exchange, phase: PhaseSpec) -> tuple[FitStats, ExchangeResult]:
+        """DS-FL's teaching step on the targets :meth:`anchored` on the pool's labels."""
+        return super().teach(rnd, teachers, indices, self.anchored(indices, targets), exchange, phase)
+
+    def anchored(self, indices: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        """``(1 - beta) probs + beta onehot(y)`` with beta = ``synthesis.label-weight`` and y the
+        labels the pool images ``indices`` were synthesised for (still probabilities; at beta >=
+        0.5 every target's argmax is its synthesis label)."""
+        assert self._public is not None
+        beta = self.options.label_weight
+        if beta == 0.0:
+            return probs
+        onehot = np.eye(self.num_classes, dtype=np.float32)[self._public.y[indices]]
+        return ((1.0 - beta) * probs + beta * onehot).astype(np.float32)
 
     def proxy_request(self, rnd: int, indices: np.ndarray) -> Payload:
         """The announced pool images themselves travel down, as uint8."""

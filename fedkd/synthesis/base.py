@@ -26,7 +26,9 @@ class SynthesisConfig:
     conditioning label), ``bn-weight`` (batch-norm statistics, models with BatchNorm only),
     ``tv-weight``, ``l2-weight`` (image priors), ``diversity-weight`` (against near-identical
     images of a class). Distribution matching: ``matching-batch`` real images per class per
-    step, ``embed-width`` channels of the random embedding networks. ``max-pool``: the server's
+    step, ``embed-width`` channels of the random embedding networks. ``label-weight``: beta, the
+    share of the one-hot synthesis label in the targets on pool images (the rest is the teachers'
+    aggregate; 0 = DS-FL's targets). ``max-pool``: the server's
     synthetic set keeps at most this many images (the newest). ``measure-leakage``: without
     privacy, clients report how close their synthetic images are to their training images.
     """
@@ -45,6 +47,7 @@ class SynthesisConfig:
     diversity_weight: float = 0.1
     matching_batch: int = 64
     embed_width: int = 32
+    label_weight: float = 0.0
     max_pool: int = 4000
     measure_leakage: bool = True
 
@@ -60,6 +63,8 @@ class SynthesisConfig:
             raise ConfigError(f"synthesis.every must be >= 0 (0: round 1 only), got {self.every!r}")
         if not self.lr > 0:
             raise ConfigError(f"synthesis.lr must be > 0, got {self.lr!r}")
+        if not 0.0 <= self.label_weight <= 1.0:
+            raise ConfigError(f"synthesis.label-weight must be in [0, 1], got {self.label_weight!r}")
         for key in ("ce_weight", "bn_weight", "tv_weight", "l2_weight", "diversity_weight"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"synthesis.{key.replace('_', '-')} must be >= 0")

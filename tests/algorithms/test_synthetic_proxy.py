@@ -118,3 +118,19 @@ def test_the_synthesis_costs_no_epsilon(tmp_path: Path) -> None:
     assert np.allclose(eps, eps_dsfl, rtol=1e-9, atol=0)
     assert (np.array(eps[1]) > np.array(eps[0])).all() and min(eps[0]) > 0
     assert "leak-mia-auc" not in rows[0]  # not measured under privacy: it would read the data
+
+
+def test_targets_are_anchored_on_the_synthesis_labels() -> None:
+    from fedkd.data.datasets import ArrayDataset
+
+    probs = np.array([[0.7, 0.2, 0.1] + [0.0] * 7, [0.1, 0.1, 0.8] + [0.0] * 7], np.float32)
+    for beta, expected_first in ((0.0, probs[0]), (0.5, [0.35, 0.6, 0.05] + [0.0] * 7),
+                                 (1.0, [0, 1] + [0] * 8)):
+        _, algo = algorithm_for({"synthesis.label-weight": beta})
+        algo._public = ArrayDataset(x=np.zeros((5, 1, 8, 8), np.float32), y=np.array([4, 1, 2, 0, 3]))
+        anchored = algo.anchored(np.array([1, 2]), probs)  # pool labels 1 and 2
+        np.testing.assert_allclose(anchored[0], expected_first, atol=1e-6)
+        np.testing.assert_allclose(anchored.sum(axis=1), 1.0, atol=1e-6)
+        assert anchored[1].argmax() == 2
+    with pytest.raises(ConfigError, match="label-weight"):
+        algorithm_for({"synthesis.label-weight": 1.5})
