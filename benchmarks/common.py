@@ -49,6 +49,16 @@ def run_simulation(name: str, settings: dict[str, Any], *, clients: int, rounds:
             "process-wall-time-s": time.monotonic() - start}
 
 
+#: Synthetic images' leakage figures (synthetic-proxy's synthesis rounds): nearest-neighbour
+#: distance to training over held-out images, membership-inference AUC; a run's summary holds
+#: their means over the rounds that report them.
+LEAKAGE_KEYS = ("leak-nn-ratio", "leak-mia-auc")
+
+#: Example-level DP at epsilon 8, delta 1e-5 over the planned rounds (DP-SGD calibrated to it).
+DP_EPSILON_8: dict[str, Any] = {"privacy.dp-sgd": True, "privacy.target-epsilon": 8.0,
+                                "privacy.delta": 1e-5, "privacy.max-grad-norm": 1.0}
+
+
 def summarise_run(name: str, settings: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """The benchmark summary of a finished run, from its ``metrics.jsonl``."""
     rows = read_metrics(run_dir)
@@ -64,6 +74,8 @@ def summarise_run(name: str, settings: dict[str, Any], run_dir: Path) -> dict[st
         "bytes-down-per-client-per-round": statistics.mean(r["bytes-down"] / r["sampled"] for r in rows),
         "wall-time-per-round-s": statistics.mean(r["wall-time-s"] for r in rows),
         "rejected-replies": sum(r["rejected-replies"] for r in rows),
+        **{key: statistics.mean(values) for key in LEAKAGE_KEYS
+           if (values := [r[key] for r in rows if key in r])},
     }
 
 

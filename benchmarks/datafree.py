@@ -42,8 +42,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import ROOT, fmt, run_simulation, slug, summarise_run
-from fedkd.results import read_metrics
+from benchmarks.common import DP_EPSILON_8, ROOT, fmt, run_simulation, slug, summarise_run
 
 #: FedGen-logits settings used here (see fedkd/algorithms/fedgen_logits.py): per round 4 cycles of
 #: 64 synthetic samples with 2 zeroth-order probes each (768 logit rows, 30,720 bytes up), and
@@ -93,9 +92,7 @@ RUNS: dict[str, dict[str, Any]] = {
     "synthetic-proxy": SYNTHETIC_PROXY,
     "synthetic-proxy-dsfl-targets": {**SYNTHETIC_PROXY, "synthesis.label-weight": 0.0},
     "synthetic-proxy-dp (inversion, eps 8)": {
-        **SYNTHETIC_PROXY, "synthesis.method": "inversion", "aggregation.rule": "era",
-        "privacy.dp-sgd": True, "privacy.target-epsilon": 8.0, "privacy.delta": 1e-5,
-        "privacy.max-grad-norm": 1.0,
+        **SYNTHETIC_PROXY, "synthesis.method": "inversion", "aggregation.rule": "era", **DP_EPSILON_8,
     },
 }
 
@@ -123,19 +120,14 @@ def run_one(name: str, alpha: float, seed: int, args: argparse.Namespace, out_di
         result = summarise_run(name, settings, out_dir / slug(label))
     else:
         result = run_simulation(label, settings, clients=args.clients, rounds=args.rounds, out_dir=out_dir)
-    return {**result, **leakage_of(Path(result["run-dir"])), "name": name, "alpha": alpha, "seed": seed}
+    return {**result, "name": name, "alpha": alpha, "seed": seed}
 
 
-def leakage_of(run_dir: Path) -> dict[str, float]:
-    """The synthetic images' leakage figures (means over the synthesis rounds that report them):
-    nearest-neighbour distance to training over held-out images, membership-inference AUC."""
-    rows = read_metrics(run_dir)
-    found = {}
-    for key in ("leak-nn-ratio", "leak-mia-auc"):
-        values = [r[key] for r in rows if key in r]
-        if values:
-            found[key] = statistics.mean(values)
-    return found
+def selected(only: list[str] | None) -> list[str]:
+    """The runs ``--only`` names, in its order: each an exact name, else a prefix of names."""
+    if not only:
+        return list(RUNS)
+    return list(dict.fromkeys(n for p in only for n in ([p] if p in RUNS else RUNS) if n.startswith(p)))
 
 
 def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
@@ -193,9 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     for i, alpha in enumerate(args.alphas):
         for seed in args.seeds if i == 0 else args.other_seeds:
-            names = ([n for p in args.only for n in ([p] if p in RUNS else RUNS) if n.startswith(p)]
-                     if args.only else list(RUNS))  # an exact name, else a prefix
-            for name in dict.fromkeys(names):  # --only also sets the order
+            for name in selected(args.only):
                 if args.report_only and not finished(name, alpha, seed, out / "runs"):
                     continue
                 print(f"running {name} alpha={alpha} seed={seed} ...", flush=True)

@@ -39,7 +39,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import ROOT, fmt, run_simulation, slug
+from benchmarks.common import DP_EPSILON_8, ROOT, fmt, run_simulation, slug
 from fedkd.results import read_metrics
 
 PARTITIONS: dict[str, dict[str, Any]] = {
@@ -74,8 +74,7 @@ ROWS: dict[str, dict[str, Any]] = {
 
 #: ``--dp``: example-level DP at epsilon 8, delta 1e-5 over the planned rounds (DP-SGD calibrated
 #: to it; logits on proxy samples are post-processing). Selective-FD refuses DP and is skipped.
-DP: dict[str, Any] = {"privacy.dp-sgd": True, "privacy.target-epsilon": 8.0, "privacy.delta": 1e-5,
-                      "privacy.max-grad-norm": 1.0}
+DP: dict[str, Any] = DP_EPSILON_8
 
 
 def run_label(name: str, partition: str, seed: int, model: str, lr: float | None = None,

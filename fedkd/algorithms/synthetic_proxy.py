@@ -24,8 +24,9 @@ synthetic proxy set. Every round then runs DS-FL on it: announced pool images tr
 right after synthesising), the rule aggregates them (``classwise`` and ``weighted`` get label
 counts), and the server's student and the clients distil on the targets. Each pool image also
 carries the label it was synthesised for; with ``synthesis.label-weight`` = beta > 0 the targets
-are anchored on it (:meth:`SyntheticProxy.anchored`): ``(1 - beta) p_teachers + beta onehot(y)``. The machinery is
-:class:`~fedkd.algorithms.public_set.PublicSetAlgorithm`'s; this file adds only the proxy source.
+are anchored on it (:meth:`SyntheticProxy.anchored`): ``(1 - beta) p_teachers + beta onehot(y)``.
+The machinery is :class:`~fedkd.algorithms.public_set.PublicSetAlgorithm`'s; this file adds only
+the proxy source and the anchoring.
 
 What leaves a client: synthetic images (once per synthesis round), logits on pool images, and
 label counts with a count rule; never weights or data. **Without DP the synthetic images can

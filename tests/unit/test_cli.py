@@ -67,7 +67,8 @@ def test_presets_cover_the_experiment_grid() -> None:
                 assert (cfg.algorithm, cfg.data.alpha, cfg.privacy.dp_sgd,
                         cfg.data.public_labels) == (algorithm, alpha, dp, False)
     for dp in (False, True):  # data-free: the proxy set is synthesised by the clients
-        cfg, _ = runner.resolve_config(presets.load_preset("synthetic-proxy-fmnist-dir0.1" + ("-dp" if dp else "")))
+        name = "synthetic-proxy-fmnist-dir0.1" + ("-dp" if dp else "")
+        cfg, _ = runner.resolve_config(presets.load_preset(name))
         assert (cfg.algorithm, cfg.privacy.dp_sgd, cfg.section("synthesis").method) == (
             "synthetic-proxy", dp, "inversion" if dp else "matching")
     # FD and FedGen release counts or per-class sums: under DP-SGD they need output noise.
