@@ -15,7 +15,7 @@ Dirichlet 1.0 and pathological with 2 classes per client. Rows:
   server-side selector.
 * ``synthetic-proxy``: data-free: no proxy set is used; the clients synthesise one (FedDM-style
   distribution matching, 10 images per class held, every 20 rounds) and DS-FL runs on the pool
-  with the ``classwise`` rule.
+  with the ``classwise`` rule, targets anchored on the synthesis labels (label-weight 0.5).
 
 Each run is a separate ``python -m simulations.run`` (own SuperLink, real Ray backend); the table
 is built from the runs' own ``metrics.jsonl``. Finished runs are read back, not rerun.
@@ -68,7 +68,8 @@ ROWS: dict[str, dict[str, Any]] = {
     "dsfl": {"algorithm": "dsfl", "aggregation.rule": "era", **PROXY},
     "selective-fd": {"algorithm": "selective-fd", "aggregation.rule": "mean", **PROXY},
     "synthetic-proxy": {"algorithm": "synthetic-proxy", "aggregation.rule": "classwise",
-                        "synthesis.method": "matching", "synthesis.every": 20, **PROXY},
+                        "synthesis.method": "matching", "synthesis.every": 20,
+                        "synthesis.label-weight": 0.5, **PROXY},
 }
 
 

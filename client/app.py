@@ -163,11 +163,8 @@ def answer(content: RecordDict, client: ClientContext) -> RecordDict:
     phase = str(request.config.get(PHASE_KEY, ""))
     algorithm = _algorithm(cfg, client.num_classes, client.input_shape)
     with device_scope(client_device(cfg.train.device, cfg.algorithm)):
-        if phase == "evaluate":
-            reply = algorithm.client_evaluate(request, client)
-        else:
-            reply = algorithm.client_phase(phase, request, client)
-    if phase != "evaluate":
+        reply = algorithm.answer(phase, request, client)
+    if phase != "evaluate" and not phase.startswith("secagg-"):
         if client.partition_id in cfg.attack.partition_ids:  # a simulated misbehaving client
             rng = np.random.default_rng([cfg.seed, int(request.config.get("round", 0)),
                                          client.partition_id])

@@ -166,12 +166,15 @@ class AggregationConfig:
     ``rule`` names an entry of :data:`fedkd.aggregation.AGGREGATORS`; ``temperature`` softens every
     teacher; ``max-abs-logit`` bounds every logit a reply may carry. A rule's own options are its
     section ``aggregation.<rule>`` (its ``Options`` dataclass, next to the rule's code);
-    :func:`fedkd.aggregation.build_rule` builds the configured rule.
+    :func:`fedkd.aggregation.build_rule` builds the configured rule. ``secure``: clients send
+    only masked shares of the rule's sums and the server sees their total (secure aggregation,
+    :mod:`fedkd.secagg`; options in the ``secagg`` section).
     """
 
     rule: str = "mean"
     temperature: float = 1.0
     max_abs_logit: float = 1000.0
+    secure: bool = False
 
     def __post_init__(self) -> None:
         _positive("aggregation.temperature", self.temperature)

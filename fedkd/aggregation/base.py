@@ -37,6 +37,7 @@ import math
 from abc import ABC, abstractmethod
 from numbers import Real
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -298,6 +299,104 @@ class AggregationRule(ABC):
             ``None``; passed only to rules with ``uses_weights``; every sample's valid teachers
             have a positive total weight.
         """
+
+    # -- secure aggregation: the rule as a function of sums over teachers --------------------
+
+    def sum_layout(self, n: int, c: int, *, masked: bool = False) -> dict[str, tuple[int, int]]:
+        """Name -> shape of the sums a ``sum_decomposable`` rule's targets are a function of,
+        for ``n`` samples of ``c`` classes (what :meth:`summands` returns, per teacher).
+
+        ``num`` ``[n, c]`` is ``sum_k w_k v_k`` (``v_k``: the teacher's value, ``softmax(z_k / T)``
+        or ``z_k / T``); ``den`` is ``sum_k w_k`` in the weights' own shape (``[1, 1]``: one
+        weight per teacher; ``[1, c]``: per class; ``[n, 1]`` or ``[n, c]`` with a mask). A rule
+        whose weights are all 1 and no mask has no ``den``: the number of teachers stands in.
+        """
+        self._check_decomposable()
+        rows = n if masked else 1
+        if not self.uses_weights:
+            return {"num": (n, c), **({"den": (n, 1)} if masked else {})}
+        return {"num": (n, c), "den": (rows, c if self.weight_axis == "class" else 1)}
+
+    def summands(self, logits: ArrayLike, *, weight: ArrayLike | None = None,
+                 mask: ArrayLike | None = None) -> dict[str, FloatArray]:
+        """One teacher's terms of the sums in :meth:`sum_layout`: what a client adds to the
+        secure sum instead of sending its logits.
+
+        Parameters
+        ----------
+        logits
+            The teacher's raw logits ``[n, c]``, finite.
+        weight
+            Its weight, for rules that take weights: a number (e.g. its data size) or, for
+            class-axis rules (``classwise``), ``[c]`` (its label counts); non-negative.
+        mask
+            Optional boolean ``[n]``: the samples it answers.
+        """
+        self._check_decomposable()
+        z = _as_real_array("logits", logits)
+        if z.ndim != 2 or z.shape[1] < 2:
+            raise ValueError(f"one teacher's logits must be [N, C] with C >= 2, got {z.shape}")
+        _check_finite("logits", z)
+        n, c = z.shape
+        values = self._teacher_values(z[None] / self.temperature)[0]  # [n, c]
+        masked = mask is not None
+        m = np.ones((n, 1)) if not masked else np.asarray(mask, dtype=bool).reshape(n, 1) * 1.0
+        if not self.uses_weights:
+            if weight is not None:
+                raise ValueError(f"aggregation rule {self.name!r} does not use weights")
+            return {"num": m * values, **({"den": m} if masked else {})}
+        if weight is None:
+            raise ValueError(f"aggregation rule {self.name!r} requires a weight")
+        w = _as_real_array("weight", weight)
+        _check_finite("weight", w)
+        if (w < 0).any():
+            raise ValueError("weight must be non-negative")
+        if self.weight_axis == "class":
+            if w.shape not in ((), (c,)):
+                raise ValueError(f"weight must be a number or [C] = ({c},), got shape {w.shape}")
+            w = np.broadcast_to(w, (c,))[None, :]  # [1, c]
+        elif w.shape != ():
+            raise ValueError(f"weight must be a number, got shape {w.shape}")
+        else:
+            w = w.reshape(1, 1)
+        den = m * w if masked else w
+        return {"num": den * values, "den": np.array(den, dtype=np.float64)}
+
+    def from_sums(self, sums: Mapping[str, ArrayLike], num_teachers: int) -> Targets:
+        """The targets from the teachers' summed :meth:`summands` (``num_teachers`` of them).
+
+        Sums may carry noise (distributed DP): a negative average is read as 0, a row without
+        positive mass gets the uniform target and counts as unanswered.
+        """
+        self._check_decomposable()
+        num = np.asarray(sums["num"], dtype=np.float64)
+        den = np.asarray(sums["den"], dtype=np.float64) if "den" in sums else np.full((1, 1), float(num_teachers))
+        weighted = np.broadcast_to(den > 0, num.shape)
+        answered = weighted.any(axis=1)
+        average = np.divide(num, np.broadcast_to(den, num.shape), out=np.zeros_like(num),
+                            where=weighted)
+        if not self.needs_logits:  # an average of probabilities: noise may push it below 0
+            average = np.maximum(average, 0.0)
+        out = self._finish(average, weighted)
+        out = np.where(np.isfinite(out), np.maximum(out, 0.0), 0.0)
+        total = out.sum(axis=1, keepdims=True)
+        answered &= total[:, 0] > 0
+        out = np.where(total > 0, out / np.where(total > 0, total, 1.0), 1.0 / out.shape[1])
+        return Targets(probs=out.astype(np.float32), answered=answered)
+
+    def _teacher_values(self, scaled_logits: FloatArray) -> FloatArray:
+        """What the rule averages over teachers: ``softmax(z / T)`` (rules on logits: ``z / T``)."""
+        return softmax(scaled_logits)
+
+    def _finish(self, average: FloatArray, weighted: BoolArray) -> FloatArray:
+        """The targets from the (weighted) average of the teacher values ``[n, c]``;
+        ``weighted``: where a positive weight stood behind the average."""
+        return average
+
+    def _check_decomposable(self) -> None:
+        if not self.sum_decomposable:
+            raise TypeError(f"aggregation rule {self.name!r} is not a function of sums over "
+                            "teachers: it cannot run on securely aggregated sums")
 
     @classmethod
     def from_options(cls, temperature: float, options: Any | None) -> AggregationRule:

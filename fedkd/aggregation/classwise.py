@@ -64,11 +64,17 @@ class ClasswiseRule(AggregationRule):
         w = np.where(mask[..., None], weights[:, None, :], 0.0)  # [K, N, C]
         total = w.sum(axis=0)  # [N, C]
         column = np.divide((w * p).sum(axis=0), total, out=np.zeros_like(total), where=total > 0)
+        return self._finish(column, total > 0)
+
+    def _finish(self, column: FloatArray, weighted: BoolArray) -> FloatArray:
+        """Renormalise the per-class averages ``column`` [N, C] (``weighted``: the classes
+        some valid teacher weighs)."""
+        column = np.where(weighted, column, 0.0)
         norm = column.sum(axis=1, keepdims=True)
         # every sample has a valid teacher with positive weight (validated), so norm > 0 unless
         # all its weighted probabilities underflowed: fall back to the weighted classes, uniform
         empty = norm[:, 0] <= 0
         if empty.any():
-            column[empty] = (total[empty] > 0).astype(np.float64)
+            column[empty] = weighted[empty].astype(np.float64)
             norm = column.sum(axis=1, keepdims=True)
         return column / norm

@@ -104,7 +104,11 @@ class ERARule(AggregationRule):
     def _aggregate(
         self, scaled_logits: FloatArray, mask: BoolArray, weights: FloatArray | None
     ) -> FloatArray:
-        pbar = masked_average(softmax(scaled_logits), np.ones(mask.shape), mask)
+        return self._finish(masked_average(softmax(scaled_logits), np.ones(mask.shape), mask),
+                            mask)
+
+    def _finish(self, pbar: FloatArray, weighted: BoolArray) -> FloatArray:
+        """Sharpen the mean teacher probabilities ``pbar`` [N, C]."""
         if self.mode == "temperature":
             return softmax(pbar / self.era_temperature)
         # pbar**beta / sum pbar**beta, computed as softmax(beta * log pbar) so it cannot underflow

@@ -46,3 +46,9 @@ class LogitMeanRule(AggregationRule):
         self, scaled_logits: FloatArray, mask: BoolArray, weights: FloatArray | None
     ) -> FloatArray:
         return softmax(masked_average(scaled_logits, np.ones(mask.shape), mask))
+
+    def _teacher_values(self, scaled_logits: FloatArray) -> FloatArray:
+        return scaled_logits
+
+    def _finish(self, average: FloatArray, weighted: BoolArray) -> FloatArray:
+        return softmax(average)

@@ -157,6 +157,9 @@ class Algorithm(ABC):
     #: through :mod:`fedkd.training`'s loops and its loss callbacks build tensors on the
     #: batch's device); other algorithms' clients stay on the CPU.
     DEVICE_READY: ClassVar[bool] = False
+    #: True when the algorithm can aggregate its clients' logits under secure aggregation
+    #: (``aggregation.secure``): its clients send summands of the rule's sums, never logits.
+    SECURE_AGGREGATION: ClassVar[bool] = False
 
     def __init__(self, cfg: RunConfig, num_classes: int, input_shape: tuple[int, int, int]) -> None:
         type(self).check_config(cfg)
@@ -239,6 +242,21 @@ class Algorithm(ABC):
         return Payload(config={"round": rnd})
 
     # ----- client half --------------------------------------------------------------------
+    def answer(self, phase: str, request: Payload, client: ClientContext) -> Payload:
+        """Answer any request on one client: the personalised evaluation, the secure
+        aggregation's own phases (:mod:`fedkd.secagg.client`), or the algorithm's phases
+        (:meth:`client_phase`)."""
+        if phase == EVALUATE_PHASE.name:
+            return self.client_evaluate(request, client)
+        if phase.startswith("secagg-"):
+            from fedkd.secagg import client as secagg_client
+
+            if not self.cfg.aggregation.secure:
+                raise ValueError(f"phase {phase!r}: this run has no secure aggregation")
+            return secagg_client.answer(phase, request, client.state, client.node_id,
+                                        self.cfg.section("secagg"))
+        return self.client_phase(phase, request, client)
+
     @abstractmethod
     def client_phase(self, phase: str, request: Payload, client: ClientContext) -> Payload:
         """Answer a request of ``phase`` on one client."""

@@ -59,8 +59,7 @@ class DSFL(PublicSetAlgorithm):
         """Ask ``nodes`` for logits on announced proxy samples in ``phase(n)``, aggregate them,
         distil the server's student and the clients on the targets."""
         asked = self.ask(rnd, nodes, exchange, phase)
-        weights = self.teacher_weights(asked.replies, asked.logits)
-        targets = self.aggregate_teachers(self.rule, asked.logits, self._rng, weights=weights)
+        targets = self.teacher_targets(asked)
         indices, probs = asked.indices[targets.answered], targets.probs[targets.answered]
         teachers = asked.teachers
         trained = all("loss" in r.metrics for r in asked.replies)  # the phase trained first

@@ -65,8 +65,7 @@ class FedMD(PublicSetAlgorithm):
     def run_round(self, rnd: int, nodes: Sequence[int], exchange: Exchange) -> dict[str, float]:
         asked = self.ask(rnd, nodes, exchange, self.logits_phase)
         indices, teachers = asked.indices, asked.teachers
-        weights = self.teacher_weights(asked.replies, asked.logits)
-        result = self.aggregate_teachers(self.rule, asked.logits, self._rng, weights=weights)
+        result = self.teacher_targets(asked)
         # Only samples the rule answered (PATE may abstain) are distilled, by the student and
         # by the clients.
         indices, targets = indices[result.answered], result.probs[result.answered]

@@ -31,18 +31,23 @@ from typing import NamedTuple
 import numpy as np
 from torch import nn
 
+from fedkd.aggregation import Targets
 from fedkd.algorithms.base import Algorithm, ClientContext, Exchange, ExchangeResult
 from fedkd.data.datasets import ArrayDataset
 from fedkd.config import RunConfig
 from fedkd.data.federated import FederatedData
 from fedkd.errors import ConfigError
 from fedkd.protocol import ArraySpec, InvalidReply, Payload, PhaseSpec
+from fedkd.secagg import SecAggConfig, SecureSum, public_key_specs, secure_sum
+from fedkd.secagg import client as secagg_client
 from fedkd.training import FitStats, fit_to_targets, seeded_generator
 
 #: Seed stream of the server student's batches (client streams use partition ids).
 SERVER_STREAM = 2**31 - 1
 #: Name of the label-count array in a reply.
 LABEL_COUNTS = "label-counts"
+#: Seed stream of the secure aggregation's neighbourhood rings (server side).
+SECAGG_STREAM = 0x5EC466
 
 
 class ProxyAnswers(NamedTuple):
@@ -51,7 +56,8 @@ class ProxyAnswers(NamedTuple):
     indices: np.ndarray  #: the announced public indices [n]
     teachers: list[int]  #: nodes that answered, sorted
     replies: list[Payload]  #: their replies, in that order
-    logits: np.ndarray  #: their logits [K, n, C]
+    logits: np.ndarray | None  #: their logits [K, n, C] (``None`` under secure aggregation)
+    secure: SecureSum | None = None  #: under secure aggregation: the sum of their summands
 
 
 class PublicSetAlgorithm(Algorithm):
@@ -59,6 +65,7 @@ class PublicSetAlgorithm(Algorithm):
 
     SERVER_STATE = ("_student", "_rng", "_replay")
     DEVICE_READY = True
+    SECURE_AGGREGATION = True
     #: Whether the proxy set is the public split of the dataset (``data.public-fraction``);
     #: an algorithm whose proxy set comes from elsewhere sets False and fills :attr:`_public`.
     NEEDS_PUBLIC_SPLIT = True
@@ -109,14 +116,58 @@ class PublicSetAlgorithm(Algorithm):
     def ask(self, rnd: int, nodes: Sequence[int], exchange: Exchange,
             phase: Callable[[int], PhaseSpec]) -> ProxyAnswers:
         """Announce this round's indices and collect every sampled node's valid reply in
-        ``phase(n)`` (the phase for ``n`` announced samples)."""
+        ``phase(n)`` (the phase for ``n`` announced samples). Under secure aggregation the
+        replies carry public keys, and the protocol's exchanges follow: the answers hold the
+        sum of the teachers' summands, no logits."""
         indices = self.announce()
         request = self.proxy_request(rnd, indices)
         result = exchange(phase(len(indices)), {node: request for node in nodes})
+        if self.cfg.aggregation.secure:
+            summed = secure_sum(
+                exchange, rnd, result.replies, self.secure_length(len(indices)),
+                self.secure_bound(), self.cfg.section("secagg"),
+                np.random.default_rng([self.cfg.seed, rnd, SECAGG_STREAM]))
+            teachers = list(summed.survivors)
+            return ProxyAnswers(indices, teachers, [result.replies[k] for k in teachers], None,
+                                summed)
         teachers = sorted(result.replies)
         replies = [result.replies[k] for k in teachers]
         logits = np.stack([r.arrays["logits"] for r in replies])
         return ProxyAnswers(indices, teachers, replies, logits)
+
+    def teacher_targets(self, asked: ProxyAnswers) -> Targets:
+        """The rule's targets on the answers: from the teachers' logits and weights, or under
+        secure aggregation from their summed summands (recording distributed DP's client-level
+        cost in the server ledger)."""
+        if asked.secure is None:
+            weights = self.teacher_weights(asked.replies, asked.logits)
+            return self.aggregate_teachers(self.rule, asked.logits, self._rng, weights=weights)
+        layout = self.rule.sum_layout(len(asked.indices), self.num_classes)
+        sums, at = {}, 0
+        for name, shape in layout.items():
+            size = int(np.prod(shape))
+            sums[name] = asked.secure.total[at:at + size].reshape(shape)
+            at += size
+        if asked.secure.noise_multiplier > 0:
+            from dp_accounting import GaussianDpEvent
+
+            self.server_ledger.record([GaussianDpEvent(asked.secure.noise_multiplier)])
+        return self.rule.from_sums(sums, len(asked.teachers))
+
+    def secure_length(self, n: int) -> int:
+        """Values in one client's summands for ``n`` announced samples."""
+        return sum(int(np.prod(s)) for s in self.rule.sum_layout(n, self.num_classes).values())
+
+    def secure_bound(self) -> float:
+        """The largest magnitude of one summand value: a weight (clipped to
+        ``secagg.max-weight``) times a probability, or a scaled logit; under distributed DP
+        the clip bounds every value."""
+        options: SecAggConfig = self.cfg.section("secagg")
+        bound = (self.cfg.aggregation.max_abs_logit / self.rule.temperature
+                 if self.rule.needs_logits else 1.0)
+        if self.rule.uses_weights:
+            bound *= options.max_weight
+        return min(bound, options.clip) if options.distributed_dp else bound
 
     def proxy_request(self, rnd: int, indices: np.ndarray) -> Payload:
         """What tells a client which proxy inputs a phase is about: here their indices in the
@@ -128,9 +179,12 @@ class PublicSetAlgorithm(Algorithm):
                     reply_metrics: tuple[str, ...] = ()) -> PhaseSpec:
         """Logits [n, C] (plus label counts [C] when the rule needs counts, plus ``extra``)."""
         bound = self.cfg.aggregation.max_abs_logit
-        arrays = {"logits": ArraySpec(shape=(n, self.num_classes), dtype="float32",
-                                      low=-bound, high=bound)}
-        if self.releases_label_counts(self.cfg):
+        if self.cfg.aggregation.secure:  # logits and counts stay on the client; keys go up
+            arrays = dict(public_key_specs())
+        else:
+            arrays = {"logits": ArraySpec(shape=(n, self.num_classes), dtype="float32",
+                                          low=-bound, high=bound)}
+        if self.releases_label_counts(self.cfg) and not self.cfg.aggregation.secure:
             arrays[LABEL_COUNTS] = ArraySpec(shape=(self.num_classes,), dtype="float32", low=0.0)
         arrays.update(extra or {})
         return PhaseSpec(name=name, message_type=message_type, reply_arrays=arrays, check=check,
@@ -192,11 +246,34 @@ class PublicSetAlgorithm(Algorithm):
     def upload(self, client: ClientContext, model: nn.Module, x_pub: np.ndarray,
                rnd: int) -> dict[str, np.ndarray]:
         """What a client sends for the announced samples: its logits (noised where the model is
-        not private), plus its label counts when the rule needs counts."""
-        arrays = {"logits": self.release_logits(client, model, x_pub, rnd)}
+        not private), plus its label counts when the rule needs counts. Under secure
+        aggregation it keeps its summands (:meth:`secure_summands`) and sends public keys."""
+        logits = self.release_logits(client, model, x_pub, rnd)
+        if self.cfg.aggregation.secure:
+            contribution = self.secure_summands(client, logits, rnd)
+            return secagg_client.advertise(client.state, contribution, rnd)
+        arrays = {"logits": logits}
         if self.releases_label_counts(self.cfg):
             arrays[LABEL_COUNTS] = self.release_label_counts(client, rnd)
         return arrays
+
+    def secure_summands(self, client: ClientContext, logits: np.ndarray, rnd: int) -> np.ndarray:
+        """The client's summands of the rule's sums, flat in :meth:`~fedkd.aggregation.
+        AggregationRule.sum_layout` order. Its weight: label counts for a class-axis rule
+        (``classwise``; noised and charged under privacy), else its data size, clipped to
+        ``secagg.max-weight``. (The per-sample label weights of the plain ``weighted`` rule need
+        the consensus label, which only the sum reveals.)"""
+        weight = None
+        if self.rule.uses_weights:
+            options: SecAggConfig = self.cfg.section("secagg")
+            if self.rule.weight_axis == "class":
+                weight = self.release_label_counts(client, rnd).astype(np.float64) + 1e-6
+            else:
+                weight = np.float64(len(client.data.train))
+            weight = np.minimum(weight, options.max_weight)
+        parts = self.rule.summands(logits, weight=weight)
+        return np.concatenate([parts[name].reshape(-1) for name in
+                               self.rule.sum_layout(*logits.shape)])
 
     def distill_on_targets(self, request: Payload, client: ClientContext, model: nn.Module,
                            x_pub: np.ndarray, rnd: int) -> FitStats:

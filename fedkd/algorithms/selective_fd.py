@@ -87,6 +87,10 @@ class SelectiveFD(PublicSetAlgorithm):
     """Selective knowledge sharing: clients answer only on proxy samples like their data; the
     server keeps only confident ensemble targets."""
 
+    #: Its server filters on the ensemble's per-sample entropy after masking out teachers with
+    #: their answer masks: not (yet) expressed as sums.
+    SECURE_AGGREGATION = False
+
     name = "selective-fd"
     config_sections = {"selective-fd": SelectiveFDConfig}
     INDEX_STREAM = 0x5E1FD

@@ -30,16 +30,18 @@ class InProcessExchange(RoundExchange):
     """Delivers each request by calling the client app's `answer` directly."""
 
     def __init__(self, clients: dict[int, ClientContext], *args: Any,
-                 dropped: frozenset[int] = frozenset(), **kwargs: Any) -> None:
+                 dropped: frozenset[int] = frozenset(),
+                 phase_dropped: dict[str, frozenset[int]] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.clients = clients
         self.dropped = dropped
+        self.phase_dropped = phase_dropped or {}
 
     def _send(self, phase: PhaseSpec, requests: dict[int, RecordDict]) -> dict[int, RecordDict | Failure]:
         out: dict[int, RecordDict | Failure] = {}
         for node, content in requests.items():
-            if node in self.dropped:  # gone this round: no reply at all, as after a crash
-                continue
+            if node in self.dropped | self.phase_dropped.get(phase.name, frozenset()):
+                continue  # gone: no reply at all, as after a crash
             try:
                 out[node] = answer(content, self.clients[node])
             except Exception as err:  # a client that raises is a client error, as in Flower
@@ -51,10 +53,12 @@ def run_inprocess(
     overrides: dict[str, Any], num_clients: int, out_dir: Path,
     node_configs: dict[int, dict[str, Any]] | None = None,
     dropouts: dict[int, set[int]] | None = None,
+    phase_dropouts: dict[str, set[int]] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Path]:
     """Run a whole simulation in-process; returns (metrics rows, audit records, run directory).
 
-    ``dropouts`` maps a round to the partition ids that do not answer in that round.
+    ``dropouts`` maps a round to the partition ids that do not answer in that round;
+    ``phase_dropouts`` a phase name to the partition ids that never answer that phase.
     """
     flat = {"data.dataset": "digits", "train.model": "mlp", "train.local-steps": 10,
             "num-server-rounds": 2, **overrides,
@@ -74,7 +78,9 @@ def run_inprocess(
         online_nodes=lambda: sorted(clients),
         make_exchange=lambda rnd, *args, **kwargs: InProcessExchange(
             clients, rnd, *args,
-            dropped=frozenset(FIRST_NODE_ID + p for p in (dropouts or {}).get(rnd, ())), **kwargs),
+            dropped=frozenset(FIRST_NODE_ID + p for p in (dropouts or {}).get(rnd, ())),
+            phase_dropped={name: frozenset(FIRST_NODE_ID + p for p in parts)
+                           for name, parts in (phase_dropouts or {}).items()}, **kwargs),
     )
     audit = read_metrics(output.directory, "replies.jsonl") if cfg.output.audit_replies else []
     return read_metrics(output.directory), audit, output.directory

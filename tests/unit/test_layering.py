@@ -20,6 +20,8 @@ LAYERS = {
     "fedkd.privacy.dpsgd": ("fedkd.algorithms", "fedkd.compose", "fedkd.aggregation"),
     "fedkd.training": ("fedkd.algorithms", "fedkd.compose", "fedkd.aggregation", "fedkd.config"),
     "fedkd.protocol": ("fedkd.algorithms", "fedkd.compose", "fedkd.config"),
+    "fedkd.secagg": ("fedkd.algorithms", "fedkd.compose", "fedkd.training", "torch",
+                     "dp_accounting"),
     "fedkd.algorithms": ("fedkd.compose", "fedkd.experiments", "server", "client"),
     "fedkd.compose": ("fedkd.experiments", "server", "client"),
     # A deployed client starts one process per message: with DP off it must not pay for the DP

@@ -1,0 +1,267 @@
+"""The server half of SecAgg+: three exchanges after the algorithm's own phase, then the sum.
+
+The server forwards keys and encrypted shares, collects masked inputs, asks the survivors for
+the shares that remove the masks, and reconstructs ``sum_u x_u`` (modulo 2^32, decoded to
+floats). It never holds a client's input without masks: a masked input hides ``x_u`` behind
+``PRG(b_u)`` and the pairwise masks with live neighbours; the server learns ``b_u`` only for
+clients whose pairwise masks stay secret, and a dropped client's ``s`` key only for clients
+whose input is not in the sum.
+
+Dropouts: a client lost after sharing keys but before masking has its pairwise masks removed
+from its neighbours' inputs with its ``s`` key, rebuilt from ``t`` shares; a client lost after
+masking has its input kept and its self-mask removed with its ``b``, rebuilt the same way. When
+fewer than ``t`` neighbours of such a client answer the unmask request, or fewer inputs than the
+distributed-DP noise is calibrated for arrive, the round fails with
+:class:`SecureAggregationError` and nothing of it is used.
+
+Threat model: an honest-but-curious server and clients (Bell et al.'s semi-honest setting).
+There is no consistency round against a server that lies about who dropped, and no proof that
+an input lies in range: a hostile client can shift the sum, which is why only sum-decomposable
+rules run here and robust ones (median, trimmed mean) are refused.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.common.secure_aggregation.crypto.shamir import combine_shares, create_shares
+from flwr.common.secure_aggregation.crypto.symmetric_encryption import encrypt, generate_shared_key
+from flwr.common.secure_aggregation.secaggplus_utils import share_keys_plaintext_concat
+from flwr.supercore.primitives.asymmetric import (
+    bytes_to_private_key,
+    bytes_to_public_key,
+    generate_key_pairs,
+    private_key_to_bytes,
+    public_key_to_bytes,
+)
+
+from fedkd.protocol import ArraySpec, Payload, PhaseSpec
+from fedkd.secagg.client import (
+    MASK,
+    PUBLIC_KEY_C,
+    PUBLIC_KEY_S,
+    SHARE_KEYS,
+    UNMASK,
+    as_bytes,
+    calibrated_clients,
+    pairwise_seed,
+)
+from fedkd.secagg.config import SecAggConfig
+from fedkd.secagg.field import decode_sum, expand_mask, scale_for
+
+#: Sends one phase's requests and returns the valid replies by node (the round's exchange).
+Exchange = Callable[[PhaseSpec, Mapping[int, Payload]], object]
+
+
+class SecureAggregationError(RuntimeError):
+    """The secure sum cannot be completed (too few shares or inputs): the round is discarded."""
+
+
+@functools.cache
+def sizes() -> dict[str, int]:
+    """Byte lengths of a public key, a ``b`` share, an ``s`` share and an encrypted pair of
+    shares (fixed for Flower's curve and Fernet; measured once on throw-away keys)."""
+    private, public = generate_key_pairs()
+    secret = private_key_to_bytes(private)
+    b_share = create_shares(os.urandom(32), 2, 2)[0]
+    s_share = create_shares(secret, 2, 2)[0]
+    key = generate_shared_key(private, public)
+    cipher = encrypt(key, share_keys_plaintext_concat(1, 2, b_share, s_share))
+    return {"public-key": len(public_key_to_bytes(public)), "b-share": len(b_share),
+            "s-share": len(s_share), "ciphertext": len(cipher)}
+
+
+def public_key_specs() -> dict[str, ArraySpec]:
+    """The two public keys a client adds to its reply of the algorithm's own phase."""
+    n = sizes()["public-key"]
+    return {PUBLIC_KEY_C: ArraySpec(shape=(n,), dtype="uint8"),
+            PUBLIC_KEY_S: ArraySpec(shape=(n,), dtype="uint8")}
+
+
+def _phases(length: int) -> dict[str, PhaseSpec]:
+    s = sizes()
+    return {
+        SHARE_KEYS: PhaseSpec(name=SHARE_KEYS, message_type="query", reply_arrays={
+            "ciphertexts": ArraySpec(shape=(None, s["ciphertext"]), dtype="uint8")},
+            max_reply_bytes=64 * 1024 + 100_000 * s["ciphertext"]),
+        MASK: PhaseSpec(name=MASK, message_type="query", reply_arrays={
+            "masked": ArraySpec(shape=(length,), dtype="uint32")}),
+        UNMASK: PhaseSpec(name=UNMASK, message_type="query", reply_arrays={
+            "b-owners": ArraySpec(shape=(None,), dtype="uint64"),
+            "b-shares": ArraySpec(shape=(None, s["b-share"]), dtype="uint8"),
+            "s-owners": ArraySpec(shape=(None,), dtype="uint64"),
+            "s-shares": ArraySpec(shape=(None, s["s-share"]), dtype="uint8")},
+            max_reply_bytes=64 * 1024 + 100_000 * (16 + s["b-share"] + s["s-share"])),
+    }
+
+
+def neighbourhoods(nodes: Sequence[int], degree: int,
+                   rng: np.random.Generator) -> dict[int, list[int]]:
+    """Each node's neighbours: every other node (``degree`` 0 or at least ``len(nodes) - 1``),
+    else ``ceil(degree / 2)`` on each side of it on a ring of the nodes in a random order (a
+    Harary graph, as SecAgg+ uses)."""
+    nodes = sorted(nodes)
+    if degree == 0 or degree >= len(nodes) - 1:
+        return {u: [v for v in nodes if v != u] for u in nodes}
+    half = math.ceil(degree / 2)
+    ring = [nodes[i] for i in rng.permutation(len(nodes))]
+    out = {}
+    for i, u in enumerate(ring):
+        around = {ring[(i + d) % len(ring)] for d in range(-half, half + 1) if d != 0}
+        out[u] = sorted(around)
+    return out
+
+
+@dataclass(frozen=True)
+class SecureSum:
+    """What the secure sum revealed: the sum, and whose inputs it holds.
+
+    Attributes
+    ----------
+    total
+        ``sum_u x_u`` over the survivors (float64, flat), quantisation error at most
+        ``len(survivors) / scale`` per value (plus the distributed-DP noise, if on).
+    survivors
+        Nodes whose inputs are in the sum.
+    dropped
+        Nodes that shared keys but sent no input (their masks were removed).
+    noise_multiplier
+        Distributed DP: the std of the sum's noise over the clip (0: off).
+    """
+
+    total: np.ndarray
+    survivors: tuple[int, ...]
+    dropped: tuple[int, ...]
+    noise_multiplier: float = 0.0
+
+
+def secure_sum(exchange: Exchange, rnd: int, advertised: Mapping[int, Payload], length: int,
+               bound: float, options: SecAggConfig, rng: np.random.Generator) -> SecureSum:
+    """Run the protocol's three exchanges with the nodes that ``advertised`` their public keys
+    (their replies to the algorithm's own phase) and return the sum of their inputs.
+
+    Parameters
+    ----------
+    exchange
+        The round's exchange (it validates every reply against the phase's contract).
+    length
+        Values in each client's input.
+    bound
+        The largest magnitude of one client's value (before any DP noise): sets the scale.
+    rng
+        The server's generator (the neighbourhood ring).
+    """
+    keys = _valid_keys(advertised)
+    if len(keys) < 2:
+        raise SecureAggregationError(f"round {rnd}: secure aggregation needs at least 2 clients "
+                                     f"with valid keys, got {len(keys)}")
+    graph = neighbourhoods(list(keys), options.neighbours, rng)
+    degree = min(len(v) for v in graph.values())
+    threshold = options.shamir_threshold(degree)
+    phases = _phases(length)
+
+    # 1. share keys: each node gets its neighbours' public keys
+    requests = {u: Payload(
+        arrays={"neighbours": np.array(graph[u], dtype=np.uint64),
+                "pk-c": np.stack([keys[v][0] for v in graph[u]]),
+                "pk-s": np.stack([keys[v][1] for v in graph[u]])},
+        config={"round": rnd, "threshold": threshold}) for u in keys}
+    shared = {u: p.arrays["ciphertexts"] for u, p in exchange(phases[SHARE_KEYS], requests).replies.items()
+              if p.arrays["ciphertexts"].shape[0] == len(graph[u])}
+    u2 = set(shared)
+
+    # 2. masked inputs: each node gets the shares addressed to it by neighbours still present
+    per_client = _noise_per_client(options, threshold)
+    scale = scale_for(len(u2), bound + 8.0 * per_client)
+    requests = {}
+    for u in sorted(u2):
+        senders = [v for v in graph[u] if v in u2]
+        requests[u] = Payload(
+            arrays={"senders": np.array(senders, dtype=np.uint64),
+                    "ciphertexts": np.stack([shared[v][graph[v].index(u)] for v in senders])
+                    if senders else np.zeros((0, sizes()["ciphertext"]), np.uint8)},
+            config={"round": rnd, "scale": scale})
+    masked = {u: p.arrays["masked"] for u, p in exchange(phases[MASK], requests).replies.items()}
+    u3 = set(masked)
+    dropped = u2 - u3
+    calibrated = calibrated_clients(options, threshold)
+    if options.distributed_dp and len(u3) < calibrated:
+        raise SecureAggregationError(
+            f"round {rnd}: {len(u3)} masked inputs arrived; the distributed-DP noise is "
+            f"calibrated for at least {calibrated} (secagg.min-clients): the round is discarded")
+
+    # 3. unmask: b shares of the survivors, s shares of the dropped
+    requests = {u: Payload(
+        arrays={"survivors": np.array([v for v in graph[u] if v in u3], dtype=np.uint64),
+                "dropped": np.array([v for v in graph[u] if v in dropped], dtype=np.uint64)},
+        config={"round": rnd}) for u in sorted(u3)}
+    unmasked = exchange(phases[UNMASK], requests).replies
+    b_shares: dict[int, list[bytes]] = {u: [] for u in u3}
+    s_shares: dict[int, list[bytes]] = {d: [] for d in dropped}
+    for node, payload in unmasked.items():  # only shares of the nodes each one was asked about
+        asked = requests[node].arrays
+        for kind, held in (("b", b_shares), ("s", s_shares)):
+            wanted = set(asked["survivors" if kind == "b" else "dropped"].tolist())
+            for owner, share in zip(payload.arrays[f"{kind}-owners"], payload.arrays[f"{kind}-shares"]):
+                if int(owner) in wanted:
+                    held[int(owner)].append(as_bytes(share))
+                    wanted.discard(int(owner))
+
+    total = np.zeros(length, dtype=np.uint32)
+    for u in sorted(u3):
+        total += masked[u]
+        total -= expand_mask(_reconstruct(rnd, u, "self-mask", b_shares[u], threshold), length)
+    for d in sorted(dropped):
+        secret = _reconstruct(rnd, d, "mask key", s_shares[d], threshold)
+        if public_key_to_bytes(bytes_to_private_key(secret).public_key()) != as_bytes(keys[d][1]):
+            raise SecureAggregationError(f"round {rnd}: the shares of node {d}'s mask key rebuild "
+                                         "a key that does not match its public key")
+        for u in graph[d]:
+            if u in u3:  # u masked with d: +PRG(s_ud) if d > u, -PRG(s_ud) otherwise
+                mask = expand_mask(pairwise_seed(secret, as_bytes(keys[u][1])), length)
+                if d > u:
+                    total -= mask
+                else:
+                    total += mask
+    noise = 0.0
+    if options.distributed_dp:
+        noise = options.noise_multiplier * math.sqrt(len(u3) / calibrated)
+    return SecureSum(total=decode_sum(total, scale), survivors=tuple(sorted(u3)),
+                     dropped=tuple(sorted(dropped)), noise_multiplier=noise)
+
+
+def _noise_per_client(options: SecAggConfig, threshold: int) -> float:
+    if not options.distributed_dp:
+        return 0.0
+    return options.noise_multiplier * options.clip / math.sqrt(calibrated_clients(options, threshold))
+
+
+def _valid_keys(advertised: Mapping[int, Payload]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Nodes whose two public keys load as EC keys (a node that sent garbage is left out)."""
+    keys = {}
+    for node, payload in advertised.items():
+        pk_c, pk_s = payload.arrays[PUBLIC_KEY_C], payload.arrays[PUBLIC_KEY_S]
+        try:
+            bytes_to_public_key(as_bytes(pk_c))
+            bytes_to_public_key(as_bytes(pk_s))
+        except Exception:  # noqa: BLE001 - any failure to parse: not a key
+            continue
+        keys[node] = (np.asarray(pk_c, np.uint8), np.asarray(pk_s, np.uint8))
+    return keys
+
+
+def _reconstruct(rnd: int, node: int, what: str, shares: list[bytes], threshold: int) -> bytes:
+    if len(shares) < threshold:
+        raise SecureAggregationError(
+            f"round {rnd}: node {node}'s {what} needs {threshold} shares and only {len(shares)} "
+            "of its neighbours answered the unmask request (below the threshold): the round is "
+            "discarded, nothing of it is used")
+    try:
+        return combine_shares(shares[:threshold])
+    except ValueError as err:
+        raise SecureAggregationError(f"round {rnd}: node {node}'s {what}: {err}") from None
