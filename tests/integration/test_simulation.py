@@ -153,3 +153,23 @@ def test_data_free_algorithms_through_flower(tmp_path: Path, overrides: tuple[st
         logits = [a for a in audit if a["phase"] == "logits"]
         assert len(logits) == 2 * 2 * 2  # rounds x queries x sampled clients
         assert all(a["arrays"]["arrays/logits"]["shape"] == [2 * 40, 10] for a in logits)
+
+
+@pytest.mark.integration
+def test_secure_aggregation_with_distributed_dp_through_flower(tmp_path: Path) -> None:
+    simulate(tmp_path, 'algorithm="dsfl"', 'aggregation.rule="mean"', "aggregation.secure=true",
+             "secagg.noise-multiplier=0.5", "secagg.clip=10.0", "distill.public-batch=32",
+             "distill.server-steps=10", "distill.steps=3", "output.audit-replies=true")
+    rows = read_metrics(tmp_path / "it")
+    assert all(r["num-failures"] == 0 and r["teachers"] == 3 for r in rows)
+    # one Gaussian release of noise multiplier 0.5 * sqrt(3 / 2) per round, client level
+    assert rows[0]["server-privacy-unit"] == "client"
+    assert 0 < rows[0]["server-epsilon"] < rows[1]["server-epsilon"]
+    audit = read_metrics(tmp_path / "it", "replies.jsonl")
+    assert {a["phase"] for a in audit} == {"fit", "secagg-share-keys", "secagg-mask",
+                                           "secagg-unmask", "distill", "evaluate"}
+    for a in audit:
+        assert not any("logits" in name for name in a["arrays"]), a
+        if a["phase"] == "secagg-mask":  # 32 samples x 10 classes, masked field elements
+            assert a["arrays"]["arrays/masked"]["shape"] == [320]
+            assert a["arrays"]["arrays/masked"]["dtype"] == "uint32"
