@@ -82,7 +82,7 @@ def build_config(flat: Mapping[str, Scalar]) -> RunConfig:
     algorithm.check_config(cfg)
     if cfg.aggregation.secure:
         check_secure_aggregation(cfg, algorithm)
-    check_privacy_config(cfg.privacy, cfg.num_server_rounds * algorithm.planned_releases(cfg))
+    check_privacy_config(cfg.privacy, cfg.num_server_rounds * algorithm.releases_per_round(cfg))
     return cfg
 
 

@@ -355,6 +355,8 @@ def run_rounds(
             "num-failures": sum(len(f) for f in exchange.failures.values()),
             **exchange.failure_counts(),
             **privacy_metrics(cfg, clients, algorithm),
+            # released once: figures whose release has its own cost (PATE's data-dependent one)
+            **(algorithm.final_privacy_report() if rnd == cfg.num_server_rounds else {}),
             "wall-time-s": time.monotonic() - start,
         })
         output.append_metrics(row)

@@ -171,11 +171,15 @@ class Targets:
     privacy_events
         Client-level releases this aggregation made (PATE's noisy votes), as ``dp_accounting``
         events for the server's ledger; empty for the deterministic rules.
+    votes
+        A voting rule's vote histograms ``[N, C]`` (PATE), for the data-dependent privacy
+        analysis at the end of a run; ``None`` for the others. Private: never published.
     """
 
     probs: NDArray[np.float32]
     answered: NDArray[np.bool_]
     privacy_events: tuple[Any, ...] = ()
+    votes: NDArray[np.int32] | None = None
 
 
 class AggregationRule(ABC):

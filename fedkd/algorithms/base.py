@@ -63,6 +63,10 @@ from fedkd.training import (
 PERSONAL_PREFIX = "model/"
 #: Seed stream of a client's output noise.
 OUTPUT_NOISE_STREAM = 0x0B7
+#: Seed stream of the GNSS noise that sanitises PATE's data-dependent epsilon (server side).
+PATE_RELEASE_STREAM = 0x9A7E
+#: Node-state key of the round's released ``num-examples`` under privacy: (round, value).
+NUM_EXAMPLES_RELEASE_KEY = "privacy/num-examples-release"
 
 #: Personalised evaluation: every algorithm answers it with loss and accuracy on the local test split.
 EVALUATE_PHASE = PhaseSpec(
@@ -160,6 +164,10 @@ class Algorithm(ABC):
     #: True when the algorithm can aggregate its clients' logits under secure aggregation
     #: (``aggregation.secure``): its clients send summands of the rule's sums, never logits.
     SECURE_AGGREGATION: ClassVar[bool] = False
+    #: Whether the server needs a client's data size (``num-examples``): FedAvg's weights, or a
+    #: contract check of released counts against it. Without that need, a client under DP-SGD
+    #: without output noise withholds it (replies say 1).
+    NEEDS_NUM_EXAMPLES: ClassVar[bool] = True
 
     def __init__(self, cfg: RunConfig, num_classes: int, input_shape: tuple[int, int, int]) -> None:
         type(self).check_config(cfg)
@@ -176,12 +184,22 @@ class Algorithm(ABC):
         #: Client-level privacy the server spends (randomised aggregation such as PATE votes).
         self.server_ledger = ServerLedger(delta=cfg.privacy.delta,
                                           accountant=cfg.privacy.server_accountant)
+        #: A voting rule's (votes [N, C], answered [N]) of every aggregation, for the
+        #: data-dependent analysis (:meth:`final_privacy_report`); server side only.
+        self.votes: list[tuple[np.ndarray, np.ndarray]] = []
 
     @classmethod
     def planned_releases(cls, cfg: RunConfig) -> int:
         """Output releases (at ``privacy.output-noise``) one client makes per round it takes
         part in; ``privacy.target-epsilon`` calibrates DP-SGD over these too."""
         return 0
+
+    @classmethod
+    def releases_per_round(cls, cfg: RunConfig) -> int:
+        """Every output release one client makes per round it takes part in: the algorithm's
+        :meth:`planned_releases` plus, with ``privacy.output-noise`` > 0, its noised
+        ``num-examples`` (one per round, reused by every reply of the round)."""
+        return cls.planned_releases(cfg) + (1 if cfg.privacy.output_noise > 0 else 0)
 
     @classmethod
     def check_config(cls, cfg: RunConfig) -> None:
@@ -210,7 +228,8 @@ class Algorithm(ABC):
 
     def server_state(self) -> dict[str, Any]:
         """The server half's state after a round (see :attr:`SERVER_STATE`), for a checkpoint."""
-        state: dict[str, Any] = {"server-ledger": self.server_ledger.state_dict()}
+        state: dict[str, Any] = {"server-ledger": self.server_ledger.state_dict(),
+                                 "votes": copy.deepcopy(self.votes)}
         for name in self.SERVER_STATE:
             value = getattr(self, name)
             if hasattr(value, "state_dict"):  # modules, optimisers, schedulers
@@ -223,6 +242,7 @@ class Algorithm(ABC):
     def load_server_state(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`server_state` (after :meth:`setup_server`)."""
         self.server_ledger.load_state_dict(state["server-ledger"])
+        self.votes = copy.deepcopy(list(state.get("votes", [])))
         for name in self.SERVER_STATE:
             current, saved = getattr(self, name), state[name]
             if hasattr(current, "load_state_dict"):
@@ -255,7 +275,32 @@ class Algorithm(ABC):
                 raise ValueError(f"phase {phase!r}: this run has no secure aggregation")
             return secagg_client.answer(phase, request, client.state, client.node_id,
                                         self.cfg.section("secagg"))
-        return self.client_phase(phase, request, client)
+        reply = self.client_phase(phase, request, client)
+        if self.cfg.privacy.enabled and "num-examples" in reply.metrics:
+            reply.metrics["num-examples"] = self.release_num_examples(
+                client, int(request.config.get("round", 0)), int(reply.metrics["num-examples"]))
+        return reply
+
+    def release_num_examples(self, client: ClientContext, rnd: int, n: int) -> int:
+        """What a training reply under privacy says its ``num-examples`` is.
+
+        With ``privacy.output-noise`` > 0: ``n`` plus Gaussian noise of that std (a count:
+        sensitivity 1), rounded, at least 1, charged to the client's ledger once per round and
+        reused by every reply of the round. Under DP-SGD alone: 1 (withheld) where the
+        algorithm does not need it (:attr:`NEEDS_NUM_EXAMPLES`), else ``n`` as it is (README,
+        "Privacy": the data size of FedAvg, FD and FedGen clients is then not protected).
+        """
+        if self.cfg.privacy.output_noise <= 0:
+            return n if type(self).NEEDS_NUM_EXAMPLES else 1
+        kept = client.state.get(NUM_EXAMPLES_RELEASE_KEY)
+        if kept is not None and int(kept[0]) == rnd:
+            return int(kept[1])
+        rng = np.random.default_rng([self.cfg.seed, rnd, client.partition_id, OUTPUT_NOISE_STREAM, 2])
+        release = self.output_mechanism.counts(np.zeros(n, np.int64), 1, rng)
+        self.account_releases(client, release)
+        noised = max(1, int(round(float(release.values[0]))))
+        client.state[NUM_EXAMPLES_RELEASE_KEY] = np.array([rnd, noised], dtype=np.int64)
+        return noised
 
     @abstractmethod
     def client_phase(self, phase: str, request: Payload, client: ClientContext) -> Payload:
@@ -284,7 +329,7 @@ class Algorithm(ABC):
     def client_privacy(self, client: ClientContext) -> ClientPrivacy:
         """The client's example-level privacy ledger, restored from its node state."""
         return ClientPrivacy(self.cfg.privacy, client.state, self.cfg.num_server_rounds,
-                             releases_per_round=type(self).planned_releases(self.cfg))
+                             releases_per_round=type(self).releases_per_round(self.cfg))
 
     def account_releases(self, client: ClientContext, *releases: Release) -> None:
         """Charge released outputs to the client's ledger (one budget check for all of them,
@@ -340,7 +385,32 @@ class Algorithm(ABC):
         result = rule.aggregate(logits, weights=weights if rule.uses_weights else None, mask=mask,
                                 rng=rng)
         self.server_ledger.record(result.privacy_events)
+        if result.votes is not None:
+            self.votes.append((result.votes, result.answered.copy()))
         return result
+
+    def final_privacy_report(self) -> dict[str, Any]:
+        """Privacy figures released once, after the last round: PATE's data-dependent epsilon
+        (:func:`fedkd.privacy.pate_analysis.pate_data_dependent_epsilon`: GNMax charged on the
+        answered queries, the threshold step on all, sanitised by smooth sensitivity) beside
+        the data-independent one. Empty when no voting rule ran."""
+        if not self.votes or self.rule.name != "pate":
+            return {}
+        from fedkd.privacy.pate_analysis import pate_data_dependent_epsilon
+
+        rule = self.rule
+        confident = rule.threshold is not None
+        report = pate_data_dependent_epsilon(
+            np.concatenate([v for v, _ in self.votes]), rule.sigma, self.cfg.privacy.delta,
+            np.random.default_rng([self.cfg.seed, PATE_RELEASE_STREAM]),
+            answered=np.concatenate([a for _, a in self.votes]),
+            threshold=rule.threshold if confident else None,
+            sigma_threshold=rule.sigma_threshold if confident else None)
+        return {"server-epsilon-data-dependent": report.epsilon_sanitised,
+                "server-epsilon-data-independent-answered": report.epsilon_data_independent,
+                "server-epsilon-data-dependent-order": report.order,
+                "server-epsilon-data-dependent-tuned-on-data": report.tuned_on_data,
+                "pate-queries": report.num_queries, "pate-answered": report.num_answered}
 
     def local_fit(
         self,

@@ -82,7 +82,8 @@ class FD(Algorithm):
         seen = self.cfg.train.local_steps * self.cfg.train.batch_size
         # Without DP: counts of the samples seen in training. With DP: noisy counts of the whole
         # local training set (num-examples), within 6 noise standard deviations.
-        slack = 6 * privacy.output_noise * np.sqrt(c) + 1 if privacy.enabled else 0
+        # (num-examples is noised too: C + 1 noise draws in the difference)
+        slack = 6 * privacy.output_noise * np.sqrt(c + 1) + 1 if privacy.enabled else 0
 
         def check_counts(reply: Payload) -> None:
             total = int(reply.arrays["class-counts"].sum())

@@ -303,7 +303,7 @@ class FedGen(Algorithm):
         arrays[LABEL_COUNTS] = ArraySpec(shape=(c,), dtype="int64", low=1)
 
         private = self.cfg.privacy.dp_sgd
-        slack = 6 * self.cfg.privacy.output_noise * np.sqrt(c) + c
+        slack = 6 * self.cfg.privacy.output_noise * np.sqrt(c + 1) + c  # counts and num-examples noised
 
         def check_counts(reply: Payload) -> None:
             total = int(reply.arrays[LABEL_COUNTS].sum())

@@ -66,6 +66,8 @@ class PublicSetAlgorithm(Algorithm):
     SERVER_STATE = ("_student", "_rng", "_replay")
     DEVICE_READY = True
     SECURE_AGGREGATION = True
+    NEEDS_NUM_EXAMPLES = False  # only the train metrics (and the weighted rule, which needs
+    # output noise under DP-SGD) read it
     #: Whether the proxy set is the public split of the dataset (``data.public-fraction``);
     #: an algorithm whose proxy set comes from elsewhere sets False and fills :attr:`_public`.
     NEEDS_PUBLIC_SPLIT = True

@@ -120,7 +120,7 @@ class SelectiveFD(PublicSetAlgorithm):
     # ----- server half --------------------------------------------------------------------
     def run_round(self, rnd: int, nodes: Sequence[int], exchange: Exchange) -> dict[str, float]:
         asked = self.ask(rnd, nodes, exchange, self.fit_phase)
-        indices, teachers, replies, logits = asked
+        indices, teachers, replies, logits = asked.indices, asked.teachers, asked.replies, asked.logits
         answers = np.stack([r.arrays[MASK] for r in replies]).astype(bool)  # [K, n]
         metrics = {"teachers": len(teachers), "answers-per-client": float(answers.sum(axis=1).mean()),
                    **train_metrics(replies)}

@@ -53,6 +53,12 @@ def test_pate_votes_are_accounted_at_client_level(tmp_path: Path) -> None:
     eps = [r["server-epsilon"] for r in rows]
     assert 0 < eps[0] < eps[1]  # 40 more noisy votes per round
     assert rows[-1]["server-privacy-unit"] == "client"
+    # the data-dependent figure is released once, after the last round, beside the other
+    assert "server-epsilon-data-dependent" not in rows[0]
+    last = rows[-1]
+    assert last["pate-queries"] == last["pate-answered"] == 80  # no threshold: all answered
+    assert last["server-epsilon-data-independent-answered"] == pytest.approx(eps[1], rel=1e-9)
+    assert 0 < last["server-epsilon-data-dependent"] < float("inf")
 
 
 def test_fd_refuses_half_configured_privacy(tmp_path: Path) -> None:
@@ -103,3 +109,45 @@ def test_no_client_ever_exceeds_the_budget(case: str, tmp_path: Path) -> None:
     reported = [c["epsilon"] for r in rows for c in r["clients"].values() if "epsilon" in c]
     assert reported and max(reported) <= budget
     assert any(a["status"] == "budget-exhausted" for a in audit)  # the budget did bite
+
+
+def _dsfl_client(overrides: dict):  # noqa: ANN202
+    from client.app import client_context
+    from fedkd.algorithms import ALGORITHMS
+
+    cfg = build_config({"algorithm": "dsfl", "data.dataset": "digits", "train.model": "mlp",
+                        "data.public-fraction": 0.2, "train.local-steps": 3,
+                        "data.num-partitions": 2, **overrides})
+    client = client_context(cfg, 1000, {"partition-id": 0, "num-partitions": 2}, {})
+    return ALGORITHMS.get(cfg.algorithm)(cfg, client.num_classes, client.input_shape), client
+
+
+def test_num_examples_is_noised_once_per_round_and_charged() -> None:
+    import numpy as np
+
+    from fedkd.protocol import Payload
+
+    algorithm, client = _dsfl_client({"privacy.output-noise": 20.0})
+    n = len(client.data.train)
+    fit = algorithm.answer("fit", Payload(config={"round": 1, "indices": [0, 1, 2]}), client)
+    history = list(algorithm.client_privacy(client).history)
+    assert len(history) == 2  # the noised logits and the noised num-examples
+    noised = fit.metrics["num-examples"]
+    assert noised != n and noised >= 1
+    distill = algorithm.answer("distill", Payload(
+        config={"round": 1, "indices": [0, 1, 2]},
+        arrays={"targets": np.full((3, 10), 0.1, np.float32)}), client)
+    assert distill.metrics["num-examples"] == noised  # reused: no second release
+    assert algorithm.client_privacy(client).history == history
+    again = algorithm.answer("fit", Payload(config={"round": 2, "indices": [0, 1, 2]}), client)
+    assert len(algorithm.client_privacy(client).history) == 4 and again.metrics["num-examples"] >= 1
+
+
+def test_num_examples_is_withheld_under_dp_sgd_where_the_server_does_not_need_it() -> None:
+    from fedkd.protocol import Payload
+
+    algorithm, client = _dsfl_client(DP)
+    fit = algorithm.answer("fit", Payload(config={"round": 1, "indices": [0, 1]}), client)
+    assert fit.metrics["num-examples"] == 1
+    evaluation = algorithm.answer("evaluate", Payload(config={"round": 1}), client)
+    assert evaluation.metrics["num-examples"] == len(client.data.test)  # diagnostics, not a release
