@@ -78,6 +78,8 @@ from numbers import Integral, Real
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from fedkd.privacy.accounting import _check_delta
+
 __all__ = [
     "PateEpsilon",
     "check_smooth_sensitivity_conditions",
@@ -115,12 +117,13 @@ def _check_positive(name: str, value: object) -> float:
     return out
 
 
-def _check_delta(delta: object) -> float:
-    if isinstance(delta, bool) or not isinstance(delta, Real):
-        raise ValueError(f"delta must be a real number, got {delta!r}")
-    out = float(delta)
-    if not 0.0 < out < 1.0:
-        raise ValueError(f"delta must lie in (0, 1), got {delta!r}")
+def _log_probabilities(name: str, values: ArrayLike) -> np.ndarray:
+    """``values`` as a 1-D float64 array of log-probabilities (each ``<= 0``, none NaN)."""
+    out = np.atleast_1d(np.asarray(values, dtype=np.float64))
+    if out.ndim != 1:
+        raise ValueError(f"{name} must be a number or 1-D [queries], got shape {out.shape}")
+    if np.any(np.isnan(out)) or np.any(out > 0.0):
+        raise ValueError(f"{name} must be <= 0 (the log of a probability), got a value > 0 or NaN")
     return out
 
 
@@ -393,11 +396,7 @@ def gnmax_rdp_data_dependent(
     """
     sigma = _check_positive("sigma", sigma)
     lam = _check_orders(orders)
-    lq = np.atleast_1d(np.asarray(log_q, dtype=np.float64))
-    if lq.ndim != 1:
-        raise ValueError(f"log_q must be a number or 1-D [queries], got shape {lq.shape}")
-    if np.any(np.isnan(lq)) or np.any(lq > 0.0):
-        raise ValueError("log_q must be <= 0 (the log of a probability), got a value > 0 or NaN")
+    lq = _log_probabilities("log_q", log_q)
     rdp = _gnmax_rdp(lq[:, None], sigma, lam[None, :])
     return rdp if per_query else rdp.sum(axis=0)
 
@@ -473,11 +472,7 @@ def threshold_rdp_data_dependent(
     """
     sigma_threshold = _check_positive("sigma_threshold", sigma_threshold)
     lam = _check_orders(orders)
-    lp = np.atleast_1d(np.asarray(log_pr_answered, dtype=np.float64))
-    if lp.ndim != 1:
-        raise ValueError(f"log_pr_answered must be a number or 1-D, got shape {lp.shape}")
-    if np.any(np.isnan(lp)) or np.any(lp > 0.0):
-        raise ValueError("log_pr_answered must be <= 0 (the log of a probability)")
+    lp = _log_probabilities("log_pr_answered", log_pr_answered)
     rdp = _threshold_rdp(lp[:, None], sigma_threshold, lam[None, :])
     return rdp if per_query else rdp.sum(axis=0)
 
