@@ -1,4 +1,4 @@
-"""The cost of DP-SGD on one client round: plain SGD against Opacus DP-SGD (hooks and ghost).
+"""The cost of DP-SGD on one client round: plain SGD against Opacus DP-SGD (hooks, ghost, auto).
 
 One Fashion-MNIST client (Dirichlet partition of the pool into ``--clients`` clients, ``--alpha``,
 partition ``--partition``; its local train split) trains ``--steps`` steps of batch ``--batch-size``
@@ -9,7 +9,10 @@ with fedkd's own code paths:
   ``grad_sample_mode`` ``hooks`` / ``ghost``, noise multiplier 1.0, clip 1.0, a fresh
   ``ClientPrivacy`` with an empty node state each time (what a client runs with
   ``privacy.dp-sgd``; ``make_private``, Poisson sampling with the same expected batch, per-sample
-  clipping, noise, unwrapping and the ledger update are all inside the timed region).
+  clipping, noise, unwrapping and the ledger update are all inside the timed region);
+* ``plain+fd`` / ``dp-auto+fd``: the same with FD's distillation term added to the loss (a
+  per-sample KL towards per-class targets), DP in the mode ``auto`` picks for the model (ghost
+  for ``cnn``, hooks for ``fedgen-cnn``): the cost of an FD client round.
 
 The fixed part of a DP round (everything but the steps: ``make_private``, the Poisson loader,
 unwrapping, the ledger) is also timed alone, as ``ClientPrivacy.fit`` with 0 steps.
@@ -49,14 +52,26 @@ from fedkd.config import PrivacyConfig
 from fedkd.data.federated import DataSpec, load_federated
 from fedkd.models import build_model
 from fedkd.privacy.dpsgd import ClientPrivacy
-from fedkd.training import fit_supervised, seeded_generator
+from fedkd.losses import kd_kl_from_probs
+from fedkd.training import batch_mean, fit_supervised, seeded_generator
 
 ROOT = Path(__file__).resolve().parent.parent
 
 #: The project's target: DP-SGD costs at most this many times a plain round.
 TARGET_RATIO = 2.5
 
-MODES = ("plain", "dp-hooks", "dp-ghost")
+MODES = ("plain", "plain+fd", "dp-hooks", "dp-ghost", "dp-auto+fd")
+#: Each DP mode's plain counterpart: ``+fd`` adds FD's distillation term (a per-sample KL towards
+#: per-class targets, weight 1, T 1) to the loss, which ``auto`` runs with the model's mode.
+BASELINE = {"dp-hooks": "plain", "dp-ghost": "plain", "dp-auto+fd": "plain+fd"}
+DP_MODES = tuple(BASELINE)
+
+
+def fd_term(num_classes: int):  # noqa: ANN201 - a fedkd.training.PerSampleLoss
+    """FD's distillation term with fixed per-class targets (what a client gets in a round)."""
+    targets = torch.softmax(torch.randn(num_classes, num_classes,
+                                        generator=torch.Generator().manual_seed(0)), dim=1)
+    return lambda logits, y: kd_kl_from_probs(logits, targets[y], 1.0, reduction="none")
 
 
 def one_round(model_name: str, mode: str, data: Any, input_shape: tuple[int, int, int],
@@ -74,14 +89,15 @@ def one_round(model_name: str, mode: str, data: Any, input_shape: tuple[int, int
                   learning_rate=args.lr, generator=generator)
     ledger = None
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    if mode == "plain":
-        stats = fit_supervised(model, data, **kwargs)
+    term = fd_term(num_classes) if mode.endswith("+fd") else None
+    if mode.startswith("plain"):
+        stats = fit_supervised(model, data, extra_loss=batch_mean(term) if term else None, **kwargs)
     else:
         cfg = PrivacyConfig(dp_sgd=True, noise_multiplier=args.noise_multiplier,
                             max_grad_norm=args.max_grad_norm,
-                            grad_sample_mode=mode.removeprefix("dp-"))
+                            grad_sample_mode=mode.removeprefix("dp-").removesuffix("+fd"))
         ledger = ClientPrivacy(cfg, {}, planned_rounds=1)
-        stats = ledger.fit(model, data, **kwargs)
+        stats = ledger.fit(model, data, per_sample_loss=term, **kwargs)
         ledger.save()
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     out = {"model": model_name, "mode": mode, "repeat": rep, "cpu-s": cpu, "wall-s": wall,
@@ -102,20 +118,21 @@ def summarise(rounds: list[dict[str, Any]], models: list[str]) -> list[dict[str,
                          "cpu-s-all": [round(r["cpu-s"], 4) for r in rs],
                          "wall-s-all": [round(r["wall-s"], 4) for r in rs],
                          "samples-seen": statistics.median(r["samples-seen"] for r in rs)}
-            if mode != "plain":
+            if mode in DP_MODES:
                 med[mode]["epsilon"] = rs[0]["epsilon"]
                 setup = [r for r in rounds if r["model"] == m and r["mode"] == mode + "/setup"]
                 med[mode]["setup-cpu-s"] = statistics.median(r["cpu-s"] for r in setup)
                 med[mode]["setup-wall-s"] = statistics.median(r["wall-s"] for r in setup)
-        for mode in MODES[1:]:
-            cpu_ratio = med[mode]["cpu-s"] / med["plain"]["cpu-s"]
+        for mode in DP_MODES:
+            base = BASELINE[mode]
+            cpu_ratio = med[mode]["cpu-s"] / med[base]["cpu-s"]
             # Ratio within each repeat (the DP and plain rounds ran back to back): its spread
             # shows how much the machine's load moved the numbers.
-            per_rep = [d / p for d, p in zip(med[mode]["cpu-s-all"], med["plain"]["cpu-s-all"])]
-            wall_ratio = med[mode]["wall-s"] / med["plain"]["wall-s"]
+            per_rep = [d / p for d, p in zip(med[mode]["cpu-s-all"], med[base]["cpu-s-all"])]
+            wall_ratio = med[mode]["wall-s"] / med[base]["wall-s"]
             rows.append({
-                "model": m, "mode": mode,
-                "plain-cpu-s": med["plain"]["cpu-s"], "plain-wall-s": med["plain"]["wall-s"],
+                "model": m, "mode": mode, "baseline": base,
+                "plain-cpu-s": med[base]["cpu-s"], "plain-wall-s": med[base]["wall-s"],
                 "dp-cpu-s": med[mode]["cpu-s"], "dp-wall-s": med[mode]["wall-s"],
                 "cpu-ratio": cpu_ratio, "wall-ratio": wall_ratio,
                 "cpu-ratio-per-repeat": [round(v, 3) for v in per_rep],
@@ -124,8 +141,8 @@ def summarise(rounds: list[dict[str, Any]], models: list[str]) -> list[dict[str,
                 "epsilon-one-round": med[mode]["epsilon"],
                 "dp-setup-cpu-s": med[mode]["setup-cpu-s"],
                 "dp-setup-wall-s": med[mode]["setup-wall-s"],
-                "plain-cpu-s-all": med["plain"]["cpu-s-all"], "dp-cpu-s-all": med[mode]["cpu-s-all"],
-                "plain-wall-s-all": med["plain"]["wall-s-all"], "dp-wall-s-all": med[mode]["wall-s-all"],
+                "plain-cpu-s-all": med[base]["cpu-s-all"], "dp-cpu-s-all": med[mode]["cpu-s-all"],
+                "plain-wall-s-all": med[base]["wall-s-all"], "dp-wall-s-all": med[mode]["wall-s-all"],
                 "dp-samples-seen-median": med[mode]["samples-seen"],
             })
     return rows
@@ -138,7 +155,7 @@ def table(rows: list[dict[str, Any]]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
-            f"| {r['model']} | {r['mode'].removeprefix('dp-')} | {r['plain-cpu-s']:.3f} | "
+            f"| {r['model']} | {r['mode'].removeprefix('dp-')} (vs {r['baseline']}) | {r['plain-cpu-s']:.3f} | "
             f"{r['dp-cpu-s']:.3f} | {r['cpu-ratio']:.2f}x | "
             f"{min(r['cpu-ratio-per-repeat']):.2f}-{max(r['cpu-ratio-per-repeat']):.2f}x | "
             f"{r['plain-wall-s']:.3f} | "
@@ -204,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     for m in models:  # untimed warm-up
         for mode in MODES:
             one_round(m, mode, data, fed.input_shape, fed.num_classes, args, rep=-1)
-            if mode != "plain":
+            if mode in DP_MODES:
                 one_round(m, mode, data, fed.input_shape, fed.num_classes, args, rep=-1, steps=0)
     rounds: list[dict[str, Any]] = []
     for rep in range(args.repeats):
@@ -215,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
                 rounds.append(r)
                 print(f"  rep {rep} {m:<10} {mode:<8} cpu {r['cpu-s']:.3f}s wall {r['wall-s']:.3f}s",
                       flush=True)
-            for mode in MODES[1:]:  # fixed cost of a DP round: everything but the steps
+            for mode in DP_MODES:  # fixed cost of a DP round: everything but the steps
                 r = one_round(m, mode, data, fed.input_shape, fed.num_classes, args, rep, steps=0)
                 r["mode"] = mode + "/setup"
                 rounds.append(r)

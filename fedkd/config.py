@@ -218,7 +218,7 @@ class PrivacyConfig:
 
     Example level (one training example of one client): ``dp-sgd`` trains every client update
     with Opacus DP-SGD (``noise-multiplier``, or a ``target-epsilon`` the planned rounds spend;
-    ``max-grad-norm``; ``accountant`` rdp or prv; ``grad-sample-mode`` hooks or ghost), each
+    ``max-grad-norm``; ``accountant`` rdp or prv; ``grad-sample-mode`` auto, hooks or ghost), each
     client's accountant carried across rounds in its node state; ``output-noise`` > 0 clips every
     released logit row to ``output-clip`` and adds Gaussian noise to what leaves the client (and
     its counts), accounted in the same ledger; ``epsilon-budget`` > 0 stops a client whose next
@@ -232,7 +232,7 @@ class PrivacyConfig:
     max_grad_norm: float = 1.0
     delta: float = 1e-5
     accountant: str = "rdp"
-    grad_sample_mode: str = "hooks"
+    grad_sample_mode: str = "auto"
     epsilon_budget: float = 0.0
     output_noise: float = 0.0
     output_clip: float = 10.0
@@ -246,11 +246,11 @@ class PrivacyConfig:
         for name in ("noise_multiplier", "target_epsilon", "epsilon_budget", "output_noise"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"privacy.{name.replace('_', '-')} must be >= 0")
-        if self.grad_sample_mode not in ("hooks", "ghost"):
+        if self.grad_sample_mode not in ("auto", "hooks", "ghost"):
             raise ConfigError(
-                "privacy.grad-sample-mode must be 'hooks' or 'ghost' (the modes that handle the "
-                f"empty batches Poisson sampling gives small clients), got {self.grad_sample_mode!r}"
-            )
+                "privacy.grad-sample-mode must be 'auto', 'hooks' or 'ghost' (the modes that "
+                "handle the empty batches Poisson sampling gives small clients), got "
+                f"{self.grad_sample_mode!r}")
         if self.dp_sgd and self.noise_multiplier == 0 and self.target_epsilon == 0:
             raise ConfigError("privacy.dp-sgd needs noise-multiplier > 0 or target-epsilon > 0")
 

@@ -288,7 +288,8 @@ def kd_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) ->
     return (t * t) * _kl_rows(log_p_t.exp(), log_p_t, log_p_s).mean()
 
 
-def kd_kl_from_probs(student_logits: Tensor, teacher_probs: Tensor, temperature: float) -> Tensor:
+def kd_kl_from_probs(student_logits: Tensor, teacher_probs: Tensor, temperature: float,
+                     reduction: str = "mean") -> Tensor:
     r"""Survey eq. (1.1.3) with the teacher given as probabilities (e.g. aggregated soft targets).
 
     .. math:: L_{KL} = T^2 \sum_i p_t^i \log \frac{p_t^i}{p_s^i(T)}, \qquad 0 \log 0 := 0,
@@ -308,10 +309,14 @@ def kd_kl_from_probs(student_logits: Tensor, teacher_probs: Tensor, temperature:
     temperature
         ``T > 0``: softens the student and sets the :math:`T^2` factor.
 
+    reduction
+        ``"mean"`` over the batch, or ``"none"``: one value per row ``[N]`` (per-sample losses,
+        what DP-SGD's ghost clipping needs).
+
     Returns
     -------
     Tensor
-        0-dim, non-negative.
+        0-dim (``[N]`` with ``reduction="none"``), non-negative.
 
     Raises
     ------
@@ -324,7 +329,16 @@ def kd_kl_from_probs(student_logits: Tensor, teacher_probs: Tensor, temperature:
     _check_probs("teacher_probs", teacher_probs)
     t = _check_temperature(temperature)
     log_p_s = F.log_softmax(student_logits / t, dim=1)
-    return (t * t) * _kl_rows(teacher_probs, None, log_p_s).mean()
+    return _reduce((t * t) * _kl_rows(teacher_probs, None, log_p_s), reduction)
+
+
+def _reduce(rows: Tensor, reduction: str) -> Tensor:
+    """Per-row losses ``[N]`` averaged (``"mean"``) or kept (``"none"``)."""
+    if reduction == "mean":
+        return rows.mean()
+    if reduction == "none":
+        return rows
+    raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
 
 
 def cross_entropy(student_logits: Tensor, labels: Tensor) -> Tensor:
@@ -918,8 +932,10 @@ def diversity_loss(noise: Tensor, outputs: Tensor) -> Tensor:
 # Distillation towards aggregated targets, chosen by name (``distill.loss``)
 # --------------------------------------------------------------------------------------------
 
-#: A loss between student logits ``[N, C]`` and target probabilities ``[N, C]`` at a temperature.
-DistillationLoss = Callable[[Tensor, Tensor, float], Tensor]
+#: A loss between student logits ``[N, C]`` and target probabilities ``[N, C]`` at a temperature:
+#: ``loss(student_logits, target_probs, temperature, reduction="mean")``; ``reduction="none"``
+#: gives one value per row.
+DistillationLoss = Callable[..., Tensor]
 
 #: Smallest target probability whose log is taken (one-hot targets would give ``-inf``).
 _MIN_TARGET_PROB = 1e-7
@@ -934,7 +950,8 @@ def _target_logits(teacher_probs: Tensor, temperature: float) -> Tensor:
     return _centred(temperature * torch.log(teacher_probs.clamp_min(_MIN_TARGET_PROB)))
 
 
-def l1_logits_from_probs(student_logits: Tensor, teacher_probs: Tensor, temperature: float) -> Tensor:
+def l1_logits_from_probs(student_logits: Tensor, teacher_probs: Tensor, temperature: float,
+                         reduction: str = "mean") -> Tensor:
     r"""FedMD's consensus loss (Li & Wang 2019): L1 between student and target *logits*.
 
     .. math:: L_{L1} = \frac{1}{NC}\sum_{n,c} \big|\bar z_{s,nc} - \overline{(T \log p_t)}_{nc}\big|,
@@ -946,26 +963,32 @@ def l1_logits_from_probs(student_logits: Tensor, teacher_probs: Tensor, temperat
     so ``T log p_t`` is the clients' mean logit up to a per-row constant, which the centring
     removes: this is FedMD's L1 to the averaged logits, made blind to a constant shift of a row
     (to which the softmax is blind too). Probabilities below 1e-7 are raised to 1e-7 before the
-    log (one-hot targets of the ``pate`` rule).
+    log (one-hot targets of the ``pate`` rule). ``reduction="none"``: the mean over each row's
+    ``C`` entries, ``[N]`` (their mean is the ``"mean"`` value).
     """
     _check_logits("student_logits", student_logits)
     _check_same_shape("student_logits", student_logits, "teacher_probs", teacher_probs)
     _check_probs("teacher_probs", teacher_probs)
     t = _check_temperature(temperature)
-    return F.l1_loss(_centred(student_logits), _target_logits(teacher_probs, t))
+    diff = _centred(student_logits) - _target_logits(teacher_probs, t)
+    return _reduce(diff.abs().mean(dim=1), reduction)
 
 
-def mse_logits_from_probs(student_logits: Tensor, teacher_probs: Tensor, temperature: float) -> Tensor:
+def mse_logits_from_probs(student_logits: Tensor, teacher_probs: Tensor, temperature: float,
+                          reduction: str = "mean") -> Tensor:
     r"""Mean squared error between row-centred student and target logits (survey eq. 1.1.1's
     logit matching, Ba & Caruana 2014), targets ``T log p_t`` as in :func:`l1_logits_from_probs`:
 
     .. math:: L_{MSE} = \frac{1}{NC}\sum_{n,c} \big(\bar z_{s,nc} - \overline{(T \log p_t)}_{nc}\big)^2.
+
+    ``reduction="none"``: the mean over each row's ``C`` entries, ``[N]``.
     """
     _check_logits("student_logits", student_logits)
     _check_same_shape("student_logits", student_logits, "teacher_probs", teacher_probs)
     _check_probs("teacher_probs", teacher_probs)
     t = _check_temperature(temperature)
-    return F.mse_loss(_centred(student_logits), _target_logits(teacher_probs, t))
+    diff = _centred(student_logits) - _target_logits(teacher_probs, t)
+    return _reduce(diff.pow(2).mean(dim=1), reduction)
 
 
 #: ``distill.loss`` names -> loss(student_logits, target_probs, temperature).

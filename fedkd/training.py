@@ -34,6 +34,17 @@ from fedkd.models import build_model
 
 #: An extra loss term added to each step: ``(model, x, y, logits) -> loss`` (e.g. distillation).
 ExtraLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+#: A loss term from a batch's logits and labels alone, one value per sample ``[B]`` (FD's
+#: distillation term): per-sample clipping with ghost norms (DP-SGD) can take it, since it is a
+#: per-sample criterion; its batch mean is what is added to the loss.
+PerSampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def batch_mean(per_sample: PerSampleLoss) -> ExtraLoss:
+    """``per_sample`` as an :data:`ExtraLoss`: its mean over the batch."""
+    return lambda model, x, y, logits: per_sample(logits, y).mean()
+
+
 #: Called after each step with the batch's detached logits and labels (e.g. FD's per-class tracker).
 BatchObserver = Callable[[torch.Tensor, torch.Tensor], None]
 #: One optimisation step on a batch ``(x, y)``: forward, loss, backward, update; returns the

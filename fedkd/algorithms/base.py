@@ -50,6 +50,8 @@ from fedkd.protocol import Payload, PhaseSpec
 from fedkd.training import (
     BatchObserver,
     ExtraLoss,
+    PerSampleLoss,
+    batch_mean,
     FitStats,
     evaluate,
     fit_supervised,
@@ -419,26 +421,34 @@ class Algorithm(ABC):
         rnd: int,
         *,
         extra_loss: ExtraLoss | None = None,
+        per_sample_loss: PerSampleLoss | None = None,
         observe: BatchObserver | None = None,
         releases: int = 0,
     ) -> FitStats:
         """``train.local-steps`` steps on the client's private data: DP-SGD when
         ``privacy.dp-sgd`` is on (accounted in the client's ledger), plain SGD otherwise.
 
-        ``releases``: output releases the caller will account after training (they count
-        towards the budget check).
+        A further loss term is either ``extra_loss`` (any function of the model and the batch)
+        or ``per_sample_loss`` (per sample, from the logits and labels: every DP-SGD mode takes
+        it, ghost clipping included). ``releases``: output releases the caller will account
+        after training (they count towards the budget check).
         """
+        if extra_loss is not None and per_sample_loss is not None:
+            raise ValueError("give extra_loss or per_sample_loss, not both")
         train = self.cfg.train
         kwargs = dict(
             steps=train.local_steps, batch_size=train.batch_size,
             learning_rate=train.learning_rate, momentum=train.momentum,
-            weight_decay=train.weight_decay, extra_loss=extra_loss, observe=observe,
+            weight_decay=train.weight_decay, observe=observe,
             generator=seeded_generator(self.cfg.seed, rnd, client.partition_id),
         )
         if not self.cfg.privacy.dp_sgd:
-            return fit_supervised(model, client.data.train, **kwargs)
+            if per_sample_loss is not None:
+                extra_loss = batch_mean(per_sample_loss)
+            return fit_supervised(model, client.data.train, extra_loss=extra_loss, **kwargs)
         privacy = self.client_privacy(client)
-        stats = privacy.fit(model, client.data.train, releases=releases, **kwargs)
+        stats = privacy.fit(model, client.data.train, releases=releases, extra_loss=extra_loss,
+                            per_sample_loss=per_sample_loss, **kwargs)
         privacy.save()
         return stats
 

@@ -161,17 +161,21 @@ class FD(Algorithm):
 
         targets_on, has_target_on = targets, has_target  # on the batches' device (train.device)
 
-        def distill_term(model, x, y, logits):  # noqa: ANN001 - see training.ExtraLoss
+        def distill_term(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            """Per sample: ``weight`` times the distillation loss towards the target of its
+            class, 0 for a class without a target. Its batch mean is the sum over the samples
+            with a target divided by the whole batch: every sample's loss keeps the same scale
+            whatever the mix (what per-sample clipping assumes)."""
             nonlocal targets_on, has_target_on
             if targets_on.device != y.device:
                 targets_on, has_target_on = targets.to(y.device), has_target.to(y.device)
             use = has_target_on[y]
             if weight == 0 or not bool(use.any()):
-                return logits.new_zeros(())
-            # A sum over the samples with a target, divided by the whole batch: every sample's
-            # loss keeps the same scale whatever the mix (what per-sample clipping assumes).
-            share = float(use.sum()) / len(y)
-            return weight * share * distill_loss(logits[use], targets_on[y[use]], temperature)
+                return logits.new_zeros(len(y))
+            uniform = torch.full_like(logits, 1.0 / c)  # any distribution: its rows are zeroed
+            goal = torch.where(use[:, None], targets_on[y], uniform)
+            rows = distill_loss(logits, goal, temperature, reduction="none")
+            return weight * use.to(rows.dtype) * rows
 
         sums = torch.zeros(c, c, dtype=torch.float64)
         counts = torch.zeros(c, dtype=torch.int64)
@@ -183,7 +187,7 @@ class FD(Algorithm):
         rnd = int(request.config["round"])
         private = self.cfg.privacy.enabled
         model = self.personal_model(client)
-        stats = self.local_fit(client, model, rnd, extra_loss=distill_term,
+        stats = self.local_fit(client, model, rnd, per_sample_loss=distill_term,
                                observe=None if private else track, releases=2 if private else 0)
         self.save_personal_model(client, model)
         if private:

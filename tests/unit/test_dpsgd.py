@@ -114,7 +114,7 @@ def test_ghost_mode_trains_and_refuses_extra_loss_terms() -> None:
     stats = privacy.fit(model, data(), steps=4, batch_size=16, learning_rate=0.1,
                         generator=seeded_generator(0))
     assert stats.steps == 4 and opacus_hooks(model) == 0
-    with pytest.raises(ValueError, match="ghost.*use 'hooks'"):
+    with pytest.raises(ValueError, match="ghost.*not one: use 'hooks'"):
         privacy.fit(model, data(), steps=1, batch_size=16, learning_rate=0.1,
                     generator=seeded_generator(0), extra_loss=lambda m, x, y, z: z.sum() * 0)
 
@@ -177,3 +177,58 @@ def test_every_release_is_checked_against_the_budget() -> None:
             charged += 1
     assert 0 < charged < 100 and ledger.epsilon() <= 3.0
     assert len(ledger.history) == charged  # the refused release was not recorded
+
+
+def test_auto_mode_takes_ghost_for_a_large_dense_layer_and_hooks_otherwise() -> None:
+    from fedkd.privacy.dpsgd import grad_sample_mode
+
+    cnn, small = build_model("cnn", (1, 28, 28), 10), build_model("fedgen-cnn", (1, 28, 28), 10)
+    assert grad_sample_mode("auto", cnn, None) == "ghost"  # a 3136 x 512 dense layer
+    assert grad_sample_mode("auto", small, None) == "hooks"  # 784 x 32 at most
+    assert grad_sample_mode("auto", cnn, lambda m, x, y, z: z.sum()) == "hooks"  # not per sample
+    assert grad_sample_mode("hooks", cnn, None) == "hooks"
+
+
+@pytest.mark.parametrize("loss_name", ["kl", "l1-logits", "mse-logits"])
+def test_a_per_sample_term_trains_the_same_under_ghost_and_hooks(loss_name: str) -> None:
+    # FD's distillation term as a per-sample loss: with (almost) no noise and the same Poisson
+    # batches, ghost clipping and per-sample gradients clip the same per-sample losses alike.
+    from fedkd.losses import distillation_loss
+
+    loss = distillation_loss(loss_name)
+    targets = torch.softmax(torch.randn(10, 10, generator=torch.Generator().manual_seed(1)), 1)
+
+    def term(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return 0.5 * loss(logits, targets[y], 2.0, reduction="none")
+
+    trained = {}
+    for mode in ("hooks", "ghost"):
+        cfg = PrivacyConfig(dp_sgd=True, grad_sample_mode=mode, noise_multiplier=1e-6,
+                            max_grad_norm=0.5)
+        torch.manual_seed(0)
+        model = build_model("mlp", (1, 8, 8), 10)
+        ClientPrivacy(cfg, {}, 1).fit(model, data(), steps=5, batch_size=16, learning_rate=0.1,
+                                      generator=seeded_generator(0), per_sample_loss=term)
+        trained[mode] = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    moved = (trained["hooks"] - build_model_seeded()).abs().max()
+    assert moved > 1e-3  # it trained
+    torch.testing.assert_close(trained["ghost"], trained["hooks"], atol=1e-5, rtol=1e-4)
+
+
+def build_model_seeded() -> torch.Tensor:
+    torch.manual_seed(0)
+    return torch.cat([p.detach().reshape(-1) for p in build_model("mlp", (1, 8, 8), 10).parameters()])
+
+
+@pytest.mark.parametrize("loss_name", ["kl", "l1-logits", "mse-logits"])
+def test_per_sample_distillation_losses_average_to_the_batch_loss(loss_name: str) -> None:
+    from fedkd.losses import distillation_loss
+
+    loss = distillation_loss(loss_name)
+    g = torch.Generator().manual_seed(0)
+    z, p = torch.randn(7, 5, generator=g), torch.softmax(torch.randn(7, 5, generator=g), 1)
+    rows = loss(z, p, 1.5, reduction="none")
+    assert rows.shape == (7,)
+    torch.testing.assert_close(rows.mean(), loss(z, p, 1.5))
+    with pytest.raises(ValueError, match="reduction"):
+        loss(z, p, 1.5, reduction="sum")
