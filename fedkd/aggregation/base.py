@@ -379,8 +379,11 @@ class AggregationRule(ABC):
         answered = weighted.any(axis=1)
         average = np.divide(num, np.broadcast_to(den, num.shape), out=np.zeros_like(num),
                             where=weighted)
-        if not self.needs_logits:  # an average of probabilities: noise may push it below 0
+        if not self.needs_logits:  # an average of probabilities: noise may push it below 0,
+            # and clipping (distributed DP) shrinks it; the rows' mass is restored before _finish
             average = np.maximum(average, 0.0)
+            mass = average.sum(axis=1, keepdims=True)
+            average = np.divide(average, mass, out=np.zeros_like(average), where=mass > 0)
         out = self._finish(average, weighted)
         out = np.where(np.isfinite(out), np.maximum(out, 0.0), 0.0)
         total = out.sum(axis=1, keepdims=True)

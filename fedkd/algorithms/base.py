@@ -268,17 +268,20 @@ class Algorithm(ABC):
         """Answer any request on one client: the personalised evaluation, the secure
         aggregation's own phases (:mod:`fedkd.secagg.client`), or the algorithm's phases
         (:meth:`client_phase`)."""
-        if phase == EVALUATE_PHASE.name:
-            return self.client_evaluate(request, client)
-        if phase.startswith("secagg-"):
+        if self.cfg.aggregation.secure:
             from fedkd.secagg import client as secagg_client
 
-            if not self.cfg.aggregation.secure:
-                raise ValueError(f"phase {phase!r}: this run has no secure aggregation")
-            return secagg_client.answer(phase, request, client.state, client.node_id,
-                                        self.cfg.section("secagg"))
+            if phase.startswith("secagg-"):
+                return secagg_client.answer(phase, request, client.state, client.node_id,
+                                            self.cfg.section("secagg"))
+            secagg_client.forget(client.state)  # a round's secrets never outlive it
+        elif phase.startswith("secagg-"):
+            raise ValueError(f"phase {phase!r}: this run has no secure aggregation")
+        if phase == EVALUATE_PHASE.name:
+            return self.client_evaluate(request, client)
         reply = self.client_phase(phase, request, client)
-        if self.cfg.privacy.enabled and "num-examples" in reply.metrics:
+        if ((self.cfg.privacy.enabled or self.cfg.aggregation.secure)
+                and "num-examples" in reply.metrics):
             reply.metrics["num-examples"] = self.release_num_examples(
                 client, int(request.config.get("round", 0)), int(reply.metrics["num-examples"]))
         return reply
@@ -288,7 +291,8 @@ class Algorithm(ABC):
 
         With ``privacy.output-noise`` > 0: ``n`` plus Gaussian noise of that std (a count:
         sensitivity 1), rounded, at least 1, charged to the client's ledger once per round and
-        reused by every reply of the round. Under DP-SGD alone: 1 (withheld) where the
+        reused by every reply of the round. Under DP-SGD alone, or secure aggregation (whose
+        ``weighted`` rule hides the data size inside the sum): 1 (withheld) where the
         algorithm does not need it (:attr:`NEEDS_NUM_EXAMPLES`), else ``n`` as it is (README,
         "Privacy": the data size of FedAvg, FD and FedGen clients is then not protected).
         """

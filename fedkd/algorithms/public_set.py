@@ -273,7 +273,8 @@ class PublicSetAlgorithm(Algorithm):
             else:
                 weight = np.float64(len(client.data.train))
             weight = np.minimum(weight, options.max_weight)
-        parts = self.rule.summands(logits, weight=weight)
+        bound = self.cfg.aggregation.max_abs_logit  # what the plain contract checks, clipped here
+        parts = self.rule.summands(np.clip(logits, -bound, bound), weight=weight)
         return np.concatenate([parts[name].reshape(-1) for name in
                                self.rule.sum_layout(*logits.shape)])
 

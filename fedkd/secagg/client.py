@@ -25,6 +25,7 @@ operating system's CSPRNG, never from the run seed, which the server knows.
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 from collections.abc import Mapping, MutableMapping
 
@@ -119,15 +120,19 @@ def answer(phase: str, request: Payload, state: MutableMapping[str, np.ndarray],
     if kept is None or int(kept[0]) != rnd:
         raise SecAggClientError(f"secure aggregation: phase {phase!r} of round {rnd}, but this "
                                 "node holds no contribution for that round")
-    if phase == SHARE_KEYS:
-        arrays = _share_keys(request, state, node_id)
-    elif phase == MASK:
-        arrays = _mask(request, state, node_id, options)
-    elif phase == UNMASK:
-        arrays = _unmask(request, state)
-        forget(state)  # one unmask per round: a second request learns nothing more
-    else:
-        raise SecAggClientError(f"secure aggregation has no phase {phase!r}")
+    try:
+        if phase == SHARE_KEYS:
+            arrays = _share_keys(request, state, node_id)
+        elif phase == MASK:
+            arrays = _mask(request, state, node_id, options)
+        elif phase == UNMASK:
+            arrays = _unmask(request, state)
+            forget(state)  # one unmask per round: a second request learns nothing more
+        else:
+            raise SecAggClientError(f"secure aggregation has no phase {phase!r}")
+    except Exception:
+        forget(state)  # a failed round leaves no secret behind
+        raise
     return Payload(arrays=arrays, metrics={"num-examples": 0})
 
 
@@ -143,6 +148,9 @@ def _share_keys(request: Payload, state: MutableMapping[str, np.ndarray],
     neighbours = _node_list(request, "neighbours")
     threshold = int(request.config["threshold"])
     pk_c, pk_s = request.arrays["pk-c"], request.arrays["pk-s"]
+    if _PREFIX + "b" in state:
+        raise SecAggClientError("secure aggregation: keys already shared this round (a repeated "
+                                "request could gather more shares of the same secrets)")
     if node_id in neighbours or not 2 <= threshold <= len(neighbours):
         raise SecAggClientError(f"secure aggregation: {len(neighbours)} neighbours (self "
                                 f"excluded) with threshold {threshold}")
@@ -164,13 +172,18 @@ def _share_keys(request: Payload, state: MutableMapping[str, np.ndarray],
     state[_PREFIX + "pk-c"] = np.asarray(pk_c, dtype=np.uint8).copy()
     state[_PREFIX + "pk-s"] = np.asarray(pk_s, dtype=np.uint8).copy()
     state[_PREFIX + "threshold"] = np.array([threshold], dtype=np.int64)
-    return {"ciphertexts": np.stack(rows)}
+    # a commitment to b: the server checks the seed it rebuilds from shares against it
+    return {"ciphertexts": np.stack(rows),
+            "b-hash": np.frombuffer(hashlib.sha256(seed_b).digest(), dtype=np.uint8).copy()}
 
 
 def _mask(request: Payload, state: MutableMapping[str, np.ndarray], node_id: int,
           options: SecAggConfig) -> dict[str, np.ndarray]:
     senders = _node_list(request, "senders")
     ciphertexts = request.arrays["ciphertexts"]
+    if _PREFIX + "masked" in state:
+        raise SecAggClientError("secure aggregation: input already masked this round (a repeated "
+                                "request with other neighbours could strip the masks)")
     neighbours = [int(i) for i in state[_PREFIX + "neighbours"]]
     threshold = int(state[_PREFIX + "threshold"][0])
     unknown = set(senders) - set(neighbours)
@@ -194,6 +207,8 @@ def _mask(request: Payload, state: MutableMapping[str, np.ndarray], node_id: int
     state[_PREFIX + "held-s"] = np.stack(s_held)
 
     vector = state[_PREFIX + "vector"]
+    # NumPy's PCG64 seeded with 128 bits from the OS CSPRNG: the noise and the rounding are
+    # unknown to the server, which knows the run seed
     secret_rng = np.random.default_rng(int.from_bytes(os.urandom(16), "little"))
     scale = float(request.config["scale"])
     if options.distributed_dp:

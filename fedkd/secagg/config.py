@@ -24,8 +24,9 @@ class SecAggConfig:
         the round's size.
     threshold
         Share of a client's neighbours whose Shamir shares reconstruct its secrets (rounded up,
-        at least 2 and at most all of them). More than half keeps a server that also lies about
-        who dropped from learning both secrets of one client.
+        at least 2 and at most all of them). With neighbours it must exceed one half: then no
+        pattern of dropouts splits a ring's survivors into groups unmasked separately, and a
+        server that lies about who dropped cannot gather both secrets of one client.
     noise-multiplier
         Distributed DP: each client adds Gaussian noise of std
         ``noise-multiplier * clip / sqrt(min-clients)`` to its clipped contribution, so that the
@@ -53,6 +54,11 @@ class SecAggConfig:
             raise ConfigError(f"secagg.neighbours must be >= 0, got {self.neighbours!r}")
         if not 0.0 < self.threshold <= 1.0:
             raise ConfigError(f"secagg.threshold must be in (0, 1], got {self.threshold!r}")
+        if self.neighbours > 0 and self.threshold <= 0.5:
+            raise ConfigError(
+                f"secagg.threshold = {self.threshold!r} with secagg.neighbours = {self.neighbours}: "
+                "on a ring, at most half the neighbours per secret lets a few dropouts split the "
+                "survivors into groups whose sums the server could unmask separately; use > 0.5")
         if self.noise_multiplier < 0 or not math.isfinite(self.noise_multiplier):
             raise ConfigError(f"secagg.noise-multiplier must be >= 0, got {self.noise_multiplier!r}")
         if not self.clip > 0:

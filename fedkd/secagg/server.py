@@ -23,6 +23,7 @@ rules run here and robust ones (median, trimmed mean) are refused.
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.common.secure_aggregation.crypto.shamir import combine_shares, create_shares
 from flwr.common.secure_aggregation.crypto.symmetric_encryption import encrypt, generate_shared_key
+from cryptography.hazmat.primitives.asymmetric import ec
 from flwr.common.secure_aggregation.secaggplus_utils import share_keys_plaintext_concat
 from flwr.supercore.primitives.asymmetric import (
     bytes_to_private_key,
@@ -87,7 +89,8 @@ def _phases(length: int) -> dict[str, PhaseSpec]:
     s = sizes()
     return {
         SHARE_KEYS: PhaseSpec(name=SHARE_KEYS, message_type="query", reply_arrays={
-            "ciphertexts": ArraySpec(shape=(None, s["ciphertext"]), dtype="uint8")},
+            "ciphertexts": ArraySpec(shape=(None, s["ciphertext"]), dtype="uint8"),
+            "b-hash": ArraySpec(shape=(32,), dtype="uint8")},
             max_reply_bytes=64 * 1024 + 100_000 * s["ciphertext"]),
         MASK: PhaseSpec(name=MASK, message_type="query", reply_arrays={
             "masked": ArraySpec(shape=(length,), dtype="uint32")}),
@@ -157,9 +160,10 @@ def secure_sum(exchange: Exchange, rnd: int, advertised: Mapping[int, Payload], 
         The server's generator (the neighbourhood ring).
     """
     keys = _valid_keys(advertised)
-    if len(keys) < 2:
-        raise SecureAggregationError(f"round {rnd}: secure aggregation needs at least 2 clients "
-                                     f"with valid keys, got {len(keys)}")
+    if len(keys) < 3:
+        raise SecureAggregationError(f"round {rnd}: secure aggregation needs at least 3 clients "
+                                     f"with valid keys (a threshold of 2 shares among at least 2 "
+                                     f"neighbours each), got {len(keys)}")
     graph = neighbourhoods(list(keys), options.neighbours, rng)
     degree = min(len(v) for v in graph.values())
     threshold = options.shamir_threshold(degree)
@@ -171,9 +175,15 @@ def secure_sum(exchange: Exchange, rnd: int, advertised: Mapping[int, Payload], 
                 "pk-c": np.stack([keys[v][0] for v in graph[u]]),
                 "pk-s": np.stack([keys[v][1] for v in graph[u]])},
         config={"round": rnd, "threshold": threshold}) for u in keys}
-    shared = {u: p.arrays["ciphertexts"] for u, p in exchange(phases[SHARE_KEYS], requests).replies.items()
+    replies = exchange(phases[SHARE_KEYS], requests).replies
+    shared = {u: p.arrays["ciphertexts"] for u, p in replies.items()
               if p.arrays["ciphertexts"].shape[0] == len(graph[u])}
-    u2 = set(shared)
+    commitments = {u: as_bytes(replies[u].arrays["b-hash"]) for u in shared}
+    u2 = _prune(set(shared), graph, threshold)
+    if len(u2) < threshold + 1:
+        raise SecureAggregationError(
+            f"round {rnd}: {len(u2)} clients shared their keys with enough live neighbours "
+            f"(threshold {threshold}): too few to mask; the round is discarded")
 
     # 2. masked inputs: each node gets the shares addressed to it by neighbours still present
     per_client = _noise_per_client(options, threshold)
@@ -215,7 +225,12 @@ def secure_sum(exchange: Exchange, rnd: int, advertised: Mapping[int, Payload], 
     total = np.zeros(length, dtype=np.uint32)
     for u in sorted(u3):
         total += masked[u]
-        total -= expand_mask(_reconstruct(rnd, u, "self-mask", b_shares[u], threshold), length)
+        seed_b = _reconstruct(rnd, u, "self-mask", b_shares[u], threshold)
+        if hashlib.sha256(seed_b).digest() != commitments[u]:
+            raise SecureAggregationError(
+                f"round {rnd}: node {u}'s self-mask rebuilt from its neighbours' shares does not "
+                "match its commitment (a corrupted share): the round is discarded")
+        total -= expand_mask(seed_b, length)
     for d in sorted(dropped):
         secret = _reconstruct(rnd, d, "mask key", s_shares[d], threshold)
         if public_key_to_bytes(bytes_to_private_key(secret).public_key()) != as_bytes(keys[d][1]):
@@ -231,8 +246,29 @@ def secure_sum(exchange: Exchange, rnd: int, advertised: Mapping[int, Payload], 
     noise = 0.0
     if options.distributed_dp:
         noise = options.noise_multiplier * math.sqrt(len(u3) / calibrated)
-    return SecureSum(total=decode_sum(total, scale), survivors=tuple(sorted(u3)),
+    decoded = decode_sum(total, scale)
+    # every input lies within +-bound (clipped), the noise within its tail: a larger value
+    # means a client sent an input out of range and the sum may have wrapped
+    limit = len(u3) * (bound + 1.0 / scale) + 8.0 * per_client * math.sqrt(len(u3))
+    if np.abs(decoded).max(initial=0.0) > limit:
+        raise SecureAggregationError(
+            f"round {rnd}: the sum has a value of {np.abs(decoded).max():.4g}, beyond what "
+            f"{len(u3)} inputs within +-{bound:g} can sum to: an input out of range, the round is "
+            "discarded")
+    return SecureSum(total=decoded, survivors=tuple(sorted(u3)),
                      dropped=tuple(sorted(dropped)), noise_multiplier=noise)
+
+
+def _prune(alive: set[int], graph: Mapping[int, list[int]], threshold: int) -> set[int]:
+    """Drop, until none is left, every node with fewer than ``threshold`` live neighbours: it
+    could not be unmasked (nor its masks removed) if it were lost, and its neighbours then
+    leave it out of their masks as if it had not shared its keys."""
+    alive = set(alive)
+    while True:
+        weak = {u for u in alive if sum(v in alive for v in graph[u]) < threshold}
+        if not weak:
+            return alive
+        alive -= weak
 
 
 def _noise_per_client(options: SecAggConfig, threshold: int) -> float:
@@ -242,17 +278,33 @@ def _noise_per_client(options: SecAggConfig, threshold: int) -> float:
 
 
 def _valid_keys(advertised: Mapping[int, Payload]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Nodes whose two public keys load as EC keys (a node that sent garbage is left out)."""
-    keys = {}
-    for node, payload in advertised.items():
-        pk_c, pk_s = payload.arrays[PUBLIC_KEY_C], payload.arrays[PUBLIC_KEY_S]
+    """Nodes whose two public keys are distinct keys on Flower's curve that no other node sent
+    (a node that sent anything else is left out, and so are both senders of a reused key:
+    their neighbours' key agreement would fail or be shared)."""
+    curve = _flower_curve()
+    raw = {node: (as_bytes(p.arrays[PUBLIC_KEY_C]), as_bytes(p.arrays[PUBLIC_KEY_S]))
+           for node, p in advertised.items()}
+    senders: dict[bytes, int] = {}
+    for pair in raw.values():
+        for key in set(pair):
+            senders[key] = senders.get(key, 0) + 1
+    keys: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for node, pair in sorted(raw.items()):
         try:
-            bytes_to_public_key(as_bytes(pk_c))
-            bytes_to_public_key(as_bytes(pk_s))
+            loaded = [bytes_to_public_key(b) for b in pair]
         except Exception:  # noqa: BLE001 - any failure to parse: not a key
             continue
-        keys[node] = (np.asarray(pk_c, np.uint8), np.asarray(pk_s, np.uint8))
+        if (not all(isinstance(k, ec.EllipticCurvePublicKey) and isinstance(k.curve, curve)
+                    for k in loaded) or pair[0] == pair[1] or any(senders[k] > 1 for k in pair)):
+            continue
+        keys[node] = tuple(np.frombuffer(b, np.uint8).copy() for b in pair)  # type: ignore[assignment]
     return keys
+
+
+@functools.cache
+def _flower_curve() -> type:
+    """The elliptic curve of Flower's key pairs (SECP384R1 in 1.42)."""
+    return type(generate_key_pairs()[1].curve)
 
 
 def _reconstruct(rnd: int, node: int, what: str, shares: list[bytes], threshold: int) -> bytes:

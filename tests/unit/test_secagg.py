@@ -73,6 +73,7 @@ def test_shamir_threshold(fraction: float, degree: int, expected: int) -> None:
 
 
 @pytest.mark.parametrize("bad", [{"threshold": 0.0}, {"threshold": 1.5}, {"neighbours": -1},
+                                 {"neighbours": 4, "threshold": 0.5},
                                  {"noise_multiplier": -1.0}, {"clip": 0.0}, {"min_clients": -2},
                                  {"max_weight": 0.0}])
 def test_bad_options_are_refused(bad: dict) -> None:
@@ -86,9 +87,10 @@ class Federation:
     nothing after it), as after a crash. Every reply is kept in ``seen``."""
 
     def __init__(self, nodes: list[int], length: int, options: SecAggConfig,
-                 drop: dict[str, set[int]] | None = None, seed: int = 0) -> None:
+                 drop: dict[str, set[int]] | None = None, seed: int = 0,
+                 tamper=None) -> None:  # noqa: ANN001 - (phase, node, reply) -> reply
         rng = np.random.default_rng(seed)
-        self.nodes, self.options, self.drop = nodes, options, drop or {}
+        self.nodes, self.options, self.drop, self.tamper = nodes, options, drop or {}, tamper
         self.inputs = {u: rng.uniform(0.0, 1.0, length) for u in nodes}
         self.states: dict[int, dict[str, np.ndarray]] = {u: {} for u in nodes}
         self.gone: set[int] = set()
@@ -103,6 +105,8 @@ class Federation:
             if u in self.gone:
                 continue
             reply = secagg_client.answer(phase.name, request, self.states[u], u, self.options)
+            if self.tamper is not None:
+                reply = self.tamper(phase.name, u, reply)
             self.seen.append((phase.name, u, reply))
             replies[u] = reply
         return ExchangeResult(replies=replies)
@@ -209,6 +213,10 @@ def test_a_client_answers_unmask_once_and_never_both_ways() -> None:
                            "dropped": np.array([v], np.uint64)}, config={"round": 3})
     with pytest.raises(secagg_client.SecAggClientError, match="both ways"):
         secagg_client.answer(secagg_client.UNMASK, both, fed.states[u], u, fed.options)
+    assert not any(k.startswith("secagg/") for k in fed.states[u])  # a refusal wipes the secrets
+
+    fed = Federation(NODES, 20, SecAggConfig())
+    _shared(fed)
     once = Payload(arrays={"survivors": np.array([v], np.uint64),
                            "dropped": np.zeros(0, np.uint64)}, config={"round": 3})
     reply = secagg_client.answer(secagg_client.UNMASK, once, fed.states[u], u, fed.options)
@@ -226,3 +234,110 @@ def test_a_client_refuses_a_request_for_another_round() -> None:
     with pytest.raises(secagg_client.SecAggClientError, match="round 4"):
         secagg_client.answer(secagg_client.SHARE_KEYS, Payload(config={"round": 4}), state, 1,
                              SecAggConfig())
+
+
+def test_a_client_lost_while_sharing_keys_is_left_out() -> None:
+    fed = Federation(NODES, 100, SecAggConfig(), drop={secagg_client.SHARE_KEYS: {NODES[2]}})
+    result = fed.run(100)
+    kept = [u for u in NODES if u != NODES[2]]
+    assert set(result.survivors) == set(kept) and result.dropped == ()
+    assert np.abs(result.total - np.sum([fed.inputs[u] for u in kept], axis=0)).max() < 1e-6
+
+
+@pytest.mark.parametrize("degree", [4, 6])
+def test_a_sparse_ring_survives_two_lost_neighbours_or_fails_clearly(degree: int) -> None:
+    # 12 clients; two ring neighbours lost while sharing keys. With 6 neighbours (threshold 4)
+    # every other client keeps 4 live neighbours: the sum is exact. With 4 (threshold 3) the
+    # clients next to the gap keep 2; leaving them out leaves their neighbours short in turn,
+    # around the ring: the round fails, saying so, before anyone masks.
+    nodes = list(range(1, 13))
+    a = nodes[0]
+    b = neighbourhoods(nodes, degree, np.random.default_rng(0))[a][0]
+    fed = Federation(nodes, 50, SecAggConfig(neighbours=degree),
+                     drop={secagg_client.SHARE_KEYS: {a, b}})
+    if degree == 4:
+        with pytest.raises(SecureAggregationError, match="too few to mask"):
+            fed.run(50)
+        assert not any(name == secagg_client.MASK for name, _, _ in fed.seen)
+        return
+    result = fed.run(50)
+    assert set(result.survivors) == set(nodes) - {a, b}
+    assert np.abs(result.total - np.sum([fed.inputs[u] for u in result.survivors], axis=0)).max() < 1e-6
+
+
+def test_keys_on_another_curve_or_reused_are_left_out() -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from flwr.supercore.primitives.asymmetric import public_key_to_bytes
+
+    nodes = NODES + [77, 78]
+    fed = Federation(nodes, 20, SecAggConfig())
+    other = public_key_to_bytes(ec.generate_private_key(ec.SECP256R1()).public_key())
+    fed.advertised[nodes[0]].arrays[secagg_client.PUBLIC_KEY_C] = np.frombuffer(other, np.uint8)
+    fed.advertised[nodes[1]].arrays[secagg_client.PUBLIC_KEY_S] = (
+        fed.advertised[nodes[2]].arrays[secagg_client.PUBLIC_KEY_S])  # a copied key: both out
+    result = fed.run(20)
+    assert set(result.survivors) == set(nodes[3:])
+
+
+def test_two_clients_are_refused_clearly() -> None:
+    fed = Federation(NODES[:2], 10, SecAggConfig())
+    with pytest.raises(SecureAggregationError, match="at least 3 clients"):
+        fed.run(10)
+
+
+def test_an_input_out_of_range_fails_the_round_instead_of_wrapping() -> None:
+    fed = Federation(NODES, 10, SecAggConfig())
+    # the server's bound is 1.0: 15 still fits one input into the field, but the sum wraps
+    fed.states[NODES[0]]["secagg/vector"] = np.full(10, 15.0)
+    with pytest.raises(SecureAggregationError, match="out of range"):
+        fed.run(10)
+
+
+def test_a_corrupted_share_is_caught_by_the_commitment() -> None:
+    def corrupt(phase: str, node: int, reply: Payload) -> Payload:
+        if phase == secagg_client.UNMASK and node == NODES[0] and len(reply.arrays["b-shares"]):
+            shares = reply.arrays["b-shares"].copy()
+            shares[0, 5] ^= 0xFF  # a byte of the first data chunk, after the 4-byte index
+            reply.arrays["b-shares"] = shares
+        return reply
+
+    # threshold 1.0: every share is used, so the corrupted one is among them
+    fed = Federation(NODES, 10, SecAggConfig(threshold=1.0), tamper=corrupt)
+    with pytest.raises(SecureAggregationError, match="commitment|self-mask"):
+        fed.run(10)
+
+
+def test_a_client_masks_only_once_per_round() -> None:
+    fed = Federation(NODES, 10, SecAggConfig())
+    requests = {}
+
+    def keep(phase, reqs):  # noqa: ANN001, ANN202
+        requests[phase.name] = reqs
+        if phase.name == secagg_client.UNMASK:
+            raise SecureAggregationError("stop before unmasking")
+        return fed(phase, reqs)
+
+    with pytest.raises(SecureAggregationError, match="stop before"):
+        secure_sum(keep, 3, fed.advertised, 10, 1.0, fed.options, np.random.default_rng(0))
+    u = NODES[0]  # masked once; the same request again is refused (and wipes the secrets)
+    with pytest.raises(secagg_client.SecAggClientError, match="already masked"):
+        secagg_client.answer(secagg_client.MASK, requests[secagg_client.MASK][u], fed.states[u],
+                             u, fed.options)
+    assert not any(k.startswith("secagg/") for k in fed.states[u])
+
+
+def test_removing_a_survivor_s_self_mask_still_leaves_its_pairwise_masks() -> None:
+    from flwr.common.secure_aggregation.crypto.shamir import combine_shares
+
+    fed = Federation(NODES, 2000, SecAggConfig())
+    fed.run(2000)
+    u = NODES[0]
+    shares = [bytes(share) for name, _, reply in fed.seen if name == secagg_client.UNMASK
+              for owner, share in zip(reply.arrays["b-owners"], reply.arrays["b-shares"])
+              if int(owner) == u]
+    seed_b = combine_shares(shares)
+    masked = next(r.arrays["masked"] for name, node, r in fed.seen
+                  if name == secagg_client.MASK and node == u)
+    without_b = masked - expand_mask(seed_b, 2000)  # what the server can compute for u
+    assert abs(without_b.mean() / 2**32 - 0.5) < 0.05
+    assert abs(np.corrcoef(without_b.astype(np.float64), fed.inputs[u])[0, 1]) < 0.1
