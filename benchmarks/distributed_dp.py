@@ -86,6 +86,7 @@ def main() -> None:
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 4.0, 8.0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--name", default="distributed_dp", help="results file stem")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     out = Path(args.out)
@@ -110,14 +111,17 @@ def main() -> None:
                         "noise": settings.get("secagg.noise-multiplier",
                                               settings.get("aggregation.pate.sigma"))})
         print(json.dumps(results[-1]["row"]), fmt(results[-1]["global-accuracy"]), flush=True)
-    (out / "distributed_dp.json").write_text(json.dumps(results, indent=1))
+    (out / f"{args.name}.json").write_text(json.dumps(results, indent=1))
     lines = [
         f"Client-level DP of logit sharing (DS-FL): distributed DP under secure aggregation against "
         f"PATE. Fashion-MNIST, 20 clients, 10 sampled per round, Dirichlet 0.1, fedgen-cnn, "
-        f"{args.rounds} rounds, {args.samples} unlabeled proxy samples per round, seed {args.seed}; "
+        f"{args.rounds} rounds, {args.samples} proxy samples per round (the public split; its labels "
+        f"are read only for the consensus diagnostic), seed {args.seed}; "
         f"delta {DELTA:g}. Distributed DP: each client's probabilities clipped to L2 {args.clip:g}, "
-        "noise multiplier z of the sum per round; PATE: GNMax sigma per vote. Command: "
-        "`.venv/bin/python -m benchmarks.distributed_dp`",
+        "noise multiplier z of the sum per round; PATE: GNMax sigma per vote. Runs differ in the "
+        "clients sampled (simulation samples by Flower's random node ids). Command: "
+        f"`.venv/bin/python -m benchmarks.distributed_dp --rounds {args.rounds} --samples "
+        f"{args.samples} --clip {args.clip:g} --name {args.name}`",
         "",
         "| row | noise (z or sigma) | client-level epsilon (data-independent) | PATE data-dependent epsilon | final global acc | consensus acc of the last targets | bytes up / client / round |",
         "|---|---|---|---|---|---|---|",
@@ -128,7 +132,7 @@ def main() -> None:
             f"{fmt(r['server-epsilon'], '.2f')} | {fmt(r['server-epsilon-data-dependent'], '.2f')} | "
             f"{fmt(r['global-accuracy'])} | {fmt(r['consensus-accuracy'])} | "
             f"{r['bytes-up-per-client-per-round']:,.0f} |")
-    (out / "distributed_dp.md").write_text("\n".join(lines) + "\n")
+    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
