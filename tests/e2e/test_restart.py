@@ -28,7 +28,7 @@ pytestmark = pytest.mark.e2e
 
 SETTINGS: dict[str, Any] = {
     "algorithm": "fd", "num-server-rounds": 4, "federation.min-replies": 2,
-    "privacy.dp-sgd": True, "privacy.target-epsilon": 20.0, "privacy.max-grad-norm": 1.0,
+    "privacy.dp-sgd": True, "privacy.target-epsilon": 30.0, "privacy.max-grad-norm": 1.0,
     "privacy.output-noise": 1.0,
 }
 
