@@ -81,21 +81,23 @@ def build_config(flat: Mapping[str, Scalar]) -> RunConfig:
     algorithm = ALGORITHMS.get(cfg.algorithm)
     algorithm.check_config(cfg)
     if cfg.aggregation.secure:
-        check_secure_aggregation(cfg, algorithm)
+        check_secure_aggregation(cfg, algorithm, ALGORITHMS)
     check_privacy_config(cfg.privacy, cfg.num_server_rounds * algorithm.releases_per_round(cfg))
     return cfg
 
 
-def check_secure_aggregation(cfg: RunConfig, algorithm: type) -> None:
+def check_secure_aggregation(cfg: RunConfig, algorithm: type, algorithms) -> None:  # noqa: ANN001
     """``aggregation.secure`` needs an algorithm that aggregates logits through a rule, and a
-    rule whose targets are a function of sums over clients."""
+    rule whose targets are a function of sums over clients (``algorithms``: the registry, for
+    the list of those that can)."""
     from fedkd.aggregation import AGGREGATORS
 
     if not algorithm.SECURE_AGGREGATION:
         raise ConfigError(
             f"aggregation.secure: {cfg.algorithm} cannot run under secure aggregation (it does not "
             "aggregate its clients' uploads as sums through the rule); algorithms that can: "
-            + ", ".join(n for n in sorted(_algorithms()) if _algorithms()[n].SECURE_AGGREGATION))
+            + ", ".join(n for n in algorithms.names()
+                        if algorithms.get(n).SECURE_AGGREGATION))
     rule = AGGREGATORS.get(cfg.aggregation.rule)
     if not rule.sum_decomposable:
         why = ("its noisy vote is drawn by the server from every teacher's vote"
@@ -105,12 +107,6 @@ def check_secure_aggregation(cfg: RunConfig, algorithm: type) -> None:
             f"aggregation.secure: the {cfg.aggregation.rule!r} rule is not sum-decomposable ({why});"
             " under secure aggregation the server sees only the sum over clients. Rules that "
             "can: " + ", ".join(n for n in AGGREGATORS.names() if AGGREGATORS.get(n).sum_decomposable))
-
-
-def _algorithms():  # noqa: ANN202
-    from fedkd.algorithms import ALGORITHMS
-
-    return {n: ALGORITHMS.get(n) for n in ALGORITHMS.names()}
 
 
 def build_algorithm(cfg: RunConfig, num_classes: int, input_shape: tuple[int, int, int]):  # -> Algorithm

@@ -344,11 +344,11 @@ class AggregationRule(ABC):
         n, c = z.shape
         values = self._teacher_values(z[None] / self.temperature)[0]  # [n, c]
         masked = mask is not None
-        m = np.ones((n, 1)) if not masked else np.asarray(mask, dtype=bool).reshape(n, 1) * 1.0
+        m = np.asarray(mask, dtype=bool).reshape(n, 1) * 1.0 if masked else None
         if not self.uses_weights:
             if weight is not None:
                 raise ValueError(f"aggregation rule {self.name!r} does not use weights")
-            return {"num": m * values, **({"den": m} if masked else {})}
+            return {"num": m * values, "den": m} if masked else {"num": values}
         if weight is None:
             raise ValueError(f"aggregation rule {self.name!r} requires a weight")
         w = _as_real_array("weight", weight)
@@ -365,6 +365,21 @@ class AggregationRule(ABC):
             w = w.reshape(1, 1)
         den = m * w if masked else w
         return {"num": den * values, "den": np.array(den, dtype=np.float64)}
+
+    def pack(self, parts: Mapping[str, ArrayLike]) -> FloatArray:
+        """:meth:`summands` (or their sums) as one flat vector, in :meth:`sum_layout` order:
+        what travels through secure aggregation."""
+        return np.concatenate([np.asarray(parts[name], np.float64).reshape(-1) for name in parts])
+
+    def unpack(self, flat: ArrayLike, n: int, c: int, *, masked: bool = False) -> dict[str, FloatArray]:
+        """The inverse of :meth:`pack` for ``n`` samples of ``c`` classes."""
+        flat = np.asarray(flat, dtype=np.float64)
+        layout = self.sum_layout(n, c, masked=masked)
+        sizes = [math.prod(shape) for shape in layout.values()]
+        if flat.shape != (sum(sizes),):
+            raise ValueError(f"{sum(sizes)} packed values expected, got shape {flat.shape}")
+        parts = np.split(flat, np.cumsum(sizes)[:-1])
+        return {name: part.reshape(shape) for (name, shape), part in zip(layout.items(), parts)}
 
     def from_sums(self, sums: Mapping[str, ArrayLike], num_teachers: int) -> Targets:
         """The targets from the teachers' summed :meth:`summands` (``num_teachers`` of them).

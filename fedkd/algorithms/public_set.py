@@ -144,12 +144,7 @@ class PublicSetAlgorithm(Algorithm):
         if asked.secure is None:
             weights = self.teacher_weights(asked.replies, asked.logits)
             return self.aggregate_teachers(self.rule, asked.logits, self._rng, weights=weights)
-        layout = self.rule.sum_layout(len(asked.indices), self.num_classes)
-        sums, at = {}, 0
-        for name, shape in layout.items():
-            size = int(np.prod(shape))
-            sums[name] = asked.secure.total[at:at + size].reshape(shape)
-            at += size
+        sums = self.rule.unpack(asked.secure.total, len(asked.indices), self.num_classes)
         if asked.secure.noise_multiplier > 0:
             from dp_accounting import GaussianDpEvent
 
@@ -274,9 +269,7 @@ class PublicSetAlgorithm(Algorithm):
                 weight = np.float64(len(client.data.train))
             weight = np.minimum(weight, options.max_weight)
         bound = self.cfg.aggregation.max_abs_logit  # what the plain contract checks, clipped here
-        parts = self.rule.summands(np.clip(logits, -bound, bound), weight=weight)
-        return np.concatenate([parts[name].reshape(-1) for name in
-                               self.rule.sum_layout(*logits.shape)])
+        return self.rule.pack(self.rule.summands(np.clip(logits, -bound, bound), weight=weight))
 
     def distill_on_targets(self, request: Payload, client: ClientContext, model: nn.Module,
                            x_pub: np.ndarray, rnd: int) -> FitStats:

@@ -347,6 +347,7 @@ class ClientPrivacy:
         optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=momentum,
                                     weight_decay=weight_decay)
         engine = PrivacyEngine(accountant=self.cfg.accountant)
+        criterion = _PerSampleCriterion(per_sample_loss)
         noise_gen = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
@@ -355,12 +356,12 @@ class ClientPrivacy:
                 module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=sigma,
                 max_grad_norm=self.cfg.max_grad_norm, poisson_sampling=False,
                 noise_generator=noise_gen, grad_sample_mode=mode,
-                criterion=_PerSampleCriterion(per_sample_loss),
+                criterion=criterion,
             )
-        if mode == "ghost":
+        if mode == "ghost":  # the criterion comes back wrapped for its two backward passes
             dp_model, dp_opt, criterion, dp_loader = wrapped
         else:
-            (dp_model, dp_opt, dp_loader), criterion = wrapped, _PerSampleCriterion(per_sample_loss)
+            dp_model, dp_opt, dp_loader = wrapped
         model.train()
         step = self._dp_step(model, dp_model, dp_opt, criterion, extra_loss, public_loss,
                              learning_rate)

@@ -160,16 +160,16 @@ def _share_keys(request: Payload, state: MutableMapping[str, np.ndarray],
     b_shares = create_shares(seed_b, threshold, len(neighbours))
     s_shares = create_shares(_get(state, "sk-s"), threshold, len(neighbours))
     sk_c = bytes_to_private_key(_get(state, "sk-c"))
-    rows = []
-    for i, peer in enumerate(neighbours):
-        key = generate_shared_key(sk_c, bytes_to_public_key(as_bytes(pk_c[i])))
-        plain = share_keys_plaintext_concat(node_id, peer, b_shares[i], s_shares[i])
-        rows.append(np.frombuffer(encrypt(key, plain), dtype=np.uint8))
+    # one Fernet key per neighbour (ECDH + HKDF): it encrypts the shares sent now and decrypts
+    # the ones received in the mask phase
+    keys = [generate_shared_key(sk_c, bytes_to_public_key(as_bytes(pk))) for pk in pk_c]
+    rows = [np.frombuffer(encrypt(key, share_keys_plaintext_concat(node_id, peer, b, s)), np.uint8)
+            for key, peer, b, s in zip(keys, neighbours, b_shares, s_shares)]
     if len({len(r) for r in rows}) != 1:
         raise SecAggClientError("secure aggregation: ciphertexts of unequal length")
     _put(state, "b", seed_b)
     state[_PREFIX + "neighbours"] = np.array(neighbours, dtype=np.uint64)
-    state[_PREFIX + "pk-c"] = np.asarray(pk_c, dtype=np.uint8).copy()
+    state[_PREFIX + "fernet"] = np.stack([np.frombuffer(k, np.uint8) for k in keys])
     state[_PREFIX + "pk-s"] = np.asarray(pk_s, dtype=np.uint8).copy()
     state[_PREFIX + "threshold"] = np.array([threshold], dtype=np.int64)
     # a commitment to b: the server checks the seed it rebuilds from shares against it
@@ -191,11 +191,10 @@ def _mask(request: Payload, state: MutableMapping[str, np.ndarray], node_id: int
         raise SecAggClientError(
             f"secure aggregation: masking with {len(senders)} active neighbours (threshold "
             f"{threshold}; not neighbours: {sorted(unknown)[:5]})")
-    sk_c = bytes_to_private_key(_get(state, "sk-c"))
+    position = {peer: i for i, peer in enumerate(neighbours)}
     b_held, s_held = [], []
     for peer, row in zip(senders, ciphertexts):
-        at = neighbours.index(peer)
-        key = generate_shared_key(sk_c, bytes_to_public_key(as_bytes(state[_PREFIX + "pk-c"][at])))
+        key = as_bytes(state[_PREFIX + "fernet"][position[peer]])
         src, dst, b_share, s_share = share_keys_plaintext_separate(decrypt(key, as_bytes(row)))
         if (src, dst) != (peer, node_id):
             raise SecAggClientError(f"secure aggregation: shares from {src} to {dst} delivered "
@@ -220,8 +219,8 @@ def _mask(request: Payload, state: MutableMapping[str, np.ndarray], node_id: int
     masked += expand_mask(_get(state, "b"), vector.size)
     sk_s = _get(state, "sk-s")
     for peer in senders:
-        at = neighbours.index(peer)
-        mask = expand_mask(pairwise_seed(sk_s, as_bytes(state[_PREFIX + "pk-s"][at])), vector.size)
+        pk_s = as_bytes(state[_PREFIX + "pk-s"][position[peer]])
+        mask = expand_mask(pairwise_seed(sk_s, pk_s), vector.size)
         if peer > node_id:
             masked += mask
         else:
@@ -232,16 +231,9 @@ def _mask(request: Payload, state: MutableMapping[str, np.ndarray], node_id: int
 
 def noise_share(options: SecAggConfig, threshold: int, size: int, scale: float,
                 rng: np.random.Generator) -> np.ndarray:
-    """One client's share of the distributed Gaussian noise, on the field's grid: std
-    ``noise-multiplier * clip / sqrt(m)`` (``m``: ``min-clients``, else the threshold), so that
-    ``m`` shares sum to std ``noise-multiplier * clip``."""
-    std = options.noise_multiplier * options.clip / np.sqrt(calibrated_clients(options, threshold))
-    return quantise(rng.normal(0.0, std, size), scale, rng)
-
-
-def calibrated_clients(options: SecAggConfig, threshold: int) -> int:
-    """The number of noise shares the distributed DP noise is calibrated for."""
-    return options.min_clients or threshold
+    """One client's share of the distributed Gaussian noise (:meth:`SecAggConfig.noise_std`),
+    on the field's grid."""
+    return quantise(rng.normal(0.0, options.noise_std(threshold), size), scale, rng)
 
 
 def _unmask(request: Payload, state: MutableMapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from fedkd.config import register_section
+from fedkd.config import _positive, register_section
 from fedkd.errors import ConfigError
 
 
@@ -61,17 +61,26 @@ class SecAggConfig:
                 "survivors into groups whose sums the server could unmask separately; use > 0.5")
         if self.noise_multiplier < 0 or not math.isfinite(self.noise_multiplier):
             raise ConfigError(f"secagg.noise-multiplier must be >= 0, got {self.noise_multiplier!r}")
-        if not self.clip > 0:
-            raise ConfigError(f"secagg.clip must be > 0, got {self.clip!r}")
+        _positive("secagg.clip", self.clip)
+        _positive("secagg.max-weight", self.max_weight)
         if self.min_clients < 0:
             raise ConfigError(f"secagg.min-clients must be >= 0, got {self.min_clients!r}")
-        if not self.max_weight > 0:
-            raise ConfigError(f"secagg.max-weight must be > 0, got {self.max_weight!r}")
 
     @property
     def distributed_dp(self) -> bool:
         """Whether clients noise their contributions (client-level DP of the sum)."""
         return self.noise_multiplier > 0
+
+    def calibrated_clients(self, threshold: int) -> int:
+        """The number of noise shares the distributed DP noise is calibrated for:
+        ``min-clients``, else the round's Shamir ``threshold``."""
+        return self.min_clients or threshold
+
+    def noise_std(self, threshold: int) -> float:
+        """One client's share of the distributed DP noise: std
+        ``noise-multiplier * clip / sqrt(m)`` (``m``: :meth:`calibrated_clients`), so that ``m``
+        shares sum to std ``noise-multiplier * clip``; 0 when off."""
+        return self.noise_multiplier * self.clip / math.sqrt(self.calibrated_clients(threshold))
 
     def shamir_threshold(self, num_neighbours: int) -> int:
         """Shares needed to reconstruct a secret shared among ``num_neighbours`` neighbours."""

@@ -50,7 +50,6 @@ from fedkd.secagg.client import (
     SHARE_KEYS,
     UNMASK,
     as_bytes,
-    calibrated_clients,
     pairwise_seed,
 )
 from fedkd.secagg.config import SecAggConfig
@@ -186,7 +185,7 @@ def secure_sum(exchange: Exchange, rnd: int, advertised: Mapping[int, Payload], 
             f"(threshold {threshold}): too few to mask; the round is discarded")
 
     # 2. masked inputs: each node gets the shares addressed to it by neighbours still present
-    per_client = _noise_per_client(options, threshold)
+    per_client = options.noise_std(threshold)
     scale = scale_for(len(u2), bound + 8.0 * per_client)
     requests = {}
     for u in sorted(u2):
@@ -199,7 +198,7 @@ def secure_sum(exchange: Exchange, rnd: int, advertised: Mapping[int, Payload], 
     masked = {u: p.arrays["masked"] for u, p in exchange(phases[MASK], requests).replies.items()}
     u3 = set(masked)
     dropped = u2 - u3
-    calibrated = calibrated_clients(options, threshold)
+    calibrated = options.calibrated_clients(threshold)
     if options.distributed_dp and len(u3) < calibrated:
         raise SecureAggregationError(
             f"round {rnd}: {len(u3)} masked inputs arrived; the distributed-DP noise is "
@@ -269,12 +268,6 @@ def _prune(alive: set[int], graph: Mapping[int, list[int]], threshold: int) -> s
         if not weak:
             return alive
         alive -= weak
-
-
-def _noise_per_client(options: SecAggConfig, threshold: int) -> float:
-    if not options.distributed_dp:
-        return 0.0
-    return options.noise_multiplier * options.clip / math.sqrt(calibrated_clients(options, threshold))
 
 
 def _valid_keys(advertised: Mapping[int, Payload]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
