@@ -29,9 +29,11 @@ Run (the README's numbers; several hours on 2 CPU cores)::
     .venv/bin/python -m benchmarks.datafree --alphas 0.1 1.0 --seeds 0 1 2 --other-seeds 0
 
 Writes ``benchmarks/results/datafree.{json,md}``: per alpha and algorithm, mean +- std over seeds
-of the final global accuracy (server model on the official test set) and the mean personalized
-accuracy (each client's model on its local test split), bytes up per client per round, the ratio
-to FedAvg's, and wall time per round.
+of the final global accuracy (server model on the official test set), its paired difference from
+FedAvg (per seed, the same seed giving every algorithm the same partitions and sampled clients:
+mean +- std over the seeds both finished) and the mean personalized accuracy (each client's model
+on its local test split), bytes up per client per round, the ratio to FedAvg's, and wall time per
+round.
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import DP_EPSILON_8, ROOT, fmt, run_simulation, slug, summarise_run
+from fedkd.experiments.report import mean_std, mean_std_cell, paired_cell, paired_mean_std
+
+#: Paired differences from FedAvg: each algorithm's global accuracy minus FedAvg's on the same
+#: seed (the same partitions and sampled clients), mean ± std (n - 1) over the seeds both have.
+PAIRED = "Δ vs FedAvg (paired)"
 
 #: FedGen-logits settings used here (see fedkd/algorithms/fedgen_logits.py): per round 4 cycles of
 #: 64 synthetic samples with 2 zeroth-order probes each (768 logit rows, 30,720 bytes up), and
@@ -130,35 +137,36 @@ def selected(only: list[str] | None) -> list[str]:
     return list(dict.fromkeys(n for p in only for n in ([p] if p in RUNS else RUNS) if n.startswith(p)))
 
 
-def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
-    present = [v for v in values if v is not None]
-    if not present:
-        return None, None
-    return statistics.mean(present), statistics.stdev(present) if len(present) > 1 else 0.0
+def mean_or_none(values: list[float | None]) -> float | None:
+    """The mean of the values that are not ``None``; ``None`` when none is."""
+    stat = mean_std(values)
+    return None if stat is None else stat[0]
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    lines = ["| alpha | algorithm | seeds | global acc | personalized acc | bytes up / client / round "
-             "| x fewer than FedAvg | s / round | epsilon | leakage: NN ratio / MIA AUC |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"| alpha | algorithm | seeds | global acc | {PAIRED} | personalized acc "
+             "| bytes up / client / round | x fewer than FedAvg | s / round | epsilon "
+             "| leakage: NN ratio / MIA AUC |",
+             "|" + "---|" * 11]
     for alpha in sorted({r["alpha"] for r in results}):
         rows = [r for r in results if r["alpha"] == alpha]
         base = [r["bytes-up-per-client-per-round"] for r in rows if r["name"] == "fedavg"]
+        base_global = {r["seed"]: r["global-accuracy"] for r in rows if r["name"] == "fedavg"}
         for name in RUNS:
             group = [r for r in rows if r["name"] == name]
             if not group:
                 continue
-            g, gs = mean_std([r["global-accuracy"] for r in group])
-            p, ps = mean_std([r["personalized-accuracy"] for r in group])
+            g = mean_std_cell(mean_std([r["global-accuracy"] for r in group]), ".4f")
+            p = mean_std_cell(mean_std([r["personalized-accuracy"] for r in group]), ".4f")
+            paired = "baseline" if name == "fedavg" else paired_cell(paired_mean_std(
+                {r["seed"]: r["global-accuracy"] for r in group}, base_global), ".4f")
             up = statistics.mean(r["bytes-up-per-client-per-round"] for r in group)
             wall = statistics.mean(r["wall-time-per-round-s"] for r in group)
             ratio = f"{statistics.mean(base) / up:,.0f}" if base and up else "-"
-            cell = lambda m, s: "-" if m is None else f"{m:.4f} ± {s:.4f}"  # noqa: E731
-            eps, _ = mean_std([r.get("epsilon-max") for r in group])
-            nn_ratio, _ = mean_std([r.get("leak-nn-ratio") for r in group])
-            auc, _ = mean_std([r.get("leak-mia-auc") for r in group])
+            eps, nn_ratio, auc = (mean_or_none([r.get(k) for r in group])
+                                  for k in ("epsilon-max", "leak-nn-ratio", "leak-mia-auc"))
             leak = "-" if nn_ratio is None else f"{nn_ratio:.3f} / {fmt(auc, '.3f')}"
-            lines.append(f"| {alpha} | {name} | {len(group)} | {cell(g, gs)} | {cell(p, ps)} | "
+            lines.append(f"| {alpha} | {name} | {len(group)} | {g} | {paired} | {p} | "
                          f"{up:,.0f} | {ratio} | {fmt(wall, '.1f')} | {fmt(eps, '.2f')} | {leak} |")
     return "\n".join(lines)
 
@@ -205,7 +213,9 @@ def write(out: Path, args: argparse.Namespace, results: list[dict[str, Any]]) ->
     header = (f"Fashion-MNIST, {args.clients} clients ({args.fraction:.0%} sampled per round), "
               f"Dirichlet alpha as listed, {args.rounds} rounds, {args.local_steps} local steps of "
               f"batch 32, McMahan's CNN everywhere (FedGen at its official lr 0.01, the rest 0.05); mean ± std "
-              f"over the finished runs (column seeds). Command: "
+              f"over the finished runs (column seeds; the mean alone for one). {PAIRED}: the "
+              f"global accuracy minus FedAvg's on the same seed (the same partitions and sampled "
+              f"clients), mean ± std over the n seeds both finished. Command: "
               f".venv/bin/python -m benchmarks.datafree --rounds {args.rounds} --fraction "
               f"{args.fraction} --local-steps {args.local_steps} --alphas "
               f"{' '.join(map(str, args.alphas))} --seeds {' '.join(map(str, args.seeds))} "

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +41,7 @@ from benchmarks.common import ROOT
 from fedkd.aggregation import AGGREGATORS, AggregationRule, build_aggregator
 from fedkd.data.datasets import ArrayDataset
 from fedkd.data.federated import DataSpec, FederatedData, load_federated
+from fedkd.experiments.report import mean_std, mean_std_cell
 from fedkd.models.generators import InputGenerator, LowFrequencyGenerator
 from fedkd.models.zoo import build_model
 from fedkd.training import evaluate, fit_supervised, fit_to_targets, predict_logits, seeded_generator
@@ -158,14 +158,17 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.4f} (1 seed)"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f} ({len(values)} seeds)"
+def seeds_cell(values: list[float]) -> str:
+    """Mean ± sample std (n - 1) over the seeds at 4 decimals, and the number of seeds."""
+    stat = mean_std(values)
+    if stat is None:
+        return "-"
+    return f"{mean_std_cell(stat, '.4f')} ({stat[2]} seed{'s' if stat[2] > 1 else ''})"
 
 
 def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     seeds = " ".join(str(r["seed"]) for r in results)
+    teachers = seeds_cell([r["teacher-accuracy-mean"] for r in results])
     lines = [
         f"Fashion-MNIST, {args.clients} clients, Dirichlet alpha {args.alpha}, local-only CNN "
         f"teachers ({args.teacher_steps} steps of batch 32, lr 0.05); server student: McMahan's CNN, "
@@ -175,19 +178,19 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"{f' --student-steps {args.student_steps}' if args.student_steps != 200 else ''}"
         f"{f' --test-samples {args.test_samples}' if args.test_samples else ''}",
         "",
-        f"Mean single-teacher accuracy: {mean_std([r['teacher-accuracy-mean'] for r in results])}",
+        f"Mean single-teacher accuracy: {teachers}",
         "",
         "| ensemble of the 20 teachers, rule | test accuracy |",
         "|---|---|",
     ]
     for name in ENSEMBLE_RULES:
-        lines.append(f"| {name} | {mean_std([r['ensemble'][name] for r in results])} |")
+        lines.append(f"| {name} | {seeds_cell([r['ensemble'][name] for r in results])} |")
     lines += ["", "| student distilled on | rule | test accuracy |", "|---|---|---|"]
     keys = dict.fromkeys(k for r in results for k in r["student"])
     for key in keys:
         source, rule_name = key.split(" | ")
         lines.append(f"| {source} | {rule_name} | "
-                     f"{mean_std([r['student'][key] for r in results if key in r['student']])} |")
+                     f"{seeds_cell([r['student'][key] for r in results if key in r['student']])} |")
     return "\n".join(lines) + "\n"
 
 

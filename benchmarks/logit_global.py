@@ -28,7 +28,9 @@ Columns: final and best global accuracy of the server model (mean ± std over se
 swing of the global accuracy over the last 20 rounds (max - min), mean personalized accuracy,
 the mean accuracy of the clients' own models on 2,000 samples of the official test set (the
 metric Selective-FD's paper reports; for FedAvg, the global model they hold), the first round at which the global accuracy reaches FedAvg's final one, bytes up per client per
-round and FedAvg's over it.
+round and FedAvg's over it. Next to the final global accuracy, its paired difference from FedAvg:
+the per-seed difference (the same seed gives every row the same partitions and sampled clients),
+mean ± std over the seeds both finished (``fedkd.experiments.report.paired_mean_std``).
 """
 
 from __future__ import annotations
@@ -40,7 +42,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import DP_EPSILON_8, ROOT, fmt, run_simulation, slug
+from fedkd.experiments.report import mean_std, mean_std_cell, paired_cell, paired_mean_std
 from fedkd.results import read_metrics
+
+#: Paired differences from FedAvg: each row's final global accuracy minus FedAvg's on the same
+#: seed (the same partitions and sampled clients), mean ± std (n - 1) over the seeds both have.
+PAIRED = "Δ vs FedAvg (paired)"
 
 PARTITIONS: dict[str, dict[str, Any]] = {
     "dir0.1": {"data.partitioner": "dirichlet", "data.alpha": 0.1},
@@ -126,19 +133,12 @@ def first_round_at(curve: list[tuple[int, float]], level: float) -> int | None:
     return next((rnd for rnd, a in curve if a >= level), None)
 
 
-def mean_std(values: list[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
-
-
 def table(results: list[dict[str, Any]]) -> str:
-    lines = ["| partition | row | seeds | final global acc | best global acc | swing, last 20 rounds "
-             "| final personalized acc | clients' own models, global test | rounds to FedAvg's final "
-             "| bytes up / client / round | x fewer than FedAvg | s / round |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"| partition | row | seeds | final global acc | {PAIRED} | best global acc "
+             "| swing, last 20 rounds | final personalized acc | clients' own models, global test "
+             "| rounds to FedAvg's final | bytes up / client / round | x fewer than FedAvg "
+             "| s / round |",
+             "|" + "---|" * 13]
     for partition in PARTITIONS:
         here = [r for r in results if r["partition"] == partition]
         if not here:
@@ -146,6 +146,7 @@ def table(results: list[dict[str, Any]]) -> str:
         fedavg = best_fedavg(here)
         target = statistics.mean(r["final"] for r in fedavg) if fedavg else None
         base_bytes = statistics.mean(r["bytes-up"] for r in fedavg) if fedavg else None
+        base_final = {r["seed"]: r["final"] for r in fedavg}
         for name in ROWS:
             group = fedavg if name == "fedavg" else [r for r in here if r["name"] == name]
             if not group:
@@ -157,13 +158,20 @@ def table(results: list[dict[str, Any]]) -> str:
             ratio = f"{base_bytes / up:,.1f}" if base_bytes else "-"
             pers = [r["personalized"] for r in group if r["personalized"] is not None]
             own = [r["client-global"] for r in group if r.get("client-global") is not None]
+            paired = "baseline" if name == "fedavg" else paired_cell(
+                paired_mean_std({r["seed"]: r["final"] for r in group}, base_final), ".4f")
             lines.append(
-                f"| {partition} | {label} | {len(group)} | {mean_std([r['final'] for r in group])} "
-                f"| {mean_std([r['best'] for r in group])} "
-                f"| {mean_std([r['swing-last-20'] for r in group])} | {mean_std(pers)} "
-                f"| {mean_std(own)}{own_seeds(own, group)} | {reach_cell} | {up:,.0f} | {ratio} "
+                f"| {partition} | {label} | {len(group)} | {cell([r['final'] for r in group])} "
+                f"| {paired} | {cell([r['best'] for r in group])} "
+                f"| {cell([r['swing-last-20'] for r in group])} | {cell(pers)} "
+                f"| {cell(own)}{own_seeds(own, group)} | {reach_cell} | {up:,.0f} | {ratio} "
                 f"| {fmt(statistics.mean(r['wall-time-per-round-s'] for r in group), '.1f')} |")
     return "\n".join(lines)
+
+
+def cell(values: list[float]) -> str:
+    """Mean ± sample std (n - 1) at 4 decimals; the value alone for one, ``-`` for none."""
+    return mean_std_cell(mean_std(values), ".4f")
 
 
 def own_seeds(own: list[float], group: list[dict[str, Any]]) -> str:
@@ -241,7 +249,9 @@ def write(out: Path, args: argparse.Namespace, results: list[dict[str, Any]]) ->
               f"lr {' and '.join(map(str, args.fedavg_lrs))} (shown); the rest at lr 0.05. "
               + ("Every run under DP-SGD calibrated to epsilon 8 at delta 1e-5 over the planned "
                  "rounds (RDP). " if args.dp else "") +
-              f"Mean ± std over seeds. Command: `{command}`")
+              f"Mean ± std over seeds. {PAIRED}: each row's final global accuracy minus FedAvg's "
+              f"on the same seed (the same partitions and sampled clients), mean ± std over the "
+              f"n seeds both finished. Command: `{command}`")
     md = header + "\n\n" + table(results) + "\n"
     (out / f"{args.name}.md").write_text(md)
     (out / f"{args.name}.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))

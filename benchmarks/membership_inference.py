@@ -64,6 +64,7 @@ from sklearn.metrics import roc_auc_score
 from fedkd.config import PrivacyConfig
 from fedkd.data.datasets import ArrayDataset
 from fedkd.data.federated import DataSpec, load_federated
+from fedkd.experiments.report import mean_std, mean_std_cell
 from fedkd.models import build_model
 from fedkd.privacy.dpsgd import ClientPrivacy
 from fedkd.privacy.output_noise import noisy_class_means, private_class_sums, private_counts
@@ -182,15 +183,13 @@ def table(results: list[dict[str, Any]], settings: list[str], seeds: list[int]) 
                 f"{fmt_eps(r['epsilon-model-and-release'])} | "
                 + " | ".join(f"{r[c]:.3f}" for c in cols) + " |")
         if len(rows) > 1:
-            def ms(c: str) -> str:
-                vals = [r[c] for r in rows]
-                return f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}"
             eps_m = [r["epsilon-model"] for r in rows]
             eps_r = [r["epsilon-model-and-release"] for r in rows]
             sig = [r["noise-multiplier"] for r in rows]
             lines.append(f"| **{s}** | mean ± sd | {fmt_sigma(statistics.mean(sig))} | "
                          f"{fmt_eps(statistics.mean(eps_m))} | {fmt_eps(statistics.mean(eps_r))} | "
-                         + " | ".join(f"**{ms(c)}**" for c in cols) + " |")
+                         + " | ".join(f"**{mean_std_cell(mean_std([r[c] for r in rows]), '.3f')}**"
+                                    for c in cols) + " |")
     return "\n".join(lines)
 
 

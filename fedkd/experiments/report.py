@@ -3,7 +3,9 @@
 :func:`write_report` finds run directories (:func:`find_runs`), groups the runs that differ only
 by seed (:func:`group_runs`: ``seed``, ``data.seed``), and writes ``report.md``, ``report.json``
 and three PNG plots (accuracy vs round, vs cumulative upload, vs epsilon). Nothing here starts a
-run; matplotlib is imported only to plot.
+run; matplotlib is imported only to plot. The statistics (:func:`mean_std`, and
+:func:`paired_mean_std` for per-seed differences from a baseline) and their cell formatters
+are the benchmarks' too.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ import math
 import shutil
 import statistics
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fedkd.experiments.presets import CliError
 from fedkd.experiments.runner import CLI_FILE, read_rows
@@ -168,7 +170,15 @@ def run_stats(run: RunRecord) -> dict[str, float | None]:
     }
 
 
-def mean_std(values: Sequence[float | None]) -> tuple[float, float | None, int] | None:
+#: What :func:`mean_std` returns: mean, sample standard deviation (n - 1; ``None`` for one
+#: value) and count.
+Stat = tuple[float, float | None, int]
+
+#: A seed, or whatever else pairs a row's runs with the baseline's (any hashable key).
+SeedT = TypeVar("SeedT", bound=Hashable)
+
+
+def mean_std(values: Sequence[float | None]) -> Stat | None:
     """Mean, sample standard deviation (n - 1; ``None`` for one value) and count of the values
     that are not ``None``; ``None`` when there are none."""
     xs = [float(v) for v in values if v is not None]
@@ -177,14 +187,127 @@ def mean_std(values: Sequence[float | None]) -> tuple[float, float | None, int] 
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None), len(xs)
 
 
-def _cell(stat: tuple[float, float | None, int] | None, spec: str) -> str:
+def mean_std_cell(stat: Stat | None, spec: str) -> str:
+    """A table cell for a :func:`mean_std` result.
+
+    Parameters
+    ----------
+    stat : tuple of (float, float or None, int) or None
+        Mean, sample standard deviation (``None`` for one value) and count, as
+        :func:`mean_std` returns them.
+    spec : str
+        Format specification of the mean and the standard deviation, e.g. ``".4f"``.
+
+    Returns
+    -------
+    str
+        ``"mean ± std"``; the mean alone when there is no standard deviation (one value);
+        ``"-"`` for ``None`` (no value).
+
+    Examples
+    --------
+    >>> mean_std_cell(mean_std([1.0, 2.0, 3.0]), ".2f")
+    '2.00 ± 1.00'
+    >>> mean_std_cell(mean_std([0.5]), ".3f"), mean_std_cell(None, ".3f")
+    ('0.500', '-')
+    """
     if stat is None:
         return "-"
     mean, std, _ = stat
     return f"{mean:{spec}}" if std is None else f"{mean:{spec}} ± {std:{spec}}"
 
 
-def _bytes_cell(stat: tuple[float, float | None, int] | None) -> str:
+def paired_differences(values: Mapping[SeedT, float | None],
+                       baseline: Mapping[SeedT, float | None]) -> dict[SeedT, float]:
+    """Per-seed differences of a row's values from the baseline's, over the seeds both have.
+
+    With the same seed an experiment runs on the same partitions and samples the same clients
+    each round whatever the algorithm, so the difference on one seed compares two algorithms
+    on the same draw, and the spread of the differences leaves out the spread between draws.
+
+    Parameters
+    ----------
+    values : Mapping[SeedT, float or None]
+        The row's value per seed (``None``: not measured on that seed).
+    baseline : Mapping[SeedT, float or None]
+        The baseline's (e.g. FedAvg's) value per seed.
+
+    Returns
+    -------
+    dict[SeedT, float]
+        ``values[s] - baseline[s]`` for every seed ``s`` with a value (not ``None``) in both, in
+        the order of ``values``; empty when no seed is shared.
+
+    Examples
+    --------
+    >>> paired_differences({0: 0.75, 1: 0.5, 2: None}, {1: 0.75, 0: 0.5, 2: 0.5, 3: 1.0})
+    {0: 0.25, 1: -0.25}
+    """
+    return {seed: float(v) - float(b) for seed, v in values.items()
+            if v is not None and (b := baseline.get(seed)) is not None}
+
+
+def paired_mean_std(values: Mapping[SeedT, float | None],
+                    baseline: Mapping[SeedT, float | None]) -> Stat | None:
+    """Mean, sample standard deviation and count of the per-seed differences from a baseline.
+
+    Parameters
+    ----------
+    values : Mapping[SeedT, float or None]
+        The row's value per seed (``None``: not measured on that seed).
+    baseline : Mapping[SeedT, float or None]
+        The baseline's (e.g. FedAvg's) value per seed.
+
+    Returns
+    -------
+    tuple of (float, float or None, int) or None
+        :func:`mean_std` of :func:`paired_differences`: the mean difference, the sample
+        standard deviation of the differences (n - 1 in the denominator, as :func:`mean_std`;
+        ``None`` for a single shared seed) and n, the number of seeds both have; ``None`` when
+        they share no seed.
+
+    Examples
+    --------
+    >>> mean, std, n = paired_mean_std({0: 0.8, 1: 0.7, 2: 0.9}, {0: 0.75, 1: 0.72, 2: 0.85})
+    >>> round(mean, 6), round(std, 6), n
+    (0.026667, 0.040415, 3)
+    """
+    return mean_std(list(paired_differences(values, baseline).values()))
+
+
+def paired_cell(stat: Stat | None, spec: str = ".3f") -> str:
+    """A table cell for a :func:`paired_mean_std` result: signed mean ± std and n.
+
+    Parameters
+    ----------
+    stat : tuple of (float, float or None, int) or None
+        Mean difference, its sample standard deviation (``None`` for one seed) and the number
+        of seeds, as :func:`paired_mean_std` returns them.
+    spec : str, default ".3f"
+        Format specification of the mean and the standard deviation, without a sign (the mean
+        always gets one).
+
+    Returns
+    -------
+    str
+        ``"+0.012 ± 0.004 (n=3)"``; ``"+0.012 (n=1)"`` for a single seed; ``"-"`` for ``None``
+        (no seed shared with the baseline).
+
+    Examples
+    --------
+    >>> paired_cell((0.0123, 0.0041, 3))
+    '+0.012 ± 0.004 (n=3)'
+    >>> paired_cell((-0.05, None, 1), ".2f"), paired_cell(None)
+    ('-0.05 (n=1)', '-')
+    """
+    if stat is None:
+        return "-"
+    mean, std, n = stat
+    spread = "" if std is None else f" ± {std:{spec}}"
+    return f"{mean:+{spec}}{spread} (n={n})"
+
+
+def _bytes_cell(stat: Stat | None) -> str:
     if stat is None:
         return "-"
     mean, std, _ = stat
@@ -238,7 +361,7 @@ def markdown_table(groups: Sequence[Group]) -> str:
         for key, _, spec in columns:
             st = s[key]
             stat = None if st is None else (st["mean"], st["std"], st["n"])
-            cells.append(_bytes_cell(stat) if spec == "bytes" else _cell(stat, spec))
+            cells.append(_bytes_cell(stat) if spec == "bytes" else mean_std_cell(stat, spec))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
