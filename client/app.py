@@ -45,12 +45,16 @@ from fedkd.data.datasets import DATASETS, ArrayDataset
 from fedkd.data.device import load_device_data
 from fedkd.data.federated import ClientData, load_federated
 from fedkd.models import MODELS
+from fedkd.results import CLIENT_STATE_DIR
 from client.state import NodeStateDir, Place, load_arrays, save_arrays
 from fedkd.protocol import (
+    CLIENT_ID_KEY,
     CONFIG_KEY,
     EXCHANGE_ROUND_KEY,
     EXCHANGE_STEP_KEY,
+    IDENTIFY_PHASE_NAME,
     PHASE_KEY,
+    Payload,
     decode,
     encode,
     from_array,
@@ -85,10 +89,37 @@ def _model_name(cfg: RunConfig, node_config: Mapping[str, Any], partition_id: in
     return model_name
 
 
+def stable_client_id(node_config: Mapping[str, Any]) -> int | None:
+    """The client id this node answers for, from its node config: ``partition-id`` (a
+    simulation, or a SuperNode given a partition of the run's dataset), else ``client-id`` (a
+    device's own, an integer >= 0); ``None`` when it has neither (the server then addresses it
+    by its Flower node id, which is stable only while the SuperLink keeps its database and the
+    SuperNode its authentication key)."""
+    for key in ("partition-id", "client-id"):
+        if key in node_config:
+            value = node_config[key]
+            try:
+                number = int(value)
+            except (TypeError, ValueError):
+                number = -1
+            if isinstance(value, bool) or number < 0 or float(number) != float(value):
+                raise ValueError(f"node config {key}={value!r}: must be an integer >= 0")
+            return number
+    return None
+
+
+def client_id(node_config: Mapping[str, Any], node_id: int) -> int:
+    """The id the server addresses this node's client by (:func:`stable_client_id`, else the
+    Flower node id)."""
+    stable = stable_client_id(node_config)
+    return node_id if stable is None else stable
+
+
 def client_context(
     cfg: RunConfig, node_id: int, node_config: Mapping[str, Any], state: dict[str, np.ndarray]
 ) -> ClientContext:
-    """Everything the algorithm's client half may use on this node for one message."""
+    """Everything the algorithm's client half may use on this node for one message
+    (``node_id``: the client id the server addresses it by, :func:`client_id`)."""
     if "partition-id" not in node_config and "data-path" not in node_config:
         raise KeyError(
             "node config has neither 'data-path' (a device's own data) nor 'partition-id' (a "
@@ -133,15 +164,18 @@ def _device_context(
     seed = int(node_config.get("seed", node_id % 2**31))
     data = _device_data(str(node_config["data-path"]), source.input_shape, source.num_classes,
                         cfg.data.local_test_fraction, seed)
+    public_error = None
     try:
         public = load_federated(dataclasses.replace(cfg.data, num_partitions=1)).public
-    except (OSError, ValueError):
+    except (OSError, ValueError) as err:  # kept: a public-set algorithm reports it
+        public_error = f"could not load the run's dataset {cfg.data.dataset!r}: {err}"
         public = ArrayDataset(x=np.zeros((0, *source.input_shape), np.float32),
                               y=np.zeros(0, np.int64))
     model_name = _model_name(cfg, node_config, seed)
     return ClientContext(cfg=cfg, node_id=node_id, partition_id=seed, data=data,
                          num_classes=source.num_classes, input_shape=source.input_shape,
-                         model_name=model_name, public=public, state=state)
+                         model_name=model_name, public=public, state=state,
+                         public_error=public_error)
 
 
 @functools.lru_cache(maxsize=8)
@@ -213,6 +247,25 @@ def device_state_dir(cfg: RunConfig, context: Context) -> NodeStateDir | None:
     return NodeStateDir(Path(str(root)), cfg.output.run_name or f"run-{int(context.run_id)}")
 
 
+def run_state_dir(cfg: RunConfig, client: int) -> NodeStateDir | None:
+    """Client ``client``'s state beside the run's outputs (``federation.client-state = "run"``):
+    ``<output.dir>/<output.run-name>/client-state/client-<id>/``, journaled like a device's
+    ``state-dir``, so that a resumed run (same run name) continues each client exactly. Its
+    privacy ledger, too, is never rolled back: a round replayed after an interruption is charged
+    again. ``None`` for a run without a name (nothing can resume it)."""
+    if cfg.federation.client_state != "run" or not cfg.output.run_name:
+        return None
+    root = (Path(cfg.output.dir).expanduser().resolve() / cfg.output.run_name / CLIENT_STATE_DIR
+            / f"client-{client}")
+    return NodeStateDir(root, cfg.output.run_name, keep_rounds=0, fsync=False)
+
+
+def message_phase(msg: Message) -> str:
+    """The request's phase name (empty when it carries none)."""
+    config = msg.content.get(CONFIG_KEY) if msg.content is not None else None
+    return str(config.get(PHASE_KEY, "")) if config is not None else ""
+
+
 def message_place(msg: Message) -> Place | None:
     """The request's place in the server's run (round, exchange index), if it carries one."""
     config = msg.content.get(CONFIG_KEY) if msg.content is not None else None
@@ -226,8 +279,17 @@ def _set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
+def _identify(msg: Message, context: Context) -> Message:
+    """Answer the server's ``identify`` phase: which client this node is (nothing is loaded)."""
+    stable = stable_client_id(context.node_config)
+    return Message(content=encode(Payload(metrics={
+        CLIENT_ID_KEY: -1 if stable is None else stable, "num-examples": 0})), reply_to=msg)
+
+
 def _handle(msg: Message, context: Context) -> Message:
     started = trace.now()
+    if message_phase(msg) == IDENTIFY_PHASE_NAME:
+        return _identify(msg, context)
     cfg = _config(tuple(sorted(context.run_config.items())))
     _set_threads(cfg.train.num_threads)
     state: dict[str, np.ndarray] = {}
@@ -236,7 +298,8 @@ def _handle(msg: Message, context: Context) -> Message:
     # A device's own state directory (node config state-dir, client/state.py): the whole state
     # survives SuperNode restarts and resubmitted runs, a replayed message starts from the state
     # before it.
-    node_dir = device_state_dir(cfg, context)
+    cid = client_id(context.node_config, int(context.node_id))
+    node_dir = device_state_dir(cfg, context) or run_state_dir(cfg, cid)
     place = message_place(msg)
     if node_dir is not None:
         state = node_dir.load(place)
@@ -251,7 +314,7 @@ def _handle(msg: Message, context: Context) -> Message:
     if privacy_file:
         state.update(load_privacy_file(Path(str(privacy_file))))
     before = dict(state)  # the arrays as loaded: algorithms replace what they change
-    client = client_context(cfg, int(context.node_id), context.node_config, state)
+    client = client_context(cfg, cid, context.node_config, state)
     loaded = trace.now()
     content = answer(msg.content, client)
     answered = trace.now()

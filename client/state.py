@@ -79,11 +79,22 @@ class NodeStateDir:
     run_key
         Names the run: its ``output.run-name`` (the same across a resubmission), else
         ``run-<id>``.
+    keep_rounds
+        Rounds of history kept besides the newest state before them. A replay goes back at most
+        to the start of the round after the server's last checkpoint; a server that checkpoints
+        every round (``federation.client-state = "run"``) needs 0, a device that may rejoin a
+        server resumed from an older checkpoint keeps :data:`KEEP_ROUNDS`.
+    fsync
+        Make each write durable across a power loss, not only a killed process (a device's
+        state; a simulation's need not be).
     """
 
-    def __init__(self, root: Path, run_key: str) -> None:
+    def __init__(self, root: Path, run_key: str, keep_rounds: int = KEEP_ROUNDS,
+                 fsync: bool = True) -> None:
         if not run_key or "/" in run_key or run_key in (".", ".."):
             raise ValueError(f"run key must be a plain name, got {run_key!r}")
+        self.keep_rounds = keep_rounds
+        self.fsync = fsync
         self.root = Path(root).expanduser()
         self.dir = self.root / "runs" / run_key
         self.privacy_path = self.root / "privacy.npz"
@@ -99,7 +110,7 @@ class NodeStateDir:
         return entries
 
     def _write_journal(self, entries: list[dict[str, int | str]]) -> None:
-        _atomic_write(self.dir / JOURNAL, json.dumps(entries).encode())
+        _atomic_write(self.dir / JOURNAL, json.dumps(entries).encode(), fsync=self.fsync)
 
     @staticmethod
     def _place(entry: Mapping[str, int | str]) -> Place:
@@ -129,11 +140,11 @@ class NodeStateDir:
             place = Place(place.round, place.step + 1)
         seq = int(entries[-1]["seq"]) + 1 if entries else 0
         name = f"state-{seq:08d}.npz"
-        save_arrays(self.dir / name, state)
+        save_arrays(self.dir / name, state, fsync=self.fsync)
         entries.append({"seq": seq, "round": place.round, "step": place.step, "file": name})
         # keep the newest entry of every round from place.round - KEEP_ROUNDS on, and the newest
         # entry before them (the state a replay of the oldest kept round starts from)
-        old = [e for e in entries if int(e["round"]) < place.round - KEEP_ROUNDS]
+        old = [e for e in entries if int(e["round"]) < place.round - self.keep_rounds]
         drop = old[:-1]
         self._write_journal([e for e in entries if e not in drop])
         for e in drop:

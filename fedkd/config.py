@@ -113,6 +113,15 @@ class TrainConfig:
             )
 
 
+#: Where a client's persistent state (personal model, optimiser, algorithm state, privacy ledger)
+#: lives, ``federation.client-state``: ``"run"``, journaled files beside the run's outputs
+#: (``<output.dir>/<output.run-name>/client-state/``), so that a resumed run continues exactly
+#: where the interrupted one stopped; ``"node"``, Flower's node state (in memory, for one run:
+#: a resumed run restarts every client's state); ``"disk"``, one file per node and run id, removed
+#: when the run ends (a simulation's memory stays flat with many clients; not resumable).
+CLIENT_STATE_STORES = ("run", "node", "disk")
+
+
 @dataclass(frozen=True)
 class FederationConfig:
     """Sampling, quorum and timeouts of the server's round loop (``federation.*`` keys)."""
@@ -125,7 +134,7 @@ class FederationConfig:
     node_wait_timeout: float = 300.0
     evaluate_clients: bool = True
     evaluate_every: int = 1
-    client_state: str = "node"
+    client_state: str = "run"
     max_num_examples: int = 10_000_000
     client_global_test: int = 0
     client_global_test_every: int = 10
@@ -148,9 +157,10 @@ class FederationConfig:
                 f"each client also evaluates its own model on; 0: off), got {self.client_global_test!r}"
             )
         _positive("federation.client-global-test-every", self.client_global_test_every)
-        if self.client_state not in ("node", "disk"):
+        if self.client_state not in CLIENT_STATE_STORES:
             raise ConfigError(
-                f"federation.client-state must be 'node' or 'disk', got {self.client_state!r}"
+                f"federation.client-state must be one of {', '.join(map(repr, CLIENT_STATE_STORES))}, "
+                f"got {self.client_state!r}"
             )
         if self.min_replies > self.min_nodes:
             raise ConfigError(

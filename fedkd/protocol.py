@@ -38,6 +38,11 @@ PHASE_KEY = "phase"
 #: to recognise a replay, ``client/state.py``).
 EXCHANGE_ROUND_KEY = "exchange-round"
 EXCHANGE_STEP_KEY = "exchange-step"
+#: The phase that asks a node which client it is, before it is ever sampled; the reply's metric
+#: :data:`CLIENT_ID_KEY` is the node's stable client id (its ``partition-id``, else its node
+#: config ``client-id``), or -1 when it has none and the server addresses it by its Flower node id.
+IDENTIFY_PHASE_NAME = "identify"
+CLIENT_ID_KEY = "client-id"
 
 #: Metrics every reply carries (DESIGN.md §4).
 REQUIRED_METRICS: tuple[str, ...] = ("num-examples",)
@@ -344,9 +349,9 @@ def _check_metric_value(what: str, value: object) -> None:
         raise InvalidReply(f"{what} is not a number ({type(value).__name__})")
     try:
         finite = math.isfinite(value)  # converts an int to float: OverflowError if too large
-    except OverflowError:
+    except OverflowError as err:
         raise InvalidReply(f"{what} is not finite as a float: {_show_int(int(value))} is too "
-                           "large for a float") from None
+                           "large for a float") from err
     if not finite:
         raise InvalidReply(f"{what} is not finite ({value!r})")
 
@@ -379,7 +384,7 @@ def _check_array(name: str, array: Array, spec: ArraySpec) -> np.ndarray:
         # A read-only view of the reply's bytes: the server keeps one copy of each reply, not two.
         value = from_array(array, copy=False)
     except Exception as err:  # malformed bytes from a hostile or broken client
-        raise InvalidReply(f"array {name!r}: cannot decode ({type(err).__name__}: {err})") from None
+        raise InvalidReply(f"array {name!r}: cannot decode ({type(err).__name__}: {err})") from err
     if value.dtype != np.dtype(spec.dtype) or value.shape != shape or value.nbytes != expected_bytes:
         raise InvalidReply(f"array {name!r}: payload does not match its declared dtype and shape")
     if len(array.data) != _npy_header_size(array.data) + expected_bytes:

@@ -24,6 +24,8 @@ SUMMARY_FILE = "summary.json"
 AUDIT_FILE = "replies.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"
 ARTIFACTS_DIR = "artifacts"
+#: The clients' journaled state beside the outputs (``federation.client-state = "run"``).
+CLIENT_STATE_DIR = "client-state"
 
 
 def default_run_name(cfg: RunConfig, now: float | None = None) -> str:
@@ -99,10 +101,12 @@ class RunOutput:
         os.replace(tmp, self.metrics_path)
 
     def start_fresh(self) -> None:
-        """Remove the metrics, reply log, checkpoint and artifacts of an earlier run in this directory."""
+        """Remove the metrics, reply log, checkpoint, artifacts and client state of an earlier
+        run in this directory."""
         for name in (METRICS_FILE, AUDIT_FILE, CHECKPOINT_FILE, SUMMARY_FILE):
             (self.directory / name).unlink(missing_ok=True)
-        shutil.rmtree(self.directory / ARTIFACTS_DIR, ignore_errors=True)
+        for name in (ARTIFACTS_DIR, CLIENT_STATE_DIR):
+            shutil.rmtree(self.directory / name, ignore_errors=True)
 
     def save_checkpoint(self, state: Mapping[str, Any]) -> None:
         """Write the server's state after a round, atomically (temporary file, then rename)."""

@@ -13,8 +13,16 @@ from flwr.serverapp import Grid, ServerApp
 from fedkd.compose import build_algorithm, build_config
 from fedkd.data.federated import load_federated
 from fedkd.flower_patches import patch_simulation_engine
+from fedkd.protocol import Payload
 from fedkd.results import RunOutput
-from server.loop import FlowerExchange, run_rounds, wait_for_nodes
+from server.loop import (
+    IDENTIFY_PHASE,
+    ClientDirectory,
+    FlowerExchange,
+    Traffic,
+    run_rounds,
+    wait_for_nodes,
+)
 
 app = ServerApp()
 
@@ -34,10 +42,24 @@ def main(grid: Grid, context: Context) -> None:
     log(INFO, "[fedkd] %s on %s, %d rounds; outputs in %s", cfg.algorithm, cfg.data.dataset,
         cfg.num_server_rounds, output.directory)
     fed = cfg.federation
+    directory = ClientDirectory()
+    audit = output.append_audit if cfg.output.audit_replies else None
+
+    def online_clients(rnd: int) -> list[int]:
+        nodes = wait_for_nodes(grid, fed.min_nodes, fed.node_wait_timeout)
+
+        def identify(unknown: list[int]) -> dict[int, Payload]:
+            timeout = fed.first_round_timeout if rnd == 1 else fed.round_timeout
+            exchange = FlowerExchange(grid, rnd, timeout, 0, Traffic(), audit=audit)
+            return exchange(IDENTIFY_PHASE, {n: Payload() for n in unknown}).replies
+
+        return directory.online(nodes, identify)
+
     summary = run_rounds(
         cfg, algorithm, data, output,
-        online_nodes=lambda: wait_for_nodes(grid, fed.min_nodes, fed.node_wait_timeout),
-        make_exchange=lambda *args, **kwargs: FlowerExchange(grid, *args, **kwargs),
+        online_nodes=online_clients,
+        make_exchange=lambda *args, **kwargs: FlowerExchange(grid, *args, route=directory.route,
+                                                             **kwargs),
     )
     log(INFO, "[fedkd] done: %d rounds in %.1f s; results in %s", summary["rounds"],
         summary["wall-time-s"], output.directory)

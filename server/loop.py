@@ -4,6 +4,13 @@ Per round: wait for enough online nodes, sample, let the algorithm run its phase
 :class:`RoundExchange` (which sends, waits with a timeout, validates and counts), evaluate the
 server model on the global test set and every online client on its local test split, append a
 row to ``metrics.jsonl``.
+
+The loop, the algorithms and the metrics know clients by their **client id**, never by Flower's
+node id: a simulated client's id is its partition id, a device's its node config ``partition-id``
+or ``client-id`` (else, and only then, its Flower node id). Flower draws node ids at random for
+every SuperLink, so sampling by node id would train other partitions in every run of one seed.
+:class:`ClientDirectory` asks each node once which client it is (the ``identify`` phase) and
+:class:`FlowerExchange` routes each client's messages to its node.
 """
 
 from __future__ import annotations
@@ -28,7 +35,9 @@ from fedkd.config import RunConfig
 from fedkd.data.federated import FederatedData
 from fedkd.privacy.dpsgd import BUDGET_EXHAUSTED
 from fedkd.protocol import (
+    CLIENT_ID_KEY,
     EXCHANGE_ROUND_KEY,
+    IDENTIFY_PHASE_NAME,
     EXCHANGE_STEP_KEY,
     PHASE_KEY,
     InvalidReply,
@@ -164,11 +173,15 @@ class RoundExchange(ABC):
         if self.audit is None:
             return
         self.audit({
-            "round": self.rnd, "phase": phase.name, "node": node, "status": status,
-            "reason": reason[:500],
+            "round": self.rnd, "phase": phase.name, "node": node, **self.node_details(node),
+            "status": status, "reason": reason[:500],
             "arrays": describe_arrays(content) if content is not None else {},
             "bytes": content_nbytes(content) if content is not None else 0,
         })
+
+    def node_details(self, node: int) -> dict[str, Any]:
+        """Extra audit fields naming where ``node`` (a client id) was reached."""
+        return {}
 
     def failure_counts(self) -> dict[str, int]:
         """This round's failures by kind, as metrics: ``rejected-replies``, ``client-errors``,
@@ -188,20 +201,28 @@ class FlowerExchange(RoundExchange):
     phase's messages and pulls their replies every :data:`REPLY_POLL_S` until all came or the
     timeout passed (``FEDKD_TRACE``: each message's push and reply time, :mod:`fedkd.trace`)."""
 
-    def __init__(self, grid: Grid, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, grid: Grid, *args: Any, route: Mapping[int, int] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.grid = grid
+        #: client id -> Flower node id (``None``: the keys are node ids, as for ``identify``)
+        self.route = route
+
+    def node_details(self, node: int) -> dict[str, Any]:
+        return {} if self.route is None else {"flower-node-id": self.route[node]}
 
     def _send(self, phase: PhaseSpec, requests: dict[int, RecordDict]) -> dict[int, RecordDict | Failure]:
-        messages = [
-            Message(content=content, dst_node_id=node, message_type=phase.message_type,
-                    group_id=str(self.rnd))
-            for node, content in requests.items()
-        ]
+        route = self.route
+        messages = {
+            client: Message(content=content,
+                            dst_node_id=client if route is None else route[client],
+                            message_type=phase.message_type, group_id=str(self.rnd))
+            for client, content in requests.items()
+        }
         pushed_at = trace.now()
         deadline = time.monotonic() + self.timeout
-        self.grid.push_messages(messages)
-        target = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}  # ids set on push
+        self.grid.push_messages(list(messages.values()))
+        target = {m.metadata.message_id: client for client, m in messages.items()}  # ids set on push
         pending = set(target)
         arrived: dict[str, float] = {}
         answers: dict[int, RecordDict | Failure] = {}
@@ -241,8 +262,66 @@ def wait_for_nodes(grid: Grid, min_nodes: int, timeout: float, poll: float = 1.0
         time.sleep(poll)
 
 
+def _check_client_id(reply: Payload) -> None:
+    value = reply.metrics[CLIENT_ID_KEY]
+    if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+        raise InvalidReply(f"metric {CLIENT_ID_KEY!r} must be an integer >= -1, got {value!r}")
+
+
+#: Asked once of every node when the server first sees it online: which client it is.
+IDENTIFY_PHASE = PhaseSpec(name=IDENTIFY_PHASE_NAME, message_type="query",
+                           reply_metrics=(CLIENT_ID_KEY,), check=_check_client_id)
+
+
+class DuplicateClientId(RuntimeError):
+    """Two live nodes claim the same client id (two SuperNodes started with one partition-id)."""
+
+
+class ClientDirectory:
+    """Which client each Flower node is, learnt once per node with the ``identify`` phase.
+
+    ``route`` maps a client id to the node that answers for it now. A client id claimed by a
+    new node (a SuperNode restarted under a new node id) moves to that node, with a WARNING; two
+    nodes that claim one id in the same identification are a misconfiguration
+    (:class:`DuplicateClientId`). A node whose identification failed (timeout, error, malformed
+    reply: logged by the exchange) is asked again the next time it is seen online.
+    """
+
+    def __init__(self) -> None:
+        self.route: dict[int, int] = {}  # client id -> Flower node id
+        self._client_of: dict[int, int] = {}  # Flower node id -> client id
+
+    def online(
+        self, nodes: Sequence[int], identify: Callable[[list[int]], Mapping[int, Payload]]
+    ) -> list[int]:
+        """The client ids of the online ``nodes``, sorted; ``identify`` sends the identify phase
+        to the given (not yet known) node ids and returns their valid replies by node id."""
+        unknown = [n for n in nodes if n not in self._client_of]
+        if unknown:
+            claims: dict[int, list[int]] = {}
+            for node, reply in identify(unknown).items():
+                client = int(reply.metrics[CLIENT_ID_KEY])
+                claims.setdefault(node if client < 0 else client, []).append(node)
+            duplicated = {c: ns for c, ns in claims.items() if len(ns) > 1}
+            if duplicated:
+                raise DuplicateClientId("several nodes claim one client id: " + "; ".join(
+                    f"client {c} by nodes {', '.join(map(str, ns))}" for c, ns in duplicated.items())
+                    + " (give each SuperNode its own partition-id or client-id in --node-config)")
+            for client, (node,) in claims.items():
+                previous = self.route.get(client)
+                if previous is not None and previous != node:
+                    log(WARNING, "[fedkd] client %d now answers on node %d (was node %d)",
+                        client, node, previous)
+                    self._client_of.pop(previous, None)
+                self.route[client] = node
+                self._client_of[node] = client
+        present = set(nodes)
+        return sorted(c for c, n in self.route.items() if n in present)
+
+
 def sample_nodes(nodes: Sequence[int], fraction: float, rng: np.random.Generator) -> list[int]:
-    """A seeded sample of ``ceil(fraction * len(nodes))`` nodes (at least one), sorted."""
+    """A seeded sample of ``ceil(fraction * len(nodes))`` of the sorted client ids ``nodes`` (at
+    least one), sorted: the same ids and seed give the same sample in every run."""
     k = max(1, int(np.ceil(fraction * len(nodes))))
     if k >= len(nodes):
         return list(nodes)
@@ -264,7 +343,7 @@ def run_rounds(
     algorithm: Algorithm,
     data: FederatedData,
     output: RunOutput,
-    online_nodes: Callable[[], list[int]],
+    online_nodes: Callable[[int], list[int]],
     make_exchange: ExchangeFactory,
 ) -> dict[str, Any]:
     """Run every round; returns the run summary (also written to ``summary.json``).
@@ -272,10 +351,11 @@ def run_rounds(
     Parameters
     ----------
     online_nodes
-        Returns the node ids available now (waiting for a quorum if it must).
+        Given the round about to run, returns the client ids available now, sorted (waiting
+        for a quorum if it must; identifying new nodes, :class:`ClientDirectory`).
     make_exchange
         Builds a round's :class:`RoundExchange` from ``(rnd, timeout, min_replies, traffic,
-        audit=...)``.
+        audit=...)``; it addresses clients by client id.
     """
     fed = cfg.federation
     algorithm.setup_server(data)
@@ -291,26 +371,21 @@ def run_rounds(
         output.rewrite_metrics(rows)
         first_round = int(checkpoint["round"]) + 1
         log(INFO, "[fedkd] resuming after round %d from %s", first_round - 1, output.directory)
-        if cfg.privacy.enabled:
-            # The server's state resumes exactly; each client's node state does not (Flower keeps
-            # it for one run), so its DP ledger restarts unless the device keeps a state-path file.
-            log(WARNING, "[fedkd] resumed a DP run: each client's epsilon from here on counts "
-                "only the rounds since the resume, except on devices that keep their ledger in a "
-                "state-path file (node config); add the epsilon of round %d's metrics for a bound",
-                first_round - 1)
+        log_resume_caveats(cfg, first_round - 1)
     else:  # a fresh run: results of an earlier run in the same directory are replaced
         output.start_fresh()
     run_start = time.monotonic()
     for rnd in range(first_round, cfg.num_server_rounds + 1):
         start = time.monotonic()
         timeout = fed.first_round_timeout if rnd == 1 else fed.round_timeout
-        online = online_nodes()
+        online = online_nodes(rnd)
         sampled = sample_nodes(online, fed.fraction_train, rng)
         traffic = Traffic()
         exchange = make_exchange(rnd, timeout, fed.min_replies, traffic,
                                  audit=output.append_audit if cfg.output.audit_replies else None,
                                  max_num_examples=fed.max_num_examples)
-        row: dict[str, Any] = {"round": rnd, "algorithm": cfg.algorithm, "sampled": len(sampled)}
+        row: dict[str, Any] = {"round": rnd, "algorithm": cfg.algorithm, "sampled": len(sampled),
+                               "sampled-clients": sampled}
         row.update(algorithm.run_round(rnd, sampled, exchange))
         for name, content in algorithm.round_artifacts().items():
             output.write_artifact(name, content)
@@ -353,6 +428,10 @@ def run_rounds(
             "failures": {ph: {str(n): f"{f.kind}: {f.reason}" for n, f in per_phase.items()}
                          for ph, per_phase in exchange.failures.items() if per_phase},
             "num-failures": sum(len(f) for f in exchange.failures.values()),
+            # the sampled clients whose every reply of the round's own phases was used
+            "trained-clients": [c for c in sampled if not any(
+                c in per_phase for name, per_phase in exchange.failures.items()
+                if name != EVALUATE_PHASE.name)],
             **exchange.failure_counts(),
             **privacy_metrics(cfg, clients, algorithm),
             # released once: figures whose release has its own cost (PATE's data-dependent one)
@@ -383,6 +462,33 @@ def run_rounds(
     }
     output.write_summary(summary)
     return summary
+
+
+def log_resume_caveats(cfg: RunConfig, checkpoint_round: int) -> None:
+    """Say on the console what a resumed run cannot keep exactly.
+
+    The server's state (models, optimisers, sampling generator, rows) resumes exactly. With
+    ``federation.client-state = "run"`` so does every client's (:func:`client.app.run_state_dir`):
+    a round that was under way is replayed from the state before it. Its privacy releases may
+    have left the clients already, so they are charged again: the epsilon is then a bound above
+    an uninterrupted run's. With ``"node"`` or ``"disk"`` the clients' state is gone (Flower keeps
+    node state for one run): the clients restart from their initial state and ledger, except on
+    devices with a node config ``state-dir``.
+    """
+    store = cfg.federation.client_state
+    if store != "run" or not cfg.output.run_name:
+        log(WARNING, "[fedkd] resumed with federation.client-state=%r: the clients' own state "
+            "(personal models, optimisers, privacy ledgers) did not survive the interruption and "
+            "starts again, except on devices with a node config state-dir, so this run will not "
+            "end where an uninterrupted one would%s; federation.client-state='run' (the default) "
+            "with an output.run-name resumes them exactly", store,
+            f" (add round {checkpoint_round}'s epsilon for a privacy bound)"
+            if cfg.privacy.enabled else "")
+    elif cfg.privacy.enabled:
+        log(WARNING, "[fedkd] resumed a DP run: a round that was under way when it stopped is "
+            "replayed, and its releases are charged again (they may have left the clients), so "
+            "the clients' epsilon from round %d on may exceed an uninterrupted run's",
+            checkpoint_round + 1)
 
 
 #: Keys a resumed run may change: how long it runs, and output switches.

@@ -121,10 +121,13 @@ class Exchange(Protocol):
 class ClientContext:
     """Everything the client half may use on one node for one message.
 
-    ``state`` persists across rounds of one run on this node (Flower's ``Context.state``); the
-    client app saves whatever the algorithm leaves in it. ``public`` is the public split shared
-    by every node (for public-set algorithms such as FedMD). ``global_test`` is the official test
-    set where the node has it (simulation), for ``federation.client-global-test``.
+    ``node_id`` is the client id the server addresses this client by (its partition id in a
+    simulation; ``server.loop.ClientDirectory``). ``state`` persists across rounds of one run on
+    this node (Flower's ``Context.state``); the client app saves whatever the algorithm leaves in
+    it. ``public`` is the public split shared by every node (for public-set algorithms such as
+    FedMD); where the node could not load it, it is empty and ``public_error`` says why.
+    ``global_test`` is the official test set where the node has it (simulation), for
+    ``federation.client-global-test``.
     """
 
     cfg: RunConfig
@@ -137,6 +140,7 @@ class ClientContext:
     public: ArrayDataset
     state: MutableMapping[str, np.ndarray] = field(default_factory=dict)
     global_test: ArrayDataset | None = None
+    public_error: str | None = None
 
 
 class Algorithm(ABC):

@@ -38,7 +38,7 @@ from fedkd.config import RunConfig
 from fedkd.data.federated import FederatedData
 from fedkd.errors import ConfigError
 from fedkd.protocol import ArraySpec, InvalidReply, Payload, PhaseSpec
-from fedkd.secagg import SecAggConfig, SecureSum, public_key_specs, secure_sum
+from fedkd.secagg import SecAggConfig, SecureSum, check_public_keys, public_key_specs, secure_sum
 from fedkd.secagg import client as secagg_client
 from fedkd.training import FitStats, fit_to_targets, seeded_generator
 
@@ -178,6 +178,7 @@ class PublicSetAlgorithm(Algorithm):
         bound = self.cfg.aggregation.max_abs_logit
         if self.cfg.aggregation.secure:  # logits and counts stay on the client; keys go up
             arrays = dict(public_key_specs())
+            check = _with_key_check(check)
         else:
             arrays = {"logits": ArraySpec(shape=(n, self.num_classes), dtype="float32",
                                           low=-bound, high=bound)}
@@ -237,6 +238,9 @@ class PublicSetAlgorithm(Algorithm):
         public = client.public
         indices = np.asarray(request.config["indices"], dtype=np.int64)
         if indices.ndim != 1 or (indices.size and (indices.min() < 0 or indices.max() >= len(public))):
+            if not len(public) and client.public_error:
+                raise ValueError(f"{self.name}: this node has no public set "
+                                 f"({client.public_error})")
             raise ValueError(f"{self.name}: public indices outside 0..{len(public) - 1}")
         return public.x[indices]
 
@@ -293,3 +297,13 @@ class PublicSetAlgorithm(Algorithm):
                 raise InvalidReply(f"array {name!r}: masks every sample (no answer to aggregate)")
 
         return check
+
+
+def _with_key_check(check: Callable[[Payload], None] | None) -> Callable[[Payload], None]:
+    """``check`` after the check of the reply's public keys (secure aggregation): a reply whose
+    keys cannot be used is a rejected reply, with the reason."""
+    def checked(reply: Payload) -> None:
+        check_public_keys(reply)
+        if check is not None:
+            check(reply)
+    return checked

@@ -75,7 +75,7 @@ def run_inprocess(
     output = RunOutput.for_config(cfg)
     run_rounds(
         cfg, algorithm, data, output,
-        online_nodes=lambda: sorted(clients),
+        online_nodes=lambda rnd: sorted(clients),
         make_exchange=lambda rnd, *args, **kwargs: InProcessExchange(
             clients, rnd, *args,
             dropped=frozenset(FIRST_NODE_ID + p for p in (dropouts or {}).get(rnd, ())),

@@ -26,6 +26,10 @@ NODES = (11, 12, 13)
 SETTINGS = {"algorithm": "fd", "data.dataset": "digits", "train.model": "mlp",
             "train.local-steps": 5, "num-server-rounds": 3, "data.num-partitions": 3,
             "federation.min-nodes": 3, "federation.min-replies": 3,
+            # Flower's node state, so that a restarted SuperNode without a state-dir loses its own
+            # (the default, "run", keeps every client's state beside the outputs: see
+            # test_simulated_clients_resume_exactly_from_the_run_directory)
+            "federation.client-state": "node",
             "output.audit-replies": False, "output.checkpoint": False}
 
 
@@ -61,8 +65,9 @@ def fresh_contexts(world: dict[str, Any]) -> dict[int, Context]:
 
 
 def run(tmp_path: Path, name: str, state_dir: bool, restart_before: tuple[int, ...] = (),
-        replay: tuple[tuple[int, int], ...] = (), **world_extra: Any) -> list[dict[str, Any]]:
-    flat = {**pyproject_defaults(APP_DIR / "pyproject.toml"), **SETTINGS,
+        replay: tuple[tuple[int, int], ...] = (), settings: dict[str, Any] | None = None,
+        **world_extra: Any) -> list[dict[str, Any]]:
+    flat = {**pyproject_defaults(APP_DIR / "pyproject.toml"), **SETTINGS, **(settings or {}),
             "output.dir": str(tmp_path), "output.run-name": name}
     cfg = build_config(flat)
     data = load_federated(cfg.data)
@@ -71,7 +76,7 @@ def run(tmp_path: Path, name: str, state_dir: bool, restart_before: tuple[int, .
                              "state-root": tmp_path / f"{name}-state" if state_dir else None,
                              **world_extra}
     world["contexts"] = fresh_contexts(world)
-    run_rounds(cfg, algorithm, data, RunOutput.for_config(cfg), online_nodes=lambda: list(NODES),
+    run_rounds(cfg, algorithm, data, RunOutput.for_config(cfg), online_nodes=lambda rnd: list(NODES),
                make_exchange=lambda rnd, *a, **k: HandlerExchange(world, rnd, *a, **k))
     return read_metrics(tmp_path / name)
 
@@ -90,3 +95,17 @@ def test_restarted_nodes_continue_from_their_state_dir_and_replays_repeat_the_fi
     # Round 3's first exchange (FD's fit) reaches every client twice: the replay starts from the
     # state before the first attempt, so the run ends where the straight one does.
     assert scores(run(tmp_path, "replayed", state_dir=True, replay=((3, 1), (2, 2)))) == straight
+
+
+def test_simulated_clients_resume_exactly_from_the_run_directory(tmp_path: Path) -> None:
+    """``federation.client-state = "run"`` (the default): restarted nodes without a state-dir,
+    as in a resumed simulation, continue from their state beside the run's outputs, and a
+    replayed exchange starts from the state before its first attempt."""
+    straight = scores(run(tmp_path, "straight", state_dir=False))
+    in_run_dir = {"federation.client-state": "run"}
+    assert scores(run(tmp_path, "restarted", state_dir=False, restart_before=(2, 3),
+                      settings=in_run_dir)) == straight
+    assert scores(run(tmp_path, "replayed", state_dir=False, replay=((3, 1), (2, 2)),
+                      settings=in_run_dir)) == straight
+    kept = sorted(p.name for p in (tmp_path / "replayed" / "client-state").iterdir())
+    assert kept == ["client-0", "client-1", "client-2"]

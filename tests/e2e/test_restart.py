@@ -33,9 +33,10 @@ SETTINGS: dict[str, Any] = {
 }
 
 
-def node_epsilons(rows: list[dict[str, Any]], node_id: int) -> list[tuple[int, float]]:
-    return [(r["round"], float(r["clients"][str(node_id)]["epsilon"])) for r in rows
-            if "epsilon" in r["clients"].get(str(node_id), {})]
+def node_epsilons(rows: list[dict[str, Any]], client: int) -> list[tuple[int, float]]:
+    """``client``'s epsilon per round (metrics key clients by client id: the partition id)."""
+    return [(r["round"], float(r["clients"][str(client)]["epsilon"])) for r in rows
+            if "epsilon" in r["clients"].get(str(client), {})]
 
 
 def rounds_done(run_dir: Path, fed: LocalFederation, run_id: int) -> int:
@@ -63,7 +64,7 @@ def test_a_restarted_supernode_and_a_restarted_superlink_lose_nothing(tmp_path: 
         wait_for(lambda: rounds_done(run_dir, fed, run_id) >= 2, 600, "round 2")
         victim = fed.nodes["node2"]
         assert victim.node_id is not None
-        before = node_epsilons(read_metrics(run_dir), victim.node_id)
+        before = node_epsilons(read_metrics(run_dir), 2)  # node2 holds partition 2
         fed.kill(victim.proc)
         # The SuperLink refuses to activate a node id it still lists online ("Failed to activate
         # SuperNode"): the device comes back once its old process is marked offline (two missed
@@ -72,7 +73,7 @@ def test_a_restarted_supernode_and_a_restarted_superlink_lose_nothing(tmp_path: 
         fed.restart_node("node2", state)
         wait_for(lambda: fed.status(run_id).startswith("finished"), 900, "the end of the run")
         assert fed.status(run_id) == "finished:completed"
-        after = node_epsilons(read_metrics(run_dir), victim.node_id)
+        after = node_epsilons(read_metrics(run_dir), 2)
         assert before and after[-1][0] == 4, after
         # the ledger went on: never below what it was before the kill, and it grew
         assert all(eps >= before[-1][1] for rnd, eps in after if rnd > before[-1][0])
