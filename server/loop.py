@@ -242,9 +242,10 @@ class FlowerExchange(RoundExchange):
                 break
             time.sleep(REPLY_POLL_S)
         if trace.path() is not None:
-            for msg_id, node in target.items():
-                trace.record("server", msg=msg_id, node=node, phase=phase.name, round=self.rnd,
-                             push=pushed_at, reply=arrived.get(msg_id))
+            for msg_id, client in target.items():
+                trace.record("server", msg=msg_id, node=messages[client].metadata.dst_node_id,
+                             client=client, phase=phase.name, round=self.rnd, push=pushed_at,
+                             reply=arrived.get(msg_id))
         return answers
 
 

@@ -6,6 +6,7 @@ Every process is started in its own session and stopped, with its children, by P
 local steps) because each message costs a fresh ClientApp process on every SuperNode.
 
 * FD over TLS with node authentication; an unregistered key is refused.
+* The same seed on another federation (other node ids) gives the same metrics, times aside.
 * A SuperNode that sends NaN logits: its replies are rejected and counted, the run completes.
 * The ServerApp killed after round 1: the resubmitted run resumes at round 2 from the checkpoint
   and ends where an uninterrupted run ends.
@@ -25,6 +26,7 @@ import pytest
 
 from fedkd import trace
 from fedkd.deploy import LocalFederation, make_node_key
+from fedkd.experiments.compare import differences
 from fedkd.results import read_metrics
 
 APP_DIR = Path(__file__).resolve().parents[2]
@@ -93,14 +95,42 @@ def test_fd_over_tls_with_node_authentication(federation: LocalFederation, tmp_p
     # The timing trace: every message the ServerApp pushed (2 rounds x fit and evaluate x 3
     # nodes) was answered, by a ClientApp process and the app in it, in time order.
     events = trace.read(federation.root / "trace.jsonl")
-    assert len(events) == 12
+    assert len(events) == 15  # each node: identify once, then fit and evaluate in 2 rounds
+    assert sorted(e["server"]["phase"] for e in events.values()).count("identify") == 3
     for event in events.values():
-        server, proc, handler = event["server"], event["clientapp"], event["handler"]
-        assert server["node"] == proc["node"] and server["phase"] in ("fit", "evaluate")
+        server, proc = event["server"], event["clientapp"]
+        assert server["node"] == proc["node"]
+        assert server["phase"] in ("identify", "fit", "evaluate")
+        assert proc["start"] <= proc["end"] <= server["reply"]
+        if server["phase"] == "identify":
+            continue  # answered before anything is loaded: no handler timing
+        handler = event["handler"]
         assert server["push"] <= proc["proc_start"] + 0.02 <= proc["start"] + 0.02
         assert proc["start"] <= proc["end"] <= server["reply"]
         assert 0 <= handler["load"] + handler["work"] + handler["save"] <= proc["end"] - proc["start"]
     assert "fedkd.supernode" in " ".join(federation.nodes["node0"].proc.args)
+
+
+def test_the_same_seed_gives_the_same_run_on_another_federation(
+        federation: LocalFederation, tmp_path: Path) -> None:
+    # A second SuperLink draws other node ids; the server samples clients by client id (the
+    # partition id here), so the same seed samples the same partitions and computes the same.
+    settings = {"algorithm": "fd", "num-server-rounds": 2, "seed": 5,
+                "federation.fraction-train": 0.6}  # 2 of the 3 clients a round
+    run_to_completion(federation, run_config(federation, tmp_path, "first", settings))
+    other = LocalFederation(tmp_path / "other")
+    try:
+        other.superlink()
+        other.add_nodes(3)
+        other.wait_online(3)
+        run_to_completion(other, run_config(other, tmp_path, "second", settings))
+        assert not {n.node_id for n in other.nodes.values()} & {
+            n.node_id for n in federation.nodes.values()}
+    finally:
+        other.stop()
+    first, second = read_metrics(tmp_path / "first"), read_metrics(tmp_path / "second")
+    assert all(len(r["sampled-clients"]) == 2 for r in first)
+    assert differences(first, second) == []
 
 
 def test_nan_replies_are_rejected_and_counted(federation: LocalFederation, tmp_path: Path) -> None:

@@ -13,20 +13,23 @@ from pathlib import Path
 
 import pytest
 
+from fedkd.experiments.compare import differences
 from fedkd.launch import free_port, offline_env, port_is_free
 from fedkd.results import read_metrics
 
 APP_DIR = Path(__file__).resolve().parents[2]
 
 
-def simulate(tmp_path: Path, *overrides: str, port: int | None = None) -> subprocess.CompletedProcess[str]:
-    """`python -m simulations.run` on digits with 3 clients and 2 rounds, plus ``overrides``."""
+def simulate(tmp_path: Path, *overrides: str, port: int | None = None,
+             name: str = "it") -> subprocess.CompletedProcess[str]:
+    """`python -m simulations.run` on digits with 3 clients and 2 rounds, plus ``overrides``;
+    outputs in ``tmp_path / name``."""
     cmd = [
         sys.executable, "-m", "simulations.run",
         "--num-clients", "3", "--rounds", "2", "--port", str(port or free_port()),
         "--set", 'data.dataset="digits"', "--set", 'train.model="mlp"',
         "--set", "train.local-steps=15", "--set", "federation.min-nodes=3",
-        "--output-dir", str(tmp_path), "--name", "it", "--timeout", "600",
+        "--output-dir", str(tmp_path), "--name", name, "--timeout", "600",
     ]
     for override in overrides:
         cmd += ["--set", override]
@@ -70,6 +73,23 @@ def test_invalid_override_fails_before_starting_flower(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "unknown model 'vgg'; valid names:" in proc.stderr
+
+
+@pytest.mark.integration
+def test_the_same_seed_gives_the_same_run_through_flower(tmp_path: Path) -> None:
+    # Each simulation's SuperLink draws new node ids: clients are sampled by partition id, so
+    # two runs of one seed sample the same partitions (2 of 3 a round) and compute the same.
+    overrides = ('algorithm="dsfl"', 'aggregation.rule="era"', "distill.public-batch=60",
+                 "distill.server-steps=10", "distill.steps=3", "federation.fraction-train=0.6",
+                 "federation.min-replies=2", "seed=5")
+    simulate(tmp_path, *overrides, name="first")
+    simulate(tmp_path, *overrides, name="second")
+    first, second = read_metrics(tmp_path / "first"), read_metrics(tmp_path / "second")
+    assert [len(r["sampled-clients"]) for r in first] == [2, 2]
+    assert differences(first, second) == []
+    # every client's state lives beside the run's outputs (what a resumed run continues from)
+    assert sorted(p.name for p in (tmp_path / "first" / "client-state").iterdir()) == [
+        f"client-{c}" for c in sorted({c for r in first for c in r["trained-clients"]})]
 
 
 @pytest.mark.integration
