@@ -12,8 +12,14 @@ the configuration is built.
 
 from fedkd.secagg.client import MASK, PHASES, PUBLIC_KEY_C, PUBLIC_KEY_S, SHARE_KEYS, UNMASK
 from fedkd.secagg.config import SecAggConfig
-from fedkd.secagg.server import SecureAggregationError, SecureSum, public_key_specs, secure_sum
+from fedkd.secagg.server import (
+    SecureAggregationError,
+    SecureSum,
+    check_public_keys,
+    public_key_specs,
+    secure_sum,
+)
 
 __all__ = ["MASK", "PHASES", "PUBLIC_KEY_C", "PUBLIC_KEY_S", "SHARE_KEYS", "UNMASK",
-           "SecAggConfig", "SecureAggregationError", "SecureSum", "public_key_specs",
-           "secure_sum"]
+           "SecAggConfig", "SecureAggregationError", "SecureSum", "check_public_keys",
+           "public_key_specs", "secure_sum"]

@@ -75,9 +75,9 @@ def _put(state: MutableMapping[str, np.ndarray], key: str, value: bytes) -> None
 def _get(state: Mapping[str, np.ndarray], key: str) -> bytes:
     try:
         return np.asarray(state[_PREFIX + key], dtype=np.uint8).tobytes()
-    except KeyError:
+    except KeyError as err:
         raise SecAggClientError(f"secure aggregation: no {key!r} kept on this node (a request out "
-                                "of order, or for a round it did not advertise in)") from None
+                                "of order, or for a round it did not advertise in)") from err
 
 
 def forget(state: MutableMapping[str, np.ndarray]) -> None:

@@ -7,6 +7,14 @@ floats). It never holds a client's input without masks: a masked input hides ``x
 clients whose pairwise masks stay secret, and a dropped client's ``s`` key only for clients
 whose input is not in the sum.
 
+Nothing is dropped silently: a reply the protocol cannot use is refused by the phase's
+contract check, and so counted and audited by the round's exchange as a rejected reply with its
+reason: public keys that are not two distinct keys on Flower's curve (:func:`check_public_keys`,
+on the algorithm's phase), ciphertexts for another number of neighbours than the node has, share
+owners and shares of unequal counts. A node left out for what the other nodes sent (a public key
+another node also sent, too few live neighbours), and an unmask reply with shares of other nodes
+than were asked for (not used), are logged with the reason.
+
 Dropouts: a client lost after sharing keys but before masking has its pairwise masks removed
 from its neighbours' inputs with its ``s`` key, rebuilt from ``t`` shares; a client lost after
 masking has its input kept and its self-mask removed with its ``b``, rebuilt the same way. When
@@ -28,11 +36,13 @@ import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from logging import WARNING
 
 import numpy as np
 from flwr.common.secure_aggregation.crypto.shamir import combine_shares, create_shares
 from flwr.common.secure_aggregation.crypto.symmetric_encryption import encrypt, generate_shared_key
 from cryptography.hazmat.primitives.asymmetric import ec
+from flwr.common.logger import log
 from flwr.common.secure_aggregation.secaggplus_utils import share_keys_plaintext_concat
 from flwr.supercore.primitives.asymmetric import (
     bytes_to_private_key,
@@ -42,7 +52,7 @@ from flwr.supercore.primitives.asymmetric import (
     public_key_to_bytes,
 )
 
-from fedkd.protocol import ArraySpec, Payload, PhaseSpec
+from fedkd.protocol import ArraySpec, InvalidReply, Payload, PhaseSpec
 from fedkd.secagg.client import (
     MASK,
     PUBLIC_KEY_C,
@@ -78,19 +88,42 @@ def sizes() -> dict[str, int]:
 
 
 def public_key_specs() -> dict[str, ArraySpec]:
-    """The two public keys a client adds to its reply of the algorithm's own phase."""
+    """The two public keys a client adds to its reply of the algorithm's own phase (that
+    phase's check runs :func:`check_public_keys` on them)."""
     n = sizes()["public-key"]
     return {PUBLIC_KEY_C: ArraySpec(shape=(n,), dtype="uint8"),
             PUBLIC_KEY_S: ArraySpec(shape=(n,), dtype="uint8")}
 
 
-def _phases(length: int) -> dict[str, PhaseSpec]:
+def check_public_keys(reply: Payload) -> None:
+    """The contract check of a reply's two public keys (:func:`public_key_specs`): each a key on
+    Flower's curve, the two distinct. Raises :class:`~fedkd.protocol.InvalidReply` with the
+    reason, so the round's exchange counts and audits the reply as rejected."""
+    problem = _key_problem((as_bytes(reply.arrays[PUBLIC_KEY_C]),
+                            as_bytes(reply.arrays[PUBLIC_KEY_S])))
+    if problem is not None:
+        raise InvalidReply(problem)
+
+
+def _phases(length: int, degree: int) -> dict[str, PhaseSpec]:
+    """The protocol's phases for inputs of ``length`` values among nodes of ``degree``
+    neighbours each (:func:`neighbourhoods` gives every node as many): a share-keys reply with
+    ciphertexts for another number of neighbours is rejected by the contract check."""
     s = sizes()
+
+    def check_unmask(reply: Payload) -> None:
+        for kind in ("b", "s"):
+            owners = reply.arrays[f"{kind}-owners"]
+            shares = reply.arrays[f"{kind}-shares"]
+            if len(owners) != len(shares):
+                raise InvalidReply(f"{len(owners)} {kind}-owners for {len(shares)} {kind}-shares")
+            if len(set(owners.tolist())) != len(owners):
+                raise InvalidReply(f"{kind}-owners: a node listed twice")
+
     return {
         SHARE_KEYS: PhaseSpec(name=SHARE_KEYS, message_type="query", reply_arrays={
-            "ciphertexts": ArraySpec(shape=(None, s["ciphertext"]), dtype="uint8"),
-            "b-hash": ArraySpec(shape=(32,), dtype="uint8")},
-            max_reply_bytes=64 * 1024 + 100_000 * s["ciphertext"]),
+            "ciphertexts": ArraySpec(shape=(degree, s["ciphertext"]), dtype="uint8"),
+            "b-hash": ArraySpec(shape=(32,), dtype="uint8")}),
         MASK: PhaseSpec(name=MASK, message_type="query", reply_arrays={
             "masked": ArraySpec(shape=(length,), dtype="uint32")}),
         UNMASK: PhaseSpec(name=UNMASK, message_type="query", reply_arrays={
@@ -98,7 +131,8 @@ def _phases(length: int) -> dict[str, PhaseSpec]:
             "b-shares": ArraySpec(shape=(None, s["b-share"]), dtype="uint8"),
             "s-owners": ArraySpec(shape=(None,), dtype="uint64"),
             "s-shares": ArraySpec(shape=(None, s["s-share"]), dtype="uint8")},
-            max_reply_bytes=64 * 1024 + 100_000 * (16 + s["b-share"] + s["s-share"])),
+            max_reply_bytes=64 * 1024 + degree * (16 + s["b-share"] + s["s-share"]),
+            check=check_unmask),
     }
 
 
@@ -106,7 +140,7 @@ def neighbourhoods(nodes: Sequence[int], degree: int,
                    rng: np.random.Generator) -> dict[int, list[int]]:
     """Each node's neighbours: every other node (``degree`` 0 or at least ``len(nodes) - 1``),
     else ``ceil(degree / 2)`` on each side of it on a ring of the nodes in a random order (a
-    Harary graph, as SecAgg+ uses)."""
+    Harary graph, as SecAgg+ uses). Every node has as many neighbours as every other."""
     nodes = sorted(nodes)
     if degree == 0 or degree >= len(nodes) - 1:
         return {u: [v for v in nodes if v != u] for u in nodes}
@@ -158,7 +192,9 @@ def secure_sum(exchange: Exchange, rnd: int, advertised: Mapping[int, Payload], 
     rng
         The server's generator (the neighbourhood ring).
     """
-    keys = _valid_keys(advertised)
+    keys, refused = _valid_keys(advertised)
+    for node, reason in refused.items():
+        _left_out(rnd, node, reason)
     if len(keys) < 3:
         raise SecureAggregationError(f"round {rnd}: secure aggregation needs at least 3 clients "
                                      f"with valid keys (a threshold of 2 shares among at least 2 "
@@ -166,7 +202,7 @@ def secure_sum(exchange: Exchange, rnd: int, advertised: Mapping[int, Payload], 
     graph = neighbourhoods(list(keys), options.neighbours, rng)
     degree = min(len(v) for v in graph.values())
     threshold = options.shamir_threshold(degree)
-    phases = _phases(length)
+    phases = _phases(length, degree)
 
     # 1. share keys: each node gets its neighbours' public keys
     requests = {u: Payload(
@@ -174,11 +210,14 @@ def secure_sum(exchange: Exchange, rnd: int, advertised: Mapping[int, Payload], 
                 "pk-c": np.stack([keys[v][0] for v in graph[u]]),
                 "pk-s": np.stack([keys[v][1] for v in graph[u]])},
         config={"round": rnd, "threshold": threshold}) for u in keys}
-    replies = exchange(phases[SHARE_KEYS], requests).replies
-    shared = {u: p.arrays["ciphertexts"] for u, p in replies.items()
-              if p.arrays["ciphertexts"].shape[0] == len(graph[u])}
+    replies = exchange(phases[SHARE_KEYS], requests).replies  # one ciphertext per neighbour
+    shared = {u: p.arrays["ciphertexts"] for u, p in replies.items()}
     commitments = {u: as_bytes(replies[u].arrays["b-hash"]) for u in shared}
     u2 = _prune(set(shared), graph, threshold)
+    for node in sorted(set(shared) - u2):
+        _left_out(rnd, node, f"fewer than {threshold} (the threshold) of its neighbours shared "
+                  "their keys, directly or after others were left out: it could not be unmasked "
+                  "were it lost")
     if len(u2) < threshold + 1:
         raise SecureAggregationError(
             f"round {rnd}: {len(u2)} clients shared their keys with enough live neighbours "
@@ -212,14 +251,17 @@ def secure_sum(exchange: Exchange, rnd: int, advertised: Mapping[int, Payload], 
     unmasked = exchange(phases[UNMASK], requests).replies
     b_shares: dict[int, list[bytes]] = {u: [] for u in u3}
     s_shares: dict[int, list[bytes]] = {d: [] for d in dropped}
-    for node, payload in unmasked.items():  # only shares of the nodes each one was asked about
-        asked = requests[node].arrays
+    for node, payload in sorted(unmasked.items()):
+        asked = {kind: set(requests[node].arrays[name].tolist())
+                 for kind, name in (("b", "survivors"), ("s", "dropped"))}
+        answered = {kind: set(payload.arrays[f"{kind}-owners"].tolist()) for kind in asked}
+        if answered != asked:  # owners listed once each: the contract check
+            _left_out(rnd, node, "its unmask reply holds shares of other nodes than it was asked "
+                      "for: none of them is used")
+            continue
         for kind, held in (("b", b_shares), ("s", s_shares)):
-            wanted = set(asked["survivors" if kind == "b" else "dropped"].tolist())
             for owner, share in zip(payload.arrays[f"{kind}-owners"], payload.arrays[f"{kind}-shares"]):
-                if int(owner) in wanted:
-                    held[int(owner)].append(as_bytes(share))
-                    wanted.discard(int(owner))
+                held[int(owner)].append(as_bytes(share))
 
     total = np.zeros(length, dtype=np.uint32)
     for u in sorted(u3):
@@ -270,28 +312,55 @@ def _prune(alive: set[int], graph: Mapping[int, list[int]], threshold: int) -> s
         alive -= weak
 
 
-def _valid_keys(advertised: Mapping[int, Payload]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Nodes whose two public keys are distinct keys on Flower's curve that no other node sent
-    (a node that sent anything else is left out, and so are both senders of a reused key:
-    their neighbours' key agreement would fail or be shared)."""
+def _left_out(rnd: int, node: int, reason: str) -> None:
+    """Log a node left out of the round's secure sum for what other nodes sent (its own replies
+    passed the contract check)."""
+    log(WARNING, "round %d, secure aggregation: node %d left out: %s", rnd, node, reason)
+
+
+def _key_problem(pair: tuple[bytes, bytes]) -> str | None:
+    """Why a node's public keys ``(c, s)`` cannot be used (``None``: two distinct keys on
+    Flower's curve)."""
     curve = _flower_curve()
+    for name, raw in zip(("c", "s"), pair):
+        try:
+            key = bytes_to_public_key(raw)
+        except Exception as err:  # noqa: BLE001 - any failure to parse: not a key
+            return f"public key {name} is not a key ({type(err).__name__}: {err})"
+        if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, curve):
+            found = key.curve.name if isinstance(key, ec.EllipticCurvePublicKey) else type(key).__name__
+            return f"public key {name} is not on {curve.name} ({found})"
+    if pair[0] == pair[1]:
+        return "public keys c and s are the same key"
+    return None
+
+
+def _valid_keys(advertised: Mapping[int, Payload]
+                ) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], dict[int, str]]:
+    """Nodes whose two public keys are distinct keys on Flower's curve that no other node sent,
+    and the others with the reason each is left out (anything else than such keys, or a key
+    another node sent too: both senders are left out, their neighbours' key agreement would fail
+    or be shared)."""
     raw = {node: (as_bytes(p.arrays[PUBLIC_KEY_C]), as_bytes(p.arrays[PUBLIC_KEY_S]))
            for node, p in advertised.items()}
-    senders: dict[bytes, int] = {}
-    for pair in raw.values():
-        for key in set(pair):
-            senders[key] = senders.get(key, 0) + 1
-    keys: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    senders: dict[bytes, list[int]] = {}
     for node, pair in sorted(raw.items()):
-        try:
-            loaded = [bytes_to_public_key(b) for b in pair]
-        except Exception:  # noqa: BLE001 - any failure to parse: not a key
-            continue
-        if (not all(isinstance(k, ec.EllipticCurvePublicKey) and isinstance(k.curve, curve)
-                    for k in loaded) or pair[0] == pair[1] or any(senders[k] > 1 for k in pair)):
+        for key in set(pair):
+            senders.setdefault(key, []).append(node)
+    keys: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    refused: dict[int, str] = {}
+    for node, pair in sorted(raw.items()):
+        problem = _key_problem(pair)
+        if problem is None:
+            shared = sorted({n for k in pair for n in senders[k]} - {node})
+            if shared:
+                problem = (f"a public key also sent by node{'s' if len(shared) > 1 else ''} "
+                           + ", ".join(map(str, shared[:5])))
+        if problem is not None:
+            refused[node] = problem
             continue
         keys[node] = tuple(np.frombuffer(b, np.uint8).copy() for b in pair)  # type: ignore[assignment]
-    return keys
+    return keys, refused
 
 
 @functools.cache
@@ -309,4 +378,4 @@ def _reconstruct(rnd: int, node: int, what: str, shares: list[bytes], threshold:
     try:
         return combine_shares(shares[:threshold])
     except ValueError as err:
-        raise SecureAggregationError(f"round {rnd}: node {node}'s {what}: {err}") from None
+        raise SecureAggregationError(f"round {rnd}: node {node}'s {what}: {err}") from err

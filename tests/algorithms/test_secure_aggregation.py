@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from fedkd.algorithms.public_set import PublicSetAlgorithm
 from fedkd.secagg import SecureAggregationError
 from tests.algorithms.inprocess import run_inprocess
 
@@ -23,13 +25,17 @@ SECAGG_ARRAYS = {"secagg-share-keys": {"arrays/ciphertexts", "arrays/b-hash"},
 @pytest.mark.parametrize(("algorithm", "rule"), [("dsfl", "classwise"), ("fedmd", "mean"),
                                                ("fedmd", "weighted")])
 def test_secure_run_matches_the_plain_run_and_no_reply_holds_logits(
-        algorithm: str, rule: str, tmp_path: Path) -> None:
+        algorithm: str, rule: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     overrides = {"algorithm": algorithm, "aggregation.rule": rule, **FAST}
     secure, audit, _ = run_inprocess({**overrides, "aggregation.secure": True}, 4, tmp_path / "secure")
-    # the plain weighted rule weighs by label counts at the consensus label, which only the sum
-    # reveals; under secure aggregation it weighs by data size: the runs differ by design
-    plain, _, _ = (run_inprocess(overrides, 4, tmp_path / "plain") if rule != "weighted"
-                   else (secure, None, None))
+    if rule == "weighted":
+        # the plain weighted rule weighs by label counts at the consensus label, which only the
+        # sum reveals; under secure aggregation it weighs each teacher by its data size: the
+        # plain reference weighs by data size too
+        monkeypatch.setattr(PublicSetAlgorithm, "teacher_weights", lambda self, replies, logits:
+                            np.array([float(r.metrics["num-examples"]) for r in replies]))
+    plain, _, _ = run_inprocess(overrides, 4, tmp_path / "plain")
+    assert [r["sampled-clients"] for r in plain] == [r["sampled-clients"] for r in secure]
     assert all(r["teachers"] == 4 for r in secure)
     for a, b in zip(plain, secure):  # targets differ by the quantisation error only (~1e-8)
         assert b["teachers"] == a["teachers"] == 4
@@ -64,3 +70,46 @@ def test_too_many_clients_lost_fail_the_round_with_the_reason(tmp_path: Path) ->
         run_inprocess({"algorithm": "dsfl", "aggregation.rule": "mean", **FAST,
                        "aggregation.secure": True, "num-server-rounds": 1}, 5, tmp_path,
                       phase_dropouts={"secagg-unmask": {0, 1}})
+
+
+def test_garbage_keys_and_a_wrong_number_of_ciphertexts_are_counted_rejected_replies(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Of 6 clients, the first to answer the round's own phase sends a public key that is not a
+    # key, and the first to answer share-keys ciphertexts for one neighbour fewer than it has:
+    # each is a rejected reply with its reason, in replies.jsonl and the round's count.
+    import numpy as np
+
+    from fedkd.secagg import client as secagg_client
+
+    advertise, answer = secagg_client.advertise, secagg_client.answer
+    spoiled: dict[str, bool] = {}
+
+    def garbage_keys(state, contribution, rnd):  # noqa: ANN001, ANN202
+        keys = advertise(state, contribution, rnd)
+        if not spoiled.setdefault("keys", False):
+            spoiled["keys"] = True
+            size = len(keys[secagg_client.PUBLIC_KEY_C])
+            keys[secagg_client.PUBLIC_KEY_C] = np.random.default_rng(0).integers(
+                0, 256, size, dtype=np.uint8)
+        return keys
+
+    def one_ciphertext_short(phase, request, state, node_id, options):  # noqa: ANN001, ANN202
+        reply = answer(phase, request, state, node_id, options)
+        if phase == secagg_client.SHARE_KEYS and not spoiled.setdefault("shares", False):
+            spoiled["shares"] = True
+            reply.arrays["ciphertexts"] = reply.arrays["ciphertexts"][:-1]
+        return reply
+
+    monkeypatch.setattr(secagg_client, "advertise", garbage_keys)
+    monkeypatch.setattr(secagg_client, "answer", one_ciphertext_short)
+    rows, audit, _ = run_inprocess({"algorithm": "dsfl", "aggregation.rule": "mean", **FAST,
+                                    "aggregation.secure": True, "num-server-rounds": 1}, 6,
+                                   tmp_path)
+    assert rows[0]["rejected-replies"] == 2 and rows[0]["teachers"] == 4
+    rejected = {r["phase"]: r["reason"] for r in audit if r["status"] == "rejected"}
+    assert set(rejected) == {"fit", "secagg-share-keys"}
+    assert rejected["fit"].startswith("public key c is not a key (ValueError")
+    assert rejected["secagg-share-keys"].startswith("array 'ciphertexts': shape (3, ")
+    assert "!= declared (4, " in rejected["secagg-share-keys"]
+    assert {k: len(v) for k, v in rows[0]["failures"].items()} == {"fit": 1,
+                                                                   "secagg-share-keys": 1}

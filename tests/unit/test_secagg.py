@@ -8,11 +8,17 @@ import pytest
 
 from fedkd.algorithms.base import ExchangeResult
 from fedkd.errors import ConfigError
-from fedkd.protocol import Payload
+from fedkd.protocol import InvalidReply, Payload, PhaseSpec, encode, validate_reply
 from fedkd.secagg import client as secagg_client
 from fedkd.secagg.config import SecAggConfig
 from fedkd.secagg.field import decode_sum, expand_mask, quantise, scale_for
-from fedkd.secagg.server import SecureAggregationError, neighbourhoods, secure_sum
+from fedkd.secagg.server import (
+    SecureAggregationError,
+    check_public_keys,
+    neighbourhoods,
+    public_key_specs,
+    secure_sum,
+)
 
 NODES = [11, 7_000_000_000_000_000_001, 42, 9_223_372_036_854_775_000, 5]  # uint64 ids, any order
 
@@ -82,9 +88,16 @@ def test_bad_options_are_refused(bad: dict) -> None:
 
 
 # ----- the protocol ---------------------------------------------------------------------------
+#: The algorithm's own phase, whose replies carry the public keys (its contract check included).
+KEYS_PHASE = PhaseSpec(name="fit", reply_arrays=public_key_specs(), check=check_public_keys)
+
+
 class Federation:
     """Clients answering in-process; ``drop`` maps a phase to nodes that never answer it (and
-    nothing after it), as after a crash. Every reply is kept in ``seen``."""
+    nothing after it), as after a crash. Every reply is kept in ``seen``. Like the round's
+    exchange, every reply goes through the phase's contract check (the public keys through
+    :data:`KEYS_PHASE`'s, in :meth:`run`): ``rejected`` maps a phase to each rejected node's
+    reason."""
 
     def __init__(self, nodes: list[int], length: int, options: SecAggConfig,
                  drop: dict[str, set[int]] | None = None, seed: int = 0,
@@ -95,8 +108,18 @@ class Federation:
         self.states: dict[int, dict[str, np.ndarray]] = {u: {} for u in nodes}
         self.gone: set[int] = set()
         self.seen: list[tuple[str, int, Payload]] = []
-        self.advertised = {u: Payload(arrays=secagg_client.advertise(self.states[u], self.inputs[u], 3))
-                           for u in nodes}
+        self.rejected: dict[str, dict[int, str]] = {}
+        self.advertised = {u: Payload(arrays=secagg_client.advertise(self.states[u], self.inputs[u], 3),
+                                      metrics={"num-examples": 0}) for u in nodes}
+
+    def _checked(self, phase: PhaseSpec, replies: dict[int, Payload]) -> dict[int, Payload]:
+        valid = {}
+        for u, reply in replies.items():
+            try:
+                valid[u] = validate_reply(encode(reply), phase)
+            except InvalidReply as err:
+                self.rejected.setdefault(phase.name, {})[u] = str(err)
+        return valid
 
     def __call__(self, phase, requests) -> ExchangeResult:  # noqa: ANN001
         self.gone |= self.drop.get(phase.name, set())
@@ -109,11 +132,11 @@ class Federation:
                 reply = self.tamper(phase.name, u, reply)
             self.seen.append((phase.name, u, reply))
             replies[u] = reply
-        return ExchangeResult(replies=replies)
+        return ExchangeResult(replies=self._checked(phase, replies))
 
     def run(self, length: int):  # noqa: ANN201
-        return secure_sum(self, 3, self.advertised, length, 1.0, self.options,
-                          np.random.default_rng(0))
+        return secure_sum(self, 3, self._checked(KEYS_PHASE, self.advertised), length, 1.0,
+                          self.options, np.random.default_rng(0))
 
 
 def test_secure_sum_equals_the_plain_sum() -> None:
@@ -245,7 +268,8 @@ def test_a_client_lost_while_sharing_keys_is_left_out() -> None:
 
 
 @pytest.mark.parametrize("degree", [4, 6])
-def test_a_sparse_ring_survives_two_lost_neighbours_or_fails_clearly(degree: int) -> None:
+def test_a_sparse_ring_survives_two_lost_neighbours_or_fails_clearly(
+        degree: int, caplog: pytest.LogCaptureFixture) -> None:
     # 12 clients; two ring neighbours lost while sharing keys. With 6 neighbours (threshold 4)
     # every other client keeps 4 live neighbours: the sum is exact. With 4 (threshold 3) the
     # clients next to the gap keep 2; leaving them out leaves their neighbours short in turn,
@@ -256,27 +280,102 @@ def test_a_sparse_ring_survives_two_lost_neighbours_or_fails_clearly(degree: int
     fed = Federation(nodes, 50, SecAggConfig(neighbours=degree),
                      drop={secagg_client.SHARE_KEYS: {a, b}})
     if degree == 4:
-        with pytest.raises(SecureAggregationError, match="too few to mask"):
+        with caplog.at_level("WARNING", logger="flwr"), \
+                pytest.raises(SecureAggregationError, match="too few to mask"):
             fed.run(50)
         assert not any(name == secagg_client.MASK for name, _, _ in fed.seen)
+        # every client that shared its keys is left out, each with the reason
+        left_out = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+        assert len(left_out) == len(nodes) - 2
+        assert all("fewer than 3 (the threshold) of its neighbours shared their keys" in m
+                   for m in left_out)
         return
     result = fed.run(50)
+    assert fed.rejected == {}
     assert set(result.survivors) == set(nodes) - {a, b}
     assert np.abs(result.total - np.sum([fed.inputs[u] for u in result.survivors], axis=0)).max() < 1e-6
 
 
-def test_keys_on_another_curve_or_reused_are_left_out() -> None:
+def test_keys_on_another_curve_or_reused_are_left_out_with_the_reason(
+        caplog: pytest.LogCaptureFixture) -> None:
     from cryptography.hazmat.primitives.asymmetric import ec
     from flwr.supercore.primitives.asymmetric import public_key_to_bytes
 
-    nodes = NODES + [77, 78]
+    nodes = NODES + [77, 78, 79]
     fed = Federation(nodes, 20, SecAggConfig())
     other = public_key_to_bytes(ec.generate_private_key(ec.SECP256R1()).public_key())
+    # a key on another curve, not even a key, the same key twice: rejected replies
     fed.advertised[nodes[0]].arrays[secagg_client.PUBLIC_KEY_C] = np.frombuffer(other, np.uint8)
+    size = len(fed.advertised[nodes[3]].arrays[secagg_client.PUBLIC_KEY_S])
+    fed.advertised[nodes[3]].arrays[secagg_client.PUBLIC_KEY_S] = (
+        np.random.default_rng(1).integers(0, 256, size, dtype=np.uint8))  # garbage of the right size
+    fed.advertised[nodes[4]].arrays[secagg_client.PUBLIC_KEY_S] = (
+        fed.advertised[nodes[4]].arrays[secagg_client.PUBLIC_KEY_C])
     fed.advertised[nodes[1]].arrays[secagg_client.PUBLIC_KEY_S] = (
         fed.advertised[nodes[2]].arrays[secagg_client.PUBLIC_KEY_S])  # a copied key: both out
+    with caplog.at_level("WARNING", logger="flwr"):
+        result = fed.run(20)
+    assert set(result.survivors) == set(nodes[5:])
+    rejected = fed.rejected["fit"]
+    assert set(rejected) == {nodes[0], nodes[3], nodes[4]}
+    assert rejected[nodes[0]].startswith("array 'secagg-pk-c': shape (")  # a shorter key
+    with pytest.raises(InvalidReply, match=r"^public key c is not on secp384r1 \(secp256r1\)$"):
+        check_public_keys(Payload(arrays={  # the same key, past the shape check
+            secagg_client.PUBLIC_KEY_C: np.frombuffer(other, np.uint8),
+            secagg_client.PUBLIC_KEY_S: fed.advertised[nodes[5]].arrays[secagg_client.PUBLIC_KEY_S]}))
+    assert "public key s is not a key (ValueError" in rejected[nodes[3]]
+    assert rejected[nodes[4]] == "public keys c and s are the same key"
+    left_out = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert sorted(left_out) == sorted(
+        f"round 3, secure aggregation: node {u} left out: a public key also sent by node {v}"
+        for u, v in ((nodes[1], nodes[2]), (nodes[2], nodes[1])))
+
+
+def test_ciphertexts_for_another_number_of_neighbours_are_a_rejected_reply() -> None:
+    def short(phase: str, node: int, reply: Payload) -> Payload:
+        if phase == secagg_client.SHARE_KEYS and node == NODES[0]:
+            reply.arrays["ciphertexts"] = reply.arrays["ciphertexts"][:-1]
+        return reply
+
+    fed = Federation(NODES, 20, SecAggConfig(), tamper=short)
     result = fed.run(20)
-    assert set(result.survivors) == set(nodes[3:])
+    assert list(fed.rejected) == [secagg_client.SHARE_KEYS]
+    assert list(fed.rejected[secagg_client.SHARE_KEYS]) == [NODES[0]]
+    reason = fed.rejected[secagg_client.SHARE_KEYS][NODES[0]]
+    assert reason.startswith("array 'ciphertexts': shape (3, ") and "!= declared (4, " in reason
+    kept = [u for u in NODES if u != NODES[0]]  # left out as if it had not shared its keys
+    assert set(result.survivors) == set(kept) and result.dropped == ()
+    assert np.abs(result.total - np.sum([fed.inputs[u] for u in kept], axis=0)).max() < 1e-6
+
+
+def test_an_unmask_reply_with_owners_and_shares_of_unequal_counts_is_rejected() -> None:
+    def extra(phase: str, node: int, reply: Payload) -> Payload:
+        if phase == secagg_client.UNMASK and node == NODES[0]:
+            reply.arrays["b-owners"] = np.append(reply.arrays["b-owners"], np.uint64(99))
+        return reply
+
+    fed = Federation(NODES, 20, SecAggConfig(), tamper=extra)
+    result = fed.run(20)  # threshold 3 of 4 neighbours: the sum survives one missing reply
+    assert fed.rejected == {secagg_client.UNMASK: {NODES[0]: "5 b-owners for 4 b-shares"}}
+    assert np.abs(result.total - np.sum(list(fed.inputs.values()), axis=0)).max() < 1e-6
+
+
+def test_an_unmask_reply_for_other_nodes_than_asked_is_not_used_and_logged(
+        caplog: pytest.LogCaptureFixture) -> None:
+    def swap(phase: str, node: int, reply: Payload) -> Payload:
+        if phase == secagg_client.UNMASK and node == NODES[0]:
+            owners = reply.arrays["b-owners"].copy()
+            owners[0] = np.uint64(99)  # a share passed off as another node's
+            reply.arrays["b-owners"] = owners
+        return reply
+
+    fed = Federation(NODES, 20, SecAggConfig(), tamper=swap)
+    with caplog.at_level("WARNING", logger="flwr"):
+        result = fed.run(20)
+    assert fed.rejected == {}
+    assert any(f"node {NODES[0]} left out: its unmask reply holds shares of other nodes" in
+               r.getMessage() for r in caplog.records)
+    assert np.abs(result.total - np.sum(list(fed.inputs.values()), axis=0)).max() < 1e-6
 
 
 def test_two_clients_are_refused_clearly() -> None:
