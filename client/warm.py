@@ -181,6 +181,11 @@ def forward(root: Path, message: Any, context: Any, idle_s: float = DEFAULT_IDLE
     return Message(content=reply.content, reply_to=message)
 
 
+def _worker_log(line: str) -> None:
+    """One line in the worker's log (its stderr is ``worker.log``)."""
+    print(f"client.warm worker {os.getpid()}: {line}", file=sys.stderr, flush=True)
+
+
 def serve(directory: Path, idle_s: float,
           handle: Callable[[Any, Any], Any] | None = None) -> None:
     """The worker: answer messages until ``idle_s`` seconds pass without one."""
@@ -226,8 +231,11 @@ def serve(directory: Path, idle_s: float,
                     deliver_challenge(conn, key)
                     answer_challenge(conn, key)
                     message_bytes, context_bytes = conn.recv()
-                except (AuthenticationError, EOFError, OSError, ValueError):
-                    continue  # a client without the key, or one that went away
+                except (AuthenticationError, EOFError, OSError, ValueError) as err:
+                    # a client without the key, or one that went away: refused, in worker.log
+                    _worker_log(f"connection refused before a message ({type(err).__name__}: "
+                                f"{err})")
+                    continue
                 try:
                     message = message_from_proto(ProtoMessage.FromString(message_bytes))
                     context = context_from_proto(ProtoContext.FromString(context_bytes))
@@ -236,8 +244,10 @@ def serve(directory: Path, idle_s: float,
                                      context_to_proto(context).SerializeToString()))
                 except Exception:
                     answer = ("error", traceback.format_exc())
-                with contextlib.suppress(OSError):
+                try:
                     conn.send(answer)
+                except OSError as err:  # the message's process went away: it saw no answer
+                    _worker_log(f"the answer could not be sent ({type(err).__name__}: {err})")
     finally:
         server.close()
         if key_path.exists() and key_path.read_bytes() == key:  # still ours
@@ -257,7 +267,11 @@ def stop_workers(root: Path, wait_s: float = 5.0) -> list[int]:
         try:
             pid = int(pid_file.read_text())
             os.kill(pid, signal.SIGTERM)
-        except (ProcessLookupError, ValueError, OSError):
+        except ProcessLookupError:
+            continue  # a stale PID file: that worker is gone
+        except (ValueError, OSError) as err:  # unreadable, not a PID, or not ours to signal
+            print(f"client.warm: cannot stop the worker of {pid_file} ({type(err).__name__}: "
+                  f"{err})", file=sys.stderr)
             continue
         pids.append(pid)
     deadline = time.monotonic() + wait_s

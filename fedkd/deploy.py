@@ -27,6 +27,7 @@ import argparse
 import datetime as dt
 import ipaddress
 import json
+import logging
 import os
 import re
 import shutil
@@ -48,6 +49,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedkd.launch import bin_path, descendants, free_port, offline_env, run_config_toml, stop_process
+
+_log = logging.getLogger(__name__)
 
 
 def _write(path: Path, data: bytes, private: bool = False) -> None:
@@ -207,17 +210,22 @@ class LocalFederation:
             "--port", str(self.port))
         context = ssl.create_default_context(cafile=str(c["ca-cert"]))
         deadline = time.monotonic() + ready_timeout
+        last_error: Exception | None = None  # why the last health check failed
         while time.monotonic() < deadline:
             if self.superlink_proc.poll() is not None:
+                last_error = RuntimeError(f"it exited with code {self.superlink_proc.returncode}")
                 break
             try:
                 with urllib.request.urlopen(f"https://127.0.0.1:{self.port}/health", timeout=2,
                                             context=context) as resp:
                     if resp.status == 200:
                         return
-            except OSError:
+                    last_error = RuntimeError(f"health check answered HTTP {resp.status}")
+            except OSError as err:
+                last_error = err  # not listening yet: try again until the deadline
                 time.sleep(0.5)
-        raise RuntimeError(f"the TLS SuperLink did not become healthy; see {self.root / 'superlink.log'}")
+        raise RuntimeError(f"the TLS SuperLink did not become healthy ({last_error}); see "
+                           f"{self.root / 'superlink.log'}") from last_error
 
     def flwr(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         """Run a ``flwr`` CLI command with this federation's ``FLWR_HOME``."""
@@ -243,12 +251,13 @@ class LocalFederation:
     def register(self, public_key: Path) -> int:
         """Register a node's public key; returns the node id the SuperLink gave it."""
         reg = self.flwr("supernode", "register", str(public_key), self.CONNECTION, "--format", "json")
+        failed = f"registering {public_key} failed:\n{reg.stdout}\n{reg.stderr}"
         try:
             out = json.loads(reg.stdout)
-        except json.JSONDecodeError:
-            out = {}
+        except json.JSONDecodeError as err:
+            raise RuntimeError(failed) from err
         if not out.get("success"):
-            raise RuntimeError(f"registering {public_key} failed:\n{reg.stdout}\n{reg.stderr}")
+            raise RuntimeError(failed)
         return int(out["node-id"])
 
     def add_nodes(self, count: int, node_config: str = "") -> list[Node]:
@@ -284,7 +293,9 @@ class LocalFederation:
         out = self.flwr("supernode", "list", self.CONNECTION, "--format", "json", timeout=60)
         try:
             nodes = json.loads(out.stdout).get("nodes", [])
-        except json.JSONDecodeError:
+        except json.JSONDecodeError as err:  # polled: the next call may succeed
+            _log.warning("flwr supernode list: no JSON (%s), counted as no node online: %s",
+                         err, (out.stdout + out.stderr)[-500:])
             return []
         return [int(n["node-id"]) for n in nodes if n.get("status") == "online"]
 
@@ -366,7 +377,9 @@ class LocalFederation:
         out = self.flwr("ls", self.CONNECTION, "--run-id", str(run_id), "--format", "json", timeout=60)
         try:
             runs = json.loads(out.stdout).get("runs", [])
-        except json.JSONDecodeError:
+        except json.JSONDecodeError as err:  # polled: the next call may succeed
+            _log.warning("flwr ls --run-id %d: no JSON (%s), status unknown: %s", run_id, err,
+                         (out.stdout + out.stderr)[-500:])
             runs = []
         return str(runs[0]["status"]) if runs else "unknown"
 

@@ -25,6 +25,7 @@ when ``FEDKD_FLOWER_PATCHES=0``.
 
 from __future__ import annotations
 
+import logging
 import os
 from logging import WARNING
 from typing import Any
@@ -47,7 +48,10 @@ def patch_simulation_engine(*, version: str | None = None) -> bool:
         from flwr.common.logger import log
         from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
         from flwr.supercore.date import now
-    except ImportError:  # pragma: no cover - another Flower layout
+    except ImportError as err:  # pragma: no cover - another Flower layout
+        logging.getLogger("flwr").warning(
+            "[fedkd] the simulation-engine polling patch is OFF: Flower's layout differs from "
+            "the one it was written for (%s: %s)", type(err).__name__, err)
         return False
     if version is None:
         version = getattr(flwr, "__version__", None)

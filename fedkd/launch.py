@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import os
 import re
 import shutil
@@ -28,6 +29,8 @@ from types import TracebackType
 from typing import IO, Any
 
 import tomli_w
+
+_log = logging.getLogger(__name__)
 
 #: Environment every Flower process gets: nothing may call out.
 OFFLINE_ENV = {
@@ -106,16 +109,17 @@ def descendants(pid: int) -> list[int]:
 
 
 def _signal_all(pids: list[int], groups: set[int], sig: int) -> None:
-    for pgid in groups:
-        try:
-            os.killpg(pgid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+    """Send ``sig`` to each group and process; one already gone is skipped, one this process
+    may not signal is named in a WARNING (it may outlive the stop)."""
+    for kind, ids, send in (("process group", groups, os.killpg), ("process", pids, os.kill)):
+        for target in ids:
+            try:
+                send(target, sig)
+            except ProcessLookupError:
+                pass  # already gone
+            except PermissionError as err:
+                _log.warning("cannot send signal %d to %s %d (%s): it may still be running",
+                             sig, kind, target, err)
 
 
 def _alive(pid: int) -> bool:
@@ -155,8 +159,9 @@ def stop_process(proc: subprocess.Popen[Any], grace: float = 15.0) -> None:
     _signal_all([p for p in tree if _alive(p)], groups, signal.SIGKILL)
     try:
         proc.wait(timeout=5.0)
-    except subprocess.TimeoutExpired:
-        pass
+    except subprocess.TimeoutExpired as err:
+        _log.warning("process %d did not exit within %g s of SIGKILL (%s)", proc.pid,
+                     err.timeout, err)
 
 
 def toml_value(value: bool | int | float | str) -> str:
@@ -290,6 +295,7 @@ class SimulationSuperLink:
     def _wait_ready(self, ready_timeout: float) -> None:
         assert self.proc is not None
         deadline = time.monotonic() + ready_timeout
+        last_error: Exception | None = None  # why the last health check failed
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 if "address already in use" in self._new_log_text():
@@ -301,10 +307,12 @@ class SimulationSuperLink:
                 with urllib.request.urlopen(f"http://{self.address}/health", timeout=2) as resp:
                     if resp.status == 200:
                         return
-            except (urllib.error.URLError, ConnectionError, OSError):
-                pass
+                    last_error = LaunchError(f"health check answered HTTP {resp.status}")
+            except (urllib.error.URLError, ConnectionError, OSError) as err:
+                last_error = err  # not listening yet: try again until the deadline
             time.sleep(0.3)
-        raise LaunchError(f"flower-superlink not ready after {ready_timeout:g} s; see {self.log_path}")
+        raise LaunchError(f"flower-superlink not ready after {ready_timeout:g} s (last health "
+                          f"check: {last_error}); see {self.log_path}") from last_error
 
     def _new_log_text(self) -> str:
         """What the SuperLink logged since it started (this object's runs only)."""
@@ -314,7 +322,9 @@ class SimulationSuperLink:
             with self.log_path.open("rb") as fh:
                 fh.seek(self._log_offset)
                 return fh.read().decode(errors="replace")
-        except OSError:
+        except OSError as err:
+            _log.warning("cannot read the SuperLink log %s (%s): its error lines are not shown",
+                         self.log_path, err)
             return ""
 
     def stop(self) -> None:

@@ -116,8 +116,8 @@ def _check_same_batch(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
 def _check_temperature(temperature: float) -> float:
     try:
         t = float(temperature)
-    except (TypeError, ValueError):
-        raise ValueError(f"temperature must be a real number, got {temperature!r}") from None
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"temperature must be a real number, got {temperature!r}") from err
     if not math.isfinite(t) or t <= 0.0:
         raise ValueError(f"temperature must be finite and > 0, got {temperature!r}")
     return t
@@ -126,8 +126,8 @@ def _check_temperature(temperature: float) -> float:
 def _check_alpha(alpha: float, name: str = "alpha") -> float:
     try:
         a = float(alpha)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a real number in [0, 1], got {alpha!r}") from None
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be a real number in [0, 1], got {alpha!r}") from err
     if not 0.0 <= a <= 1.0:  # also rejects NaN
         raise ValueError(f"{name} must be in [0, 1], got {alpha!r}")
     return a
@@ -136,8 +136,8 @@ def _check_alpha(alpha: float, name: str = "alpha") -> float:
 def _check_weight(name: str, weight: float) -> float:
     try:
         w = float(weight)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a non-negative real number, got {weight!r}") from None
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be a non-negative real number, got {weight!r}") from err
     if not math.isfinite(w) or w < 0.0:
         raise ValueError(f"{name} must be finite and >= 0, got {weight!r}")
     return w
@@ -1003,6 +1003,6 @@ def distillation_loss(name: str) -> DistillationLoss:
     """The distillation loss registered as ``name`` (``ValueError`` listing the valid names)."""
     try:
         return DISTILLATION_LOSSES[name]
-    except KeyError:
+    except KeyError as err:
         raise ValueError(f"unknown distillation loss {name!r}; valid names: "
-                         f"{', '.join(sorted(DISTILLATION_LOSSES))}") from None
+                         f"{', '.join(sorted(DISTILLATION_LOSSES))}") from err

@@ -68,11 +68,11 @@ class Registry(Generic[T]):
         """
         try:
             return self._entries[name]
-        except KeyError:
+        except KeyError as err:
             valid = ", ".join(sorted(self._entries)) or "(none registered)"
             raise UnknownNameError(
                 f"unknown {self.kind} {name!r}; valid names: {valid}"
-            ) from None
+            ) from err
 
     def names(self) -> list[str]:
         """All registered names, sorted."""

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 ENV = "FEDKD_TRACE"
+#: Trace files this process could not write (warned about once each).
+_unwritable: set[Path] = set()
 
 
 def path() -> Path | None:
@@ -37,7 +39,8 @@ def path() -> Path | None:
 
 
 def record(side: str, **fields: Any) -> None:
-    """Append one event (tracing on); a trace that cannot be written never fails a message."""
+    """Append one event (tracing on); a trace that cannot be written never fails a message
+    (a WARNING names the cause, once per file and process)."""
     target = path()
     if target is None:
         return
@@ -49,8 +52,15 @@ def record(side: str, **fields: Any) -> None:
             os.write(fd, line.encode())
         finally:
             os.close(fd)
-    except OSError:
-        pass
+    except OSError as err:
+        if target not in _unwritable:
+            _unwritable.add(target)
+            from logging import WARNING
+
+            from flwr.common.logger import log
+
+            log(WARNING, "[fedkd] %s=%s cannot be written (%s: %s): this process's trace "
+                "lines are lost", ENV, target, type(err).__name__, err)
 
 
 def process_start_time() -> float | None:

@@ -14,13 +14,15 @@ entry and a stale entry is never reused. Nothing is written per message.
 
 Location: ``$FEDKD_CACHE_DIR``, else ``$XDG_CACHE_HOME/fedkd``, else ``~/.cache/fedkd``.
 ``FEDKD_CACHE_DIR=off`` turns the cache off (everything is then computed in memory, as before).
-A cache folder that cannot be written is skipped silently, with the same result.
+A cache folder that cannot be written or read is skipped, with the same result, and a WARNING
+names the cause (the cost: every process builds the arrays again).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -30,6 +32,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["CACHE_ENV", "CACHE_VERSION", "cache_dir", "cache_key", "cached_arrays", "file_stamp"]
+
+_log = logging.getLogger(__name__)
 
 #: Environment variable naming the cache folder (``off`` disables the cache).
 CACHE_ENV = "FEDKD_CACHE_DIR"
@@ -59,10 +63,13 @@ def cache_key(kind: str, *parts: object) -> str:
 
 
 def _load(folder: Path, names: list[str], mmap: bool) -> dict[str, np.ndarray] | None:
+    """The entry's arrays, or ``None`` (with a WARNING naming the cause) if it cannot be read."""
     try:
         arrays = {n: np.load(folder / f"{n}.npy", mmap_mode="r" if mmap else None,
                              allow_pickle=False) for n in names}
-    except (OSError, ValueError):
+    except (OSError, ValueError) as err:
+        _log.warning("cache entry %s cannot be read (%s: %s): it is not used",
+                     folder, type(err).__name__, err)
         return None
     for a in arrays.values():
         if a.flags.writeable:
@@ -71,7 +78,8 @@ def _load(folder: Path, names: list[str], mmap: bool) -> dict[str, np.ndarray] |
 
 
 def _save(folder: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """Write ``arrays`` into ``folder`` atomically; a concurrent writer's entry wins quietly."""
+    """Write ``arrays`` into ``folder`` atomically; a concurrent writer's complete entry wins
+    quietly (any other failure raises ``OSError``)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
@@ -80,8 +88,9 @@ def _save(folder: Path, arrays: Mapping[str, np.ndarray]) -> None:
         (tmp / "complete").write_text("")
         try:
             os.rename(tmp, folder)
-        except OSError:  # another process finished first (folder exists, not empty)
-            pass
+        except OSError:
+            if not (folder / "complete").exists():  # not another process that finished first
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -107,7 +116,9 @@ def cached_arrays(
     built = dict(build())
     try:
         _save(folder, {n: built[n] for n in names})
-    except OSError:
+    except OSError as err:
+        _log.warning("cache folder %s cannot be written (%s: %s): the arrays are kept in memory "
+                     "only", root, type(err).__name__, err)
         return built
     arrays = _load(folder, names, mmap) if (folder / "complete").exists() else None
     return arrays if arrays is not None else built

@@ -74,10 +74,10 @@ def load_npz(path: Path, input_shape: tuple[int, int, int], num_classes: int) ->
             x, y = npz["x"], npz["y"]
     except DeviceDataError:
         raise
-    except FileNotFoundError:
-        raise DeviceDataError(f"{path}: no such file (node config data-path)") from None
+    except FileNotFoundError as err:
+        raise DeviceDataError(f"{path}: no such file (node config data-path)") from err
     except Exception as err:  # a corrupt or non-npz file
-        raise DeviceDataError(f"{path}: not a readable .npz file ({err})") from None
+        raise DeviceDataError(f"{path}: not a readable .npz file ({err})") from err
     return _check(x, y, path, input_shape, num_classes)
 
 
@@ -100,7 +100,7 @@ def load_image_folder(root: Path, input_shape: tuple[int, int, int], num_classes
                 with Image.open(file) as img:
                     arr = np.asarray(img.convert(mode), dtype=np.uint8)
             except Exception as err:
-                raise DeviceDataError(f"{file}: not a readable image ({err})") from None
+                raise DeviceDataError(f"{file}: not a readable image ({err})") from err
             xs.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
             ys.append(label)
     if not xs:

@@ -435,7 +435,9 @@ def _cached_partitions(spec: DataSpec, labels: np.ndarray, min_size: int) -> lis
 
     try:
         versions = [version("flwr-datasets"), version("datasets")]
-    except PackageNotFoundError:  # pragma: no cover - both are dependencies
+    except PackageNotFoundError as err:  # pragma: no cover - both are dependencies
+        warnings.warn(f"package {err} not found: the partition cache key leaves the "
+                      "partitioning libraries' versions out", RuntimeWarning, stacklevel=2)
         versions = []
     labels = np.ascontiguousarray(labels)
     key = cache_key("partition", spec.partitioner, spec.num_partitions, spec.alpha,

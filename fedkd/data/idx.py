@@ -101,8 +101,8 @@ def _read_bytes(path: Path) -> bytes:
     try:
         with path.open("rb") as handle:
             raw = handle.read()
-    except FileNotFoundError:
-        raise DataFileError(path, "IDX file not found") from None
+    except FileNotFoundError as exc:
+        raise DataFileError(path, "IDX file not found") from exc
     except OSError as exc:
         raise DataFileError(path, f"cannot read IDX file ({exc.strerror or exc})") from exc
     if raw[:2] == _GZIP_MAGIC:

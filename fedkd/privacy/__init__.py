@@ -35,9 +35,9 @@ def check_privacy_config(cfg: PrivacyConfig, planned_releases: int = 0) -> None:
 
         try:
             create_accountant(mechanism=cfg.accountant)
-        except ValueError:
+        except ValueError as err:
             raise ConfigError(f"privacy.accountant: unknown accountant {cfg.accountant!r}; valid "
-                              f"names (Opacus' registry): {', '.join(opacus_accountants())}") from None
+                              f"names (Opacus' registry): {', '.join(opacus_accountants())}") from err
     if cfg.dp_sgd and cfg.target_epsilon > 0 and planned_releases > 0:
         from fedkd.privacy.dpsgd import epsilon_of
 

@@ -60,6 +60,9 @@ def test_the_worker_refuses_a_client_without_its_key_and_goes_on(warm_root: Path
     run(tmp_path, "second", state_dir=False, handle=dispatch,
         **{"node-config": {"warm-dir": str(warm_root)}})
     assert int((directory / "worker.pid").read_text()) == pid  # the same worker served it
+    # the refusal is in the worker's log, with its cause
+    assert "connection refused before a message (AuthenticationError" in (
+        directory / "worker.log").read_text()
 
 
 def test_an_idle_worker_exits_and_cleans_up(warm_root: Path) -> None:

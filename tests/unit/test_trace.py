@@ -51,9 +51,17 @@ def test_lines_from_concurrent_processes_stay_whole(tmp_path: Path) -> None:
 
 
 def test_an_unwritable_trace_never_fails_a_message(monkeypatch: pytest.MonkeyPatch,
-                                                   tmp_path: Path) -> None:
-    monkeypatch.setenv(trace.ENV, str(tmp_path / "missing-dir" / "trace.jsonl"))
-    trace.record("server", msg="m1")  # no exception
+                                                   tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    target = tmp_path / "missing-dir" / "trace.jsonl"
+    monkeypatch.setenv(trace.ENV, str(target))
+    with caplog.at_level("WARNING", logger="flwr"):
+        trace.record("server", msg="m1")  # no exception
+        trace.record("server", msg="m2")
+    # but not silently: one warning, with the cause
+    assert [r.getMessage() for r in caplog.records] == [
+        f"[fedkd] {trace.ENV}={target} cannot be written (FileNotFoundError: [Errno 2] No such "
+        f"file or directory: '{target}'): this process's trace lines are lost"]
 
 
 def test_process_start_time_is_when_the_process_started() -> None:

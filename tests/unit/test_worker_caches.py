@@ -143,7 +143,7 @@ def test_cached_client_is_shared_read_only_and_bounded(cache_dir: Path) -> None:
 
 
 def test_cache_off_and_unwritable_folders_fall_back_to_building(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     built = {"a": np.arange(5)}
     monkeypatch.setenv(CACHE_ENV, "off")
@@ -151,8 +151,13 @@ def test_cache_off_and_unwritable_folders_fall_back_to_building(
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     monkeypatch.setenv(CACHE_ENV, str(blocker / "cache"))
-    np.testing.assert_array_equal(cached_arrays(cache_key("t", 2), ["a"], lambda: built)["a"],
-                                  built["a"])
+    with caplog.at_level("WARNING", logger="fedkd.data.cache"):
+        np.testing.assert_array_equal(cached_arrays(cache_key("t", 2), ["a"], lambda: built)["a"],
+                                      built["a"])
+    # not silently: the warning names the folder and the cause
+    assert [r.getMessage() for r in caplog.records] == [
+        f"cache folder {blocker / 'cache'} cannot be written (NotADirectoryError: [Errno 20] Not "
+        f"a directory: '{blocker / 'cache'}'): the arrays are kept in memory only"]
 
 
 # ----- models, payloads, aggregation --------------------------------------------------------
