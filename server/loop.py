@@ -183,6 +183,17 @@ class RoundExchange(ABC):
         """Extra audit fields naming where ``node`` (a client id) was reached."""
         return {}
 
+    def reject(self, phase: str, node: int, reason: str) -> None:
+        """Count ``node``'s reply of the phase named ``phase`` as rejected for a reason found after
+        the exchange, which the contract check could not see in that reply alone (secure
+        aggregation: a public key another node sent too, too few live neighbours, an unmask reply
+        for other nodes than asked). Logged, audited (status ``rejected``, no arrays) and counted
+        in ``rejected-replies`` like a contract rejection; the caller no longer uses the reply."""
+        self.failures.setdefault(phase, {})[node] = Failure("rejected", reason)
+        self._audit(PhaseSpec(name=phase), node, "rejected", reason, None)
+        log(WARNING, "round %d, phase %s: node %d skipped (rejected): %s", self.rnd, phase, node,
+            reason[:500])
+
     def failure_counts(self) -> dict[str, int]:
         """This round's failures by kind, as metrics: ``rejected-replies``, ``client-errors``,
         ``timeouts``."""

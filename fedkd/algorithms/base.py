@@ -116,6 +116,11 @@ class Exchange(Protocol):
 
     def __call__(self, phase: PhaseSpec, requests: Mapping[int, Payload]) -> ExchangeResult: ...
 
+    def reject(self, phase: str, node: int, reason: str) -> None:
+        """Count ``node``'s reply of the phase named ``phase`` as rejected for ``reason``, found
+        after the exchange (logged, audited, in ``rejected-replies``)."""
+        ...
+
 
 @dataclass
 class ClientContext:

@@ -13,7 +13,8 @@ reason: public keys that are not two distinct keys on Flower's curve (:func:`che
 on the algorithm's phase), ciphertexts for another number of neighbours than the node has, share
 owners and shares of unequal counts. A node left out for what the other nodes sent (a public key
 another node also sent, too few live neighbours), and an unmask reply with shares of other nodes
-than were asked for (not used), are logged with the reason.
+than were asked for (not used), are rejected replies too, reported with their reason through
+the exchange's ``reject``.
 
 Dropouts: a client lost after sharing keys but before masking has its pairwise masks removed
 from its neighbours' inputs with its ``s`` key, rebuilt from ``t`` shares; a client lost after
@@ -34,15 +35,14 @@ import functools
 import hashlib
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from logging import WARNING
+from typing import Any, Protocol
 
 import numpy as np
 from flwr.common.secure_aggregation.crypto.shamir import combine_shares, create_shares
 from flwr.common.secure_aggregation.crypto.symmetric_encryption import encrypt, generate_shared_key
 from cryptography.hazmat.primitives.asymmetric import ec
-from flwr.common.logger import log
 from flwr.common.secure_aggregation.secaggplus_utils import share_keys_plaintext_concat
 from flwr.supercore.primitives.asymmetric import (
     bytes_to_private_key,
@@ -65,8 +65,15 @@ from fedkd.secagg.client import (
 from fedkd.secagg.config import SecAggConfig
 from fedkd.secagg.field import decode_sum, expand_mask, scale_for
 
-#: Sends one phase's requests and returns the valid replies by node (the round's exchange).
-Exchange = Callable[[PhaseSpec, Mapping[int, Payload]], object]
+
+class Exchange(Protocol):
+    """The round's exchange (:class:`fedkd.algorithms.Exchange`): sends one phase's requests
+    and returns the valid replies by node (``.replies``); ``reject`` counts, audits and logs a
+    node's reply of a phase as rejected for a reason found after the exchange."""
+
+    def __call__(self, phase: PhaseSpec, requests: Mapping[int, Payload]) -> Any: ...
+
+    def reject(self, phase: str, node: int, reason: str) -> None: ...
 
 
 class SecureAggregationError(RuntimeError):
@@ -184,7 +191,8 @@ def secure_sum(exchange: Exchange, rnd: int, advertised: Mapping[int, Payload], 
     Parameters
     ----------
     exchange
-        The round's exchange (it validates every reply against the phase's contract).
+        The round's exchange (it validates every reply against the phase's contract; a node
+        left out for what other nodes sent is reported to its ``reject``).
     length
         Values in each client's input.
     bound
@@ -193,8 +201,8 @@ def secure_sum(exchange: Exchange, rnd: int, advertised: Mapping[int, Payload], 
         The server's generator (the neighbourhood ring).
     """
     keys, refused = _valid_keys(advertised)
-    for node, reason in refused.items():
-        _left_out(rnd, node, reason)
+    for node, reason in refused.items():  # not asked to share keys
+        exchange.reject(SHARE_KEYS, node, reason)
     if len(keys) < 3:
         raise SecureAggregationError(f"round {rnd}: secure aggregation needs at least 3 clients "
                                      f"with valid keys (a threshold of 2 shares among at least 2 "
@@ -215,9 +223,9 @@ def secure_sum(exchange: Exchange, rnd: int, advertised: Mapping[int, Payload], 
     commitments = {u: as_bytes(replies[u].arrays["b-hash"]) for u in shared}
     u2 = _prune(set(shared), graph, threshold)
     for node in sorted(set(shared) - u2):
-        _left_out(rnd, node, f"fewer than {threshold} (the threshold) of its neighbours shared "
-                  "their keys, directly or after others were left out: it could not be unmasked "
-                  "were it lost")
+        exchange.reject(SHARE_KEYS, node, f"fewer than {threshold} (the threshold) of its "
+                        "neighbours shared their keys, directly or after others were left out: it "
+                        "could not be unmasked were it lost")
     if len(u2) < threshold + 1:
         raise SecureAggregationError(
             f"round {rnd}: {len(u2)} clients shared their keys with enough live neighbours "
@@ -256,8 +264,8 @@ def secure_sum(exchange: Exchange, rnd: int, advertised: Mapping[int, Payload], 
                  for kind, name in (("b", "survivors"), ("s", "dropped"))}
         answered = {kind: set(payload.arrays[f"{kind}-owners"].tolist()) for kind in asked}
         if answered != asked:  # owners listed once each: the contract check
-            _left_out(rnd, node, "its unmask reply holds shares of other nodes than it was asked "
-                      "for: none of them is used")
+            exchange.reject(UNMASK, node, "shares of other nodes than it was asked for: none of "
+                            "them is used")
             continue
         for kind, held in (("b", b_shares), ("s", s_shares)):
             for owner, share in zip(payload.arrays[f"{kind}-owners"], payload.arrays[f"{kind}-shares"]):
@@ -310,12 +318,6 @@ def _prune(alive: set[int], graph: Mapping[int, list[int]], threshold: int) -> s
         if not weak:
             return alive
         alive -= weak
-
-
-def _left_out(rnd: int, node: int, reason: str) -> None:
-    """Log a node left out of the round's secure sum for what other nodes sent (its own replies
-    passed the contract check)."""
-    log(WARNING, "round %d, secure aggregation: node %d left out: %s", rnd, node, reason)
 
 
 def _key_problem(pair: tuple[bytes, bytes]) -> str | None:

@@ -113,3 +113,33 @@ def test_garbage_keys_and_a_wrong_number_of_ciphertexts_are_counted_rejected_rep
     assert "!= declared (4, " in rejected["secagg-share-keys"]
     assert {k: len(v) for k, v in rows[0]["failures"].items()} == {"fit": 1,
                                                                    "secagg-share-keys": 1}
+
+
+def test_a_public_key_two_clients_sent_is_counted_as_two_rejected_replies(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The second client to answer the round's own phase sends the first one's s key: each reply
+    # passes the contract check alone, secure aggregation leaves both out and reports them to
+    # the exchange (RoundExchange.reject): 2 rejected replies of secagg-share-keys, with reasons.
+    from fedkd.secagg import client as secagg_client
+
+    advertise = secagg_client.advertise
+    sent: list[dict] = []
+
+    def copied_key(state, contribution, rnd):  # noqa: ANN001, ANN202
+        keys = advertise(state, contribution, rnd)
+        if len(sent) == 1:
+            keys[secagg_client.PUBLIC_KEY_S] = sent[0][secagg_client.PUBLIC_KEY_S]
+        sent.append(keys)
+        return keys
+
+    monkeypatch.setattr(secagg_client, "advertise", copied_key)
+    rows, audit, _ = run_inprocess({"algorithm": "dsfl", "aggregation.rule": "mean", **FAST,
+                                    "aggregation.secure": True, "num-server-rounds": 1}, 6,
+                                   tmp_path)
+    assert rows[0]["rejected-replies"] == 2 and rows[0]["teachers"] == 4
+    rejected = {r["node"]: r for r in audit if r["status"] == "rejected"}
+    assert len(rejected) == 2
+    (u, first), (v, second) = sorted(rejected.items())
+    assert first["phase"] == second["phase"] == "secagg-share-keys"
+    assert first["reason"] == f"a public key also sent by node {v}"
+    assert second["reason"] == f"a public key also sent by node {u}"

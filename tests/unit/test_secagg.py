@@ -97,7 +97,7 @@ class Federation:
     nothing after it), as after a crash. Every reply is kept in ``seen``. Like the round's
     exchange, every reply goes through the phase's contract check (the public keys through
     :data:`KEYS_PHASE`'s, in :meth:`run`): ``rejected`` maps a phase to each rejected node's
-    reason."""
+    reason, the contract's and those reported to :meth:`reject`."""
 
     def __init__(self, nodes: list[int], length: int, options: SecAggConfig,
                  drop: dict[str, set[int]] | None = None, seed: int = 0,
@@ -133,6 +133,9 @@ class Federation:
             self.seen.append((phase.name, u, reply))
             replies[u] = reply
         return ExchangeResult(replies=self._checked(phase, replies))
+
+    def reject(self, phase: str, node: int, reason: str) -> None:
+        self.rejected.setdefault(phase, {})[node] = reason
 
     def run(self, length: int):  # noqa: ANN201
         return secure_sum(self, 3, self._checked(KEYS_PHASE, self.advertised), length, 1.0,
@@ -268,8 +271,7 @@ def test_a_client_lost_while_sharing_keys_is_left_out() -> None:
 
 
 @pytest.mark.parametrize("degree", [4, 6])
-def test_a_sparse_ring_survives_two_lost_neighbours_or_fails_clearly(
-        degree: int, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_sparse_ring_survives_two_lost_neighbours_or_fails_clearly(degree: int) -> None:
     # 12 clients; two ring neighbours lost while sharing keys. With 6 neighbours (threshold 4)
     # every other client keeps 4 live neighbours: the sum is exact. With 4 (threshold 3) the
     # clients next to the gap keep 2; leaving them out leaves their neighbours short in turn,
@@ -280,15 +282,14 @@ def test_a_sparse_ring_survives_two_lost_neighbours_or_fails_clearly(
     fed = Federation(nodes, 50, SecAggConfig(neighbours=degree),
                      drop={secagg_client.SHARE_KEYS: {a, b}})
     if degree == 4:
-        with caplog.at_level("WARNING", logger="flwr"), \
-                pytest.raises(SecureAggregationError, match="too few to mask"):
+        with pytest.raises(SecureAggregationError, match="too few to mask"):
             fed.run(50)
         assert not any(name == secagg_client.MASK for name, _, _ in fed.seen)
-        # every client that shared its keys is left out, each with the reason
-        left_out = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
-        assert len(left_out) == len(nodes) - 2
-        assert all("fewer than 3 (the threshold) of its neighbours shared their keys" in m
-                   for m in left_out)
+        # every client that shared its keys is a rejected reply, with the reason
+        rejected = fed.rejected[secagg_client.SHARE_KEYS]
+        assert set(rejected) == set(nodes) - {a, b}
+        assert all(reason.startswith("fewer than 3 (the threshold) of its neighbours shared "
+                                     "their keys") for reason in rejected.values())
         return
     result = fed.run(50)
     assert fed.rejected == {}
@@ -296,8 +297,7 @@ def test_a_sparse_ring_survives_two_lost_neighbours_or_fails_clearly(
     assert np.abs(result.total - np.sum([fed.inputs[u] for u in result.survivors], axis=0)).max() < 1e-6
 
 
-def test_keys_on_another_curve_or_reused_are_left_out_with_the_reason(
-        caplog: pytest.LogCaptureFixture) -> None:
+def test_keys_on_another_curve_or_reused_are_rejected_replies_with_the_reason() -> None:
     from cryptography.hazmat.primitives.asymmetric import ec
     from flwr.supercore.primitives.asymmetric import public_key_to_bytes
 
@@ -313,8 +313,7 @@ def test_keys_on_another_curve_or_reused_are_left_out_with_the_reason(
         fed.advertised[nodes[4]].arrays[secagg_client.PUBLIC_KEY_C])
     fed.advertised[nodes[1]].arrays[secagg_client.PUBLIC_KEY_S] = (
         fed.advertised[nodes[2]].arrays[secagg_client.PUBLIC_KEY_S])  # a copied key: both out
-    with caplog.at_level("WARNING", logger="flwr"):
-        result = fed.run(20)
+    result = fed.run(20)
     assert set(result.survivors) == set(nodes[5:])
     rejected = fed.rejected["fit"]
     assert set(rejected) == {nodes[0], nodes[3], nodes[4]}
@@ -325,10 +324,10 @@ def test_keys_on_another_curve_or_reused_are_left_out_with_the_reason(
             secagg_client.PUBLIC_KEY_S: fed.advertised[nodes[5]].arrays[secagg_client.PUBLIC_KEY_S]}))
     assert "public key s is not a key (ValueError" in rejected[nodes[3]]
     assert rejected[nodes[4]] == "public keys c and s are the same key"
-    left_out = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
-    assert sorted(left_out) == sorted(
-        f"round 3, secure aggregation: node {u} left out: a public key also sent by node {v}"
-        for u, v in ((nodes[1], nodes[2]), (nodes[2], nodes[1])))
+    # both senders of the copied key: not asked to share keys, rejected there
+    assert fed.rejected[secagg_client.SHARE_KEYS] == {
+        nodes[1]: f"a public key also sent by node {nodes[2]}",
+        nodes[2]: f"a public key also sent by node {nodes[1]}"}
 
 
 def test_ciphertexts_for_another_number_of_neighbours_are_a_rejected_reply() -> None:
@@ -360,8 +359,7 @@ def test_an_unmask_reply_with_owners_and_shares_of_unequal_counts_is_rejected() 
     assert np.abs(result.total - np.sum(list(fed.inputs.values()), axis=0)).max() < 1e-6
 
 
-def test_an_unmask_reply_for_other_nodes_than_asked_is_not_used_and_logged(
-        caplog: pytest.LogCaptureFixture) -> None:
+def test_an_unmask_reply_for_other_nodes_than_asked_is_a_rejected_reply() -> None:
     def swap(phase: str, node: int, reply: Payload) -> Payload:
         if phase == secagg_client.UNMASK and node == NODES[0]:
             owners = reply.arrays["b-owners"].copy()
@@ -370,11 +368,9 @@ def test_an_unmask_reply_for_other_nodes_than_asked_is_not_used_and_logged(
         return reply
 
     fed = Federation(NODES, 20, SecAggConfig(), tamper=swap)
-    with caplog.at_level("WARNING", logger="flwr"):
-        result = fed.run(20)
-    assert fed.rejected == {}
-    assert any(f"node {NODES[0]} left out: its unmask reply holds shares of other nodes" in
-               r.getMessage() for r in caplog.records)
+    result = fed.run(20)  # none of its shares is used: 3 of 4 are enough
+    assert fed.rejected == {secagg_client.UNMASK: {
+        NODES[0]: "shares of other nodes than it was asked for: none of them is used"}}
     assert np.abs(result.total - np.sum(list(fed.inputs.values()), axis=0)).max() < 1e-6
 
 
