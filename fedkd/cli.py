@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
+from fedkd.errors import ConfigError
 from fedkd.experiments.presets import (
     PRESET_DIR,
     PROFILE_DIR,
@@ -241,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with signals:
         try:
             return int(args.func(args))
-        except CliError as err:
+        except (CliError, ConfigError) as err:  # refused before anything started
             print(f"error: {err}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:  # outside a run (while validating, loading data...)

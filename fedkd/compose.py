@@ -18,15 +18,18 @@ Layers (each imports only those before it): ``errors``, ``registry`` < ``data``,
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
+import math
 from collections.abc import Mapping
 from importlib.metadata import entry_points
 
 from fedkd.config import SECTIONS, RunConfig, Scalar
 from fedkd.errors import ConfigError
 
-__all__ = ["ConfigError", "build_algorithm", "build_config", "load_plugins"]
+__all__ = ["ConfigError", "build_algorithm", "build_config", "check_federation_size",
+           "check_simulation", "load_plugins"]
 
 ENTRY_POINT_GROUP = "fedkd.plugins"
 
@@ -107,6 +110,64 @@ def check_secure_aggregation(cfg: RunConfig, algorithm: type, algorithms) -> Non
             f"aggregation.secure: the {cfg.aggregation.rule!r} rule is not sum-decomposable ({why});"
             " under secure aggregation the server sees only the sum over clients. Rules that "
             "can: " + ", ".join(n for n in AGGREGATORS.names() if AGGREGATORS.get(n).sum_decomposable))
+
+
+def check_federation_size(cfg: RunConfig, num_nodes: int) -> None:
+    """Refuse a quorum that a federation of ``num_nodes`` nodes cannot meet.
+
+    Needs the federation's size, which only a simulation knows before it starts (one SuperNode
+    per partition); in a deployment ``federation.min-nodes`` is the least the server waits for
+    and more may join. The round loop (``server/loop.py``) waits for ``min-nodes`` online nodes,
+    samples ``k = max(1, ceil(fraction-train * nodes))`` of them each round and needs
+    ``min-replies`` valid replies from those ``k``.
+    """
+    fed = cfg.federation
+    if fed.min_nodes > num_nodes:
+        raise ConfigError(
+            f"federation.min-nodes ({fed.min_nodes}) is more than the {num_nodes} simulated "
+            f"clients (data.num-partitions): the server would wait federation.node-wait-timeout "
+            f"({fed.node_wait_timeout:g} s) for nodes that never come; set federation.min-nodes "
+            f"to at most {num_nodes}, or simulate more clients")
+    sampled = max(1, math.ceil(fed.fraction_train * num_nodes))
+    if fed.min_replies > sampled:
+        raise ConfigError(
+            f"federation.min-replies ({fed.min_replies}) is more than the {sampled} of "
+            f"{num_nodes} clients sampled each round (federation.fraction-train "
+            f"{fed.fraction_train:g} x {num_nodes}, rounded up): every round would fail its "
+            f"quorum; set federation.min-replies to at most {sampled}, or "
+            f"federation.fraction-train to at least {_fraction_for(fed.min_replies, num_nodes)}")
+
+
+def _fraction_for(replies: int, nodes: int) -> str:
+    """The smallest fraction, to 3 significant digits rounded up, that samples ``replies`` of
+    ``nodes`` (``ceil(fraction * nodes) >= replies``)."""
+    exact = replies / nodes
+    scale = 10 ** (2 - math.floor(math.log10(exact)))
+    return f"{min(1.0, math.ceil(exact * scale - 1e-9) / scale):g}"
+
+
+def check_simulation(cfg: RunConfig, num_nodes: int) -> None:
+    """What a simulation of ``num_nodes`` SuperNodes can check before it starts, beyond
+    :func:`build_config`: the quorum (:func:`check_federation_size`) and, with DP-SGD calibrated
+    to ``privacy.target-epsilon``, that the target is within reach for every client
+    (:func:`fedkd.privacy.check_target_reachable`, with the smallest local training set among
+    the ``num_nodes`` partitions, which each client trains on in a simulation: exact for the
+    run). Loads the dataset only in that last case. Raises :class:`ConfigError`."""
+    check_federation_size(cfg, num_nodes)
+    if not (cfg.privacy.dp_sgd and cfg.privacy.target_epsilon > 0):
+        return
+    load_plugins()
+    from fedkd.algorithms import ALGORITHMS
+    from fedkd.data.federated import load_federated
+    from fedkd.privacy import check_target_reachable
+
+    # A simulated client's partition: num-partitions from its node config (= the SuperNodes).
+    data = load_federated(dataclasses.replace(cfg.data, num_partitions=num_nodes))
+    smallest = min(len(data.client_indices(p)[0]) for p in range(num_nodes))
+    check_target_reachable(
+        cfg.privacy, train_size=smallest, batch_size=cfg.train.batch_size,
+        steps_per_round=cfg.train.local_steps, planned_rounds=cfg.num_server_rounds,
+        releases_per_round=ALGORITHMS.get(cfg.algorithm).releases_per_round(cfg))
 
 
 def build_algorithm(cfg: RunConfig, num_classes: int, input_shape: tuple[int, int, int]):  # -> Algorithm

@@ -191,6 +191,7 @@ def run_config_toml(flat: Mapping[str, bool | int | float | str]) -> str:
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Terminal colour codes, stripped from Flower's output where it is shown or searched.
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+_ANSI_BYTES = re.compile(rb"\x1b\[[0-9;]*m")
 
 
 def flower_error_lines(flwr_output: Sequence[str], superlink_log: str) -> list[str]:
@@ -206,6 +207,40 @@ def flower_error_lines(flwr_output: Sequence[str], superlink_log: str) -> list[s
         if "ERROR" in text:
             found.append(text.split("ERROR", 1)[1].lstrip(" :"))
     return list(dict.fromkeys(found))
+
+
+#: Flower's own lines around a failure, which say that it failed but not why.
+_GENERIC_FAILURE = re.compile(
+    r"Simulation raised an exception|Exit Code: \d+|An unhandled exception occurred|"
+    r"For more information, visit|ServerApp thread raised an exception")
+#: The last line of a traceback: ``package.module.SomeError: what went wrong``.
+_EXCEPTION_LINE = re.compile(r"^(?P<name>[A-Za-z_][\w.]*)(?P<rest>:.*)?$")
+
+
+def failure_cause(run_log: Sequence[str], superlink_log: str = "") -> str | None:
+    """Why a run failed, in one line, from its log (``flwr run --stream``'s lines): the
+    exception the last traceback ends with (``QuorumError: round 1, phase 'fit': ...``, the
+    module path left out), else the last ``ERROR`` line that is more than Flower's "Simulation
+    raised an exception" / "Exit Code: 700", else the SuperLink's first reason
+    (:func:`flower_error_lines`). ``None`` when the logs say nothing more."""
+    lines = [ANSI_ESCAPE.sub("", line).rstrip() for line in run_log]
+    starts = [i for i, line in enumerate(lines)
+              if line.startswith("Traceback (most recent call last)")]
+    if starts:
+        for line in lines[starts[-1] + 1:]:
+            if not line or line[0].isspace():
+                continue  # frames, source lines, carets
+            match = _EXCEPTION_LINE.match(line)
+            if match and not line.startswith(("ERROR", "WARNING", "INFO", "DEBUG")):
+                return match["name"].rsplit(".", 1)[-1] + (match["rest"] or "")
+            break
+    for line in reversed(lines):
+        if line.startswith(("ERROR", "CRITICAL")) and not _GENERIC_FAILURE.search(line):
+            text = line.split(":", 1)[1].strip() if ":" in line else line
+            if text:
+                return text
+    reasons = [r for r in flower_error_lines([], superlink_log) if not _GENERIC_FAILURE.search(r)]
+    return reasons[0] if reasons else None
 
 
 def _port_in_use(port: int) -> str:
@@ -328,14 +363,33 @@ class SimulationSuperLink:
             return ""
 
     def stop(self) -> None:
-        """Stop the SuperLink (its whole process group) and close its log."""
+        """Stop the SuperLink (its whole process group) and close its log, without the colour
+        codes Flower writes into it (:meth:`_strip_log_colours`)."""
         if self.proc is not None:
             stop_process(self.proc)
         if self._log is not None:
             self._log.close()
             self._log = None
+            self._strip_log_colours()
         if self._own_home:
             shutil.rmtree(self.flwr_home, ignore_errors=True)
+
+    def _strip_log_colours(self) -> None:
+        """Rewrite what this SuperLink logged without terminal colour codes: Flower colours every
+        level name (``\\x1b[92mINFO \\x1b[0m``), also when its output goes to a file. Done once
+        the SuperLink has stopped (it writes the file itself); earlier runs' lines are kept."""
+        try:
+            with self.log_path.open("rb") as fh:
+                kept = fh.read(self._log_offset)
+                text = fh.read()
+            clean = _ANSI_BYTES.sub(b"", text)
+            if clean != text:
+                tmp = self.log_path.with_name(self.log_path.name + ".tmp")
+                tmp.write_bytes(kept + clean)
+                os.replace(tmp, self.log_path)
+        except OSError as err:
+            _log.warning("cannot strip the colour codes from the SuperLink log %s (%s)",
+                         self.log_path, err)
 
     def __enter__(self) -> SimulationSuperLink:
         return self.start()

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from fedkd.errors import ConfigError
 from fedkd.experiments.presets import APP_DIR, CliError, load_profile, parse_sets
 from fedkd.experiments.runner import (
     EXIT_INTERRUPTED,
@@ -64,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with interrupt_on_signals():
         try:
             return _main(args)
-        except CliError as err:  # refused before anything started
+        except (CliError, ConfigError) as err:  # refused before anything started
             print(f"error: {err}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:  # while validating or loading data: nothing to stop

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -35,7 +36,7 @@ from typing import Any, TextIO
 from fedkd.config import RunConfig, Scalar, pyproject_defaults
 from fedkd.errors import ConfigError
 from fedkd.experiments.presets import APP_DIR, CliError, Preset, Profile, load_preset
-from fedkd.launch import ANSI_ESCAPE
+from fedkd.launch import ANSI_ESCAPE, failure_cause
 from fedkd.results import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
 
 #: What ``fedkd simulate`` records about how a run was started (the report labels runs with it).
@@ -78,10 +79,49 @@ def resolve_config(
         run_config["data.data-dir"] = str(Path(data_dir).resolve())
     flat = {**pyproject_defaults(APP_DIR / "pyproject.toml"), **run_config}
     try:
+        check_given(run_config)
         cfg = build_config(flat)
+        check_output_dir(run_dir_of(cfg))
     except ConfigError as err:
         raise CliError(f"preset {preset.name}: {err}" if preset else str(err)) from None
     return cfg, run_config
+
+
+def check_given(run_config: Mapping[str, Scalar]) -> None:
+    """Refuse values that only a key given explicitly (by the preset or ``--set``) can get wrong.
+
+    ``privacy.target-epsilon``: its default, 0, means "no target" (DP-SGD then trains at
+    ``privacy.noise-multiplier``), so :class:`~fedkd.config.PrivacyConfig` cannot tell a 0 given
+    on purpose from the default; a target of 0 or below is meaningless, and was silently run at
+    noise multiplier 1.0. Raises :class:`ConfigError`.
+    """
+    target = run_config.get("privacy.target-epsilon")
+    if isinstance(target, (int, float)) and not isinstance(target, bool) and not target > 0:
+        raise ConfigError(
+            f"privacy.target-epsilon must be > 0, got {target!r}: it is the epsilon DP-SGD's "
+            "noise is calibrated to spend over the run (0, the default, means no target: DP-SGD "
+            "then trains at privacy.noise-multiplier); give a positive target, or leave the key "
+            "out to train at privacy.noise-multiplier")
+
+
+def check_output_dir(run_dir: Path) -> None:
+    """Refuse a run directory that cannot be created or written, before anything starts.
+
+    Nothing is created here: the nearest existing ancestor must be a directory this process
+    may write to (and ``run_dir`` itself, if it exists, a directory). Raises
+    :class:`ConfigError` naming the path in the way.
+    """
+    run_dir = Path(run_dir).absolute()
+    way_out = "pass an --output-dir (output.dir) in a directory you can write to"
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"output.dir: cannot create the run directory {run_dir}: {existing} is "
+                          f"a file, not a directory; {way_out}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"output.dir: cannot create the run directory {run_dir}: {existing} is "
+                          f"not writable; {way_out}")
 
 
 #: Ray's ``init`` arguments it refuses when attaching to an existing cluster.
@@ -214,20 +254,25 @@ class MetricsFollower:
         self.poll()
 
 
+#: A log line at level WARNING or above, as Flower formats them (``WARNING :   ...``): the level
+#: opens the line, so a DEBUG line that merely mentions ``'ERROR'`` is not one.
+_ATTENTION = re.compile(r"^(WARNING|ERROR|CRITICAL)\b")
+
+
 def _needs_attention(line: str) -> str | None:
     # Rounds come from metrics.jsonl; from the log only what needs attention.
+    line = ANSI_ESCAPE.sub("", line)
     if _STALE_NOTICE in line:
         return None
-    if "ERROR" in line or "WARNING" in line or "[fedkd] resuming" in line:
-        return ANSI_ESCAPE.sub("", line)
-    return None
+    return line if _ATTENTION.match(line) or "[fedkd] resuming" in line else None
 
 
 def _server_lines(line: str) -> str | None:
     # The ServerApp's own lines ("[fedkd] round 2/5 ...", "[fedkd] done ...") and what went wrong.
+    line = ANSI_ESCAPE.sub("", line)
     if _STALE_NOTICE in line:
         return None
-    return line if "[fedkd]" in line or "ERROR" in line or "WARNING" in line else None
+    return line if "[fedkd]" in line or _ATTENTION.match(line) else None
 
 
 @dataclass(frozen=True)
@@ -329,8 +374,14 @@ def run_simulation(
     if port is not None and not port_is_free(port):
         raise CliError(f"port {port} on 127.0.0.1 is already in use; pass another --port, or "
                        "leave --port out to let fedkd pick a free one")
+    check_planned_run(cfg, federation)
     run_dir = run_dir_of(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CliError(f"output.dir: cannot create the run directory {run_dir}: "
+                       f"{err.strerror or err}; pass an --output-dir (output.dir) in a "
+                       "directory you can write to") from None
     if record is not None:
         (run_dir / CLI_FILE).write_text(json.dumps(dict(record), indent=2, sort_keys=True) + "\n")
     say(header)
@@ -355,6 +406,7 @@ def run_simulation(
         link.start()
         with log_path.open("w") as log, follower:
             def on_line(line: str) -> None:
+                line = ANSI_ESCAPE.sub("", line)  # Flower colours its levels, even into a pipe
                 log.write(line + "\n")
                 log.flush()
                 shown = console.echo(line)
@@ -371,8 +423,10 @@ def run_simulation(
     elapsed = time.monotonic() - start
     rows = read_rows(run_dir / METRICS_FILE)
     if status != "finished:completed":
+        cause = failure_cause(_read_lines(log_path), _read_text(run_dir / "superlink.log"))
         return RunResult("failed", run_dir, rows,
-                         f"run {run_id} ended with status {status!r}; full log: {log_path}",
+                         f"run {run_id} ended with status {status!r}"
+                         + (f": {cause}" if cause else "") + f"; full log: {log_path}",
                          elapsed)
     if console.progress:
         last = rows[-1] if rows else {}
@@ -384,6 +438,33 @@ def run_simulation(
                 summary.append(f"{label} {last[key]:{spec}}")
         say(f"[fedkd] done: {', '.join(summary)}; results in {run_dir}")
     return RunResult("completed", run_dir, rows, elapsed_s=elapsed)
+
+
+def check_planned_run(cfg: RunConfig, federation: Mapping[str, Scalar]) -> None:
+    """The checks that need the simulated federation (:func:`fedkd.compose.check_simulation`:
+    the quorum against its SuperNodes, a DP target against its clients' data), as a
+    :class:`CliError`; run before anything starts."""
+    from fedkd.compose import check_simulation
+    from fedkd.data.idx import DataFileError
+
+    nodes = federation.get("num-supernodes", cfg.data.num_partitions)
+    try:
+        check_simulation(cfg, int(nodes))  # type: ignore[arg-type]
+    except ConfigError as err:
+        raise CliError(str(err)) from None
+    except DataFileError as err:
+        raise CliError(str(err)) from None
+
+
+def _read_lines(path: Path) -> list[str]:
+    return _read_text(path).splitlines()
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
 
 
 def run_preset(
@@ -480,8 +561,12 @@ def plan_sweep(
             cfg, run_config = resolve_config(preset, overrides, seed=seed, rounds=rounds,
                                              output_dir=output_dir,
                                              run_name=f"{preset.name}-seed{seed}")
-            plan.append(PlannedRun(preset, seed, cfg, run_config,
-                                   federation_config(profile, cfg, ray_address)))
+            federation = federation_config(profile, cfg, ray_address)
+            try:
+                check_planned_run(cfg, federation)
+            except CliError as err:
+                raise CliError(f"preset {preset.name} seed {seed}: {err}") from None
+            plan.append(PlannedRun(preset, seed, cfg, run_config, federation))
     return plan
 
 

@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fedkd.config import PrivacyConfig
 from fedkd.data.datasets import ArrayDataset
+from fedkd.privacy import import_opacus
 from fedkd.privacy.output_noise import Release
 from fedkd.training import (
     BatchObserver,
@@ -107,6 +108,7 @@ class BudgetExhausted(RuntimeError):
 
 
 def _accountant(mechanism: str):  # -> opacus IAccountant
+    import_opacus()
     from opacus.accountants import create_accountant
 
     return create_accountant(mechanism=mechanism)
@@ -114,6 +116,52 @@ def _accountant(mechanism: str):  # -> opacus IAccountant
 
 #: Calibration stops once the planned epsilon is within this of the target (Opacus' default).
 EPSILON_TOLERANCE = 0.01
+#: The calibration's search (Opacus' ``get_noise_multiplier``, and the same search below when
+#: output releases are planned) doubles the noise multiplier from ``SIGMA_START`` and gives up
+#: once it passes ``MAX_SIGMA`` (Opacus' ``opacus.accountants.utils.MAX_SIGMA``).
+SIGMA_START = 10.0
+MAX_SIGMA = 1e6
+
+
+def largest_calibrated_sigma() -> float:
+    """The largest noise multiplier the calibration can return: ``SIGMA_START`` doubled while it
+    stays <= ``MAX_SIGMA`` (655360). Epsilon falls as the noise grows, so a target that this
+    noise multiplier does not reach is reached by none the search tries: the calibration raises
+    :class:`ValueError` ("The privacy budget is too low.")."""
+    sigma = SIGMA_START
+    while 2 * sigma <= MAX_SIGMA:
+        sigma *= 2
+    return sigma
+
+
+def calibration_floor(cfg: PrivacyConfig, sample_rate: float, steps_per_round: int,
+                      planned_rounds: int, releases_per_round: int = 0) -> float:
+    """The least epsilon :func:`planned_noise_multiplier` can calibrate to: what the planned run
+    (``planned_rounds`` x ``steps_per_round`` steps at ``sample_rate``, and the planned output
+    releases at ``privacy.output-noise``) spends at :func:`largest_calibrated_sigma`. One
+    accountant evaluation; a target at or above it is reached, one below it is not."""
+    releases = releases_per_round * planned_rounds
+    history = [(largest_calibrated_sigma(), float(sample_rate), steps_per_round * planned_rounds)]
+    if releases:
+        history.append((float(cfg.output_noise), 1.0, releases))
+    return epsilon_of(history, cfg.delta, cfg.accountant)
+
+
+def planned_noise_multiplier(cfg: PrivacyConfig, sample_rate: float, steps_per_round: int,
+                             planned_rounds: int, releases_per_round: int = 0) -> float:
+    """A client's DP-SGD noise multiplier: ``privacy.noise-multiplier``, or with
+    ``privacy.target-epsilon`` > 0 the one calibrated to spend the target over
+    ``planned_rounds`` participations of ``steps_per_round`` steps at ``sample_rate`` and
+    ``releases_per_round`` output releases each (:func:`calibrated_noise_multiplier`). The one
+    function clients and the launcher's check (:func:`fedkd.privacy.check_target_reachable`)
+    call. Raises :class:`ValueError` when no noise multiplier reaches the target."""
+    if cfg.target_epsilon > 0:
+        releases = releases_per_round * planned_rounds
+        return calibrated_noise_multiplier(
+            cfg.target_epsilon, cfg.delta, sample_rate, steps_per_round * planned_rounds,
+            cfg.accountant, cfg.output_noise if releases else 0.0, releases,
+        )
+    return cfg.noise_multiplier
 
 
 @functools.lru_cache(maxsize=64)
@@ -135,6 +183,7 @@ def calibrated_noise_multiplier(
         If the releases alone spend ``target_epsilon`` or more.
     """
     if releases <= 0:
+        import_opacus()
         from opacus.accountants.utils import get_noise_multiplier
 
         return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
@@ -152,13 +201,14 @@ def calibrated_noise_multiplier(
     def planned(sigma: float) -> float:
         return epsilon_of([(sigma, sample_rate, steps), *fixed], delta, accountant)
 
-    low, high = 0.0, 10.0
+    low, high = 0.0, SIGMA_START
     eps_high = planned(high)
     while eps_high > target_epsilon:
         low, high = high, 2 * high
         eps_high = planned(high)
-        if high > 1e6:
-            raise ValueError("cannot calibrate privacy.target-epsilon: noise multiplier > 1e6")
+        if high > MAX_SIGMA:
+            raise ValueError("cannot calibrate privacy.target-epsilon: noise multiplier > "
+                             f"{MAX_SIGMA:g}")
     while target_epsilon - eps_high > EPSILON_TOLERANCE:
         sigma = (low + high) / 2
         eps = planned(sigma)
@@ -281,15 +331,10 @@ class ClientPrivacy:
         return 1.0 / math.ceil(num_examples / min(batch_size, num_examples))
 
     def noise_multiplier(self, sample_rate: float, steps_per_round: int) -> float:
-        """DP-SGD sigma: configured, or calibrated to the target epsilon over the planned rounds."""
-        if self.cfg.target_epsilon > 0:
-            releases = self.releases_per_round * self.planned_rounds
-            return calibrated_noise_multiplier(
-                self.cfg.target_epsilon, self.cfg.delta, sample_rate,
-                steps_per_round * self.planned_rounds, self.cfg.accountant,
-                self.cfg.output_noise if releases else 0.0, releases,
-            )
-        return self.cfg.noise_multiplier
+        """DP-SGD sigma: configured, or calibrated to the target epsilon over the planned rounds
+        (:func:`planned_noise_multiplier`)."""
+        return planned_noise_multiplier(self.cfg, sample_rate, steps_per_round,
+                                        self.planned_rounds, self.releases_per_round)
 
     def check_budget(self, sigma: float, sample_rate: float, steps: int, releases: int = 0) -> None:
         """Raise :class:`BudgetExhausted` if training ``steps`` more steps (and ``releases``
@@ -326,6 +371,7 @@ class ClientPrivacy:
         private loss given per sample from the logits and labels (FD's distillation term): both
         modes take it (ghost clipping as part of its per-sample criterion).
         """
+        import_opacus()
         from opacus import PrivacyEngine
         from opacus.data_loader import DPDataLoader
 
