@@ -19,6 +19,7 @@ from server.loop import (
     IDENTIFY_PHASE,
     ClientDirectory,
     FlowerExchange,
+    NotEnoughNodes,
     Traffic,
     run_rounds,
     wait_for_nodes,
@@ -53,7 +54,12 @@ def main(grid: Grid, context: Context) -> None:
             exchange = FlowerExchange(grid, rnd, timeout, 0, Traffic(), audit=audit)
             return exchange(IDENTIFY_PHASE, {n: Payload() for n in unknown}).replies
 
-        return directory.online(nodes, identify)
+        clients = directory.online(nodes, identify)
+        if not clients:
+            raise NotEnoughNodes(
+                f"round {rnd}: none of the {len(nodes)} online nodes said which client it is (the "
+                "identify phase); why is logged above (node ... skipped)")
+        return clients
 
     summary = run_rounds(
         cfg, algorithm, data, output,

@@ -164,7 +164,8 @@ class RoundExchange(ABC):
             raise QuorumError(
                 f"round {self.rnd}, phase {phase.name!r}: only {len(valid)} valid replies of "
                 f"{len(requests)} (federation.min-replies = {needed}); failures: "
-                + "; ".join(f"node {n} {f.kind}: {f.reason[:200]}" for n, f in failures.items())
+                + ("; ".join(f"node {n} {f.kind}: {f.reason[:200]}" for n, f in failures.items())
+                   or "none")
             )
         return ExchangeResult(replies=valid, failures={n: f.reason for n, f in failures.items()})
 
