@@ -90,6 +90,12 @@ class SyntheticProxy(DSFL):
                 "mechanism covers its images: it is refused under privacy.dp-sgd or "
                 "privacy.output-noise. Use synthesis.method = 'inversion' (it reads only the DP "
                 "model: its images are post-processing and cost no epsilon)")
+        if cfg.privacy.enabled and not cfg.privacy.dp_sgd:
+            raise ConfigError(
+                "synthetic-proxy under privacy.output-noise without privacy.dp-sgd: the images "
+                "are inverted from a model trained without DP and leave the client unnoised and "
+                "uncharged, so the reported epsilon would not cover them; turn privacy.dp-sgd on "
+                "(the images are then post-processing of a DP model), or privacy off")
 
     def __init__(self, *args, **kwargs) -> None:  # noqa: D107 - see Algorithm
         super().__init__(*args, **kwargs)

@@ -154,13 +154,10 @@ def test_selective_fd_refuses_privacy_with_its_reason(privacy: dict, tmp_path: P
     build_config({"algorithm": "selective-fd"})  # accepted without privacy
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: synthetic-proxy accepts model inversion under privacy.output-noise alone; the images "
-    "are inverted from a NON-private model and released without noise or accounting, while the "
-    "run reports an epsilon (only the logits and num-examples are noised). Only DP-SGD makes "
-    "them post-processing. Remove this marker when check_config refuses it"))
 def test_synthetic_proxy_refuses_inversion_of_a_non_private_model() -> None:
-    with pytest.raises(ConfigError):
+    # Under output noise alone the images would be inverted from a model trained without DP and
+    # released unnoised and uncharged, while the run reported an epsilon.
+    with pytest.raises(ConfigError, match="inverted from a model trained without DP"):
         build_config({**_SYNTHESIS, **_NOISE_ONLY})
 
 
