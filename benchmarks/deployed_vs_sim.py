@@ -1,13 +1,13 @@
 """Wall time per round: a real deployment (TLS SuperLink + SuperNodes on loopback) vs the simulation engine.
 
 The same work on both paths: the same algorithm, dataset, model, clients, rounds, local steps and
-seed. The deployed path is :class:`fedkd.deploy.LocalFederation` (a TLS SuperLink with node
+seed. The deployed path is :class:`fedkd.runtime.deploy.LocalFederation` (a TLS SuperLink with node
 authentication and one registered SuperNode per client on 127.0.0.1, the run submitted with
 ``flwr run --stream``); every message there runs in a fresh ``flwr-clientapp`` process. It runs
 three ways: that process importing the app itself; the same with warm workers (node config
 ``warm-dir``, client/warm.py); and warm workers on SuperNodes started as ``python -m
-fedkd.supernode`` (Flower's SuperNode with its 3 s idle poll shortened, fedkd/supernode.py).
-Every deployed run records the timing trace (``FEDKD_TRACE``, fedkd/trace.py), from which the
+fedkd.runtime.supernode`` (Flower's SuperNode with its 3 s idle poll shortened, fedkd/runtime/supernode.py).
+Every deployed run records the timing trace (``FEDKD_TRACE``, fedkd/runtime/trace.py), from which the
 table of where a round's time goes is computed. The simulation path is ``python -m simulations.run`` (our own simulation SuperLink, Flower's Ray
 backend, one CPU per client). Per-round times are the ``wall-time-s`` the round loop records in
 ``metrics.jsonl`` (send, train, receive, validate, aggregate, evaluate); round 1 is listed apart
@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import ROOT, fmt, run_simulation
-from fedkd import trace
-from fedkd.deploy import LocalFederation
+from fedkd.runtime import trace
+from fedkd.runtime.deploy import LocalFederation
 from fedkd.results import read_metrics
 
 
@@ -94,14 +94,14 @@ def run_deployed(settings: dict[str, Any], clients: int, rounds: int, root: Path
         fed.stop()
     name = "deployed, warm workers" if warm else "deployed (a process per message)"
     if poll_interval is not None:
-        name += f", fedkd.supernode (polls every {poll_interval:g} s)"
+        name += f", fedkd.runtime.supernode (polls every {poll_interval:g} s)"
     rows = read_metrics(root / "runs" / "deployed")
     result = summarise(name, rows, total_s, setup_s)
     result["breakdown"] = breakdown(trace.read(trace_file), rows)
     return result
 
 
-#: The segments of a deployed message's life, in order, from the timing trace (fedkd/trace.py).
+#: The segments of a deployed message's life, in order, from the timing trace (fedkd/runtime/trace.py).
 SEGMENTS = {
     "launch": "push -> its ClientApp process starts (SuperNode's pull, SuperExec's poll, spawn)",
     "runtime": "process start -> Flower calls the app (interpreter, Flower runtime import, "
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--local-steps", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--poll-interval", type=float, default=0.2,
-                        help="fedkd.supernode's idle poll for the third deployed path (Flower: 3 s)")
+                        help="fedkd.runtime.supernode's idle poll for the third deployed path (Flower: 3 s)")
     parser.add_argument("--no-evaluate", action="store_true",
                         help="skip the per-round evaluation exchange on the clients")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
         deployed = run_deployed(settings, args.clients, args.rounds, Path(tmp) / "cold")
         print("running the deployed path with warm workers ...", flush=True)
         warm = run_deployed(settings, args.clients, args.rounds, Path(tmp) / "warm", warm=True)
-        print("running the deployed path with warm workers and fedkd.supernode ...", flush=True)
+        print("running the deployed path with warm workers and fedkd.runtime.supernode ...", flush=True)
         fast = run_deployed(settings, args.clients, args.rounds, Path(tmp) / "fast", warm=True,
                             poll_interval=args.poll_interval)
         print("running the simulation ...", flush=True)
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     lines.append("")
     for key, label in (("cold", "a process per message"), ("warm", "warm workers"),
-                       ("fast", "warm workers, fedkd.supernode")):
+                       ("fast", "warm workers, fedkd.runtime.supernode")):
         r = ratio[key]
         lines.append(f"Deployed ({label}) / simulation: later rounds "
                      f"{fmt(r['later-rounds'], '.1f')}x, round 1 {fmt(r['round-1'], '.1f')}x, "
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
               "| module the process loads | import (s) |", "|---|---|"]
     lines += [f"| `{m}` | {t:.2f} |" for m, t in imports.items()]
     lines += ["", "Where a deployed round's time goes, rounds 2 and later (the timing trace, "
-              "`FEDKD_TRACE`, fedkd/trace.py): each segment's mean seconds per message, then the "
+              "`FEDKD_TRACE`, fedkd/runtime/trace.py): each segment's mean seconds per message, then the "
               "round: its phases' wall time (push to the last reply, the clients in parallel) "
               "and the ServerApp's own time between phases.", "",
               "| segment | what | " + " | ".join(r["path"] for r in deployments) + " |",

@@ -48,7 +48,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.sim_overhead import TreeSampler, run_watched  # noqa: E402
 from fedkd.experiments.presets import load_profile  # noqa: E402
-from fedkd.launch import SimulationSuperLink  # noqa: E402
+from fedkd.runtime.launch import SimulationSuperLink  # noqa: E402
 from fedkd.results import read_metrics  # noqa: E402
 
 

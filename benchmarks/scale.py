@@ -41,7 +41,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.sim_overhead import TreeSampler, run_watched  # noqa: E402
-from fedkd.launch import SimulationSuperLink  # noqa: E402
+from fedkd.runtime.launch import SimulationSuperLink  # noqa: E402
 from fedkd.results import read_metrics  # noqa: E402
 
 

@@ -74,7 +74,7 @@ from fedkd.compose import build_config
 from fedkd.config import RunConfig, pyproject_defaults  # noqa: E402
 from fedkd.data.datasets import load_dataset  # noqa: E402
 from fedkd.data.federated import load_federated  # noqa: E402
-from fedkd.launch import SimulationSuperLink, descendants  # noqa: E402
+from fedkd.runtime.launch import SimulationSuperLink, descendants  # noqa: E402
 from fedkd.models import build_model  # noqa: E402
 from fedkd.protocol import PHASE_KEY, Payload, content_nbytes, encode  # noqa: E402
 from fedkd.results import read_metrics  # noqa: E402

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 
-from fedkd import trace
+from fedkd.runtime import trace
 from fedkd.algorithms import ALGORITHMS, Algorithm, ClientContext
 from fedkd.attacks import apply_attack
 from fedkd.compose import build_algorithm, build_config

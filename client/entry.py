@@ -15,7 +15,7 @@ from pathlib import Path
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from fedkd import trace
+from fedkd.runtime import trace
 
 app = ClientApp()
 #: When this ``flwr-clientapp`` process started (for the timing trace, ``FEDKD_TRACE``).

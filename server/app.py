@@ -12,7 +12,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedkd.compose import build_algorithm, build_config
 from fedkd.data.federated import load_federated
-from fedkd.flower_patches import patch_simulation_engine
+from fedkd.runtime.flower_patches import patch_simulation_engine
 from fedkd.protocol import Payload
 from fedkd.results import RunOutput
 from server.loop import (

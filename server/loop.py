@@ -28,7 +28,7 @@ from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from fedkd import trace
+from fedkd.runtime import trace
 from fedkd.algorithms import Algorithm, ExchangeResult, QuorumError
 from fedkd.algorithms.base import EVALUATE_PHASE
 from fedkd.config import RunConfig
@@ -211,7 +211,7 @@ REPLY_POLL_S = 0.1
 class FlowerExchange(RoundExchange):
     """A :class:`RoundExchange` over Flower's ``Grid`` (simulation or deployment): it pushes the
     phase's messages and pulls their replies every :data:`REPLY_POLL_S` until all came or the
-    timeout passed (``FEDKD_TRACE``: each message's push and reply time, :mod:`fedkd.trace`)."""
+    timeout passed (``FEDKD_TRACE``: each message's push and reply time, :mod:`fedkd.runtime.trace`)."""
 
     def __init__(self, grid: Grid, *args: Any, route: Mapping[int, int] | None = None,
                  **kwargs: Any) -> None:

@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 
-from fedkd.launch import OFFLINE_ENV
+from fedkd.runtime.launch import OFFLINE_ENV
 
 os.environ.update(OFFLINE_ENV)  # before anything imports flwr, ray or datasets
 if "FEDKD_CACHE_DIR" not in os.environ:  # fedkd.data's on-disk cache: one per test session

@@ -7,7 +7,7 @@ Both front ends run through here: ``fedkd simulate`` / ``fedkd sweep`` (:mod:`fe
    :func:`fedkd.compose.build_config`: the algorithm's own checks included), and its dataset
    and port are checked;
 2. gets a run directory with the partition's label histogram (``partition.txt``);
-3. goes to our own simulation SuperLink on 127.0.0.1 (:class:`fedkd.launch.SimulationSuperLink`:
+3. goes to our own simulation SuperLink on 127.0.0.1 (:class:`fedkd.runtime.launch.SimulationSuperLink`:
    private ``FLWR_HOME``, telemetry and update checks off) with ``flwr run --stream``;
 4. ends with its status from ``flwr ls`` (``flwr run`` exits 0 even when the ServerApp failed),
    and every process it started stopped: also on Ctrl-C or SIGTERM
@@ -36,7 +36,7 @@ from typing import Any, TextIO
 from fedkd.config import RunConfig, Scalar, pyproject_defaults
 from fedkd.errors import ConfigError
 from fedkd.experiments.presets import APP_DIR, CliError, Preset, Profile, load_preset
-from fedkd.launch import ANSI_ESCAPE, failure_cause
+from fedkd.runtime.launch import ANSI_ESCAPE, failure_cause
 from fedkd.results import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
 
 #: What ``fedkd simulate`` records about how a run was started (the report labels runs with it).
@@ -362,7 +362,7 @@ def run_simulation(
     from fedkd.data.datasets import load_dataset
     from fedkd.data.federated import load_federated
     from fedkd.data.idx import DataFileError
-    from fedkd.launch import LaunchError, SimulationSuperLink, port_is_free
+    from fedkd.runtime.launch import LaunchError, SimulationSuperLink, port_is_free
 
     def say(line: str) -> None:
         print(line, file=out or sys.stdout, flush=True)

@@ -2,7 +2,7 @@
 
 Marked ``e2e`` (left out of the default run; ``.venv/bin/python -m pytest -m e2e`` runs it).
 Every process is started in its own session and stopped, with its children, by PID
-(:class:`fedkd.deploy.LocalFederation`). The runs are small (scikit-learn digits, the MLP, 10
+(:class:`fedkd.runtime.deploy.LocalFederation`). The runs are small (scikit-learn digits, the MLP, 10
 local steps) because each message costs a fresh ClientApp process on every SuperNode.
 
 * FD over TLS with node authentication; an unregistered key is refused.
@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from fedkd import trace
-from fedkd.deploy import LocalFederation, make_node_key
+from fedkd.runtime import trace
+from fedkd.runtime.deploy import LocalFederation, make_node_key
 from fedkd.experiments.compare import differences
 from fedkd.results import read_metrics
 
@@ -66,7 +66,7 @@ def wait_for(predicate: Any, timeout: float, what: str) -> None:
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
     """One TLS SuperLink with node authentication and three registered SuperNodes, shared by the
     tests that leave it healthy."""
-    # SuperNodes started as `python -m fedkd.supernode` (Flower's with shorter waits), every
+    # SuperNodes started as `python -m fedkd.runtime.supernode` (Flower's with shorter waits), every
     # process tracing its timing (FEDKD_TRACE)
     fed = LocalFederation(tmp_path_factory.mktemp("federation"), poll_interval=0.2)
     fed.env[trace.ENV] = str(fed.root / "trace.jsonl")
@@ -108,7 +108,7 @@ def test_fd_over_tls_with_node_authentication(federation: LocalFederation, tmp_p
         assert server["push"] <= proc["proc_start"] + 0.02 <= proc["start"] + 0.02
         assert proc["start"] <= proc["end"] <= server["reply"]
         assert 0 <= handler["load"] + handler["work"] + handler["save"] <= proc["end"] - proc["start"]
-    assert "fedkd.supernode" in " ".join(federation.nodes["node0"].proc.args)
+    assert "fedkd.runtime.supernode" in " ".join(federation.nodes["node0"].proc.args)
 
 
 def test_the_same_seed_gives_the_same_run_on_another_federation(

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from fedkd.launch import bin_path, free_port, offline_env, stop_process
+from fedkd.runtime.launch import bin_path, free_port, offline_env, stop_process
 from fedkd.results import read_metrics
 
 APP_DIR = Path(__file__).resolve().parents[2]

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from client.warm import stop_workers
-from fedkd.launch import descendants, free_port, stop_process
+from fedkd.runtime.launch import descendants, free_port, stop_process
 from fedkd.results import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,7 +53,7 @@ def test_the_deployment_recipe_runs_as_written(tmp_path: Path) -> None:
     ports = {"9092": free_port(), "9094": free_port(), "9095": free_port()}
     exports, credentials, superlink, run = (adapt(b, ports) for b in blocks)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FLWR_", "RAY_"))}
-    env["PYTHONPATH"] = str(REPO)  # `python -m fedkd.deploy` from the scratch directory
+    env["PYTHONPATH"] = str(REPO)  # `python -m fedkd.runtime.deploy` from the scratch directory
 
     def bash(script: str, name: str, timeout: float) -> tuple[int, str]:
         # Output to a file, not a pipe: the SuperNodes the script leaves running keep its

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from fedkd.deploy import LocalFederation
+from fedkd.runtime.deploy import LocalFederation
 from fedkd.results import read_metrics
 from tests.e2e.test_deployment import APP_DIR, run_config, run_to_completion, wait_for
 

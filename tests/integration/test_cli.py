@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fedkd.launch import LaunchError, SimulationSuperLink, descendants, free_port, offline_env, \
+from fedkd.runtime.launch import LaunchError, SimulationSuperLink, descendants, free_port, offline_env, \
     port_is_free
 from fedkd.results import read_metrics
 

@@ -32,7 +32,7 @@ from client.app import answer, client_context
 from fedkd.compose import build_config
 from fedkd.config import RunConfig, pyproject_defaults
 from fedkd.data.federated import load_federated
-from fedkd.launch import free_port, offline_env
+from fedkd.runtime.launch import free_port, offline_env
 from fedkd.models import build_model
 from fedkd.protocol import PHASE_KEY, Payload, decode, encode
 from fedkd.results import read_metrics

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fedkd.experiments.compare import differences
-from fedkd.launch import free_port, offline_env, port_is_free
+from fedkd.runtime.launch import free_port, offline_env, port_is_free
 from fedkd.results import read_metrics
 
 APP_DIR = Path(__file__).resolve().parents[2]

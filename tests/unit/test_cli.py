@@ -19,7 +19,7 @@ import pytest
 from fedkd import cli
 from fedkd.config import RunConfig, pyproject_defaults
 from fedkd.experiments import presets, runner
-from fedkd.launch import offline_env
+from fedkd.runtime.launch import offline_env
 
 APP_DIR = Path(__file__).resolve().parents[2]
 PRESETS = sorted(p.stem for p in (APP_DIR / "simulations" / "configs").glob("*.toml"))
@@ -161,7 +161,7 @@ def test_ray_address_defaults_to_the_environment(monkeypatch: pytest.MonkeyPatch
 
 def test_a_superlink_without_a_cluster_drops_an_inherited_ray_address(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from fedkd.launch import SimulationSuperLink
+    from fedkd.runtime.launch import SimulationSuperLink
 
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
     assert "RAY_ADDRESS" not in SimulationSuperLink(flwr_home=tmp_path).env
@@ -217,7 +217,7 @@ class Started(Exception):
 
 
 class FakeSuperLink:
-    """Stands in for :class:`fedkd.launch.SimulationSuperLink`: the run streams lines and writes
+    """Stands in for :class:`fedkd.runtime.launch.SimulationSuperLink`: the run streams lines and writes
     ``metrics.jsonl`` as the ServerApp would, and ends with ``status``; nothing is started."""
 
     status = "finished:completed"
@@ -252,21 +252,21 @@ class FakeSuperLink:
 @pytest.fixture()
 def no_process(monkeypatch: pytest.MonkeyPatch) -> None:
     """Starting a SuperLink, or any process, raises :class:`Started`."""
-    import fedkd.launch
+    import fedkd.runtime.launch
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise Started(f"a process was started: {args!r}")
 
-    monkeypatch.setattr(fedkd.launch, "SimulationSuperLink", refuse)
+    monkeypatch.setattr(fedkd.runtime.launch, "SimulationSuperLink", refuse)
     monkeypatch.setattr(subprocess, "Popen", refuse)
 
 
 @pytest.fixture()
 def fake_link(monkeypatch: pytest.MonkeyPatch) -> type[FakeSuperLink]:
-    import fedkd.launch
+    import fedkd.runtime.launch
 
     FakeSuperLink.made = []
-    monkeypatch.setattr(fedkd.launch, "SimulationSuperLink", FakeSuperLink)
+    monkeypatch.setattr(fedkd.runtime.launch, "SimulationSuperLink", FakeSuperLink)
     return FakeSuperLink
 
 

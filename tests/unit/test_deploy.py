@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from fedkd.deploy import main, make_certificates, make_node_key
-from fedkd.launch import _alive, descendants
+from fedkd.runtime.deploy import main, make_certificates, make_node_key
+from fedkd.runtime.launch import _alive, descendants
 
 
 def test_server_certificate_is_signed_by_the_ca_and_names_every_host(tmp_path: Path) -> None:
@@ -47,7 +47,7 @@ def test_cli_requires_a_host(tmp_path: Path) -> None:
 
 
 def test_local_federation_writes_a_tls_connection_and_reaps_what_a_kill_orphans(tmp_path: Path) -> None:
-    from fedkd.deploy import LocalFederation, _start_time
+    from fedkd.runtime.deploy import LocalFederation, _start_time
 
     fed = LocalFederation(tmp_path)
     config = (tmp_path / "flwr-home" / "config.toml").read_text()

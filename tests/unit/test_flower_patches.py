@@ -1,4 +1,4 @@
-"""fedkd.flower_patches: the indexed ``get_message_ins`` answers exactly as Flower 1.42's."""
+"""fedkd.runtime.flower_patches: the indexed ``get_message_ins`` answers exactly as Flower 1.42's."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME
 from flwr.supercore.object_store import ObjectStoreFactory
 from flwr.superlink.federation import NoOpFederationManager
 
-from fedkd.flower_patches import (
+from fedkd.runtime.flower_patches import (
     PATCHED_FLOWER_VERSION,
     patch_simulation_engine,
     unpatch_simulation_engine,

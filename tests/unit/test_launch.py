@@ -6,7 +6,7 @@ import sys
 import time
 import tomllib
 
-from fedkd.launch import (
+from fedkd.runtime.launch import (
     OFFLINE_ENV,
     descendants,
     offline_env,

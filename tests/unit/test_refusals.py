@@ -23,7 +23,7 @@ from fedkd.config import PrivacyConfig
 from fedkd.errors import ConfigError
 from fedkd.experiments import runner
 from fedkd.experiments.presets import CliError, load_preset
-from fedkd.launch import SimulationSuperLink, failure_cause, offline_env
+from fedkd.runtime.launch import SimulationSuperLink, failure_cause, offline_env
 
 APP_DIR = Path(__file__).resolve().parents[2]
 # Opacus' RDP accountant at the huge noise multipliers these tests probe.
@@ -243,12 +243,12 @@ def test_fedkd_simulate_refuses_before_anything_starts(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     argv: list[str], message: str
 ) -> None:
-    import fedkd.launch
+    import fedkd.runtime.launch
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("a SuperLink was started")
 
-    monkeypatch.setattr(fedkd.launch, "SimulationSuperLink", refuse)
+    monkeypatch.setattr(fedkd.runtime.launch, "SimulationSuperLink", refuse)
     rc = cli.main(["simulate", "tiny", *argv, "--output-dir", str(tmp_path)])
     out, err = capsys.readouterr()
     assert rc == 2 and err.startswith("error: ") and message in err and out == ""
@@ -259,10 +259,10 @@ def test_fedkd_simulate_refuses_before_anything_starts(
 def test_make_run_refuses_an_unreachable_quorum(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import fedkd.launch
+    import fedkd.runtime.launch
     from simulations import run as main_job
 
-    monkeypatch.setattr(fedkd.launch, "SimulationSuperLink", None)  # would fail if called
+    monkeypatch.setattr(fedkd.runtime.launch, "SimulationSuperLink", None)  # would fail if called
     rc = main_job.main(["--num-clients", "3", "--set", 'data.dataset="digits"',
                         "--set", "federation.min-nodes=3", "--set", "federation.min-replies=3",
                         "--set", "federation.fraction-train=0.5", "--output-dir", str(tmp_path)])
@@ -358,9 +358,9 @@ def test_a_failed_run_prints_the_cause_and_logs_without_colour_codes(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     entry: str
 ) -> None:
-    import fedkd.launch
+    import fedkd.runtime.launch
 
-    monkeypatch.setattr(fedkd.launch, "SimulationSuperLink", FailingSuperLink)
+    monkeypatch.setattr(fedkd.runtime.launch, "SimulationSuperLink", FailingSuperLink)
     monkeypatch.setattr(FailingSuperLink, "lines", [
         *FAILED_RUN_LOG.splitlines(),
         "\x1b[92mDEBUG \x1b[0m:     Backend config: {'init_args': {'logging_level': 'ERROR'}}"])
@@ -432,9 +432,9 @@ def test_console_filters_match_the_level_not_a_word() -> None:
 def test_sweep_refuses_an_impossible_run_before_the_first_starts(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import fedkd.launch
+    import fedkd.runtime.launch
 
-    monkeypatch.setattr(fedkd.launch, "SimulationSuperLink", None)
+    monkeypatch.setattr(fedkd.runtime.launch, "SimulationSuperLink", None)
     rc = cli.main(["sweep", "tiny", "--seeds", "0", "1", "--set", "federation.min-nodes=4",
                    "--output-dir", str(tmp_path)])
     err = capsys.readouterr().err

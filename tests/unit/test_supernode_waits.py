@@ -1,4 +1,4 @@
-"""``python -m fedkd.supernode``: Flower's SuperNode with its two fixed waits shortened."""
+"""``python -m fedkd.runtime.supernode``: Flower's SuperNode with its two fixed waits shortened."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import flwr
 import pytest
 from flwr.supernode import start_client_internal
 
-from fedkd import supernode
-from fedkd.supernode import FlowerVersionError, ShortWaits, patch_waits
+from fedkd.runtime import supernode
+from fedkd.runtime.supernode import FlowerVersionError, ShortWaits, patch_waits
 
 
 class RecordingClock:

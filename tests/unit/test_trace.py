@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fedkd import trace
+from fedkd.runtime import trace
 
 
 def test_nothing_is_written_without_the_variable(monkeypatch: pytest.MonkeyPatch,
@@ -39,7 +39,7 @@ def test_events_are_joined_by_message_id(monkeypatch: pytest.MonkeyPatch, tmp_pa
 
 def test_lines_from_concurrent_processes_stay_whole(tmp_path: Path) -> None:
     target = tmp_path / "trace.jsonl"
-    code = ("from fedkd import trace\n"
+    code = ("from fedkd.runtime import trace\n"
             "for i in range(300): trace.record('handler', msg=f'{__import__(\"os\").getpid()}-{i}', "
             "pad='x' * 200)\n")
     env = {**os.environ, trace.ENV: str(target)}
@@ -69,7 +69,7 @@ def test_process_start_time_is_when_the_process_started() -> None:
         assert trace.process_start_time() is None
         return
     before = time.time()
-    child = subprocess.run([sys.executable, "-c", "from fedkd import trace; "
+    child = subprocess.run([sys.executable, "-c", "from fedkd.runtime import trace; "
                             "print(trace.process_start_time())"],
                            cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True,
                            check=True)

@@ -1,4 +1,4 @@
-"""Flower's SuperNode with shorter waits: ``python -m fedkd.supernode [flower-supernode options]``.
+"""Flower's SuperNode with shorter waits: ``python -m fedkd.runtime.supernode [flower-supernode options]``.
 
 A deployed round spends much of its time in two fixed waits inside Flower 1.42's SuperNode
 (``flwr.supernode.start_client_internal``), measured in ``benchmarks/results/deployed_vs_sim_recipe.md``:
@@ -78,7 +78,7 @@ def patch_waits(poll_s: float = DEFAULT_POLL_S, reply_poll_s: float = DEFAULT_RE
     installed = getattr(flwr, "__version__", None) if version is None else version
     if installed != PATCHED_FLOWER_VERSION:
         raise FlowerVersionError(
-            f"fedkd.supernode shortens waits in Flower {PATCHED_FLOWER_VERSION}'s SuperNode, but "
+            f"fedkd.runtime.supernode shortens waits in Flower {PATCHED_FLOWER_VERSION}'s SuperNode, but "
             f"Flower {installed} is installed: start `flower-supernode` with the same options "
             f"instead (Flower's own 3 s / 0.5 s waits)")
     source = inspect.getsource(loop)
@@ -86,7 +86,7 @@ def patch_waits(poll_s: float = DEFAULT_POLL_S, reply_poll_s: float = DEFAULT_RE
                if w not in source]
     if missing:
         raise FlowerVersionError(
-            f"{loop.__name__} no longer holds {', '.join(missing)}: fedkd.supernode would change "
+            f"{loop.__name__} no longer holds {', '.join(missing)}: fedkd.runtime.supernode would change "
             "nothing; start `flower-supernode` instead")
     loop.time = ShortWaits(poll_s, reply_poll_s)  # type: ignore[assignment]
     return loop
@@ -95,7 +95,7 @@ def patch_waits(poll_s: float = DEFAULT_POLL_S, reply_poll_s: float = DEFAULT_RE
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse our two options, patch, and run Flower's ``flower-supernode`` with the rest."""
     parser = argparse.ArgumentParser(
-        prog="python -m fedkd.supernode", add_help=False,
+        prog="python -m fedkd.runtime.supernode", add_help=False,
         description="flower-supernode with its idle wait (3 s) and reply wait (0.5 s) shortened; "
                     "every other option is flower-supernode's (see `flower-supernode --help`).")
     parser.add_argument("--poll-interval", type=float, default=DEFAULT_POLL_S,
@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         patch_waits(ours.poll_interval, ours.reply_poll_interval)
     except (FlowerVersionError, ValueError) as err:
-        print(f"fedkd.supernode: {err}", file=sys.stderr)
+        print(f"fedkd.runtime.supernode: {err}", file=sys.stderr)
         return 2
     from flwr.supernode.cli import flower_supernode
 

@@ -1,6 +1,6 @@
 """Credentials for a deployed fedkd federation: a TLS CA and server certificate, node keys.
 
-``python -m fedkd.deploy certs --out certs/ --host 127.0.0.1 --host localhost`` makes
+``python -m fedkd.runtime.deploy certs --out certs/ --host 127.0.0.1 --host localhost`` makes
 
 * ``ca.crt`` / ``ca.key``: a self-signed certificate authority (keep ``ca.key`` private);
 * ``server.pem`` / ``server.key``: the SuperLink's certificate, signed by the CA, with every
@@ -8,7 +8,7 @@
   ``flower-superlink --ssl-ca-certfile ca.crt --ssl-certfile server.pem --ssl-keyfile server.key``
   serves, and what SuperNodes and the ``flwr`` CLI trust with ``ca.crt``.
 
-``python -m fedkd.deploy node-keys --out keys/ --name node0 --name node1`` makes ECDSA P-384 key
+``python -m fedkd.runtime.deploy node-keys --out keys/ --name node0 --name node1`` makes ECDSA P-384 key
 pairs in OpenSSH format (``node0`` private, ``node0.pub`` public) for SuperNode authentication:
 register the public key with ``flwr supernode register node0.pub <connection>`` and start the
 SuperNode with ``--auth-supernode-private-key node0``.
@@ -48,7 +48,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fedkd.launch import bin_path, descendants, free_port, offline_env, run_config_toml, stop_process
+from fedkd.runtime.launch import (bin_path, descendants, free_port, offline_env, run_config_toml,
+                                  stop_process)
 
 _log = logging.getLogger(__name__)
 
@@ -146,8 +147,8 @@ class Node:
     node_id: int | None  # from its registration (None without node authentication)
 
 
-#: The directory holding the ``fedkd`` package (on a SuperNode's path for ``fedkd.supernode``).
-REPO_ROOT = Path(__file__).resolve().parents[1]
+#: The directory holding the ``fedkd`` package (on a SuperNode's path for ``fedkd.runtime.supernode``).
+REPO_ROOT = Path(__file__).resolve().parents[2]
 #: Flower's SuperExec (the process that starts a ClientApp for each message a SuperNode holds, and
 #: the ServerApp on the SuperLink) looks for new work every 1 s by default, and every phase of a
 #: round waits for it. At 0.1 s it asks its own SuperNode (on loopback) ten times a second.
@@ -169,8 +170,8 @@ class LocalFederation:
                  poll_interval: float | None = None) -> None:
         self.root = root
         self.node_auth = node_auth
-        # SuperNodes started as `python -m fedkd.supernode --poll-interval <s>` (Flower's
-        # SuperNode with its 3 s idle wait shortened, fedkd/supernode.py), or flower-supernode
+        # SuperNodes started as `python -m fedkd.runtime.supernode --poll-interval <s>` (Flower's
+        # SuperNode with its 3 s idle wait shortened, fedkd/runtime/supernode.py), or flower-supernode
         self.poll_interval = poll_interval
         # warm workers (client/warm.py): one directory per node under a short path (Unix
         # socket paths are limited to 108 bytes); stop() stops the workers by their PID files
@@ -239,7 +240,7 @@ class LocalFederation:
         config = f"partition-id={partition} num-partitions={partitions} {node_config}".strip()
         command, env = [bin_path("flower-supernode")], self.env
         if self.poll_interval is not None:
-            command = [sys.executable, "-m", "fedkd.supernode", "--poll-interval",
+            command = [sys.executable, "-m", "fedkd.runtime.supernode", "--poll-interval",
                        str(self.poll_interval)]
             env = {**self.env, "PYTHONPATH": os.pathsep.join(
                 p for p in (str(REPO_ROOT), self.env.get("PYTHONPATH", "")) if p)}
@@ -389,16 +390,16 @@ class LocalFederation:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fedkd.deploy", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m fedkd.runtime.deploy", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     certs = sub.add_parser("certs", help="a CA and a SuperLink certificate",
-                           epilog="example: python -m fedkd.deploy certs --out certs --host 127.0.0.1 --host localhost")
+                           epilog="example: python -m fedkd.runtime.deploy certs --out certs --host 127.0.0.1 --host localhost")
     certs.add_argument("--out", required=True, type=Path)
     certs.add_argument("--host", action="append", required=True,
                        help="an IP address or DNS name clients use to reach the SuperLink; repeatable")
     certs.add_argument("--days", type=int, default=365)
     keys = sub.add_parser("node-keys", help="SuperNode authentication key pairs",
-                          epilog="example: python -m fedkd.deploy node-keys --out keys --name node0")
+                          epilog="example: python -m fedkd.runtime.deploy node-keys --out keys --name node0")
     keys.add_argument("--out", required=True, type=Path)
     keys.add_argument("--name", action="append", required=True, help="key file name; repeatable")
     args = parser.parse_args(argv)

@@ -57,7 +57,7 @@ def patch_simulation_engine(*, version: str | None = None) -> bool:
         version = getattr(flwr, "__version__", None)
     if version != PATCHED_FLOWER_VERSION:
         log(WARNING, "[fedkd] Flower %s is installed, but fedkd's simulation-engine polling patch "
-            "(fedkd/flower_patches.py) is pinned to Flower %s: the polling patch is OFF "
+            "(fedkd/runtime/flower_patches.py) is pinned to Flower %s: the polling patch is OFF "
             "(Flower's own get_message_ins, O(nodes x messages) per poll)",
             version, PATCHED_FLOWER_VERSION)
         return False

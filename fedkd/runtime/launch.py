@@ -188,7 +188,7 @@ def run_config_toml(flat: Mapping[str, bool | int | float | str]) -> str:
 
 
 #: This repository: the Flower app (``client``, ``server``, ``fedkd``).
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 #: Terminal colour codes, stripped from Flower's output where it is shown or searched.
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 _ANSI_BYTES = re.compile(rb"\x1b\[[0-9;]*m")
