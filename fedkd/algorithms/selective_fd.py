@@ -48,7 +48,8 @@ from fedkd.algorithms.registry import ALGORITHMS
 from fedkd.config import RunConfig
 from fedkd.errors import ConfigError
 from fedkd.protocol import ArraySpec, Payload, PhaseSpec
-from fedkd.selection import KuLSIF, auxiliary_uniform, client_mask, entropy_mask, threshold_from_quantile
+from fedkd.algorithms.selective_fd_selectors import (KuLSIF, auxiliary_uniform, client_mask, entropy_mask,
+                                                   threshold_from_quantile)
 
 #: Node-state key of the client's answer mask over the whole proxy set (computed once).
 MASK_KEY = "selective-fd/in-distribution"

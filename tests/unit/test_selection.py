@@ -1,4 +1,4 @@
-"""Tests for fedkd.selection (Selective-FD's client- and server-side selectors).
+"""Tests for fedkd.algorithms.selective_fd_selectors (Selective-FD's client- and server-side selectors).
 
 Known values come from closed forms computed here by hand or with independent code (a direct
 broadcasted kernel, the KuLSIF objective's gradient in coefficient space, a numerical minimiser),
@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from fedkd import selection as S
+from fedkd.algorithms import selective_fd_selectors as S
 
 # ---------------------------------------------------------------------------------------------
 # Independent reference code
