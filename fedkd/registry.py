@@ -46,11 +46,18 @@ class Registry(Generic[T]):
         self._on_register = on_register
 
     def register(self, name: str) -> Callable[[T], T]:
-        """Return a decorator that registers its argument under ``name``."""
+        """Return a decorator that registers its argument under ``name``.
+
+        A class that declares a ``name`` (``name: ClassVar[str]``, as algorithms, aggregation
+        rules and synthesis methods do) gets ``name`` set to the registered name: a plugin
+        states its name once, in the decorator. A class that sets its own ``name`` must set
+        the same one (``ValueError`` otherwise).
+        """
 
         def decorator(obj: T) -> T:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
+            _set_name(self.kind, name, obj)
             if self._on_register is not None:  # e.g. register the entry's config section
                 self._on_register(name, obj)
             self._entries[name] = obj
@@ -86,6 +93,24 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def _set_name(kind: str, name: str, obj: object) -> None:
+    """Set the class attribute ``name`` of a registered class that declares one (annotated, as
+    ``name: ClassVar[str]``, or assigned a string, here or in a base)."""
+    if not isinstance(obj, type):
+        return
+    bases = [c for c in obj.__mro__ if c is not object]
+    if not any("name" in vars(c) or "name" in vars(c).get("__annotations__", {}) for c in bases):
+        return
+    inherited = next((vars(c)["name"] for c in bases if "name" in vars(c)), None)
+    if inherited is not None and not isinstance(inherited, str):
+        return  # a property or method called name: not a registered name
+    own = vars(obj).get("name")
+    if own is not None and own != name:
+        raise ValueError(f"{kind} {obj.__qualname__} says name = {own!r} but is registered as "
+                         f"{name!r}; drop its name attribute (registering sets it)")
+    obj.name = name  # type: ignore[attr-defined]
 
 
 def import_submodules(package: str) -> list[str]:

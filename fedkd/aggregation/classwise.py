@@ -49,7 +49,6 @@ class ClasswiseRule(AggregationRule):
         Softening temperature ``T > 0``.
     """
 
-    name = "classwise"
     uses_weights: ClassVar[bool] = True
     requires_weights: ClassVar[bool] = True
     weight_axis: ClassVar[str] = "class"

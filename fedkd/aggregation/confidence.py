@@ -36,8 +36,6 @@ class ConfidenceRule(AggregationRule):
         Softening temperature ``T > 0``.
     """
 
-    name = "confidence"
-
     def _aggregate(
         self, scaled_logits: FloatArray, mask: BoolArray, weights: FloatArray | None
     ) -> FloatArray:

@@ -59,8 +59,6 @@ class EntropyRule(AggregationRule):
         Softening temperature ``T > 0`` (used for both the probabilities and the entropies).
     """
 
-    name = "entropy"
-
     def _aggregate(
         self, scaled_logits: FloatArray, mask: BoolArray, weights: FloatArray | None
     ) -> FloatArray:

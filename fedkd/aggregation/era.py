@@ -72,7 +72,6 @@ class ERARule(AggregationRule):
         Exponent ``> 1`` for mode ``"power"`` (default 2).
     """
 
-    name = "era"
     Options = ERAOptions
     sum_decomposable = True  # the mean of probabilities, then post-processing
 

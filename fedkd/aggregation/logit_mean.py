@@ -38,7 +38,6 @@ class LogitMeanRule(AggregationRule):
         Softening temperature ``T > 0``.
     """
 
-    name = "logit-mean"
     needs_logits = True
     sum_decomposable = True
 

@@ -36,7 +36,6 @@ class MeanRule(AggregationRule):
         Softening temperature ``T > 0``.
     """
 
-    name = "mean"
     sum_decomposable = True
 
     def _aggregate(

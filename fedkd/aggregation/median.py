@@ -29,7 +29,6 @@ class MedianRule(AggregationRule):
         Softening temperature ``T > 0``.
     """
 
-    name = "median"
     needs_logits = True
 
     def _aggregate(

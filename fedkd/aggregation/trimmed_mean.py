@@ -45,7 +45,6 @@ class TrimmedMeanRule(AggregationRule):
         coordinate (default 0.2).
     """
 
-    name = "trimmed-mean"
     Options = TrimmedMeanOptions
     needs_logits = True
 

@@ -40,7 +40,6 @@ class WeightedRule(AggregationRule):
         Softening temperature ``T > 0``.
     """
 
-    name = "weighted"
     uses_weights: ClassVar[bool] = True
     requires_weights: ClassVar[bool] = True
     needs_counts = True

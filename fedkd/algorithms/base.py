@@ -159,7 +159,7 @@ class Algorithm(ABC):
         Of the dataset in use.
     """
 
-    #: Registry name, as written in the run config.
+    #: Registry name, as written in the run config; set by ``@ALGORITHMS.register(name)``.
     name: ClassVar[str]
     #: Config sections this algorithm owns: dotted path -> frozen dataclass (``cfg.section(path)``).
     config_sections: ClassVar[Mapping[str, type]] = {}

@@ -51,7 +51,6 @@ AGGREGATION_STREAM = 0xA66
 class FD(Algorithm):
     """Federated distillation with per-class mean logits (logit sharing; no public data)."""
 
-    name = "fd"
     SERVER_STATE = ("_uploads", "_rng")
     DEVICE_READY = True
 

@@ -59,7 +59,6 @@ def weighted_average(
 class FedAvg(Algorithm):
     """Federated averaging of full model weights (baseline; uploads weights)."""
 
-    name = "fedavg"
     shares_weights = True
     SERVER_STATE = ("_model",)
     DEVICE_READY = True

@@ -45,8 +45,6 @@ PRETRAINED_KEY = "fedmd/pretrained"
 class FedMD(PublicSetAlgorithm):
     """Logits on announced public samples up; consensus targets down; a global student on the server."""
 
-    name = "fedmd"
-
     @classmethod
     def check_config(cls, cfg: RunConfig) -> None:
         super().check_config(cfg)

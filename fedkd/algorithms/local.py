@@ -20,7 +20,6 @@ from fedkd.protocol import Payload, PhaseSpec
 class LocalOnly(Algorithm):
     """Each client trains alone (``train.local-steps`` per round); no federation."""
 
-    name = "local"
     DEVICE_READY = True
 
     FIT_PHASE = PhaseSpec(name="fit", message_type="train", reply_metrics=("loss", "accuracy"))

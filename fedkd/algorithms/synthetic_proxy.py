@@ -72,7 +72,6 @@ SYNTHESIS_STREAM = 0x5A7
 class SyntheticProxy(DSFL):
     """DS-FL on a proxy set pooled from the clients' synthetic images."""
 
-    name = "synthetic-proxy"
     config_sections = {"synthesis": SynthesisConfig}
     SERVER_STATE = (*PublicSetAlgorithm.SERVER_STATE, "_public")
     NEEDS_PUBLIC_SPLIT = False

@@ -99,7 +99,6 @@ def penultimate(model: nn.Module) -> nn.Module | None:
 class ModelInversion(Synthesizer):
     """Inversion of the frozen model towards the conditioning labels, with image priors."""
 
-    name = "inversion"
     reads_data = False
 
     def synthesise(self, model: nn.Module, data: ArrayDataset | GuardedDataset,

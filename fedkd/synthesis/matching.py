@@ -60,7 +60,6 @@ class DistributionMatching(Synthesizer):
     """Per-class synthetic images matching the mean embedding of the client's images of that
     class under random ConvNets."""
 
-    name = "matching"
     reads_data = True
 
     def synthesise(self, model: nn.Module, data: ArrayDataset | GuardedDataset,
