@@ -15,7 +15,7 @@ next to its code, registered with :func:`register_section` when its module is im
 ``aggregation.<rule>``, e.g. ``aggregation.pate.sigma``). :meth:`RunConfig.from_flat` takes the
 registered sections; :func:`fedkd.compose.build_config` is the one place that loads every plugin
 and builds the whole configuration. This module imports nothing of fedkd but the data spec, the
-attack registry and the errors: it is the bottom layer the others build on.
+attack registry, the errors and the validators: it is the bottom layer the others build on.
 
 Unknown keys, values of the wrong type and out-of-range values raise :class:`ConfigError` naming
 the key, so a typo never silently falls back to a default. :func:`to_flat` is the inverse and is
@@ -39,6 +39,7 @@ from typing import Any, Union
 from fedkd.attacks import ATTACKS
 from fedkd.data.federated import DataSpec
 from fedkd.errors import ConfigError
+from fedkd.validate import positive
 
 Scalar = Union[bool, int, float, str]
 
@@ -61,11 +62,6 @@ def register_section(path: str, cls: type) -> None:
 
 def _core_fields() -> set[str]:
     return {_key(f.name) for f in dataclasses.fields(RunConfig) if f.name != "sections"}
-
-
-def _positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise ConfigError(f"{name} must be > 0, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -102,7 +98,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("local_steps", "batch_size", "learning_rate", "eval_batch_size", "num_threads"):
-            _positive(f"train.{name.replace('_', '-')}", getattr(self, name))
+            positive(f"train.{name.replace('_', '-')}", getattr(self, name))
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError(f"train.momentum must be in [0, 1), got {self.momentum!r}")
         if self.weight_decay < 0:
@@ -146,7 +142,7 @@ class FederationConfig:
             )
         for name in ("min_nodes", "min_replies", "round_timeout", "first_round_timeout",
                      "node_wait_timeout", "max_num_examples"):
-            _positive(f"federation.{name.replace('_', '-')}", getattr(self, name))
+            positive(f"federation.{name.replace('_', '-')}", getattr(self, name))
         if self.evaluate_every < 0:
             raise ConfigError(
                 f"federation.evaluate-every must be >= 0 (0: never), got {self.evaluate_every!r}"
@@ -156,7 +152,7 @@ class FederationConfig:
                 "federation.client-global-test must be >= 0 (samples of the official test set "
                 f"each client also evaluates its own model on; 0: off), got {self.client_global_test!r}"
             )
-        _positive("federation.client-global-test-every", self.client_global_test_every)
+        positive("federation.client-global-test-every", self.client_global_test_every)
         if self.client_state not in CLIENT_STATE_STORES:
             raise ConfigError(
                 f"federation.client-state must be one of {', '.join(map(repr, CLIENT_STATE_STORES))}, "
@@ -187,8 +183,8 @@ class AggregationConfig:
     secure: bool = False
 
     def __post_init__(self) -> None:
-        _positive("aggregation.temperature", self.temperature)
-        _positive("aggregation.max-abs-logit", self.max_abs_logit)
+        positive("aggregation.temperature", self.temperature)
+        positive("aggregation.max-abs-logit", self.max_abs_logit)
 
 
 @dataclass(frozen=True)
@@ -214,9 +210,9 @@ class DistillConfig:
     replay_rounds: int = 1
 
     def __post_init__(self) -> None:
-        _positive("distill.temperature", self.temperature)
-        _positive("distill.public-batch", self.public_batch)
-        _positive("distill.replay-rounds", self.replay_rounds)
+        positive("distill.temperature", self.temperature)
+        positive("distill.public-batch", self.public_batch)
+        positive("distill.replay-rounds", self.replay_rounds)
         for name in ("weight", "steps", "server_steps", "pretrain_public_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"distill.{name.replace('_', '-')} must be >= 0")
@@ -249,8 +245,8 @@ class PrivacyConfig:
     server_accountant: str = "rdp"
 
     def __post_init__(self) -> None:
-        _positive("privacy.max-grad-norm", self.max_grad_norm)
-        _positive("privacy.output-clip", self.output_clip)
+        positive("privacy.max-grad-norm", self.max_grad_norm)
+        positive("privacy.output-clip", self.output_clip)
         if not 0.0 < self.delta < 1.0:
             raise ConfigError(f"privacy.delta must be in (0, 1), got {self.delta!r}")
         for name in ("noise_multiplier", "target_epsilon", "epsilon_budget", "output_noise"):
@@ -348,7 +344,7 @@ class RunConfig:
     sections: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
-        _positive("num-server-rounds", self.num_server_rounds)
+        positive("num-server-rounds", self.num_server_rounds)
 
     def section(self, path: str) -> Any:
         """The plugin section at ``path`` (``"fedgen"``, ``"aggregation.pate"``)."""

@@ -35,7 +35,6 @@ import dataclasses
 import inspect
 import math
 from abc import ABC, abstractmethod
-from numbers import Real
 from dataclasses import dataclass
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -46,6 +45,7 @@ from numpy.typing import ArrayLike, NDArray
 from fedkd.config import register_section
 from fedkd.errors import ConfigError
 from fedkd.registry import Registry
+from fedkd.validate import finite_positive
 
 if TYPE_CHECKING:
     from fedkd.config import RunConfig
@@ -127,15 +127,6 @@ def masked_average(values: FloatArray, weights: FloatArray, mask: BoolArray) -> 
 # --------------------------------------------------------------------------------------------
 
 
-def _check_positive_float(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise ValueError(f"{name} must be a real number, got {value!r}")
-    out = float(value)
-    if not math.isfinite(out) or out <= 0.0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return out
-
-
 def _as_real_array(name: str, value: ArrayLike) -> FloatArray:
     arr = np.asarray(value)
     if arr.dtype == np.bool_ or not (
@@ -185,9 +176,9 @@ class Targets:
 class AggregationRule(ABC):
     """Base class: aggregate teacher logits ``[K, N, C]`` into soft targets ``[N, C]``.
 
-    Subclasses set :attr:`name`, register with ``@AGGREGATORS.register(name)``, add their own
-    keyword-only options to ``__init__`` (validated there, :class:`ValueError` on bad values) and
-    implement :meth:`_aggregate`, which receives already validated float64 arrays.
+    Subclasses register with ``@AGGREGATORS.register(name)`` (which sets :attr:`name`), add
+    their own keyword-only options to ``__init__`` (validated there, :class:`ValueError` on bad
+    values) and implement :meth:`_aggregate`, which receives already validated float64 arrays.
 
     Parameters
     ----------
@@ -221,7 +212,7 @@ class AggregationRule(ABC):
     randomized: ClassVar[bool] = False  # draws noise: use aggregate(..., rng=...), not rule(...)
 
     def __init__(self, temperature: float = 1.0) -> None:
-        self.temperature = _check_positive_float("temperature", temperature)
+        self.temperature = finite_positive("temperature", temperature)
 
     # -- public entry points -----------------------------------------------------------------
 

@@ -70,6 +70,7 @@ from fedkd.aggregation.base import (
     FloatArray,
     Targets,
 )
+from fedkd.validate import finite_non_negative
 
 __all__ = ["PateOptions", "PateRule", "vote_counts"]
 
@@ -82,15 +83,6 @@ class PateOptions:
     sigma: float = 40.0
     threshold: float = 0.0
     sigma_threshold: float = 150.0
-
-
-def _check_sigma(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise ValueError(f"{name} must be a real number, got {value!r}")
-    out = float(value)
-    if not math.isfinite(out) or out < 0.0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return out
 
 
 def vote_counts(logits: FloatArray, mask: BoolArray) -> NDArray[np.int64]:
@@ -135,7 +127,6 @@ class PateRule(AggregationRule):
     point ``rule(logits)`` works only for ``sigma = 0`` without a threshold (the plain vote).
     """
 
-    name = "pate"
     Options = PateOptions
     randomized = True
     client_level_privacy = True
@@ -156,8 +147,8 @@ class PateRule(AggregationRule):
         sigma_threshold: float = 150.0,
     ) -> None:
         super().__init__(temperature)
-        self.sigma = _check_sigma("sigma", sigma)
-        self.sigma_threshold = _check_sigma("sigma_threshold", sigma_threshold)
+        self.sigma = finite_non_negative("sigma", sigma)
+        self.sigma_threshold = finite_non_negative("sigma_threshold", sigma_threshold)
         if threshold is not None:
             if isinstance(threshold, bool) or not isinstance(threshold, Real):
                 raise ValueError(f"threshold must be a real number or None, got {threshold!r}")

@@ -27,6 +27,7 @@ from numbers import Integral, Real
 from typing import Any
 
 from fedkd.registry import Registry
+from fedkd.validate import finite_non_negative
 
 # dp_accounting (with scipy, about 1 s to import) is imported where it is used, not here: a
 # process that builds a ServerLedger but never reports an epsilon (a client, a run without DP)
@@ -293,12 +294,8 @@ def gnmax_epsilon(
     ``queries = 0``. Example: ``gnmax_epsilon(40, 1000, 1e-5)`` is 5.3777 (RDP), 4.983 (PLD).
     """
     for name, value in (("sigma", sigma), ("sigma_threshold", sigma_threshold)):
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, Real):
-            raise ValueError(f"{name} must be a real number, got {value!r}")
-        if not 0.0 <= float(value) < math.inf:
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if value is not None:
+            finite_non_negative(name, value)
     if isinstance(queries, bool) or not isinstance(queries, Integral) or queries < 0:
         raise ValueError(f"queries must be an integer >= 0, got {queries!r}")
     delta = _check_delta(delta)

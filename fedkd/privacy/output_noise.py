@@ -67,6 +67,8 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from fedkd.validate import finite_non_negative, finite_positive
+
 __all__ = [
     "ClipRows",
     "GaussianNoise",
@@ -95,20 +97,6 @@ class SupportsGaussianStep(Protocol):
 # --------------------------------------------------------------------------------------------
 # Validation helpers
 # --------------------------------------------------------------------------------------------
-
-
-def _check_positive(name: str, value: float) -> float:
-    value = float(value)
-    if not math.isfinite(value) or value <= 0.0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return value
-
-
-def _check_non_negative(name: str, value: float) -> float:
-    value = float(value)
-    if not math.isfinite(value) or value < 0.0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return value
 
 
 def _float_dtype(x: np.ndarray) -> np.dtype[np.floating]:
@@ -173,7 +161,7 @@ def clip_rows(x: np.ndarray, bound: float) -> np.ndarray:
     ValueError
         If ``bound`` is not finite and positive or ``x`` is 0-dimensional.
     """
-    bound = _check_positive("bound", bound)
+    bound = finite_positive("bound", float(bound))
     arr = np.asarray(x)
     if arr.ndim < 1:
         raise ValueError("x must have at least one dimension (rows along the last axis)")
@@ -221,7 +209,7 @@ def gaussian_noise(x: np.ndarray, std: float, rng: np.random.Generator) -> np.nd
     ValueError
         If ``std`` is negative or not finite.
     """
-    std = _check_non_negative("std", std)
+    std = finite_non_negative("std", float(std))
     arr = np.asarray(x)
     dtype = _float_dtype(arr)
     if std == 0.0:
@@ -252,9 +240,9 @@ class Release:
     std: float
 
     def __post_init__(self) -> None:
-        _check_non_negative("noise_multiplier", self.noise_multiplier)
-        _check_positive("sensitivity", self.sensitivity)
-        _check_non_negative("std", self.std)
+        finite_non_negative("noise_multiplier", float(self.noise_multiplier))
+        finite_positive("sensitivity", float(self.sensitivity))
+        finite_non_negative("std", float(self.std))
         expected = self.noise_multiplier * self.sensitivity
         if not math.isclose(self.std, expected, rel_tol=1e-9, abs_tol=0.0):
             raise ValueError(
@@ -319,8 +307,8 @@ def private_class_sums(
     """
     arr = _check_logits(logits)
     lab = _check_labels(labels, num_classes, n=arr.shape[0])
-    clip_bound = _check_positive("clip_bound", clip_bound)
-    noise_multiplier = _check_non_negative("noise_multiplier", noise_multiplier)
+    clip_bound = finite_positive("clip_bound", float(clip_bound))
+    noise_multiplier = finite_non_negative("noise_multiplier", float(noise_multiplier))
     dtype = _float_dtype(arr)
 
     clipped = clip_rows(arr, clip_bound).astype(np.float64)
@@ -371,7 +359,7 @@ def private_counts(
         On shape, label-range or parameter errors.
     """
     lab = _check_labels(labels, num_classes)
-    noise_multiplier = _check_non_negative("noise_multiplier", noise_multiplier)
+    noise_multiplier = finite_non_negative("noise_multiplier", float(noise_multiplier))
     counts = np.bincount(lab, minlength=int(num_classes)).astype(np.float64)
     values = gaussian_noise(counts, noise_multiplier, rng)
     return Release(
@@ -412,7 +400,7 @@ def noisy_class_means(
     ValueError
         If the shapes do not match or ``min_count`` is not positive.
     """
-    min_count = _check_positive("min_count", min_count)
+    min_count = finite_positive("min_count", float(min_count))
     s = np.asarray(sums.values, dtype=np.float64)
     n = np.asarray(counts.values, dtype=np.float64)
     if s.ndim != 2 or n.ndim != 1 or s.shape[0] != n.shape[0]:
@@ -457,7 +445,7 @@ def public_logits_sensitivity(clip_bound: float, num_inputs: int) -> float:
     ValueError
         If ``clip_bound <= 0`` or ``num_inputs < 1``.
     """
-    clip_bound = _check_positive("clip_bound", clip_bound)
+    clip_bound = finite_positive("clip_bound", float(clip_bound))
     is_int = isinstance(num_inputs, (int, np.integer)) and not isinstance(num_inputs, bool)
     if not is_int or num_inputs < 1:
         raise ValueError(f"num_inputs must be an int >= 1, got {num_inputs!r}")
@@ -499,7 +487,7 @@ def private_public_logits(
         On shape or parameter errors.
     """
     arr = _check_logits(logits)
-    noise_multiplier = _check_non_negative("noise_multiplier", noise_multiplier)
+    noise_multiplier = finite_non_negative("noise_multiplier", float(noise_multiplier))
     sensitivity = public_logits_sensitivity(clip_bound, arr.shape[0])
     std = noise_multiplier * sensitivity
     values = gaussian_noise(clip_rows(arr, clip_bound), std, rng)
@@ -520,7 +508,7 @@ class ClipRows:
     bound: float
 
     def __post_init__(self) -> None:
-        _check_positive("bound", self.bound)
+        finite_positive("bound", float(self.bound))
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         return clip_rows(rows, self.bound)
@@ -535,11 +523,11 @@ class GaussianNoise:
     noise_multiplier: float
 
     def __post_init__(self) -> None:
-        _check_non_negative("noise_multiplier", self.noise_multiplier)
+        finite_non_negative("noise_multiplier", float(self.noise_multiplier))
 
     def __call__(self, statistic: np.ndarray, sensitivity: float,
                  rng: np.random.Generator) -> Release:
-        std = self.noise_multiplier * _check_positive("sensitivity", sensitivity)
+        std = self.noise_multiplier * finite_positive("sensitivity", float(sensitivity))
         return Release(values=gaussian_noise(statistic, std, rng),
                        noise_multiplier=self.noise_multiplier, sensitivity=float(sensitivity),
                        std=std)

@@ -79,6 +79,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from fedkd.privacy.accounting import _check_delta
+from fedkd.validate import finite_positive
 
 __all__ = [
     "PateEpsilon",
@@ -106,15 +107,6 @@ _SQRT2 = math.sqrt(2.0)
 # --------------------------------------------------------------------------------------------
 # Validation helpers
 # --------------------------------------------------------------------------------------------
-
-
-def _check_positive(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise ValueError(f"{name} must be a real number, got {value!r}")
-    out = float(value)
-    if not math.isfinite(out) or out <= 0.0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return out
 
 
 def _log_probabilities(name: str, values: ArrayLike) -> np.ndarray:
@@ -235,7 +227,7 @@ def gnmax_log_q(votes: ArrayLike, sigma: float) -> FloatArray:
         On malformed votes or a ``sigma`` that is not finite and ``> 0``.
     """
     counts = _check_votes(votes)
-    sigma = _check_positive("sigma", sigma)
+    sigma = finite_positive("sigma", sigma)
     return _log_q_rows(counts, sigma)
 
 
@@ -251,7 +243,7 @@ def gnmax_rdp_data_independent(sigma: float, orders: ArrayLike) -> FloatArray:
     noise multiplier ``sigma / sqrt(2)``: ``lambda / (2 (sigma / sqrt 2)^2) = lambda / sigma^2``.
     Returns ``[len(orders)]``.
     """
-    sigma = _check_positive("sigma", sigma)
+    sigma = finite_positive("sigma", sigma)
     return _check_orders(orders) / sigma**2
 
 
@@ -339,7 +331,7 @@ def gnmax_log_q0(sigma: float, order: float) -> float:
     ValueError
         If ``sigma`` is not finite and ``> 0`` or ``order`` not finite and ``> 1``.
     """
-    return _log_q0(_check_positive("sigma", sigma), _check_order(order))
+    return _log_q0(finite_positive("sigma", sigma), _check_order(order))
 
 
 def _gnmax_rdp(log_q: FloatArray, sigma: float, orders: FloatArray) -> FloatArray:
@@ -394,7 +386,7 @@ def gnmax_rdp_data_dependent(
         If ``log_q`` is not ``<= 0`` (NaN included), ``sigma`` not ``> 0`` or an order not
         ``> 1``.
     """
-    sigma = _check_positive("sigma", sigma)
+    sigma = finite_positive("sigma", sigma)
     lam = _check_orders(orders)
     lq = _log_probabilities("log_q", log_q)
     rdp = _gnmax_rdp(lq[:, None], sigma, lam[None, :])
@@ -413,7 +405,7 @@ def threshold_log_pr_answered(
     from scipy.special import log_ndtr
 
     counts = _check_votes(votes)
-    sigma_threshold = _check_positive("sigma_threshold", sigma_threshold)
+    sigma_threshold = finite_positive("sigma_threshold", sigma_threshold)
     threshold = _check_threshold(threshold)
     top = counts.max(axis=1).astype(np.float64) if counts.shape[0] else np.zeros(0)
     return np.asarray(log_ndtr((top - threshold) / sigma_threshold), dtype=np.float64)
@@ -470,7 +462,7 @@ def threshold_rdp_data_dependent(
     ValueError
         On ``log_pr_answered > 0`` or NaN, ``sigma_threshold`` not ``> 0``, an order not ``> 1``.
     """
-    sigma_threshold = _check_positive("sigma_threshold", sigma_threshold)
+    sigma_threshold = finite_positive("sigma_threshold", sigma_threshold)
     lam = _check_orders(orders)
     lp = _log_probabilities("log_pr_answered", log_pr_answered)
     rdp = _threshold_rdp(lp[:, None], sigma_threshold, lam[None, :])
@@ -666,7 +658,7 @@ def gnmax_local_sensitivity(votes: ArrayLike, sigma: float, order: float) -> Flo
         C5 and C6 hold).
     """
     row = _check_row(votes)
-    sigma = _check_positive("sigma", sigma)
+    sigma = finite_positive("sigma", sigma)
     return _gnmax_ls_rows(row[None, :], sigma, _check_order(order))[0]
 
 
@@ -723,7 +715,7 @@ def threshold_local_sensitivity(
     return _threshold_ls_row(
         row,
         _check_threshold(threshold),
-        _check_positive("sigma_threshold", sigma_threshold),
+        finite_positive("sigma_threshold", sigma_threshold),
         _check_order(order),
     )
 
@@ -767,7 +759,7 @@ def gnss_rdp(beta: float, sigma_ss: float, order: float) -> float:
     if isinstance(beta, bool) or not isinstance(beta, Real) or not 0.0 <= float(beta) < math.inf:
         raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
     beta = float(beta)
-    sigma_ss = _check_positive("sigma_ss", sigma_ss)
+    sigma_ss = finite_positive("sigma_ss", sigma_ss)
     order = _check_order(order)
     if beta > 0.0 and not order < 1.0 / (2.0 * beta):
         raise ValueError(
@@ -796,7 +788,7 @@ def gnss_release(
         or not 0.0 <= float(smooth_sens) < math.inf
     ):
         raise ValueError(f"smooth_sens must be a finite number >= 0, got {smooth_sens!r}")
-    sigma_ss = _check_positive("sigma_ss", sigma_ss)
+    sigma_ss = finite_positive("sigma_ss", sigma_ss)
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
     return float(value) + float(smooth_sens) * sigma_ss * float(rng.standard_normal())
@@ -831,7 +823,7 @@ def check_smooth_sensitivity_conditions(
     tuple[bool, bool]
         ``(C5 holds, C6 holds)``; C6 is reported ``False`` when C5 fails.
     """
-    sigma = _check_positive("sigma", sigma)
+    sigma = finite_positive("sigma", sigma)
     order = _check_order(order)
     if isinstance(num_classes, bool) or not isinstance(num_classes, Integral) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
@@ -1028,7 +1020,7 @@ def pate_data_dependent_epsilon(
     """
     counts = _check_votes(votes)
     n, c = counts.shape
-    sigma = _check_positive("sigma", sigma)
+    sigma = finite_positive("sigma", sigma)
     delta = _check_delta(delta)
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
@@ -1040,7 +1032,7 @@ def pate_data_dependent_epsilon(
     confident = threshold is not None
     if confident:
         threshold = _check_threshold(threshold)
-        sigma_threshold = _check_positive("sigma_threshold", sigma_threshold)
+        sigma_threshold = finite_positive("sigma_threshold", sigma_threshold)
     if answered is None:
         mask = np.ones(n, dtype=bool)
     else:
@@ -1066,7 +1058,7 @@ def pate_data_dependent_epsilon(
             raise ValueError(f"beta must be a number > 0, got {beta!r}")
         beta = float(beta)
     if sigma_ss is not None:
-        sigma_ss = _check_positive("sigma_ss", sigma_ss)
+        sigma_ss = finite_positive("sigma_ss", sigma_ss)
 
     ans_counts = counts[mask]
     num_answered = int(ans_counts.shape[0])

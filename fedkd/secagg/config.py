@@ -6,8 +6,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from fedkd.config import _positive, register_section
+from fedkd.config import register_section
 from fedkd.errors import ConfigError
+from fedkd.validate import positive
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,8 @@ class SecAggConfig:
                 "survivors into groups whose sums the server could unmask separately; use > 0.5")
         if self.noise_multiplier < 0 or not math.isfinite(self.noise_multiplier):
             raise ConfigError(f"secagg.noise-multiplier must be >= 0, got {self.noise_multiplier!r}")
-        _positive("secagg.clip", self.clip)
-        _positive("secagg.max-weight", self.max_weight)
+        positive("secagg.clip", self.clip)
+        positive("secagg.max-weight", self.max_weight)
         if self.min_clients < 0:
             raise ConfigError(f"secagg.min-clients must be >= 0, got {self.min_clients!r}")
 

@@ -13,6 +13,7 @@ from torch import nn
 from fedkd.data.datasets import ArrayDataset
 from fedkd.errors import ConfigError
 from fedkd.registry import Registry
+from fedkd.validate import positive
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,7 @@ class SynthesisConfig:
                                   f"got {getattr(self, key)!r}")
         if self.every < 0:
             raise ConfigError(f"synthesis.every must be >= 0 (0: round 1 only), got {self.every!r}")
-        if not self.lr > 0:
-            raise ConfigError(f"synthesis.lr must be > 0, got {self.lr!r}")
+        positive("synthesis.lr", self.lr)
         if not 0.0 <= self.label_weight <= 1.0:
             raise ConfigError(f"synthesis.label-weight must be in [0, 1], got {self.label_weight!r}")
         for key in ("ce_weight", "bn_weight", "tv_weight", "l2_weight", "diversity_weight"):
@@ -104,6 +104,7 @@ class Synthesizer(ABC):
     not only stated.
     """
 
+    #: Registry name (``synthesis.method``), set by ``@SYNTHESIZERS.register(name)``.
     name: ClassVar[str]
     #: Whether the client's private training data is read.
     reads_data: ClassVar[bool]

@@ -14,6 +14,9 @@ ROOT = Path(__file__).resolve().parents[2]
 LAYERS = {
     "fedkd.errors": ("fedkd.config", "fedkd.algorithms", "fedkd.aggregation", "fedkd.compose"),
     "fedkd.registry": ("fedkd.config", "fedkd.algorithms", "fedkd.aggregation", "fedkd.compose"),
+    # The shared validators sit beside the errors: nothing of fedkd but fedkd.errors, no numpy.
+    "fedkd.validate": ("fedkd.registry", "fedkd.config", "fedkd.data", "fedkd.models",
+                       "fedkd.losses", "fedkd.algorithms", "fedkd.aggregation", "numpy", "torch"),
     "fedkd.config": ("fedkd.algorithms", "fedkd.aggregation", "fedkd.privacy", "fedkd.compose",
                      "fedkd.training", "torch"),
     "fedkd.aggregation": ("fedkd.algorithms", "fedkd.compose", "fedkd.training", "torch"),
