@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.sim_overhead import TreeSampler, run_watched  # noqa: E402
+from benchmarks.process_sampler import TreeSampler, run_watched  # noqa: E402
 from fedkd.runtime.launch import SimulationSuperLink  # noqa: E402
 from fedkd.results import read_metrics  # noqa: E402
 
