@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from fedkd.config import register_section
+from fedkd.config import AggregationConfig, register_section
 from fedkd.errors import ConfigError
 from fedkd.registry import Registry
 from fedkd.validate import finite_positive
@@ -189,7 +189,8 @@ class AggregationRule(ABC):
     name: ClassVar[str]
     Options: ClassVar[type | None] = None
     """The rule's own options: a frozen dataclass whose fields are keyword arguments of
-    ``__init__``; it is the config section ``aggregation.<name>`` (``None``: no options)."""
+    ``__init__``; it is the config section ``aggregation.<name>`` (``None``: no options), and
+    the one place their defaults live (``__init__`` takes its defaults from it)."""
 
     # -- capabilities (what an algorithm, the config checks or secure aggregation may rely on) --
     needs_counts: ClassVar[bool] = False
@@ -202,6 +203,9 @@ class AggregationRule(ABC):
     sum_decomposable: ClassVar[bool] = False
     """Its targets are a function of sums over teachers (numerator and denominator), so it can
     run on securely aggregated sums."""
+    data_dependent_privacy: ClassVar[bool] = False
+    """Its vote histograms (:attr:`Targets.votes`) get PATE's data-dependent privacy analysis
+    after the last round (the rule has ``sigma``, ``threshold`` and ``sigma_threshold``)."""
 
     uses_weights: ClassVar[bool] = False
     """Whether the rule takes ``weights``; rules that do not raise when weights are given."""
@@ -211,7 +215,7 @@ class AggregationRule(ABC):
     """``"sample"``: weights are ``[K]`` or ``[K, N]``; ``"class"``: ``[K]`` or ``[K, C]``."""
     randomized: ClassVar[bool] = False  # draws noise: use aggregate(..., rng=...), not rule(...)
 
-    def __init__(self, temperature: float = 1.0) -> None:
+    def __init__(self, temperature: float = AggregationConfig.temperature) -> None:
         self.temperature = finite_positive("temperature", temperature)
 
     # -- public entry points -----------------------------------------------------------------

@@ -38,6 +38,7 @@ from fedkd.aggregation.base import (
     masked_average,
     softmax,
 )
+from fedkd.config import AggregationConfig
 
 __all__ = ["ERAOptions", "ERARule"]
 
@@ -64,12 +65,13 @@ class ERARule(AggregationRule):
     temperature
         Softening temperature ``T > 0`` applied to the teachers' logits.
     era_temperature
-        ``T_era`` in ``(0, 1)`` for mode ``"temperature"`` (default 0.1, as in DS-FL/SCARLET).
+        ``T_era`` in ``(0, 1)`` for mode ``"temperature"`` (the default, DS-FL's and SCARLET's
+        value, and those of the other options are :class:`ERAOptions`'s).
     mode
         ``"temperature"`` (DS-FL: ``softmax(pbar / T_era)``) or ``"power"`` (SCARLET enhanced
         ERA: ``pbar**beta`` normalised).
     beta
-        Exponent ``> 1`` for mode ``"power"`` (default 2).
+        Exponent ``> 1`` for mode ``"power"``.
     """
 
     Options = ERAOptions
@@ -77,11 +79,11 @@ class ERARule(AggregationRule):
 
     def __init__(
         self,
-        temperature: float = 1.0,
+        temperature: float = AggregationConfig.temperature,
         *,
-        era_temperature: float = 0.1,
-        mode: ERAMode = "temperature",
-        beta: float = 2.0,
+        era_temperature: float = ERAOptions.era_temperature,
+        mode: ERAMode = ERAOptions.mode,
+        beta: float = ERAOptions.beta,
     ) -> None:
         super().__init__(temperature)
         if mode not in _MODES:

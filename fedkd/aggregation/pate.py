@@ -70,6 +70,7 @@ from fedkd.aggregation.base import (
     FloatArray,
     Targets,
 )
+from fedkd.config import AggregationConfig
 from fedkd.validate import finite_non_negative
 
 __all__ = ["PateOptions", "PateRule", "vote_counts"]
@@ -113,13 +114,14 @@ class PateRule(AggregationRule):
         Accepted for interface uniformity; ignored (it cannot change an argmax).
     sigma
         Standard deviation ``>= 0`` of the Gaussian noise added to each vote count (GNMax's
-        ``sigma_2``; default 40 as in the paper). 0 gives the noiseless, non-private vote.
+        ``sigma_2``; the default, :class:`PateOptions`'s, is the paper's). 0 gives the noiseless,
+        non-private vote.
     threshold
         Confident-GNMax threshold ``T`` on the noisy top count, or ``None`` (default) to answer
         every sample.
     sigma_threshold
         Standard deviation ``>= 0`` of the noise on the top count in the threshold step
-        (``sigma_1``; default 150); used only with a ``threshold``.
+        (``sigma_1``; default: :class:`PateOptions`); used only with a ``threshold``.
 
     Notes
     -----
@@ -130,6 +132,7 @@ class PateRule(AggregationRule):
     Options = PateOptions
     randomized = True
     client_level_privacy = True
+    data_dependent_privacy = True
 
     @classmethod
     def from_options(cls, temperature: float, options: PateOptions | None) -> PateRule:
@@ -140,11 +143,11 @@ class PateRule(AggregationRule):
 
     def __init__(
         self,
-        temperature: float = 1.0,
+        temperature: float = AggregationConfig.temperature,
         *,
-        sigma: float = 40.0,
-        threshold: float | None = None,
-        sigma_threshold: float = 150.0,
+        sigma: float = PateOptions.sigma,
+        threshold: float | None = None,  # PateOptions.threshold = 0: none
+        sigma_threshold: float = PateOptions.sigma_threshold,
     ) -> None:
         super().__init__(temperature)
         self.sigma = finite_non_negative("sigma", sigma)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedkd.aggregation.base import AGGREGATORS, AggregationRule, BoolArray, FloatArray, softmax
+from fedkd.config import AggregationConfig
 
 __all__ = ["TrimmedMeanOptions", "TrimmedMeanRule"]
 
@@ -42,13 +43,14 @@ class TrimmedMeanRule(AggregationRule):
         Softening temperature ``T > 0``.
     trim_fraction
         ``beta`` in ``[0, 0.5)``: drop ``int(beta * K_n)`` lowest and highest values per
-        coordinate (default 0.2).
+        coordinate (default: :class:`TrimmedMeanOptions`).
     """
 
     Options = TrimmedMeanOptions
     needs_logits = True
 
-    def __init__(self, temperature: float = 1.0, *, trim_fraction: float = 0.2) -> None:
+    def __init__(self, temperature: float = AggregationConfig.temperature, *,
+                 trim_fraction: float = TrimmedMeanOptions.trim_fraction) -> None:
         super().__init__(temperature)
         if (
             isinstance(trim_fraction, bool)

@@ -409,7 +409,7 @@ class Algorithm(ABC):
         (:func:`fedkd.privacy.pate_analysis.pate_data_dependent_epsilon`: GNMax charged on the
         answered queries, the threshold step on all, sanitised by smooth sensitivity) beside
         the data-independent one. Empty when no voting rule ran."""
-        if not self.votes or self.rule.name != "pate":
+        if not self.votes or not self.rule.data_dependent_privacy:
             return {}
         from fedkd.privacy.pate_analysis import pate_data_dependent_epsilon
 

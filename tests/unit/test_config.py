@@ -18,6 +18,32 @@ def test_pyproject_defaults_match_dataclass_defaults() -> None:
     assert pyproject_defaults(PYPROJECT) == build_config({}).to_flat()
 
 
+def test_every_registered_section_is_in_pyproject_with_its_defaults() -> None:
+    # Section by section (core, rules' options, algorithms' and other plugins' sections), so a
+    # failure names the section whose defaults drifted.
+    from fedkd.compose import load_plugins
+    from fedkd.config import SECTIONS
+
+    load_plugins()
+    flat, pyproject = build_config({}).to_flat(), pyproject_defaults(PYPROJECT)
+    core = sorted({k.split(".", 1)[0] for k in flat if "." in k} - set(SECTIONS))
+    for path in [*core, *sorted(SECTIONS)]:
+        ours = {k: v for k, v in flat.items() if k.startswith(path + ".")
+                and not any(k.startswith(p + ".") for p in SECTIONS if len(p) > len(path))}
+        assert ours, f"section {path} has no keys"
+        assert {k: pyproject.get(k) for k in ours} == ours, f"[tool.flwr.app.config.{path}]"
+
+
+def test_a_rules_constructor_takes_its_defaults_from_its_options() -> None:
+    # A rule's option defaults live in its Options dataclass (and aggregation.temperature's in
+    # AggregationConfig): the rule built with no arguments equals the configured default rule.
+    from fedkd.aggregation import AGGREGATORS
+
+    for name in AGGREGATORS:
+        configured = build_rule(build_config({"aggregation.rule": name}))
+        assert AGGREGATORS.get(name)().options() == configured.options(), name
+
+
 def test_from_flat_round_trips() -> None:
     flat = build_config({}).to_flat()
     flat.update({"seed": 7, "data.alpha": 0.1, "train.model": "mlp", "federation.min-nodes": 3})
