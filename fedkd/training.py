@@ -183,11 +183,6 @@ def model_with_state(
     return model.train()
 
 
-def clear_model_cache() -> None:
-    """Forget the models :func:`model_with_state` keeps."""
-    _MODELS.clear()
-
-
 def seeded_generator(*seeds: int) -> torch.Generator:
     """A ``torch.Generator`` seeded from several integers (run seed, round, client...)."""
     seed = int(np.random.SeedSequence([int(s) for s in seeds]).generate_state(1, np.uint64)[0])
