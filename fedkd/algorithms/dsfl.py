@@ -23,14 +23,22 @@ it unlabeled):
 What leaves a client: logits on public inputs [n, C] (and label counts [C] with ``classwise`` or
 ``weighted``), never weights or private data. Under DP-SGD the logits are post-processing of a
 DP model; label counts are noised and charged. Architectures may differ per client.
+
+Two hooks let a variant change what the round shares without repeating it: :meth:`DSFL.fit_upload`
+(what a client sends up after training) and :meth:`DSFL.combine_answers` (how the server turns
+the answers into targets). Selective-FD (``selective_fd.py``) replaces both; synthetic-proxy
+(``synthetic_proxy.py``) runs the same round on a pool of synthetic images.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
+from torch import nn
+
 from fedkd.algorithms.base import ClientContext, Exchange, train_metrics
-from fedkd.algorithms.public_set import PublicSetAlgorithm
+from fedkd.algorithms.public_set import ProxyAnswers, PublicSetAlgorithm
 from fedkd.algorithms.registry import ALGORITHMS
 from fedkd.protocol import Payload, PhaseSpec
 
@@ -56,20 +64,25 @@ class DSFL(PublicSetAlgorithm):
 
     def share_and_teach(self, rnd: int, nodes: Sequence[int], exchange: Exchange,
                         phase: Callable[[int], PhaseSpec]) -> dict[str, float]:
-        """Ask ``nodes`` for logits on announced proxy samples in ``phase(n)``, aggregate them,
-        distil the server's student and the clients on the targets."""
+        """Ask ``nodes`` for logits on announced proxy samples in ``phase(n)``, combine them into
+        targets (:meth:`combine_answers`), distil the server's student and the clients on them."""
         asked = self.ask(rnd, nodes, exchange, phase)
-        targets = self.teacher_targets(asked)
-        indices, probs = asked.indices[targets.answered], targets.probs[targets.answered]
-        teachers = asked.teachers
-        trained = all("loss" in r.metrics for r in asked.replies)  # the phase trained first
-        metrics = {"teachers": len(teachers), "answered": len(indices),
-                   **(train_metrics(asked.replies) if trained else {})}
+        indices, probs, metrics = self.combine_answers(asked)
         if len(indices) == 0:
             return metrics
-        student, _ = self.teach(rnd, teachers, indices, probs, exchange, self.DISTILL_PHASE)
+        student, _ = self.teach(rnd, asked.teachers, indices, probs, exchange, self.DISTILL_PHASE)
         return {**metrics, **self.public_accuracy(indices, probs),
                 "student-distill-loss": student.loss}
+
+    def combine_answers(self, asked: ProxyAnswers) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+        """Server hook: the public indices the round distils on, their targets [n, C] and the
+        round's metrics so far. DS-FL: the rule's targets (ERA) on every sample it answered."""
+        targets = self.teacher_targets(asked)
+        indices, probs = asked.indices[targets.answered], targets.probs[targets.answered]
+        trained = all("loss" in r.metrics for r in asked.replies)  # the phase trained first
+        metrics = {"teachers": len(asked.teachers), "answered": len(indices),
+                   **(train_metrics(asked.replies) if trained else {})}
+        return indices, probs, metrics
 
     # ----- client half --------------------------------------------------------------------
     def client_phase(self, phase: str, request: Payload, client: ClientContext) -> Payload:
@@ -80,11 +93,17 @@ class DSFL(PublicSetAlgorithm):
         if phase == "fit":
             stats = self.local_fit(client, model, rnd)  # private data; DP-SGD if on
             self.save_personal_model(client, model)
-            return Payload(arrays=self.upload(client, model, x_pub, rnd),
+            return Payload(arrays=self.fit_upload(request, client, model, x_pub, rnd),
                            metrics={"num-examples": n_train, "loss": stats.loss,
                                     "accuracy": stats.accuracy})
         if phase != "distill":
-            raise ValueError(f"dsfl has no client phase {phase!r}")
+            raise ValueError(f"{self.name} has no client phase {phase!r}")
         stats = self.distill_on_targets(request, client, model, x_pub, rnd)
         self.save_personal_model(client, model)
         return Payload(metrics={"num-examples": n_train, "loss": stats.loss})
+
+    def fit_upload(self, request: Payload, client: ClientContext, model: nn.Module,
+                   x_pub: np.ndarray, rnd: int) -> dict[str, np.ndarray]:
+        """Client hook: what a client sends up in ``fit`` for the announced samples ``x_pub``,
+        after training. DS-FL: :meth:`upload` (its logits on every sample)."""
+        return self.upload(client, model, x_pub, rnd)

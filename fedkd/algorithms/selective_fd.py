@@ -1,7 +1,7 @@
 r"""Selective-FD (Shao, Wu & Zhang, Nature Communications 2024, arXiv 2304.01731).
 
 Federated distillation on an unlabeled proxy set that every node holds, with two knowledge
-selectors (``fedkd/selection.py``). Round t, announced proxy indices :math:`I_t`:
+selectors (``selective_fd_selectors.py``). Round t, announced proxy indices :math:`I_t`:
 
 1. **local update + selective upload** (phase ``fit``): each sampled client k trains on its
    private data (``train.local-steps`` of cross-entropy), then answers on :math:`x_{I_t}` with its
@@ -27,6 +27,10 @@ selectors (``fedkd/selection.py``). Round t, announced proxy indices :math:`I_t`
    :math:`T^2\,\mathrm{KL}(t_i \,\|\, \sigma(f(x_i)/T))` (cross-entropy to the soft target up to a
    constant) over the kept samples (``distill.server-steps`` and ``distill.steps`` steps).
 
+Steps 1 (local update) and 4 are DS-FL's round (``dsfl.py``); this module replaces its two hooks:
+what a client uploads (:meth:`SelectiveFD.fit_upload`: the masked logits and the mask) and how
+the server combines the answers (:meth:`SelectiveFD.combine_answers`: steps 2 and 3).
+
 What leaves a client: logits [n, C] on public inputs and an answer mask [n] (uint8, declared and
 validated as every array is), never weights or private data. The mask depends on the private
 data through the density-ratio estimator, which no DP mechanism here covers, so Selective-FD
@@ -37,13 +41,14 @@ the server student's global accuracy and the clients' personalised accuracy.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from torch import nn
 
-from fedkd.algorithms.base import ClientContext, Exchange, train_metrics
-from fedkd.algorithms.public_set import PublicSetAlgorithm
+from fedkd.algorithms.base import ClientContext, train_metrics
+from fedkd.algorithms.dsfl import DSFL
+from fedkd.algorithms.public_set import ProxyAnswers
 from fedkd.algorithms.registry import ALGORITHMS
 from fedkd.config import RunConfig
 from fedkd.errors import ConfigError
@@ -84,9 +89,12 @@ class SelectiveFDConfig:
 
 
 @ALGORITHMS.register("selective-fd")
-class SelectiveFD(PublicSetAlgorithm):
+class SelectiveFD(DSFL):
     """Selective knowledge sharing: clients answer only on proxy samples like their data; the
-    server keeps only confident ensemble targets."""
+    server keeps only confident ensemble targets. DS-FL's round with its two hooks replaced:
+    :meth:`fit_upload` (logits masked by the client-side selector, and the mask) and
+    :meth:`combine_answers` (the rule over the clients that answered each sample, then the
+    server-side selector)."""
 
     #: Its server filters on the ensemble's per-sample entropy after masking out teachers with
     #: their answer masks: not (yet) expressed as sums.
@@ -115,30 +123,25 @@ class SelectiveFD(PublicSetAlgorithm):
         return self.logits_spec("fit", "train", n, extra=mask, check=self.check_mask(MASK),
                                 reply_metrics=("loss", "accuracy"))
 
-    #: Distillation on the kept targets: targets down, metrics only up.
-    DISTILL_PHASE = PhaseSpec(name="distill", message_type="train", reply_metrics=("loss",))
-
-    # ----- server half --------------------------------------------------------------------
-    def run_round(self, rnd: int, nodes: Sequence[int], exchange: Exchange) -> dict[str, float]:
-        asked = self.ask(rnd, nodes, exchange, self.fit_phase)
+    # ----- server half: DS-FL's round (share_and_teach), these targets ---------------------
+    def combine_answers(self, asked: ProxyAnswers) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+        """The rule over the clients that answered each sample (samples nobody answered are
+        dropped), then the server-side selector: only targets of low normalised entropy."""
         indices, teachers, replies, logits = asked.indices, asked.teachers, asked.replies, asked.logits
         answers = np.stack([r.arrays[MASK] for r in replies]).astype(bool)  # [K, n]
         metrics = {"teachers": len(teachers), "answers-per-client": float(answers.sum(axis=1).mean()),
                    **train_metrics(replies)}
         answered = answers.any(axis=0)  # samples at least one client answered
         if not answered.any():
-            return {**metrics, "answered": 0, "kept": 0}
+            return (indices[:0], np.zeros((0, self.num_classes), np.float32),
+                    {**metrics, "answered": 0, "kept": 0})
         sub = logits[:, answered]
         weights = self.teacher_weights(replies, sub)
         agg = self.aggregate_teachers(self.rule, sub, self._rng, weights=weights,
                                       mask=answers[:, answered])
         kept = agg.answered & entropy_mask(agg.probs, self.options.entropy_threshold)
-        idx, probs = indices[answered][kept], agg.probs[kept]
         metrics.update({"answered": int(answered.sum()), "kept": int(kept.sum())})
-        if len(idx) == 0:
-            return metrics
-        student, _ = self.teach(rnd, teachers, idx, probs, exchange, self.DISTILL_PHASE)
-        return {**metrics, **self.public_accuracy(idx, probs), "student-distill-loss": student.loss}
+        return indices[answered][kept], agg.probs[kept], metrics
 
     # ----- client half --------------------------------------------------------------------
     def in_distribution(self, client: ClientContext) -> np.ndarray:
@@ -164,23 +167,13 @@ class SelectiveFD(PublicSetAlgorithm):
         client.state[MASK_KEY] = mask.astype(np.uint8)
         return mask
 
-    def client_phase(self, phase: str, request: Payload, client: ClientContext) -> Payload:
-        rnd = int(request.config["round"])
-        model = self.personal_model(client)
-        x_pub = self.public_inputs(request, client)
-        n_train = len(client.data.train)
-        if phase == "fit":
-            stats = self.local_fit(client, model, rnd)
-            self.save_personal_model(client, model)
-            indices = np.asarray(request.config["indices"], dtype=np.int64)
-            answer = self.in_distribution(client)[indices]
-            arrays = self.upload(client, model, x_pub, rnd)
-            arrays["logits"][~answer] = 0.0  # no answer: zeros
-            arrays[MASK] = answer.astype(np.uint8)
-            return Payload(arrays=arrays, metrics={"num-examples": n_train, "loss": stats.loss,
-                                                   "accuracy": stats.accuracy})
-        if phase != "distill":
-            raise ValueError(f"selective-fd has no client phase {phase!r}")
-        stats = self.distill_on_targets(request, client, model, x_pub, rnd)
-        self.save_personal_model(client, model)
-        return Payload(metrics={"num-examples": n_train, "loss": stats.loss})
+    def fit_upload(self, request: Payload, client: ClientContext, model: nn.Module,
+                   x_pub: np.ndarray, rnd: int) -> dict[str, np.ndarray]:
+        """DS-FL's upload with the rows the client-side selector drops sent as zeros, and the
+        answer mask."""
+        indices = np.asarray(request.config["indices"], dtype=np.int64)
+        answer = self.in_distribution(client)[indices]
+        arrays = super().fit_upload(request, client, model, x_pub, rnd)
+        arrays["logits"][~answer] = 0.0  # no answer: zeros
+        arrays[MASK] = answer.astype(np.uint8)
+        return arrays

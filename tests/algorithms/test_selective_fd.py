@@ -73,3 +73,14 @@ def test_selective_fd_refuses_privacy_it_cannot_cover() -> None:
                       "privacy.noise-multiplier": 1.0})
     with pytest.raises(ConfigError, match="selective-fd.ratio-quantile must be in"):
         build_config({"algorithm": "selective-fd", "selective-fd.ratio-quantile": 1.5})
+
+
+def test_selective_fd_is_dsfl_with_its_two_hooks_replaced() -> None:
+    # The round (share_and_teach), the client's phases and the distillation are DS-FL's, once.
+    from fedkd.algorithms.dsfl import DSFL
+
+    assert issubclass(SelectiveFD, DSFL)
+    assert SelectiveFD.DISTILL_PHASE is DSFL.DISTILL_PHASE
+    own = {name for name, value in vars(SelectiveFD).items() if callable(value)}
+    assert {"fit_upload", "combine_answers"} <= own
+    assert not own & {"run_round", "share_and_teach", "client_phase", "teach", "distill_on_targets"}
