@@ -11,9 +11,10 @@ imports every module in them, and each module registers itself (and its config s
 Packages outside fedkd can add plugins through the ``fedkd.plugins`` entry-point group: each
 entry point names a module to import.
 
-Layers (each imports only those before it): ``errors``, ``registry`` < ``data``, ``models``,
-``losses``, ``attacks`` < ``config`` < ``aggregation``, ``privacy``, ``protocol`` < ``training`` <
-``algorithms`` < ``compose`` < ``server``, ``client``, the CLI. A test imports each package alone.
+Layers (each imports only those before it): ``errors``, ``validate``, ``registry`` < ``data``,
+``models``, ``losses``, ``attacks`` < ``config`` < ``aggregation``, ``privacy``, ``protocol`` <
+``training`` < ``algorithms`` < ``compose`` < ``server``, ``client``, the CLI. A test imports each
+package alone.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def build_config(flat: Mapping[str, Scalar]) -> RunConfig:
     from fedkd.aggregation import build_rule
     from fedkd.algorithms import ALGORITHMS
     from fedkd.data.datasets import DATASETS
+    from fedkd.losses import DISTILLATION_LOSSES
     from fedkd.models import MODELS
     from fedkd.privacy import check_privacy_config
 
@@ -71,22 +73,23 @@ def build_config(flat: Mapping[str, Scalar]) -> RunConfig:
     checks = [(ALGORITHMS, cfg.algorithm, "algorithm"), (MODELS, cfg.train.model, "train.model"),
               (DATASETS, cfg.data.dataset, "data.dataset")]
     checks += [(MODELS, m, "train.client-models") for m in cfg.train.client_model_list]
-    for registry, name, key in checks:
-        if name not in registry:
-            raise ConfigError(f"{key}: unknown {registry.kind} {name!r}; valid names: "
-                              f"{', '.join(registry.names())}")
+    _check_names(checks)
     build_rule(cfg)
-    from fedkd.losses import DISTILLATION_LOSSES
-
-    if cfg.distill.loss not in DISTILLATION_LOSSES:
-        raise ConfigError(f"distill.loss: unknown distillation loss {cfg.distill.loss!r}; valid "
-                          f"names: {', '.join(sorted(DISTILLATION_LOSSES))}")
+    _check_names([(DISTILLATION_LOSSES, cfg.distill.loss, "distill.loss")])
     algorithm = ALGORITHMS.get(cfg.algorithm)
     algorithm.check_config(cfg)
     if cfg.aggregation.secure:
         check_secure_aggregation(cfg, algorithm, ALGORITHMS)
     check_privacy_config(cfg.privacy, cfg.num_server_rounds * algorithm.releases_per_round(cfg))
     return cfg
+
+
+def _check_names(checks) -> None:  # noqa: ANN001 - (registry, name, key) triples
+    """Refuse a name that its registry lacks, naming the key and listing the valid names."""
+    for registry, name, key in checks:
+        if name not in registry:
+            raise ConfigError(f"{key}: unknown {registry.kind} {name!r}; valid names: "
+                              f"{', '.join(registry.names())}")
 
 
 def check_secure_aggregation(cfg: RunConfig, algorithm: type, algorithms) -> None:  # noqa: ANN001

@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fedkd.registry import Registry
+
 __all__ = [
     "softened_probs",
     "kd_kl",
@@ -65,6 +67,15 @@ RelationKind = Literal["distance", "cosine"]
 
 # Largest accepted deviation of a probability row's sum from 1 (covers float16/bfloat16 averages).
 _PROB_SUM_ATOL = 1e-3
+
+#: A loss between student logits ``[N, C]`` and target probabilities ``[N, C]`` at a temperature:
+#: ``loss(student_logits, target_probs, temperature, reduction="mean")``; ``reduction="none"``
+#: gives one value per row.
+DistillationLoss = Callable[..., Tensor]
+
+#: ``distill.loss`` names -> loss(student_logits, target_probs, temperature): the losses towards
+#: aggregated targets, each registered where it is defined.
+DISTILLATION_LOSSES: Registry[DistillationLoss] = Registry("distillation loss")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,6 +299,7 @@ def kd_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) ->
     return (t * t) * _kl_rows(log_p_t.exp(), log_p_t, log_p_s).mean()
 
 
+@DISTILLATION_LOSSES.register("kl")
 def kd_kl_from_probs(student_logits: Tensor, teacher_probs: Tensor, temperature: float,
                      reduction: str = "mean") -> Tensor:
     r"""Survey eq. (1.1.3) with the teacher given as probabilities (e.g. aggregated soft targets).
@@ -932,11 +944,6 @@ def diversity_loss(noise: Tensor, outputs: Tensor) -> Tensor:
 # Distillation towards aggregated targets, chosen by name (``distill.loss``)
 # --------------------------------------------------------------------------------------------
 
-#: A loss between student logits ``[N, C]`` and target probabilities ``[N, C]`` at a temperature:
-#: ``loss(student_logits, target_probs, temperature, reduction="mean")``; ``reduction="none"``
-#: gives one value per row.
-DistillationLoss = Callable[..., Tensor]
-
 #: Smallest target probability whose log is taken (one-hot targets would give ``-inf``).
 _MIN_TARGET_PROB = 1e-7
 
@@ -950,6 +957,7 @@ def _target_logits(teacher_probs: Tensor, temperature: float) -> Tensor:
     return _centred(temperature * torch.log(teacher_probs.clamp_min(_MIN_TARGET_PROB)))
 
 
+@DISTILLATION_LOSSES.register("l1-logits")
 def l1_logits_from_probs(student_logits: Tensor, teacher_probs: Tensor, temperature: float,
                          reduction: str = "mean") -> Tensor:
     r"""FedMD's consensus loss (Li & Wang 2019): L1 between student and target *logits*.
@@ -974,6 +982,7 @@ def l1_logits_from_probs(student_logits: Tensor, teacher_probs: Tensor, temperat
     return _reduce(diff.abs().mean(dim=1), reduction)
 
 
+@DISTILLATION_LOSSES.register("mse-logits")
 def mse_logits_from_probs(student_logits: Tensor, teacher_probs: Tensor, temperature: float,
                           reduction: str = "mean") -> Tensor:
     r"""Mean squared error between row-centred student and target logits (survey eq. 1.1.1's
@@ -991,18 +1000,6 @@ def mse_logits_from_probs(student_logits: Tensor, teacher_probs: Tensor, tempera
     return _reduce(diff.pow(2).mean(dim=1), reduction)
 
 
-#: ``distill.loss`` names -> loss(student_logits, target_probs, temperature).
-DISTILLATION_LOSSES: dict[str, DistillationLoss] = {
-    "kl": kd_kl_from_probs,
-    "l1-logits": l1_logits_from_probs,
-    "mse-logits": mse_logits_from_probs,
-}
-
-
 def distillation_loss(name: str) -> DistillationLoss:
-    """The distillation loss registered as ``name`` (``ValueError`` listing the valid names)."""
-    try:
-        return DISTILLATION_LOSSES[name]
-    except KeyError as err:
-        raise ValueError(f"unknown distillation loss {name!r}; valid names: "
-                         f"{', '.join(sorted(DISTILLATION_LOSSES))}") from err
+    """The distillation loss registered as ``name`` (a ``ValueError`` listing the valid names)."""
+    return DISTILLATION_LOSSES.get(name)
