@@ -1,9 +1,9 @@
-"""README's deployment recipe, run as written (marked ``e2e``).
+"""The deployment recipe of docs/deployment.md, run as written (marked ``e2e``).
 
-The four ``bash`` blocks of the section "Deployment: a TLS SuperLink, authenticated SuperNodes"
-run in order in a scratch directory: the exports, the credentials, the SuperLink (in the
-background, as "terminal 1"), then the connection, the registrations, two SuperNodes (with
-``state-dir`` and ``warm-dir``) and ``flwr run``. Only what a scratch directory forces is
+The four ``bash`` blocks of its section "The recipe: a TLS SuperLink and authenticated
+SuperNodes" run in order in a scratch directory: the exports, the credentials, the SuperLink
+(in the background, as "terminal 1"), then the connection, the registrations, two SuperNodes
+(with ``state-dir`` and ``warm-dir``) and ``flwr run``. Only what a scratch directory forces is
 changed: free ports for 9092/9094/9095, and the repository's path for ``.`` (the app) and
 ``.venv``. Every process the recipe starts is stopped by PID.
 """
@@ -27,12 +27,15 @@ from fedkd.runtime.launch import descendants, free_port, stop_process
 from fedkd.results import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
-SECTION = "## Deployment: a TLS SuperLink, authenticated SuperNodes"
+RECIPE_DOC = REPO / "docs" / "deployment.md"
+SECTION = "## The recipe: a TLS SuperLink and authenticated SuperNodes"
 pytestmark = pytest.mark.e2e
 
 
-def recipe_blocks() -> list[str]:
-    text = (REPO / "README.md").read_text()
+def recipe_blocks(text: str | None = None) -> list[str]:
+    """The ``bash`` blocks of the recipe's section (of ``text``, else of :data:`RECIPE_DOC`)."""
+    if text is None:
+        text = RECIPE_DOC.read_text()
     section = text[text.index(SECTION):]
     section = section[:section.index("\n## ", len(SECTION))]
     return [textwrap.dedent(b) for b in re.findall(r"```bash\n(.*?)```", section, re.S)]
