@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import DP_EPSILON_8, ROOT, fmt, run_simulation, slug, summarise_run
-from fedkd.experiments.report import mean_std, mean_std_cell, paired_cell, paired_mean_std
+from fedkd.experiments.report import mean_std, mean_std_cell, paired_cell, paired_mean_std, table_lines
 
 #: Paired differences from FedAvg: each algorithm's global accuracy minus FedAvg's on the same
 #: seed (the same partitions and sampled clients), mean ± std (n - 1) over the seeds both have.
@@ -57,9 +57,9 @@ PAIRED = "Δ vs FedAvg (paired)"
 #: 0.3 CE(t(x), y) - KL(t(x) || s(x)). In a 10-client exploration (fedgen-cnn, 15 rounds, alpha 0.1,
 #: one seed) the global student reached 0.576 with it against 0.528 with CE alone (weight 1).
 FEDGEN_LOGITS: dict[str, Any] = {
-    "algorithm": "fedgen-logits", "fedgen.generator-steps": 0, "fedgen.zo-directions": 2,
-    "fedgen.generator-queries": 4, "fedgen.synthetic-batch": 64, "fedgen.generator-lr": 0.002,
-    "aggregation.rule": "weighted", "fedgen.adversarial-weight": 1.0, "fedgen.teacher-ce-weight": 0.3,
+    "algorithm": "fedgen-logits", "fedgen.generator-steps": 0, "fedgen-logits.zo-directions": 2,
+    "fedgen-logits.generator-queries": 4, "fedgen-logits.synthetic-batch": 64, "fedgen.generator-lr": 0.002,
+    "aggregation.rule": "weighted", "fedgen-logits.adversarial-weight": 1.0, "fedgen-logits.teacher-ce-weight": 0.3,
 }
 
 #: FedGen-logits with the untrained low-frequency generator (random smooth images, no generator
@@ -68,9 +68,9 @@ FEDGEN_LOGITS: dict[str, Any] = {
 #: class column weighted by the teachers' label counts). One query of 1,536 samples per round:
 #: 61,440 bytes of logits up (61,958 measured with counts and framing: 107x fewer than FedAvg).
 FEDGEN_LOGITS_LOW_FREQUENCY: dict[str, Any] = {
-    "algorithm": "fedgen-logits", "fedgen.input-generator": "low-frequency",
-    "fedgen.generator-steps": 0, "fedgen.zo-directions": 0, "fedgen.generator-queries": 1,
-    "fedgen.synthetic-batch": 1536, "aggregation.rule": "classwise", "distill.server-steps": 200,
+    "algorithm": "fedgen-logits", "fedgen-logits.input-generator": "low-frequency",
+    "fedgen.generator-steps": 0, "fedgen-logits.zo-directions": 0, "fedgen-logits.generator-queries": 1,
+    "fedgen-logits.synthetic-batch": 1536, "aggregation.rule": "classwise", "distill.server-steps": 200,
 }
 
 #: synthetic-proxy's settings (fedkd/algorithms/synthetic_proxy.py): a pool of at most
@@ -144,10 +144,10 @@ def mean_or_none(values: list[float | None]) -> float | None:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    lines = [f"| alpha | algorithm | seeds | global acc | {PAIRED} | personalized acc "
-             "| bytes up / client / round | x fewer than FedAvg | s / round | epsilon "
-             "| leakage: NN ratio / MIA AUC |",
-             "|" + "---|" * 11]
+    header = ["alpha", "algorithm", "seeds", "global acc", PAIRED, "personalized acc",
+              "bytes up / client / round", "x fewer than FedAvg", "s / round", "epsilon",
+              "leakage: NN ratio / MIA AUC"]
+    cells = []
     for alpha in sorted({r["alpha"] for r in results}):
         rows = [r for r in results if r["alpha"] == alpha]
         base = [r["bytes-up-per-client-per-round"] for r in rows if r["name"] == "fedavg"]
@@ -166,9 +166,9 @@ def table(results: list[dict[str, Any]]) -> str:
             eps, nn_ratio, auc = (mean_or_none([r.get(k) for r in group])
                                   for k in ("epsilon-max", "leak-nn-ratio", "leak-mia-auc"))
             leak = "-" if nn_ratio is None else f"{nn_ratio:.3f} / {fmt(auc, '.3f')}"
-            lines.append(f"| {alpha} | {name} | {len(group)} | {g} | {paired} | {p} | "
-                         f"{up:,.0f} | {ratio} | {fmt(wall, '.1f')} | {fmt(eps, '.2f')} | {leak} |")
-    return "\n".join(lines)
+            cells.append([alpha, name, len(group), g, paired, p, f"{up:,.0f}", ratio,
+                          fmt(wall, ".1f"), fmt(eps, ".2f"), leak])
+    return "\n".join(table_lines(header, cells))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -41,7 +41,7 @@ from benchmarks.common import ROOT
 from fedkd.aggregation import AGGREGATORS, AggregationRule, build_aggregator
 from fedkd.data.datasets import ArrayDataset
 from fedkd.data.federated import DataSpec, FederatedData, load_federated
-from fedkd.experiments.report import mean_std, mean_std_cell
+from fedkd.experiments.report import mean_std, mean_std_cell, table_lines
 from fedkd.models.generators import InputGenerator, LowFrequencyGenerator
 from fedkd.models.zoo import build_model
 from fedkd.training import evaluate, fit_supervised, fit_to_targets, predict_logits, seeded_generator
@@ -180,17 +180,15 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "",
         f"Mean single-teacher accuracy: {teachers}",
         "",
-        "| ensemble of the 20 teachers, rule | test accuracy |",
-        "|---|---|",
     ]
-    for name in ENSEMBLE_RULES:
-        lines.append(f"| {name} | {seeds_cell([r['ensemble'][name] for r in results])} |")
-    lines += ["", "| student distilled on | rule | test accuracy |", "|---|---|---|"]
+    lines += table_lines(["ensemble of the 20 teachers, rule", "test accuracy"],
+                         ([name, seeds_cell([r["ensemble"][name] for r in results])]
+                          for name in ENSEMBLE_RULES))
     keys = dict.fromkeys(k for r in results for k in r["student"])
-    for key in keys:
-        source, rule_name = key.split(" | ")
-        lines.append(f"| {source} | {rule_name} | "
-                     f"{seeds_cell([r['student'][key] for r in results if key in r['student']])} |")
+    lines += [""] + table_lines(
+        ["student distilled on", "rule", "test accuracy"],
+        ([*key.split(" | "), seeds_cell([r["student"][key] for r in results if key in r["student"]])]
+         for key in keys))
     return "\n".join(lines) + "\n"
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import ROOT, fmt, run_simulation
+from fedkd.experiments.report import table_lines
 from fedkd.runtime import trace
 from fedkd.runtime.deploy import LocalFederation
 from fedkd.results import read_metrics
@@ -216,16 +217,13 @@ def main(argv: list[str] | None = None) -> None:
         + (" --no-evaluate" if args.no_evaluate else "")
         + (f" --name {args.name}" if args.name != "deployed_vs_sim" else ""),
         "",
-        "| path | round 1 (s) | later rounds, mean (s) | setup (s) | total (s) | personalized acc |",
-        "|---|---|---|---|---|---|",
+        *table_lines(["path", "round 1 (s)", "later rounds, mean (s)", "setup (s)", "total (s)",
+                      "personalized acc"],
+                     ([r["path"], fmt(r["round-1-s"], ".1f"), fmt(r["later-rounds-mean-s"], ".1f"),
+                       fmt(r["setup-s"], ".1f"), fmt(r["total-s"], ".1f"),
+                       fmt(r["personalized-accuracy"])] for r in results)),
+        "",
     ]
-    for r in results:
-        lines.append(
-            f"| {r['path']} | {fmt(r['round-1-s'], '.1f')} | {fmt(r['later-rounds-mean-s'], '.1f')} "
-            f"| {fmt(r['setup-s'], '.1f')} | {fmt(r['total-s'], '.1f')} "
-            f"| {fmt(r['personalized-accuracy'])} |"
-        )
-    lines.append("")
     for key, label in (("cold", "a process per message"), ("warm", "warm workers"),
                        ("fast", "warm workers, fedkd.runtime.supernode")):
         r = ratio[key]
@@ -234,24 +232,21 @@ def main(argv: list[str] | None = None) -> None:
                      f"whole command {fmt(r['total'], '.1f')}x.")
     lines += ["", "What each message's `flwr-clientapp` process spends importing the app (a fresh "
               "interpreter importing Flower's ClientApp runtime and the module, minus one importing "
-              "only the runtime; fastest of 3):", "",
-              "| module the process loads | import (s) |", "|---|---|"]
-    lines += [f"| `{m}` | {t:.2f} |" for m, t in imports.items()]
+              "only the runtime; fastest of 3):", ""]
+    lines += table_lines(["module the process loads", "import (s)"],
+                         ([f"`{m}`", f"{t:.2f}"] for m, t in imports.items()))
     lines += ["", "Where a deployed round's time goes, rounds 2 and later (the timing trace, "
               "`FEDKD_TRACE`, fedkd/runtime/trace.py): each segment's mean seconds per message, then the "
               "round: its phases' wall time (push to the last reply, the clients in parallel) "
-              "and the ServerApp's own time between phases.", "",
-              "| segment | what | " + " | ".join(r["path"] for r in deployments) + " |",
-              "|---|---|" + "---|" * len(deployments)]
-    for key, what in SEGMENTS.items():
-        lines.append(f"| {key} | {what} | " + " | ".join(
-            fmt(r["breakdown"]["segments-mean-s"][key], ".2f") for r in deployments) + " |")
-    for key, what in (("phases-per-round", "phases per round"),
-                      ("phases-wall-s", "phases' wall time per round (s)"),
-                      ("server-s", "ServerApp between phases per round (s)"),
-                      ("round-s", "round (s)")):
-        lines.append(f"| {key} | {what} | " + " | ".join(
-            fmt(r["breakdown"][key], ".2f") for r in deployments) + " |")
+              "and the ServerApp's own time between phases.", ""]
+    segments = [[key, what, *(fmt(r["breakdown"]["segments-mean-s"][key], ".2f") for r in deployments)]
+                for key, what in SEGMENTS.items()]
+    segments += [[key, what, *(fmt(r["breakdown"][key], ".2f") for r in deployments)]
+                 for key, what in (("phases-per-round", "phases per round"),
+                                   ("phases-wall-s", "phases' wall time per round (s)"),
+                                   ("server-s", "ServerApp between phases per round (s)"),
+                                   ("round-s", "round (s)"))]
+    lines += table_lines(["segment", "what", *(r["path"] for r in deployments)], segments)
     md = "\n".join(lines) + "\n"
     (out / f"{args.name}.md").write_text(md)
     (out / f"{args.name}.json").write_text(json.dumps(

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import ROOT, fmt, run_simulation, slug, summarise_run
+from fedkd.experiments.report import table_lines
 from fedkd.results import read_metrics
 
 DELTA = 1e-5
@@ -123,15 +124,15 @@ def main() -> None:
         f"`.venv/bin/python -m benchmarks.distributed_dp --rounds {args.rounds} --samples "
         f"{args.samples} --clip {args.clip:g} --name {args.name}`",
         "",
-        "| row | noise (z or sigma) | client-level epsilon (data-independent) | PATE data-dependent epsilon | final global acc | consensus acc of the last targets | bytes up / client / round |",
-        "|---|---|---|---|---|---|---|",
+        *table_lines(
+            ["row", "noise (z or sigma)", "client-level epsilon (data-independent)",
+             "PATE data-dependent epsilon", "final global acc", "consensus acc of the last targets",
+             "bytes up / client / round"],
+            ([r["row"], fmt(r["noise"], ".3g") if r["noise"] else "-",
+              fmt(r["server-epsilon"], ".2f"), fmt(r["server-epsilon-data-dependent"], ".2f"),
+              fmt(r["global-accuracy"]), fmt(r["consensus-accuracy"]),
+              f"{r['bytes-up-per-client-per-round']:,.0f}"] for r in results)),
     ]
-    for r in results:
-        lines.append(
-            f"| {r['row']} | {fmt(r['noise'], '.3g') if r['noise'] else '-'} | "
-            f"{fmt(r['server-epsilon'], '.2f')} | {fmt(r['server-epsilon-data-dependent'], '.2f')} | "
-            f"{fmt(r['global-accuracy'])} | {fmt(r['consensus-accuracy'])} | "
-            f"{r['bytes-up-per-client-per-round']:,.0f} |")
     (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

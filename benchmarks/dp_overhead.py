@@ -50,6 +50,7 @@ import torch
 
 from fedkd.config import PrivacyConfig
 from fedkd.data.federated import DataSpec, load_federated
+from fedkd.experiments.report import table_lines
 from fedkd.models import build_model
 from fedkd.privacy.dpsgd import ClientPrivacy
 from fedkd.losses import kd_kl_from_probs
@@ -149,20 +150,16 @@ def summarise(rounds: list[dict[str, Any]], models: list[str]) -> list[dict[str,
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| model | DP mode | plain CPU s | DP CPU s | DP / plain (CPU) | per-repeat range (CPU) | "
-             "plain wall s | "
-             "DP wall s | DP / plain (wall) | DP fixed cost CPU s (0 steps) | target <= 2.5x (CPU) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(
-            f"| {r['model']} | {r['mode'].removeprefix('dp-')} (vs {r['baseline']}) | {r['plain-cpu-s']:.3f} | "
-            f"{r['dp-cpu-s']:.3f} | {r['cpu-ratio']:.2f}x | "
-            f"{min(r['cpu-ratio-per-repeat']):.2f}-{max(r['cpu-ratio-per-repeat']):.2f}x | "
-            f"{r['plain-wall-s']:.3f} | "
-            f"{r['dp-wall-s']:.3f} | {r['wall-ratio']:.2f}x | {r['dp-setup-cpu-s']:.3f} | "
-            f"{'met' if r['target-met-cpu'] else 'NOT met'} |"
-        )
-    return "\n".join(lines)
+    header = ["model", "DP mode", "plain CPU s", "DP CPU s", "DP / plain (CPU)",
+              "per-repeat range (CPU)", "plain wall s", "DP wall s", "DP / plain (wall)",
+              "DP fixed cost CPU s (0 steps)", "target <= 2.5x (CPU)"]
+    return "\n".join(table_lines(header, ([
+        r["model"], f"{r['mode'].removeprefix('dp-')} (vs {r['baseline']})", f"{r['plain-cpu-s']:.3f}",
+        f"{r['dp-cpu-s']:.3f}", f"{r['cpu-ratio']:.2f}x",
+        f"{min(r['cpu-ratio-per-repeat']):.2f}-{max(r['cpu-ratio-per-repeat']):.2f}x",
+        f"{r['plain-wall-s']:.3f}", f"{r['dp-wall-s']:.3f}", f"{r['wall-ratio']:.2f}x",
+        f"{r['dp-setup-cpu-s']:.3f}", "met" if r["target-met-cpu"] else "NOT met",
+    ] for r in rows)))
 
 
 def verdict(rows: list[dict[str, Any]]) -> str:

@@ -48,6 +48,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.process_sampler import TreeSampler, run_watched  # noqa: E402
 from fedkd.experiments.presets import load_profile  # noqa: E402
+from fedkd.experiments.report import table_lines  # noqa: E402
 from fedkd.runtime.launch import SimulationSuperLink  # noqa: E402
 from fedkd.results import read_metrics  # noqa: E402
 
@@ -145,21 +146,20 @@ def _gb(n: float | None) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| workers | device | status | clients / round | first round s | steady round s | "
-             "client updates / s | peak GPU memory (per worker) | peak worker RSS | tree PSS |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    header = ["workers", "device", "status", "clients / round", "first round s", "steady round s",
+              "client updates / s", "peak GPU memory (per worker)", "peak worker RSS", "tree PSS"]
+    cells = []
     for r in rows:
         if r["status"] != "ok":
-            lines.append(f"| {r['workers']} | {r['device']} | {r['status']} | | | | | | | |")
+            cells.append([r["workers"], r["device"], r["status"]] + [""] * 7)
             continue
         gpu = (f"{_gb(r['peak-gpu-memory-bytes'])} ({_gb(r['peak-gpu-memory-per-worker-bytes'])})"
                if r["peak-gpu-memory-bytes"] is not None else "-")
-        lines.append(
-            f"| {r['workers']} | {r['device']} | ok | {r['clients-per-round']} | "
-            f"{r['first-round-s']:.1f} | {r['steady-round-s']:.2f} | "
-            f"{r['client-updates-per-s']:.1f} | {gpu} | {_gb(r['peak-worker-rss-bytes'])} | "
-            f"{_gb(r['peak-tree-pss-bytes'])} |")
-    return "\n".join(lines)
+        cells.append([r["workers"], r["device"], "ok", r["clients-per-round"],
+                      f"{r['first-round-s']:.1f}", f"{r['steady-round-s']:.2f}",
+                      f"{r['client-updates-per-s']:.1f}", gpu, _gb(r["peak-worker-rss-bytes"]),
+                      _gb(r["peak-tree-pss-bytes"])])
+    return "\n".join(table_lines(header, cells))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import DP_EPSILON_8, ROOT, fmt, run_simulation, slug
-from fedkd.experiments.report import mean_std, mean_std_cell, paired_cell, paired_mean_std
+from fedkd.experiments.report import mean_std, mean_std_cell, paired_cell, paired_mean_std, table_lines
 from fedkd.results import read_metrics
 
 #: Paired differences from FedAvg: each row's final global accuracy minus FedAvg's on the same
@@ -134,11 +134,11 @@ def first_round_at(curve: list[tuple[int, float]], level: float) -> int | None:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    lines = [f"| partition | row | seeds | final global acc | {PAIRED} | best global acc "
-             "| swing, last 20 rounds | final personalized acc | clients' own models, global test "
-             "| rounds to FedAvg's final | bytes up / client / round | x fewer than FedAvg "
-             "| s / round |",
-             "|" + "---|" * 13]
+    header = ["partition", "row", "seeds", "final global acc", PAIRED, "best global acc",
+              "swing, last 20 rounds", "final personalized acc", "clients' own models, global test",
+              "rounds to FedAvg's final", "bytes up / client / round", "x fewer than FedAvg",
+              "s / round"]
+    cells = []
     for partition in PARTITIONS:
         here = [r for r in results if r["partition"] == partition]
         if not here:
@@ -160,13 +160,12 @@ def table(results: list[dict[str, Any]]) -> str:
             own = [r["client-global"] for r in group if r.get("client-global") is not None]
             paired = "baseline" if name == "fedavg" else paired_cell(
                 paired_mean_std({r["seed"]: r["final"] for r in group}, base_final), ".4f")
-            lines.append(
-                f"| {partition} | {label} | {len(group)} | {cell([r['final'] for r in group])} "
-                f"| {paired} | {cell([r['best'] for r in group])} "
-                f"| {cell([r['swing-last-20'] for r in group])} | {cell(pers)} "
-                f"| {cell(own)}{own_seeds(own, group)} | {reach_cell} | {up:,.0f} | {ratio} "
-                f"| {fmt(statistics.mean(r['wall-time-per-round-s'] for r in group), '.1f')} |")
-    return "\n".join(lines)
+            cells.append([partition, label, len(group), cell([r["final"] for r in group]), paired,
+                          cell([r["best"] for r in group]),
+                          cell([r["swing-last-20"] for r in group]), cell(pers),
+                          cell(own) + own_seeds(own, group), reach_cell, f"{up:,.0f}", ratio,
+                          fmt(statistics.mean(r["wall-time-per-round-s"] for r in group), ".1f")])
+    return "\n".join(table_lines(header, cells))
 
 
 def cell(values: list[float]) -> str:

@@ -22,7 +22,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import ROOT, run_simulation
+from benchmarks.common import ROOT, fmt, run_simulation
+from fedkd.experiments.report import table_lines
 
 #: name -> run-config overrides on top of the shared settings.
 RUNS: dict[str, dict[str, Any]] = {
@@ -48,18 +49,16 @@ def run_one(name: str, overrides: dict[str, Any], args: argparse.Namespace, out_
 
 def table(results: list[dict[str, Any]]) -> str:
     base = next((r for r in results if r["name"].startswith("fedavg")), None)
-    lines = ["| run | global acc | personalized acc | bytes up / client / round | x fewer than FedAvg | s / round |",
-             "|---|---|---|---|---|---|"]
+    rows = []
     for r in results:
         ratio = (base["bytes-up-per-client-per-round"] / r["bytes-up-per-client-per-round"]
                  if base and r["bytes-up-per-client-per-round"] else None)
-        g = "-" if r["global-accuracy"] is None else f"{r['global-accuracy']:.4f}"
-        lines.append(
-            f"| {r['name']} | {g} | {r['personalized-accuracy']:.4f} | "
-            f"{r['bytes-up-per-client-per-round']:,.0f} | {'-' if ratio is None else f'{ratio:,.0f}'} | "
-            f"{r['wall-time-per-round-s']:.1f} |"
-        )
-    return "\n".join(lines)
+        rows.append([r["name"], fmt(r["global-accuracy"]), f"{r['personalized-accuracy']:.4f}",
+                     f"{r['bytes-up-per-client-per-round']:,.0f}", fmt(ratio, ",.0f"),
+                     f"{r['wall-time-per-round-s']:.1f}"])
+    return "\n".join(table_lines(["run", "global acc", "personalized acc",
+                                   "bytes up / client / round", "x fewer than FedAvg", "s / round"],
+                                  rows))
 
 
 def main(argv: list[str] | None = None) -> None:

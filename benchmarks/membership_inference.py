@@ -64,7 +64,7 @@ from sklearn.metrics import roc_auc_score
 from fedkd.config import PrivacyConfig
 from fedkd.data.datasets import ArrayDataset
 from fedkd.data.federated import DataSpec, load_federated
-from fedkd.experiments.report import mean_std, mean_std_cell
+from fedkd.experiments.report import mean_std, mean_std_cell, table_lines
 from fedkd.models import build_model
 from fedkd.privacy.dpsgd import ClientPrivacy
 from fedkd.privacy.output_noise import noisy_class_means, private_class_sums, private_counts
@@ -168,29 +168,26 @@ def fmt_sigma(v: float) -> str:
 
 
 def table(results: list[dict[str, Any]], settings: list[str], seeds: list[int]) -> str:
-    lines = ["| setting | seed | sigma | eps model | eps model + release | train acc | test acc | "
-             "model-attack AUC | release-attack AUC (client model) | "
-             "release-attack AUC (reference model) | baseline: loss AUC of reference model |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    header = ["setting", "seed", "sigma", "eps model", "eps model + release", "train acc",
+              "test acc", "model-attack AUC", "release-attack AUC (client model)",
+              "release-attack AUC (reference model)", "baseline: loss AUC of reference model"]
+    cells = []
     cols = ("train-accuracy", "test-accuracy", "model-attack-auc", "release-attack-auc",
             "release-attack-auc-reference-model", "loss-auc-reference-model-baseline")
     for s in settings:
         rows = [r for r in results if r["setting"] == s]
         for r in rows:
-            lines.append(
-                f"| {s} | {r['seed']} | {fmt_sigma(r['noise-multiplier'])} | "
-                f"{fmt_eps(r['epsilon-model'])} | "
-                f"{fmt_eps(r['epsilon-model-and-release'])} | "
-                + " | ".join(f"{r[c]:.3f}" for c in cols) + " |")
+            cells.append([s, r["seed"], fmt_sigma(r["noise-multiplier"]), fmt_eps(r["epsilon-model"]),
+                          fmt_eps(r["epsilon-model-and-release"]), *(f"{r[c]:.3f}" for c in cols)])
         if len(rows) > 1:
             eps_m = [r["epsilon-model"] for r in rows]
             eps_r = [r["epsilon-model-and-release"] for r in rows]
             sig = [r["noise-multiplier"] for r in rows]
-            lines.append(f"| **{s}** | mean ± sd | {fmt_sigma(statistics.mean(sig))} | "
-                         f"{fmt_eps(statistics.mean(eps_m))} | {fmt_eps(statistics.mean(eps_r))} | "
-                         + " | ".join(f"**{mean_std_cell(mean_std([r[c] for r in rows]), '.3f')}**"
-                                    for c in cols) + " |")
-    return "\n".join(lines)
+            cells.append([f"**{s}**", "mean ± sd", fmt_sigma(statistics.mean(sig)),
+                          fmt_eps(statistics.mean(eps_m)), fmt_eps(statistics.mean(eps_r)),
+                          *(f"**{mean_std_cell(mean_std([r[c] for r in rows]), '.3f')}**"
+                            for c in cols)])
+    return "\n".join(table_lines(header, cells))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import ROOT, fmt, run_simulation
+from fedkd.experiments.report import table_lines
 
 TARGETS = (None, 8.0, 4.0, 1.0)
 
@@ -32,7 +33,7 @@ def settings_for(algorithm: str, epsilon: float | None, args: argparse.Namespace
         "algorithm": algorithm, "data.alpha": args.alpha, "train.model": args.model,
         "train.local-steps": args.local_steps, "seed": args.seed, "data.seed": args.seed,
         "federation.min-nodes": args.clients, "federation.min-replies": max(1, args.clients // 2),
-        "fedgen.synthetic-batch": 256, "distill.server-steps": 200, "fedgen.generator-steps": 20,
+        "fedgen-logits.synthetic-batch": 256, "distill.server-steps": 200, "fedgen.generator-steps": 20,
         "fedgen.generator-lr": 1e-3,
     }
     if epsilon is not None:
@@ -75,13 +76,11 @@ def main(argv: list[str] | None = None) -> None:
         f".venv/bin/python -m benchmarks.privacy_accuracy --rounds {args.rounds} "
         f"--clients {args.clients} --alpha {args.alpha}",
         "",
-        "| algorithm | target epsilon (DP-SGD) | epsilon reached (max over clients) | global acc | personalized acc |",
-        "|---|---|---|---|---|",
+        *table_lines(["algorithm", "target epsilon (DP-SGD)", "epsilon reached (max over clients)",
+                      "global acc", "personalized acc"],
+                     ([r["algorithm"], fmt(r["target-epsilon"], "g"), fmt(r["epsilon-max"], ".2f"),
+                       fmt(r["global-accuracy"]), fmt(r["personalized-accuracy"])] for r in results)),
     ]
-    for r in results:
-        lines.append(f"| {r['algorithm']} | {fmt(r['target-epsilon'], 'g')} | "
-                     f"{fmt(r['epsilon-max'], '.2f')} | {fmt(r['global-accuracy'])} | "
-                     f"{fmt(r['personalized-accuracy'])} |")
     md = "\n".join(lines) + "\n"
     (out / "privacy_accuracy.md").write_text(md)
     (out / "privacy_accuracy.json").write_text(json.dumps({"args": vars(args), "results": results},

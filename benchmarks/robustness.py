@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import ROOT, fmt, run_simulation
+from fedkd.experiments.report import table_lines
 
 RULES = ("mean", "median", "trimmed-mean")
 ATTACKS = ("none", "random", "flip", "scale")
@@ -68,15 +69,15 @@ def main(argv: list[str] | None = None) -> None:
         "",
         "Global accuracy of the server student (personalized accuracy of the clients in brackets):",
         "",
-        "| attack | " + " | ".join(RULES) + " |",
-        "|---|" + "---|" * len(RULES),
     ]
+    rows = []
     for attack in ATTACKS:
-        cells = []
+        cells = [attack]
         for rule in RULES:
             r = next(x for x in results if x["rule"] == rule and x["attack"] == attack)
             cells.append(f"{fmt(r['global-accuracy'])} ({fmt(r['personalized-accuracy'])})")
-        lines.append(f"| {attack} | " + " | ".join(cells) + " |")
+        rows.append(cells)
+    lines += table_lines(["attack", *RULES], rows)
     md = "\n".join(lines) + "\n"
     (out / "robustness.md").write_text(md)
     (out / "robustness.json").write_text(json.dumps({"args": vars(args), "results": results},

@@ -41,6 +41,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.process_sampler import TreeSampler, run_watched  # noqa: E402
+from fedkd.experiments.report import table_lines  # noqa: E402
 from fedkd.runtime.launch import SimulationSuperLink  # noqa: E402
 from fedkd.results import read_metrics  # noqa: E402
 
@@ -158,16 +159,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.fraction:g} sampled per round, model {args.model}, {args.local_steps} local steps, "
         f"{args.workers} workers of one CPU; machine: {os.cpu_count()} CPUs (shared).",
         "", f"Command: `{command}`", "",
-        "| client state | rounds | round wall s (each) | steady round CPU s | simulation process "
-        "peak RSS | worker peak RSS | tree peak PSS | client state on disk (peak) |",
-        "|---|---|---|---|---|---|---|---|"]
-    for r in runs:
-        lines.append(
-            f"| {r['client-state']} | {r['rounds']} | {r['round-wall-s']} | "
-            f"{r['steady-round-cpu-s'] if r['steady-round-cpu-s'] is None else round(r['steady-round-cpu-s'], 1)} | "
-            f"{_mb(r['peak-simulation-process-rss-bytes'])} | {_mb(r['peak-worker-rss-bytes'])} | "
-            f"{_mb(r['peak-tree-pss-bytes'])} | {_mb(r['peak-client-state-on-disk-bytes'])} in "
-            f"{r['peak-client-state-files']} files |")
+        *table_lines(
+            ["client state", "rounds", "round wall s (each)", "steady round CPU s",
+             "simulation process peak RSS", "worker peak RSS", "tree peak PSS",
+             "client state on disk (peak)"],
+            ([r["client-state"], r["rounds"], r["round-wall-s"],
+              r["steady-round-cpu-s"] if r["steady-round-cpu-s"] is None
+              else round(r["steady-round-cpu-s"], 1),
+              _mb(r["peak-simulation-process-rss-bytes"]), _mb(r["peak-worker-rss-bytes"]),
+              _mb(r["peak-tree-pss-bytes"]),
+              f"{_mb(r['peak-client-state-on-disk-bytes'])} in {r['peak-client-state-files']} files"]
+             for r in runs))]
     text = "\n".join(lines) + "\n"
     print("\n" + text)
     out = Path(args.out)

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import ROOT
+from fedkd.experiments.report import table_lines
 from fedkd.algorithms.base import ExchangeResult
 from fedkd.aggregation import build_aggregator
 from fedkd.protocol import Payload, PhaseSpec, content_nbytes, encode
@@ -130,15 +131,15 @@ def main() -> None:
         "process (CPU time, this 2-core machine), bytes as Flower records. Command: "
         "`.venv/bin/python -m benchmarks.secagg`",
         "",
-        "| clients | neighbours | lost after sharing keys | bytes up / client (plain) | bytes up / client (secure) | up ratio | bytes down / client (secure) | client CPU s (secure) | server CPU s (plain) | server CPU s (secure) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        *table_lines(
+            ["clients", "neighbours", "lost after sharing keys", "bytes up / client (plain)",
+             "bytes up / client (secure)", "up ratio", "bytes down / client (secure)",
+             "client CPU s (secure)", "server CPU s (plain)", "server CPU s (secure)"],
+            ([r["clients"], r["neighbours"], r["lost"], f"{r['plain']['bytes-up']:,.0f}",
+              f"{r['secure']['bytes-up']:,.0f}", f"{r['bytes-up-ratio']:.2f}",
+              f"{r['secure']['bytes-down']:,.0f}", f"{r['client-s']:.3f}",
+              f"{r['plain']['server-s']:.4f}", f"{r['server-s']:.2f}"] for r in rows)),
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['clients']} | {r['neighbours']} | {r['lost']} | {r['plain']['bytes-up']:,.0f} | "
-            f"{r['secure']['bytes-up']:,.0f} | {r['bytes-up-ratio']:.2f} | "
-            f"{r['secure']['bytes-down']:,.0f} | {r['client-s']:.3f} | "
-            f"{r['plain']['server-s']:.4f} | {r['server-s']:.2f} |")
     (out / "secagg.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -74,6 +74,7 @@ from fedkd.compose import build_config
 from fedkd.config import RunConfig, pyproject_defaults  # noqa: E402
 from fedkd.data.datasets import load_dataset  # noqa: E402
 from fedkd.data.federated import load_federated  # noqa: E402
+from fedkd.experiments.report import table_lines  # noqa: E402
 from fedkd.runtime.launch import SimulationSuperLink  # noqa: E402
 from fedkd.models import build_model  # noqa: E402
 from fedkd.protocol import PHASE_KEY, Payload, content_nbytes, encode  # noqa: E402
@@ -553,6 +554,23 @@ def _mb(n: float | None) -> str:
 def report(args: argparse.Namespace, s: dict[str, Any], command: str) -> str:
     lo, si, ra = s["loop"], s["simulation"], s["ratios"]
     b = s["bytes"]
+    rows = [
+        ["first round wall s", f"{lo['first-round']['wall-s']:.2f}",
+         f"{si['first-round']['wall-s']:.2f} (server {si['first-round']['server-wall-s']:.2f})",
+         f"{ra['first-round-wall']:.2f}x"],
+        ["first round CPU s", f"{lo['first-round']['cpu-s']:.2f}", f"{si['first-round']['cpu-s']:.2f}",
+         f"{ra['first-round-cpu']:.2f}x"],
+    ]
+    if "steady-cpu" in ra:
+        rows += [
+            ["steady round wall s (median)", f"{lo['steady']['wall-s']:.2f}",
+             f"{si['steady']['wall-s']:.2f} (server {si['steady']['server-wall-s']:.2f})",
+             f"{ra['steady-wall']:.2f}x"],
+            ["steady round CPU s (median)", f"{lo['steady']['cpu-s']:.2f}",
+             f"{si['steady']['cpu-s']:.2f}", f"{ra['steady-cpu']:.2f}x"],
+            ["per-round CPU ratio", "", "", ra["per-round-cpu"]],
+            ["per-round wall ratio", "", "", ra["per-round-wall"]],
+        ]
     lines = [
         f"Simulation overhead: {args.algorithm}, model {args.model}, {args.clients} clients x "
         f"{args.samples} samples, {s['steps']} local steps of batch {args.batch_size}, "
@@ -560,24 +578,7 @@ def report(args: argparse.Namespace, s: dict[str, Any], command: str) -> str:
         f"{lo['kind']} (1 thread). Machine: {os.cpu_count()} CPUs, shared; timings measured in "
         f"one invocation.",
         "", f"Command: `{command}`", "",
-        "| | loop (a) | simulation (b) | (b) / (a) |", "|---|---|---|---|",
-        f"| first round wall s | {lo['first-round']['wall-s']:.2f} | "
-        f"{si['first-round']['wall-s']:.2f} (server {si['first-round']['server-wall-s']:.2f}) | "
-        f"{ra['first-round-wall']:.2f}x |",
-        f"| first round CPU s | {lo['first-round']['cpu-s']:.2f} | {si['first-round']['cpu-s']:.2f} | "
-        f"{ra['first-round-cpu']:.2f}x |",
-    ]
-    if "steady-cpu" in ra:
-        lines += [
-            f"| steady round wall s (median) | {lo['steady']['wall-s']:.2f} | "
-            f"{si['steady']['wall-s']:.2f} (server {si['steady']['server-wall-s']:.2f}) | "
-            f"{ra['steady-wall']:.2f}x |",
-            f"| steady round CPU s (median) | {lo['steady']['cpu-s']:.2f} | "
-            f"{si['steady']['cpu-s']:.2f} | {ra['steady-cpu']:.2f}x |",
-            f"| per-round CPU ratio | | | {ra['per-round-cpu']} |",
-            f"| per-round wall ratio | | | {ra['per-round-wall']} |",
-        ]
-    lines += [
+        *table_lines(["", "loop (a)", "simulation (b)", "(b) / (a)"], rows),
         "",
         f"Ray start-up (simulation process -> {args.workers} workers up): "
         + (f"{si['ray-startup-s']:.1f} s" if si["ray-startup-s"] is not None else "not seen")

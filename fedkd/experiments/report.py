@@ -15,7 +15,7 @@ import math
 import shutil
 import statistics
 import sys
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -307,6 +307,35 @@ def paired_cell(stat: Stat | None, spec: str = ".3f") -> str:
     return f"{mean:+{spec}}{spread} (n={n})"
 
 
+def table_lines(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
+    """A Markdown table as lines: the header, the separator and one line per row.
+
+    Every table fedkd and its benchmarks write goes through here, with the cells formatted by
+    :func:`mean_std_cell`, :func:`paired_cell` or the caller.
+
+    Parameters
+    ----------
+    header : Sequence[str]
+        The column titles.
+    rows : Iterable[Sequence[object]]
+        The rows, one cell per column (``str(cell)``; an empty cell stays empty).
+
+    Returns
+    -------
+    list[str]
+        ``"| a | b |"``, ``"|---|---|"``, then one such line per row; join them with newlines.
+
+    Examples
+    --------
+    >>> table_lines(["rule", "acc"], [["mean", "0.81"], ["median", ""]])
+    ['| rule | acc |', '|---|---|', '| mean | 0.81 |', '| median | |']
+    """
+    def line(cells: Sequence[object]) -> str:
+        return "|" + "|".join(f" {c} " if str(c) else " " for c in cells) + "|"
+
+    return [line(header), "|" + "---|" * len(header), *(line(row) for row in rows)]
+
+
 def _bytes_cell(stat: Stat | None) -> str:
     if stat is None:
         return "-"
@@ -351,7 +380,7 @@ def markdown_table(groups: Sequence[Group]) -> str:
     columns = [c for c in COLUMNS if c[0] != "server-epsilon"
                or any(s["server-epsilon"] for s in summaries)]
     header = ["experiment", "seeds", "rounds"] + [c[1] for c in columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for s in summaries:
         rounds = "-".join(str(r) for r in (s["rounds"][0], s["rounds"][-1])) \
             if len(s["rounds"]) > 1 else str(s["rounds"][0])
@@ -362,8 +391,8 @@ def markdown_table(groups: Sequence[Group]) -> str:
             st = s[key]
             stat = None if st is None else (st["mean"], st["std"], st["n"])
             cells.append(_bytes_cell(stat) if spec == "bytes" else mean_std_cell(stat, spec))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append(cells)
+    return "\n".join(table_lines(header, rows)) + "\n"
 
 
 # ----- plots ----------------------------------------------------------------------------------
@@ -553,16 +582,13 @@ LEAKAGE_NOTE = (
 
 def leakage_table(runs: Sequence[RunRecord]) -> str:
     """A row per run and synthesis round that reported leakage figures ('' when none did)."""
-    lines = []
-    for run in runs:
-        for row in run.rows:
-            if all(row.get(k) is not None for k in LEAKAGE_KEYS):
-                lines.append(f"| `{run.directory.name}` | {row['round']} | "
-                             + " | ".join(f"{float(row[k]):.3f}" for k in LEAKAGE_KEYS) + " |")
-    if not lines:
+    rows = [[f"`{run.directory.name}`", row["round"], *(f"{float(row[k]):.3f}" for k in LEAKAGE_KEYS)]
+            for run in runs for row in run.rows
+            if all(row.get(k) is not None for k in LEAKAGE_KEYS)]
+    if not rows:
         return ""
-    return ("| run | round | NN distance to train | to held-out | ratio | membership AUC |\n"
-            "|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n")
+    header = ["run", "round", "NN distance to train", "to held-out", "ratio", "membership AUC"]
+    return "\n".join(table_lines(header, rows)) + "\n"
 
 
 def copy_synthetic_pictures(runs: Sequence[RunRecord], out_dir: Path) -> list[Path]:
