@@ -231,6 +231,14 @@ def run_steps(
     return tally.stats()
 
 
+def sgd(model: nn.Module, learning_rate: float, momentum: float = 0.0,
+        weight_decay: float = 0.0) -> torch.optim.SGD:
+    """The optimiser of every local training loop (plain and DP-SGD): SGD over ``model``'s
+    parameters (``train.learning-rate``, ``train.momentum``, ``train.weight-decay``)."""
+    return torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=momentum,
+                           weight_decay=weight_decay)
+
+
 def plain_sgd_step(model: nn.Module, optimizer: torch.optim.Optimizer,
                    extra_loss: ExtraLoss | None = None) -> TrainingStep:
     """The non-private step: cross-entropy (plus ``extra_loss``), backward, ``optimizer.step()``."""
@@ -271,9 +279,7 @@ def fit_supervised(
         Optional callback given each batch's detached logits and labels.
     """
     with _on_device(model) as device:
-        optimizer = torch.optim.SGD(
-            model.parameters(), lr=learning_rate, momentum=momentum, weight_decay=weight_decay
-        )
+        optimizer = sgd(model, learning_rate, momentum, weight_decay)
         model.train()
         # fancy indexing copies the rows out of the (read-only, shared) cached arrays
         batches = ((_to(torch.from_numpy(data.x[idx.numpy()]), device),
@@ -348,9 +354,7 @@ def fit_to_targets(
     if labels is not None and len(labels) != len(x):
         raise ValueError(f"{len(x)} inputs but {len(labels)} labels")
     with _on_device(model) as device:
-        optimizer = torch.optim.SGD(
-            model.parameters(), lr=learning_rate, momentum=momentum, weight_decay=weight_decay
-        )
+        optimizer = sgd(model, learning_rate, momentum, weight_decay)
         model.train()
         tally = StepTally()
         for idx in batch_indices(len(x), batch_size, steps, generator):

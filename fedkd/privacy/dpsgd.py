@@ -50,6 +50,7 @@ from fedkd.training import (
     PerSampleLoss,
     TrainingStep,
     run_steps,
+    sgd,
 )
 
 #: Node-state key of the accountant history: float64 [H, 3] rows (sigma, sample rate, steps).
@@ -390,8 +391,7 @@ class ClientPrivacy:
             DataLoader(tensors, batch_size=min(batch_size, len(data))),
             generator=torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator))),
         )
-        optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=momentum,
-                                    weight_decay=weight_decay)
+        optimizer = sgd(model, learning_rate, momentum, weight_decay)
         engine = PrivacyEngine(accountant=self.cfg.accountant)
         criterion = _PerSampleCriterion(per_sample_loss)
         noise_gen = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
@@ -426,8 +426,7 @@ class ClientPrivacy:
         """The DP-SGD step for :func:`fedkd.training.run_steps`: per-sample clipped, noised
         gradients of the private loss; an empty Poisson batch still takes a (noise-only) step;
         then, with ``public_loss``, one non-private step with the hooks off."""
-        public_optimizer = (torch.optim.SGD(model.parameters(), lr=learning_rate)
-                            if public_loss is not None else None)
+        public_optimizer = sgd(model, learning_rate) if public_loss is not None else None
 
         def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             dp_opt.zero_grad(set_to_none=True)
