@@ -145,6 +145,28 @@ class RunOutput:
 def read_metrics(path: Path | str, name: str = METRICS_FILE) -> list[dict[str, Any]]:
     """Rows of a JSON-lines file, or of ``<dir>/<name>`` given a run directory."""
     p = Path(path)
-    if p.is_dir():
-        p = p / name
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    return read_jsonl(p / name if p.is_dir() else p)
+
+
+def read_jsonl(path: Path | str, *, growing: bool = False) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file (blank lines skipped).
+
+    ``growing``: a file that another process may still be writing (``metrics.jsonl`` of a run in
+    progress): a missing or unreadable file has no rows, and a torn last line (no newline yet)
+    or a line that is not JSON is left out instead of raising.
+    """
+    if not growing:
+        return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return []
+    rows = []
+    for line in text.splitlines(keepends=True):
+        if not line.endswith("\n"):
+            break
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows

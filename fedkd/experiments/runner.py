@@ -37,7 +37,7 @@ from fedkd.config import RunConfig, Scalar, pyproject_defaults
 from fedkd.errors import ConfigError
 from fedkd.experiments.presets import APP_DIR, CliError, Preset, Profile, load_preset
 from fedkd.runtime.launch import ANSI_ESCAPE, failure_cause
-from fedkd.results import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
+from fedkd.results import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_jsonl
 
 #: What ``fedkd simulate`` records about how a run was started (the report labels runs with it).
 CLI_FILE = "fedkd-run.json"
@@ -199,19 +199,7 @@ def format_round(row: Mapping[str, Any], total: int, width: int = 20) -> str:
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """Complete rows of a ``metrics.jsonl`` being written (a torn last line is left for later)."""
-    try:
-        text = path.read_text()
-    except OSError:
-        return []
-    rows = []
-    for line in text.splitlines(keepends=True):
-        if not line.endswith("\n"):
-            break
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+    return read_jsonl(path, growing=True)
 
 
 class MetricsFollower:
