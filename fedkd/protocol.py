@@ -1,9 +1,11 @@
 """The message contract: what each phase may carry, codecs to Flower records, reply validation.
 
-This is the only module of the ``fedkd`` library that imports Flower. Algorithms speak in
-:class:`Payload` objects (named numpy arrays, a config mapping, metrics); the server and client
-apps turn them into Flower ``RecordDict`` objects with :func:`encode` and back with
-:func:`decode`.
+Algorithms never see Flower's messages: they speak in :class:`Payload` objects (named numpy
+arrays, a config mapping, metrics), and the server and client apps turn them into Flower
+``RecordDict`` objects with :func:`encode` and back with :func:`decode`. This is the only module
+of the ``fedkd`` library that handles Flower's records; the others that import Flower do so for
+its cryptographic primitives (:mod:`fedkd.secagg`), its processes and their patches
+(:mod:`fedkd.runtime`), and Flower Datasets' partitioners (:mod:`fedkd.data.partition`).
 
 Every algorithm declares, per phase, a :class:`PhaseSpec`: the message type, and for the reply
 the arrays it may contain (:class:`ArraySpec`: shape, dtype, value bounds), the metrics it must

@@ -1,8 +1,9 @@
 r"""Model inversion (``synthesis.method = "inversion"``): images from the frozen model alone.
 
-In the manner of DeepInversion (Yin et al., CVPR 2020) and DAFL (Chen et al., ICCV 2019)
-(``../shared/notes/algorithms.md`` section 11). Images :math:`x = \tanh(v)` for conditioning
-labels :math:`y` minimise
+In the manner of DeepInversion (Yin et al., "Dreaming to Distill: Data-free Knowledge Transfer
+via DeepInversion", CVPR 2020: cross-entropy to the target labels, batch-norm statistics, total
+variation and L2 priors) and DAFL (Chen et al., "Data-Free Learning of Student Networks",
+ICCV 2019). Images :math:`x = \tanh(v)` for conditioning labels :math:`y` minimise
 
 .. math::
 

@@ -1,7 +1,9 @@
 r"""Distribution matching (``synthesis.method = "matching"``): images whose embeddings match the data's.
 
-In the manner of FedDM (Xiong et al., CVPR 2023) and of dataset condensation by distribution
-matching (Zhao & Bilen, WACV 2023) (``../shared/notes/algorithms.md`` section 11). For every
+In the manner of FedDM (Xiong et al., "FedDM: Iterative Distribution Matching for
+Communication-Efficient Federated Learning", CVPR 2023: each client learns a few synthetic images
+per class whose embeddings under randomly initialised networks match those of its real images)
+and of dataset condensation by distribution matching (Zhao & Bilen, WACV 2023). For every
 class c the client holds, K images :math:`S_c = \tanh(V_c)` minimise, over randomly initialised
 embedding networks :math:`\psi` (a fresh one every step),
 
