@@ -11,10 +11,28 @@ imports every module in them, and each module registers itself (and its config s
 Packages outside fedkd can add plugins through the ``fedkd.plugins`` entry-point group: each
 entry point names a module to import.
 
-Layers (each imports only those before it): ``errors``, ``validate``, ``registry`` < ``data``,
-``models``, ``losses``, ``attacks`` < ``config`` < ``aggregation``, ``privacy``, ``protocol`` <
-``training`` < ``algorithms`` < ``compose`` < ``server``, ``client``, the CLI. A test imports each
-package alone.
+Layers, bottom first (:data:`LAYERS`; ``x`` is ``fedkd.x`` unless it is ``server`` or ``client``).
+A module imports only from its own entry (the longest name listed that its name starts with) and
+from earlier layers, lazy imports inside functions included; tests/unit/test_layering.py checks
+every import against this list and imports each entry alone:
+
+1. ``errors``, ``registry``, ``runtime``: no fedkd import: the error type; the registries and the
+   package scan; process management for Flower (offline launcher, patched SuperNode,
+   simulation-engine patch, timing trace)
+2. ``validate``, ``data``, ``models``, ``losses``, ``attacks``: the shared validators; datasets and
+   partitions; the model zoo and generators; distillation losses; simulated misbehaving clients
+3. ``config``, ``protocol``, ``training``: the core config sections; the message contract; the one
+   training loop
+4. ``aggregation``, ``privacy``, ``secagg``, ``synthesis``, ``results``: one file per rule; DP-SGD,
+   output noise and ledgers (on the training loop); secure aggregation; client-side input
+   synthesis; run outputs
+5. ``algorithms``: one file per algorithm (Selective-FD's selectors beside it)
+6. ``compose``: the composition root (this module)
+7. ``experiments``, ``server``, ``client``: presets, the runner and the report; the ServerApp; the
+   ClientApp
+8. ``cli``, ``runtime.deploy``: the ``fedkd`` command; local deployments (which stop the client's
+   warm workers)
+9. ``__main__``: ``python -m fedkd``
 """
 
 from __future__ import annotations
@@ -33,6 +51,32 @@ __all__ = ["ConfigError", "build_algorithm", "build_config", "check_federation_s
            "check_simulation", "load_plugins"]
 
 ENTRY_POINT_GROUP = "fedkd.plugins"
+
+#: The layers of fedkd, server and client, bottom first: (the entries of the layer, what they
+#: are). An entry is a module or package; a module belongs to the longest entry its name starts
+#: with (``fedkd.runtime.deploy`` is not in ``fedkd.runtime``'s layer). A module imports only from
+#: its own entry and from earlier layers, lazy imports inside functions included; the module
+#: docstring renders this and tests/unit/test_layering.py checks every import against it.
+LAYERS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("fedkd.errors", "fedkd.registry", "fedkd.runtime"),
+     "no fedkd import: the error type; the registries and the package scan; process management "
+     "for Flower (offline launcher, patched SuperNode, simulation-engine patch, timing trace)"),
+    (("fedkd.validate", "fedkd.data", "fedkd.models", "fedkd.losses", "fedkd.attacks"),
+     "the shared validators; datasets and partitions; the model zoo and generators; distillation "
+     "losses; simulated misbehaving clients"),
+    (("fedkd.config", "fedkd.protocol", "fedkd.training"),
+     "the core config sections; the message contract; the one training loop"),
+    (("fedkd.aggregation", "fedkd.privacy", "fedkd.secagg", "fedkd.synthesis", "fedkd.results"),
+     "one file per rule; DP-SGD, output noise and ledgers (on the training loop); secure "
+     "aggregation; client-side input synthesis; run outputs"),
+    (("fedkd.algorithms",), "one file per algorithm (Selective-FD's selectors beside it)"),
+    (("fedkd.compose",), "the composition root (this module)"),
+    (("fedkd.experiments", "server", "client"),
+     "presets, the runner and the report; the ServerApp; the ClientApp"),
+    (("fedkd.cli", "fedkd.runtime.deploy"),
+     "the ``fedkd`` command; local deployments (which stop the client's warm workers)"),
+    (("fedkd.__main__",), "``python -m fedkd``"),
+)
 
 
 @functools.cache
