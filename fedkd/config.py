@@ -194,9 +194,10 @@ class DistillConfig:
     ``loss`` names the distillation loss in :data:`fedkd.losses.DISTILLATION_LOSSES` (``kl``:
     T^2 KL on softened probabilities; ``l1-logits``: FedMD's L1 on logits; ``mse-logits``);
     ``weight`` is FD's gamma (CE + weight * distillation loss); ``steps`` are FedMD's digest steps
-    on the public batch per round; ``replay-rounds`` is how many rounds of (public inputs, targets)
-    a public-set algorithm's server student distils on (1: this round's only); ``exclude-self`` is FD's rule of leaving a client's own logits
-    out of its targets (Jeong et al. 2018).
+    on the public batch per round; ``replay-rounds`` is how many rounds of (inputs, targets) the
+    server's student distils on (1: this round's only; 0: the algorithm's own default, its
+    ``REPLAY_ROUNDS``: 1 for the public-set algorithms, 10 for fedgen-logits); ``exclude-self`` is
+    FD's rule of leaving a client's own logits out of its targets (Jeong et al. 2018).
     """
 
     loss: str = "kl"
@@ -207,13 +208,12 @@ class DistillConfig:
     public_batch: int = 500
     server_steps: int = 100
     pretrain_public_steps: int = 0
-    replay_rounds: int = 1
+    replay_rounds: int = 0
 
     def __post_init__(self) -> None:
         positive("distill.temperature", self.temperature)
         positive("distill.public-batch", self.public_batch)
-        positive("distill.replay-rounds", self.replay_rounds)
-        for name in ("weight", "steps", "server_steps", "pretrain_public_steps"):
+        for name in ("weight", "steps", "server_steps", "pretrain_public_steps", "replay_rounds"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"distill.{name.replace('_', '-')} must be >= 0")
 

@@ -116,9 +116,10 @@ from fedkd.config import RunConfig
 from fedkd.errors import ConfigError
 from fedkd.data.federated import FederatedData
 from fedkd.losses import diversity_loss, kd_kl_from_probs
-from fedkd.models.generators import INPUT_GENERATORS, LatentGenerator
+from fedkd.models.generators import LatentGenerator
 from fedkd.protocol import ArraySpec, InvalidReply, Payload, PhaseSpec
 from fedkd.training import fit_supervised, load_numpy_state, seeded_generator, state_to_numpy
+from fedkd.validate import positive
 
 #: Prefix of the generator's arrays in the fit request.
 GENERATOR_PREFIX = "generator/"
@@ -141,17 +142,11 @@ CLIENT_GENERATOR_STREAM = 0x6E3
 class FedGenConfig:
     """Data-free distillation with a server-side generator (``fedgen.*`` keys).
 
-    The section of the FedGen family: owned by this module, read by ``fedgen`` and by
-    ``fedgen-logits`` (which registers the same section).
-
-    ``fedgen`` (the paper, a weight-sharing baseline) uses ``teacher-loss``, ``generator-*``,
-    ``diversity-weight``, ``alpha0``, ``beta0``, ``decay`` and ``lr-decay`` as in the official
-    code; ``fedgen-logits`` uses ``generator-*``, ``diversity-weight``, ``synthetic-batch``,
-    ``student-ce-weight``, ``adversarial-weight``, ``generator-queries``, ``zo-directions``, ``zo-epsilon``,
-    ``teacher-ce-weight``, ``input-generator`` (a name of
-    :data:`fedkd.models.generators.INPUT_GENERATORS`: ``"conv"`` or ``"low-frequency"``, the
-    latter with ``frequencies`` and ``prior-scale``),
-    ``decay`` and the ``distill.*`` keys.
+    The section of the FedGen family: owned by this module. ``fedgen`` (the paper, a
+    weight-sharing baseline) uses every key as in the official code; ``fedgen-logits`` reads the
+    generator's training (``generator-steps``, ``generator-lr``, ``generator-batch``,
+    ``diversity-weight``) and ``decay`` (of its clients' distillation weight) from here, and
+    keeps its own keys in its section ``fedgen-logits.*`` (``fedgen_logits.py``).
     """
 
     teacher_loss: str = "code"
@@ -163,44 +158,20 @@ class FedGenConfig:
     beta0: float = 10.0
     decay: float = 0.98
     lr_decay: float = 0.99
-    synthetic_batch: int = 256
-    replay_rounds: int = 10
-    student_ce_weight: float = 0.0
-    adversarial_weight: float = 0.0
-    generator_queries: int = 1
-    zo_directions: int = 0
-    zo_epsilon: float = 1e-3
-    teacher_ce_weight: float = 1.0
-    input_generator: str = "conv"
-    frequencies: int = 7
-    prior_scale: float = 3.0
 
     def __post_init__(self) -> None:
-        if self.input_generator not in INPUT_GENERATORS:
-            raise ConfigError(f"fedgen.input-generator must be one of "
-                              f"{', '.join(INPUT_GENERATORS.names())}, got {self.input_generator!r}")
-        _positive("fedgen.frequencies", self.frequencies)
-        _positive("fedgen.prior-scale", self.prior_scale)
         if self.teacher_loss not in ("code", "weighted"):
             raise ConfigError(
                 f"fedgen.teacher-loss must be 'code' or 'weighted', got {self.teacher_loss!r}"
             )
-        for name in ("generator_lr", "generator_batch", "synthetic_batch", "replay_rounds",
-                     "generator_queries"):
-            _positive(f"fedgen.{name.replace('_', '-')}", getattr(self, name))
-        _positive("fedgen.zo-epsilon", self.zo_epsilon)
-        for name in ("diversity_weight", "alpha0", "beta0", "student_ce_weight",
-                     "adversarial_weight", "zo_directions", "teacher_ce_weight", "generator_steps"):
+        for name in ("generator_lr", "generator_batch"):
+            positive(f"fedgen.{name.replace('_', '-')}", getattr(self, name))
+        for name in ("diversity_weight", "alpha0", "beta0", "generator_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"fedgen.{name.replace('_', '-')} must be >= 0")
         for name in ("decay", "lr_decay"):
             if not 0 < getattr(self, name) <= 1:
                 raise ConfigError(f"fedgen.{name.replace('_', '-')} must be in (0, 1]")
-
-
-def _positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise ConfigError(f"{name} must be > 0, got {value!r}")
 
 
 # ----- pure pieces (tested directly) ---------------------------------------------------------

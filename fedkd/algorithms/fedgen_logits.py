@@ -3,23 +3,25 @@ r"""FedGen-logits: data-free federated distillation where only logits leave a cl
 FedGen's idea (a server-side conditional generator that carries the clients' knowledge back to
 them, Zhu et al. ICML 2021) moved to input space and made black-box: the server never sees a
 client's weights, only its logits on inputs the server generated. Two ways to train the
-generator: against the server's own student only (IDEAL-style, ``fedgen.zo-directions = 0``), or
-also on the teachers themselves through zeroth-order gradients estimated from their logits on
-perturbed copies of the synthetic inputs (FedZGE/DFME-style, ``fedgen.zo-directions = q > 0``):
-still nothing but logits leaves a client.
+generator: against the server's own student only (IDEAL-style,
+``fedgen-logits.zo-directions = 0``), or also on the teachers themselves through zeroth-order
+gradients estimated from their logits on perturbed copies of the synthetic inputs
+(FedZGE/DFME-style, ``fedgen-logits.zo-directions = q > 0``): still nothing but logits leaves a
+client. Its own keys are in ``fedgen-logits.*`` (:class:`FedGenLogitsConfig`); the generator's
+training and ``decay`` are the FedGen family's ``fedgen.*``.
 
 Server state: a conditional generator :math:`G` in input space, images in [-1, 1] like the data
-(``fedgen.input-generator``: ``"conv"``, :class:`fedkd.models.generators.InputGenerator`, or
-``"low-frequency"``, :class:`fedkd.models.generators.LowFrequencyGenerator`, whose images hold only
-the lowest ``fedgen.frequencies`` cosine frequencies and which, untrained, samples random smooth
-images), and a global student :math:`s` (``train.model``). Round t, with sampled clients
-:math:`S_t`:
+(``fedgen-logits.input-generator``: ``"conv"``, :class:`fedkd.models.generators.InputGenerator`,
+or ``"low-frequency"``, :class:`fedkd.models.generators.LowFrequencyGenerator`, whose images hold
+only the lowest ``fedgen-logits.frequencies`` cosine frequencies and which, untrained, samples
+random smooth images), and a global student :math:`s` (``train.model``). Round t, with sampled
+clients :math:`S_t`:
 
 1. **Generate.** Labels :math:`y_i` balanced over the C classes, noise :math:`\epsilon_i \sim
-   N(0, I)`, :math:`x_i = G(\epsilon_i, y_i)`, i = 1..N (``fedgen.synthetic-batch``).
-   With ``q = fedgen.zo-directions > 0`` the query also holds q probes per sample,
-   :math:`x_i + \mu u_{ij}` (``fedgen.zo-epsilon`` = :math:`\mu`, :math:`u_{ij}` uniform on the
-   unit sphere), so clients answer (q + 1) N rows.
+   N(0, I)`, :math:`x_i = G(\epsilon_i, y_i)`, i = 1..N (``fedgen-logits.synthetic-batch``).
+   With ``q = fedgen-logits.zo-directions > 0`` the query also holds q probes per sample,
+   :math:`x_i + \mu u_{ij}` (``fedgen-logits.zo-epsilon`` = :math:`\mu`, :math:`u_{ij}` uniform on
+   the unit sphere), so clients answer (q + 1) N rows.
 2. **Query** (phase ``logits``): each client k returns :math:`z_k(x) \in R^{N \times C}`, computed
    under ``no_grad`` from its personal model (free post-processing of a DP-SGD model). With a
    rule that takes weights (``weighted``, ``classwise``) it also returns its label counts [C]
@@ -33,32 +35,33 @@ images), and a global student :math:`s` (``train.model``). Round t, with sampled
    .. math:: f_i(x) = \gamma_t\,\mathrm{CE}\big(t(x), y_i\big)
              - \lambda_{adv}\,\mathrm{KL}\big(t(x) \,\|\, \sigma(s(x))\big)
 
-   (``fedgen.teacher-ce-weight`` = :math:`\gamma_t`, ``fedgen.adversarial-weight`` =
+   (``fedgen-logits.teacher-ce-weight`` = :math:`\gamma_t`, ``fedgen-logits.adversarial-weight`` =
    :math:`\lambda_{adv}`; t(x) the teachers' consensus, known at :math:`x_i` and the probes only),
    the input gradient is estimated as
    :math:`\hat g_i = \frac{d}{q}\sum_j \frac{f_i(x_i + \mu u_{ij}) - f_i(x_i)}{\mu} u_{ij}`
    (:func:`zeroth_order_gradient`) and pushed back through G with the exact gradient of
    :math:`\eta L_{div}`: one Adam step. Steps 1-3 (and this step) repeat
-   ``fedgen.generator-queries`` times per round with fresh samples; all answered samples are
-   distilled on below.
+   ``fedgen-logits.generator-queries`` times per round with fresh samples; all answered samples
+   are distilled on below.
 4. **Distil the student** for ``distill.server-steps`` steps:
 
    .. math:: L_s = T^2\,\mathrm{KL}\big(t_i \,\|\, \sigma(s(x_i)/T)\big)
              + \gamma_{ce}\,\mathrm{CE}(s(x_i), y_i)
 
-   (``distill.temperature``, ``fedgen.student-ce-weight``), warm-started from the last round, on
-   this round's samples and those of the previous ``fedgen.replay-rounds`` - 1 rounds with the
-   targets they got then (a replay buffer on the server: more distillation data at no extra
-   communication; older targets come from less trained teachers).
+   (``distill.temperature``, ``fedgen-logits.student-ce-weight``), warm-started from the last
+   round, on this round's samples and those of the previous R - 1 rounds with the targets they
+   got then (R = ``distill.replay-rounds``; its default 0 means 10 here; a replay buffer on the
+   server: more distillation data at no extra communication; older targets come from less trained
+   teachers).
 5. **Train the generator** against the frozen student for ``fedgen.generator-steps`` Adam steps
    (``fedgen.generator-lr``) on fresh batches of ``fedgen.generator-batch``:
 
    .. math:: L_G = \mathrm{CE}\big(s(G(\epsilon, y)), y\big) + \eta\,L_{div}(\epsilon, G(\epsilon, y))
              - \lambda_{adv}\,\mathrm{KL}\big(t \,\|\, \sigma(s(G(\epsilon_r, y_r)))\big)
 
-   with FedGen's diversity loss :math:`L_{div}` (``fedgen.diversity-weight`` = :math:`\eta`) and an
-   optional disagreement term (``fedgen.adversarial-weight`` = :math:`\lambda_{adv}`, default 0)
-   that moves this round's samples :math:`(\epsilon_r, y_r)` to where the student still
+   with FedGen's diversity loss :math:`L_{div}` (``fedgen.diversity-weight`` = :math:`\eta`) and
+   an optional disagreement term (``fedgen-logits.adversarial-weight`` = :math:`\lambda_{adv}`,
+   default 0) that moves this round's samples :math:`(\epsilon_r, y_r)` to where the student still
    disagrees with the teachers' targets (the teachers are not queried again).
 6. **Distil the clients** (phase ``distill``): clients that answered receive :math:`t` (the inputs
    are already in their node state from step 2, so only N x C floats go down again) and run
@@ -79,6 +82,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -97,11 +101,52 @@ from fedkd.aggregation import build_rule
 from fedkd.models.generators import INPUT_GENERATORS
 from fedkd.protocol import ArraySpec, Payload, PhaseSpec
 from fedkd.training import fit_to_targets, seeded_generator
+from fedkd.validate import positive
 
 #: Node-state key prefix of the synthetic inputs received in this round's queries (``/<query>``).
 INPUTS_KEY = "fedgen-logits/inputs"
 #: Seed streams of the server's generator, student and aggregation randomness.
 GENERATOR_STREAM, STUDENT_STREAM, AGGREGATION_STREAM = 0x6E4, 0x57D, 0xA66
+
+
+@dataclass(frozen=True)
+class FedGenLogitsConfig:
+    """``fedgen-logits.*``: the queries, the generator's objective and the input generator.
+
+    ``synthetic-batch`` samples per query and ``generator-queries`` queries per round;
+    ``zo-directions`` probes per sample (0: the generator learns from the student only) at
+    distance ``zo-epsilon``; ``teacher-ce-weight`` and ``adversarial-weight`` weigh the
+    generator's objective, ``student-ce-weight`` the student's label term; ``input-generator`` is
+    a name of :data:`fedkd.models.generators.INPUT_GENERATORS` (``"conv"`` or
+    ``"low-frequency"``, the latter with ``frequencies`` and ``prior-scale``).
+
+    Read elsewhere: the generator's training (``fedgen.generator-steps``, ``generator-lr``,
+    ``generator-batch``, ``diversity-weight``) and ``fedgen.decay`` from the FedGen family's
+    section (``fedgen.py``); the student's replay from ``distill.replay-rounds`` (its default 0
+    means :attr:`FedGenLogits.REPLAY_ROUNDS` = 10 rounds here) and the rest of ``distill.*``.
+    """
+
+    synthetic_batch: int = 256
+    student_ce_weight: float = 0.0
+    adversarial_weight: float = 0.0
+    generator_queries: int = 1
+    zo_directions: int = 0
+    zo_epsilon: float = 1e-3
+    teacher_ce_weight: float = 1.0
+    input_generator: str = "conv"
+    frequencies: int = 7
+    prior_scale: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.input_generator not in INPUT_GENERATORS:
+            raise ConfigError(f"fedgen-logits.input-generator must be one of "
+                              f"{', '.join(INPUT_GENERATORS.names())}, got {self.input_generator!r}")
+        for name in ("frequencies", "prior_scale", "synthetic_batch", "generator_queries",
+                     "zo_epsilon"):
+            positive(f"fedgen-logits.{name.replace('_', '-')}", getattr(self, name))
+        for name in ("student_ce_weight", "adversarial_weight", "zo_directions", "teacher_ce_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"fedgen-logits.{name.replace('_', '-')} must be >= 0")
 
 
 def zeroth_order_gradient(values: torch.Tensor, directions: torch.Tensor, mu: float) -> torch.Tensor:
@@ -137,14 +182,16 @@ class FedGenLogits(Algorithm):
     """Server-side input generator and student; clients share only logits on synthetic inputs."""
 
     name = "fedgen-logits"
-    config_sections = {"fedgen": FedGenConfig}
+    config_sections = {"fedgen": FedGenConfig, "fedgen-logits": FedGenLogitsConfig}
     SERVER_STATE = ("_student", "_generator", "_optimizer", "_replay", "_rng")
+    #: Rounds of samples the student distils on when ``distill.replay-rounds`` is 0 (its default).
+    REPLAY_ROUNDS = 10
 
     @classmethod
     def planned_releases(cls, cfg: RunConfig) -> int:
         # noised label counts with every query cycle, for a rule that needs counts
         counts = cfg.privacy.enabled and cls.releases_label_counts(cfg)
-        return cfg.section("fedgen").generator_queries if counts else 0
+        return cfg.section("fedgen-logits").generator_queries if counts else 0
 
     @classmethod
     def check_config(cls, cfg: RunConfig) -> None:
@@ -155,20 +202,22 @@ class FedGenLogits(Algorithm):
                 f"fedgen-logits with the {rule.name} rule releases label counts: under "
                 "DP-SGD they need privacy.output-noise > 0"
             )
-        if cfg.section("fedgen").zo_directions and rule.client_level_privacy:
-            raise ConfigError(f"fedgen.zo-directions needs soft targets: the {rule.name} rule "
+        if cfg.section("fedgen-logits").zo_directions and rule.client_level_privacy:
+            raise ConfigError(f"fedgen-logits.zo-directions needs soft targets: the {rule.name} rule "
                               "answers with noisy one-hot votes; use another aggregation.rule")
 
     def __init__(self, *args, **kwargs) -> None:  # noqa: D107 - see Algorithm
         super().__init__(*args, **kwargs)
-        self.options: FedGenConfig = self.cfg.section("fedgen")
+        self.options: FedGenLogitsConfig = self.cfg.section("fedgen-logits")
+        #: The FedGen family's generator training and decay (``fedgen.*``).
+        self.fedgen: FedGenConfig = self.cfg.section("fedgen")
         self._student: nn.Module | None = None
         self._generator: nn.Module | None = None
         self._optimizer: torch.optim.Optimizer | None = None
         self._rng = np.random.default_rng([self.cfg.seed, AGGREGATION_STREAM])
         #: (inputs, targets, labels) of recent rounds, newest last.
         self._replay: deque[tuple[np.ndarray, np.ndarray, np.ndarray]] = deque(
-            maxlen=self.options.replay_rounds)
+            maxlen=self.cfg.distill.replay_rounds or self.REPLAY_ROUNDS)
 
     # ----- the contract -------------------------------------------------------------------
     def logits_phase(self, n: int) -> PhaseSpec:
@@ -191,8 +240,8 @@ class FedGenLogits(Algorithm):
             torch.manual_seed(self.cfg.seed + GENERATOR_STREAM)
             self._generator = INPUT_GENERATORS.get(fg.input_generator)(
                 self.num_classes, self.input_shape, fg)
-        self._optimizer = torch.optim.Adam(self._generator.parameters(), lr=fg.generator_lr,
-                                           betas=(0.5, 0.999))
+        self._optimizer = torch.optim.Adam(self._generator.parameters(),
+                                           lr=self.fedgen.generator_lr, betas=(0.5, 0.999))
 
     def global_model(self) -> nn.Module | None:
         return self._student
@@ -337,8 +386,8 @@ class FedGenLogits(Algorithm):
         f = self.teacher_objective(probs, labels.repeat(q + 1), queried).reshape(q + 1, n)
         grad = zeroth_order_gradient(f, directions, fg.zo_epsilon)
         loss = (inputs.reshape(n, -1) * grad).sum() / n
-        if fg.diversity_weight > 0:
-            loss = loss + fg.diversity_weight * diversity_loss(noise, inputs)
+        if self.fedgen.diversity_weight > 0:
+            loss = loss + self.fedgen.diversity_weight * diversity_loss(noise, inputs)
         self._optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self._optimizer.step()
@@ -349,7 +398,7 @@ class FedGenLogits(Algorithm):
     ) -> float:
         """``fedgen.generator-steps`` Adam steps of L_G against the frozen student."""
         assert self._student is not None and self._generator is not None and self._optimizer
-        fg = self.options
+        fg = self.fedgen
         student = self._student
         student.eval()
         for p in student.parameters():
@@ -366,9 +415,9 @@ class FedGenLogits(Algorithm):
                 loss = F.cross_entropy(student(fake), labels)
                 if fg.diversity_weight > 0:
                     loss = loss + fg.diversity_weight * diversity_loss(noise, fake)
-                if fg.adversarial_weight > 0 and len(round_labels):
+                if self.options.adversarial_weight > 0 and len(round_labels):
                     replay = student(self._generator(round_noise, round_labels))
-                    loss = loss - fg.adversarial_weight * kd_kl_from_probs(
+                    loss = loss - self.options.adversarial_weight * kd_kl_from_probs(
                         replay, torch.from_numpy(targets.astype(np.float32)), 1.0)
                 self._optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -413,7 +462,7 @@ class FedGenLogits(Algorithm):
         if len(targets) != len(x):
             raise ValueError(f"fedgen-logits: {len(targets)} targets for {len(x)} inputs")
         train, distill = self.cfg.train, self.cfg.distill
-        weight = distill.weight * self.options.decay ** (rnd - 1)
+        weight = distill.weight * self.fedgen.decay ** (rnd - 1)
         if len(x) and distill.steps and weight > 0:
             fit_to_targets(model, x, targets, steps=distill.steps, batch_size=train.batch_size,
                            learning_rate=train.learning_rate, temperature=distill.temperature, loss=self.distill_loss,

@@ -15,7 +15,7 @@ calls from its own ``run_round``:
   client's data size);
 * :meth:`distill_student`: the server's global student distils on the aggregated targets,
   replaying the last ``distill.replay-rounds`` rounds' (inputs, targets) so it does not forget
-  earlier batches; :meth:`teach` does that and sends the targets to the clients;
+  earlier batches (0, the default: :attr:`~PublicSetAlgorithm.REPLAY_ROUNDS`, this round's only); :meth:`teach` does that and sends the targets to the clients;
 
 and the client half's: :meth:`public_inputs` (the announced inputs, checked), :meth:`upload`
 (logits on them, plus the label counts a count rule needs) and :meth:`distill_on_targets` (the
@@ -73,6 +73,9 @@ class PublicSetAlgorithm(Algorithm):
     NEEDS_PUBLIC_SPLIT = True
     #: The seed stream of the server's index draws (kept per algorithm: results stay as they were).
     INDEX_STREAM = 0xFED3D
+    #: Rounds of targets the student distils on when ``distill.replay-rounds`` is 0 (its
+    #: default): this round's only.
+    REPLAY_ROUNDS = 1
 
     @classmethod
     def check_config(cls, cfg: RunConfig) -> None:
@@ -97,7 +100,7 @@ class PublicSetAlgorithm(Algorithm):
         self._rng = np.random.default_rng([self.cfg.seed, self.INDEX_STREAM])
         #: (inputs, targets) of recent rounds, newest last, for the student's replay.
         self._replay: deque[tuple[np.ndarray, np.ndarray]] = deque(
-            maxlen=self.cfg.distill.replay_rounds)
+            maxlen=self.cfg.distill.replay_rounds or self.REPLAY_ROUNDS)
 
     # ----- server half --------------------------------------------------------------------
     def setup_server(self, data: FederatedData) -> None:

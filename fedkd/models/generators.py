@@ -22,7 +22,7 @@ from torch import nn
 
 from fedkd.registry import Registry
 
-#: Input-space generators by name (``fedgen.input-generator``): ``factory(num_classes,
+#: Input-space generators by name (``fedgen-logits.input-generator``): ``factory(num_classes,
 #: image_shape, options)`` -> module with ``sample_noise(n, generator)`` and ``forward(noise,
 #: labels)``. ``options`` is the algorithm's config section (read for the generator's own keys).
 INPUT_GENERATORS: Registry[Callable[..., nn.Module]] = Registry("input generator")

@@ -39,7 +39,7 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path: Path, overrides: dic
 
 
 def test_fedgen_logits_restores_its_generator_student_and_replay(tmp_path: Path) -> None:
-    base = {"algorithm": "fedgen-logits", "fedgen.synthetic-batch": 20, "distill.server-steps": 5,
+    base = {"algorithm": "fedgen-logits", "fedgen-logits.synthetic-batch": 20, "distill.server-steps": 5,
             "fedgen.generator-steps": 2, "distill.steps": 2, "train.local-steps": 3,
             "federation.evaluate-clients": False}
     run_inprocess({**base, "num-server-rounds": 1}, 3, tmp_path)

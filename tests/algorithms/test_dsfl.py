@@ -75,3 +75,12 @@ def test_student_replays_earlier_rounds(tmp_path: Path) -> None:
                                 "distill.replay-rounds": 3}, 3, tmp_path)
     assert all(r["global-accuracy"] is not None for r in rows)
     assert np.isfinite([r["student-distill-loss"] for r in rows]).all()
+
+
+def test_replay_rounds_default_is_this_round_only() -> None:
+    # distill.replay-rounds = 0 (the default) is the algorithm's own: 1 for the public-set ones.
+    from fedkd.algorithms.dsfl import DSFL
+
+    for flat, rounds in (({}, 1), ({"distill.replay-rounds": 3}, 3)):
+        cfg = build_config({"algorithm": "dsfl", "data.dataset": "digits", **flat})
+        assert DSFL(cfg, 10, (1, 8, 8))._replay.maxlen == rounds

@@ -12,7 +12,7 @@ from fedkd.losses import diversity_loss
 from fedkd.models.generators import InputGenerator, LatentGenerator, LowFrequencyGenerator, dct_basis
 from tests.algorithms.inprocess import run_inprocess
 
-FAST = {"algorithm": "fedgen-logits", "fedgen.synthetic-batch": 40, "distill.server-steps": 10,
+FAST = {"algorithm": "fedgen-logits", "fedgen-logits.synthetic-batch": 40, "distill.server-steps": 10,
         "fedgen.generator-steps": 3, "distill.steps": 3, "train.local-steps": 5}
 
 
@@ -110,8 +110,8 @@ def test_weighted_rule_adds_only_the_declared_counts(tmp_path: Path) -> None:
 
 
 def test_low_frequency_generator_with_classwise_rule(tmp_path: Path) -> None:
-    cfg = {**FAST, "aggregation.rule": "classwise", "fedgen.input-generator": "low-frequency",
-           "fedgen.frequencies": 5, "num-server-rounds": 2}
+    cfg = {**FAST, "aggregation.rule": "classwise", "fedgen-logits.input-generator": "low-frequency",
+           "fedgen-logits.frequencies": 5, "num-server-rounds": 2}
     rows, audit, _ = run_inprocess(cfg, 3, tmp_path)
     assert [r["num-failures"] for r in rows] == [0, 0] and rows[-1]["answered"] == 40
     assert np.isfinite(rows[-1]["global-accuracy"]) and np.isfinite(rows[-1]["generator-loss"])
@@ -122,8 +122,8 @@ def test_low_frequency_generator_with_classwise_rule(tmp_path: Path) -> None:
 
 
 def test_unknown_input_generator_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="fedgen.input-generator must be one of conv, low-frequency"):
-        run_inprocess({**FAST, "fedgen.input-generator": "gan"}, 3, tmp_path)
+    with pytest.raises(ConfigError, match="fedgen-logits.input-generator must be one of conv, low-frequency"):
+        run_inprocess({**FAST, "fedgen-logits.input-generator": "gan"}, 3, tmp_path)
 
 
 def test_a_seeded_run_is_reproducible(tmp_path: Path) -> None:
@@ -172,7 +172,7 @@ def test_zeroth_order_gradient_points_along_the_true_gradient_with_random_direct
 
 
 def test_zeroth_order_queries_send_only_logits_for_the_declared_probes(tmp_path: Path) -> None:
-    cfg = {**FAST, "fedgen.zo-directions": 2, "fedgen.generator-queries": 2,
+    cfg = {**FAST, "fedgen-logits.zo-directions": 2, "fedgen-logits.generator-queries": 2,
            "fedgen.generator-steps": 0, "num-server-rounds": 2}
     rows, audit, _ = run_inprocess(cfg, 3, tmp_path)
     assert rows[-1]["num-failures"] == 0 and rows[-1]["answered"] == 2 * 40
@@ -186,4 +186,27 @@ def test_zeroth_order_queries_send_only_logits_for_the_declared_probes(tmp_path:
 
 def test_zeroth_order_needs_soft_targets(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="zo-directions needs soft targets"):
-        run_inprocess({**FAST, "fedgen.zo-directions": 1, "aggregation.rule": "pate"}, 3, tmp_path)
+        run_inprocess({**FAST, "fedgen-logits.zo-directions": 1, "aggregation.rule": "pate"}, 3, tmp_path)
+
+
+def test_its_keys_live_in_its_own_section() -> None:
+    from fedkd.algorithms.fedgen_logits import FedGenLogitsConfig
+
+    cfg = build_config({"algorithm": "fedgen-logits", "fedgen-logits.zo-directions": 2})
+    assert cfg.section("fedgen-logits") == FedGenLogitsConfig(zo_directions=2)
+    with pytest.raises(ConfigError, match="unknown config key 'fedgen.zo-directions'"):
+        build_config({"algorithm": "fedgen-logits", "fedgen.zo-directions": 2})
+    with pytest.raises(ConfigError, match="unknown config key 'fedgen.replay-rounds'"):
+        build_config({"algorithm": "fedgen-logits", "fedgen.replay-rounds": 2})
+
+
+def test_the_student_replays_distill_replay_rounds(tmp_path: Path) -> None:
+    # One key for every server student's replay: 0 (the default) is fedgen-logits' own 10 rounds.
+    fast = {**FAST, "fedgen.generator-steps": 0, "distill.steps": 0, "train.local-steps": 1,
+            "num-server-rounds": 3}
+    rows, _, _ = run_inprocess(fast, 3, tmp_path / "default")
+    assert [r["replay-samples"] for r in rows] == [40, 80, 120]
+    rows, _, _ = run_inprocess({**fast, "distill.replay-rounds": 2}, 3, tmp_path / "two")
+    assert [r["replay-samples"] for r in rows] == [40, 80, 80]
+    with pytest.raises(ConfigError, match="distill.replay-rounds must be >= 0"):
+        build_config({"algorithm": "fedgen-logits", "distill.replay-rounds": -1})

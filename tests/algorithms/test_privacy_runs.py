@@ -71,7 +71,7 @@ def test_fd_refuses_half_configured_privacy(tmp_path: Path) -> None:
 # epsilon after round 2 and after round 3 of the same run without a budget (measured), so some
 # client must stop in round 3 or 4.
 _PUBLIC = {"distill.public-batch": 40, "distill.server-steps": 3, "distill.steps": 2}
-_SYNTHETIC = {"fedgen.synthetic-batch": 20, "distill.server-steps": 3,
+_SYNTHETIC = {"fedgen-logits.synthetic-batch": 20, "distill.server-steps": 3,
               "fedgen.generator-steps": 2, "distill.steps": 2}
 _NOISE_ONLY = {"train.local-steps": 5, "privacy.output-noise": 2.0,
                "aggregation.max-abs-logit": 1e7}  # noised logits of a non-DP model are large

@@ -154,9 +154,9 @@ def test_fd_with_dp_sgd_reports_growing_epsilon_through_flower(tmp_path: Path) -
         ('algorithm="fedgen"', 'train.model="fedgen-cnn"', "fedgen.generator-steps=5"),
         # Zeroth-order probes, two query cycles and a sampled 2 of 3 clients: the list-valued
         # configs and Flower's 64-bit node ids through the real engine.
-        ('algorithm="fedgen-logits"', "fedgen.synthetic-batch=40", "fedgen.generator-steps=3",
-         "distill.server-steps=10", "distill.steps=3", "fedgen.zo-directions=1",
-         "fedgen.generator-queries=2", "federation.fraction-train=0.6",
+        ('algorithm="fedgen-logits"', "fedgen-logits.synthetic-batch=40", "fedgen.generator-steps=3",
+         "distill.server-steps=10", "distill.steps=3", "fedgen-logits.zo-directions=1",
+         "fedgen-logits.generator-queries=2", "federation.fraction-train=0.6",
          "federation.min-replies=2"),
     ],
     ids=["fedgen", "fedgen-logits"],

@@ -88,7 +88,7 @@ def test_int_accepted_where_float_expected() -> None:
         ({"distill.loss": "huber"}, r"distill.loss: unknown distillation loss 'huber'; valid names: kl, l1-logits, mse-logits"),
         ({"privacy.server-accountant": "moments"}, r"unknown server accountant 'moments'; valid names: pld, rdp"),
         ({"privacy.dp-sgd": True, "privacy.accountant": "moments"}, r"privacy.accountant: unknown accountant 'moments'; valid names \(Opacus' registry\): .*prv.*rdp"),
-        ({"fedgen.input-generator": "gan"}, r"fedgen.input-generator must be one of conv, low-frequency"),
+        ({"fedgen-logits.input-generator": "gan"}, r"fedgen-logits.input-generator must be one of conv, low-frequency"),
         ({"aggregation.max-abs-logit": 0.0}, r"max-abs-logit must be > 0"),
         ({"distill.public-batch": 0}, r"distill.public-batch must be > 0"),
         ({"distill.steps": -1}, r"distill.steps must be >= 0"),
@@ -123,16 +123,18 @@ def test_build_rule_uses_the_rules_own_section() -> None:
 def test_sections_are_registered_by_their_owners() -> None:
     from fedkd.aggregation.pate import PateOptions
     from fedkd.algorithms.fedgen import FedGenConfig
+    from fedkd.algorithms.fedgen_logits import FedGenLogitsConfig
 
-    cfg = build_config({"fedgen.synthetic-batch": 17})
+    cfg = build_config({"fedgen-logits.synthetic-batch": 17})
     assert isinstance(cfg.section("fedgen"), FedGenConfig)
-    assert cfg.section("fedgen").synthetic_batch == 17
+    assert isinstance(cfg.section("fedgen-logits"), FedGenLogitsConfig)
+    assert cfg.section("fedgen-logits").synthetic_batch == 17
     assert cfg.section("aggregation.pate") == PateOptions()
     with pytest.raises(KeyError, match="no config section 'nope'"):
         cfg.section("nope")
     # Core sections only: a plugin key is unknown there.
-    with pytest.raises(ConfigError, match="unknown config key 'fedgen.synthetic-batch'"):
-        RunConfig.from_flat({"fedgen.synthetic-batch": 17})
+    with pytest.raises(ConfigError, match="unknown config key 'fedgen-logits.synthetic-batch'"):
+        RunConfig.from_flat({"fedgen-logits.synthetic-batch": 17})
 
 
 def test_algorithm_checks_run_in_build_config() -> None:
