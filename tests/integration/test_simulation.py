@@ -102,7 +102,11 @@ def test_fd_with_a_misbehaving_client_through_flower(tmp_path: Path) -> None:
     assert [r["rejected-replies"] for r in rows] == [1, 1]
     assert all(r["client-errors"] == 0 and r["timeouts"] == 0 for r in rows)
     audit = read_metrics(tmp_path / "it", "replies.jsonl")
+    # each node said once which client it is, before round 1 (by its Flower node id)
+    assert sorted(a["phase"] for a in audit[:3]) == ["identify"] * 3
+    audit = audit[3:]
     assert len(audit) == 2 * (3 + 3)  # 2 rounds x (3 fit + 3 evaluate) replies
+    assert {a["node"] for a in audit} == {0, 1, 2}  # by client id: the partition id
     for a in audit:
         if a["phase"] == "fit":
             assert set(a["arrays"]) == {"arrays/class-logits", "arrays/class-counts"}
@@ -123,7 +127,7 @@ def test_fedmd_mixed_architectures_through_flower(tmp_path: Path) -> None:
     assert all(r["num-failures"] == 0 and r["teachers"] == 3 for r in rows)
     assert rows[-1]["global-accuracy"] is not None
     audit = read_metrics(tmp_path / "it", "replies.jsonl")
-    assert {a["phase"] for a in audit} == {"logits", "digest", "evaluate"}
+    assert {a["phase"] for a in audit} == {"identify", "logits", "digest", "evaluate"}
     for a in audit:
         if a["phase"] == "logits":  # N x C float32 logits, nothing else
             assert a["arrays"] == {"arrays/logits": {"shape": [64, 10], "dtype": "float32",
@@ -186,7 +190,7 @@ def test_secure_aggregation_with_distributed_dp_through_flower(tmp_path: Path) -
     assert rows[0]["server-privacy-unit"] == "client"
     assert 0 < rows[0]["server-epsilon"] < rows[1]["server-epsilon"]
     audit = read_metrics(tmp_path / "it", "replies.jsonl")
-    assert {a["phase"] for a in audit} == {"fit", "secagg-share-keys", "secagg-mask",
+    assert {a["phase"] for a in audit} == {"identify", "fit", "secagg-share-keys", "secagg-mask",
                                            "secagg-unmask", "distill", "evaluate"}
     for a in audit:
         assert not any("logits" in name for name in a["arrays"]), a
