@@ -26,6 +26,7 @@ what ``outputs/<run>/config.json`` records; a test keeps the defaults here and i
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import tomllib
@@ -404,6 +405,15 @@ def pyproject_defaults(path: str | Path) -> dict[str, Scalar]:
     """
     with open(path, "rb") as fh:
         return flatten_table(tomllib.load(fh)["tool"]["flwr"]["app"]["config"])
+
+
+def toml_value(value: Scalar) -> str:
+    """A run-config scalar written as a TOML value (``--run-config``, ``--set KEY=VALUE``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))  # a TOML basic string for ordinary text
 
 
 def flatten_table(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -2,14 +2,10 @@
 
 This package imports every module in it (a package scan), so a new algorithm is one new file.
 
-| name | what leaves a client | file |
-|---|---|---|
-| ``fedavg`` | model weights (baseline) | ``fedavg.py`` |
-| ``fedgen`` | model weights and label counts (baseline; FedGen, official code) | ``fedgen.py`` |
-| ``fd`` | per-class mean logits [C, C] and counts [C] | ``fd.py`` |
-| ``fedmd`` | logits on announced public samples [N, C] | ``fedmd.py`` |
-| ``fedgen-logits`` | logits on server-generated inputs [N, C] | ``fedgen_logits.py`` |
-| ``local`` | nothing (metrics only): local training, the personalised baseline | ``local.py`` |
+The algorithms, what each uploads and the config sections each owns are listed in
+``docs/configuration.md``, generated from this registry (``python -m fedkd.experiments.configdoc
+--write docs/configuration.md``); what leaves a client in each phase is the phase contract
+(:class:`fedkd.protocol.PhaseSpec`) in the algorithm's file.
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ ACCOUNTANTS: Registry[Callable[[], Any]] = Registry("server accountant")
 
 @ACCOUNTANTS.register("rdp")
 def _rdp() -> Any:
+    """Renyi DP accounting (``dp_accounting``'s ``RdpAccountant``)."""
     from dp_accounting import rdp
 
     return rdp.RdpAccountant()
@@ -50,6 +51,7 @@ def _rdp() -> Any:
 
 @ACCOUNTANTS.register("pld")
 def _pld() -> Any:
+    """Privacy loss distributions (``dp_accounting``'s ``PLDAccountant``): tighter, slower."""
     from dp_accounting import pld
 
     return pld.PLDAccountant()

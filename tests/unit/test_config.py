@@ -151,3 +151,13 @@ def test_era_temperature_of_one_or_more_is_rejected() -> None:
 def test_attack_partitions_parse() -> None:
     cfg = build_config({"attack.partitions": "0, 3", "attack.mode": "flip"})
     assert cfg.attack.partition_ids == frozenset({0, 3})
+
+
+def test_toml_value_round_trips_every_default() -> None:
+    import tomllib
+
+    from fedkd.config import toml_value
+
+    for key, value in build_config({}).to_flat().items():
+        assert tomllib.loads("v = " + toml_value(value))["v"] == value, key
+    assert toml_value('a "quoted" \\ path') == '"a \\"quoted\\" \\\\ path"'
