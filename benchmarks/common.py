@@ -11,16 +11,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedkd.config import toml_value
 from fedkd.results import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def toml_value(value: Any) -> str:
-    """A run-config value written for ``--set KEY=VALUE``."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    return json.dumps(value) if isinstance(value, str) else str(value)
 
 
 def slug(name: str) -> str:

@@ -23,9 +23,9 @@ every import against this list and imports each entry alone:
    partitions; the model zoo and generators; distillation losses; simulated misbehaving clients
 3. ``config``, ``protocol``, ``training``: the core config sections; the message contract; the one
    training loop
-4. ``aggregation``, ``privacy``, ``secagg``, ``synthesis``, ``results``: one file per rule; DP-SGD,
-   output noise and ledgers (on the training loop); secure aggregation; client-side input
-   synthesis; run outputs
+4. ``aggregation``, ``privacy``, ``secagg``, ``synthesis``, ``results``, ``runtime.launch``: one
+   file per rule; DP-SGD, output noise and ledgers (on the training loop); secure aggregation;
+   client-side input synthesis; run outputs; the offline launcher (which writes run configs)
 5. ``algorithms``: one file per algorithm (Selective-FD's selectors beside it)
 6. ``compose``: the composition root (this module)
 7. ``experiments``, ``server``, ``client``: presets, the runner and the report; the ServerApp; the
@@ -66,9 +66,11 @@ LAYERS: tuple[tuple[tuple[str, ...], str], ...] = (
      "losses; simulated misbehaving clients"),
     (("fedkd.config", "fedkd.protocol", "fedkd.training"),
      "the core config sections; the message contract; the one training loop"),
-    (("fedkd.aggregation", "fedkd.privacy", "fedkd.secagg", "fedkd.synthesis", "fedkd.results"),
+    (("fedkd.aggregation", "fedkd.privacy", "fedkd.secagg", "fedkd.synthesis", "fedkd.results",
+      "fedkd.runtime.launch"),
      "one file per rule; DP-SGD, output noise and ledgers (on the training loop); secure "
-     "aggregation; client-side input synthesis; run outputs"),
+     "aggregation; client-side input synthesis; run outputs; the offline launcher (which writes "
+     "run configs)"),
     (("fedkd.algorithms",), "one file per algorithm (Selective-FD's selectors beside it)"),
     (("fedkd.compose",), "the composition root (this module)"),
     (("fedkd.experiments", "server", "client"),

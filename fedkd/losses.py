@@ -5,8 +5,9 @@ returns a 0-dim loss tensor (or, for the helpers, a tensor of probabilities / re
 Nothing is detached: if the teacher's tensors must not receive gradients, the caller computes them
 under ``torch.no_grad()`` or detaches them.
 
-Equation numbers refer to the knowledge-distillation survey kept in
-``shared/seed/knowledge-distillation-survey.txt`` (sections 2.1-2.3, 4.1.3, 4.2.1 and 4.4.2, whose
+Equation numbers refer to the knowledge-distillation survey, Moslemi, Briskina, Dang & Li, "A survey
+on knowledge distillation: Recent advancements", Machine Learning with Applications, 2024,
+doi:10.1016/j.mlwa.2024.100605 (sections 2.1-2.3, 4.1.3, 4.2.1 and 4.4.2, whose
 equations are numbered (1.1.x), (1.2.x), (1.3.x), (3.1.3.x), (3.2.1.x) and (3.4.2.x)). The one loss
 that is not in the survey, FedGen's generator diversity loss, follows Zhu, Hong & Zhou, "Data-Free
 Knowledge Distillation for Heterogeneous Federated Learning", ICML 2021, and its official code.

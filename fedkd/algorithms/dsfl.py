@@ -48,7 +48,6 @@ class DSFL(PublicSetAlgorithm):
     """Local training, then logits on announced open samples up; ERA targets down; clients and
     a server student distil on them."""
 
-    name = "dsfl"
     INDEX_STREAM = 0xD5F1
 
     def fit_phase(self, n: int) -> PhaseSpec:

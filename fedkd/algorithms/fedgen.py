@@ -5,7 +5,7 @@ weights every round (plus this round's label counts), exactly as FedAvg does, an
 additionally learns a small conditional generator of latent features that it broadcasts back. The
 class sets ``shares_weights = True``; fedkd keeps it as the reference FedGen result, not as a
 logit-sharing method (see ``fedgen-logits`` for the black-box variant). The specification is
-``notes/algorithms.md`` §1 (official code ``zhuangdizhu/FedGen`` @ dd5807c5).
+the paper as its official code implements it (``zhuangdizhu/FedGen`` @ dd5807c5).
 
 Notation: round index t = 0, 1, ... (fedkd's round ``rnd`` is 1-based: t = rnd - 1); S_t the
 clients whose fit replies were valid; C classes; every model is ``head(features(x))`` with a
@@ -222,7 +222,6 @@ def _seed_int(*seeds: int) -> int:
 class FedGen(Algorithm):
     """FedGen: FedAvg plus a server-trained latent generator (baseline; uploads weights)."""
 
-    name = "fedgen"
     shares_weights = True
     config_sections = {"fedgen": FedGenConfig}
     SERVER_STATE = ("_model", "_generator", "_optimizer", "_scheduler")

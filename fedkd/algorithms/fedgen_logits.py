@@ -181,7 +181,6 @@ class QueryResult(NamedTuple):
 class FedGenLogits(Algorithm):
     """Server-side input generator and student; clients share only logits on synthetic inputs."""
 
-    name = "fedgen-logits"
     config_sections = {"fedgen": FedGenConfig, "fedgen-logits": FedGenLogitsConfig}
     SERVER_STATE = ("_student", "_generator", "_optimizer", "_replay", "_rng")
     #: Rounds of samples the student distils on when ``distill.replay-rounds`` is 0 (its default).

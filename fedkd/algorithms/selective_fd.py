@@ -100,7 +100,6 @@ class SelectiveFD(DSFL):
     #: their answer masks: not (yet) expressed as sums.
     SECURE_AGGREGATION = False
 
-    name = "selective-fd"
     config_sections = {"selective-fd": SelectiveFDConfig}
     INDEX_STREAM = 0x5E1FD
 

@@ -57,6 +57,8 @@ from typing import Self
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from fedkd.validate import finite_positive
+
 __all__ = [
     "KuLSIF",
     "fit_kulsif",
@@ -100,13 +102,6 @@ def _as_vectors(name: str, x: ArrayLike) -> FloatArray:
     if not np.all(np.isfinite(out)):
         raise ValueError(f"{name} contains NaN or infinite values")
     return out
-
-
-def _positive(name: str, value: float) -> float:
-    v = float(value)
-    if not (math.isfinite(v) and v > 0.0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return v
 
 
 def _rows_per_block(cols: int, block_bytes: int) -> int:
@@ -170,7 +165,7 @@ def gaussian_kernel(a: ArrayLike, b: ArrayLike, *, sigma: float) -> FloatArray:
     av, bv = _as_vectors("a", a), _as_vectors("b", b)
     if av.shape[1] != bv.shape[1]:
         raise ValueError(f"a and b have different input sizes: {av.shape[1]} vs {bv.shape[1]}")
-    s = _positive("sigma", sigma)
+    s = finite_positive("sigma", sigma, coerce=True)
     return _kernel_block(av, np.einsum("ij,ij->i", av, av), bv, np.einsum("ij,ij->i", bv, bv), s)
 
 
@@ -285,8 +280,8 @@ class KuLSIF:
         if nu.shape[1] != de.shape[1]:
             raise ValueError(f"x_nu and x_de have different input sizes: {nu.shape[1]} vs "
                              f"{de.shape[1]}")
-        s = _positive("sigma", sigma)
-        reg = _positive("lam", lam)
+        s = finite_positive("sigma", sigma, coerce=True)
+        reg = finite_positive("lam", lam, coerce=True)
         n, m = de.shape[0], nu.shape[0]
         de_sq = np.einsum("ij,ij->i", de, de)
         system = _kernel_block(de, de_sq, de, de_sq, s)  # K11

@@ -30,6 +30,8 @@ from typing import IO, Any
 
 import tomli_w
 
+from fedkd.config import toml_value
+
 _log = logging.getLogger(__name__)
 
 #: Environment every Flower process gets: nothing may call out.
@@ -162,15 +164,6 @@ def stop_process(proc: subprocess.Popen[Any], grace: float = 15.0) -> None:
     except subprocess.TimeoutExpired as err:
         _log.warning("process %d did not exit within %g s of SIGKILL (%s)", proc.pid,
                      err.timeout, err)
-
-
-def toml_value(value: bool | int | float | str) -> str:
-    """A scalar written as a TOML value (``--run-config`` needs TOML syntax)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return json.dumps(str(value))  # a TOML basic string for ordinary text
 
 
 def run_config_toml(flat: Mapping[str, bool | int | float | str]) -> str:
