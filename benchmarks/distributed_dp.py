@@ -36,27 +36,39 @@ from fedkd.results import read_metrics
 DELTA = 1e-5
 
 
-def noise_multiplier_for(epsilon: float, rounds: int) -> float:
-    """The Gaussian noise multiplier whose ``rounds`` compositions spend ``epsilon`` (RDP)."""
+def noise_multiplier_for(epsilon: float, rounds: int, sampling_rate: float | None = None) -> float:
+    """The Gaussian noise multiplier whose ``rounds`` releases spend ``epsilon`` (RDP), by the
+    server ledger's own accounting (:func:`fedkd.privacy.accounting.planned_epsilon`): one
+    Gaussian per round, or under ``federation.sampling = "poisson"`` (``sampling_rate`` = its
+    ``fraction-train``) one Poisson-sampled Gaussian per round."""
     import dp_accounting
-    from dp_accounting import rdp
     from scipy.optimize import brentq
 
+    from fedkd.privacy.accounting import planned_epsilon
+
     def spent(z: float) -> float:
-        accountant = rdp.RdpAccountant()
-        accountant.compose(dp_accounting.GaussianDpEvent(z), rounds)
-        return accountant.get_epsilon(DELTA) - epsilon
+        return planned_epsilon([dp_accounting.GaussianDpEvent(z)], rounds, DELTA,
+                               sampling_rate=sampling_rate) - epsilon
 
     return float(brentq(spent, 0.05, 1000.0))
 
 
-def pate_sigma_for(epsilon: float, queries: int) -> float:
-    """GNMax's sigma whose ``queries`` votes spend ``epsilon`` (data-independent, RDP)."""
+def pate_sigma_for(epsilon: float, rounds: int, samples: int,
+                   sampling_rate: float | None = None) -> float:
+    """GNMax's sigma whose ``rounds`` rounds of ``samples`` votes spend ``epsilon``
+    (data-independent, RDP), by the server ledger's accounting (sampled as
+    :func:`noise_multiplier_for`: each round's votes come from one sample of teachers)."""
+    import dp_accounting
     from scipy.optimize import brentq
 
-    from fedkd.privacy.accounting import gnmax_epsilon
+    from fedkd.privacy.accounting import planned_epsilon
 
-    return float(brentq(lambda s: gnmax_epsilon(s, queries, DELTA) - epsilon, 0.1, 1e5))
+    def spent(sigma: float) -> float:
+        votes = dp_accounting.SelfComposedDpEvent(
+            dp_accounting.GaussianDpEvent(sigma / 2 ** 0.5), samples)
+        return planned_epsilon([votes], rounds, DELTA, sampling_rate=sampling_rate) - epsilon
+
+    return float(brentq(spent, 0.1, 1e5))
 
 
 def plan(rounds: int, samples: int, clip: float, epsilons: list[float]) -> dict[str, dict[str, Any]]:
@@ -74,7 +86,7 @@ def plan(rounds: int, samples: int, clip: float, epsilons: list[float]) -> dict[
             "secagg.noise-multiplier": round(noise_multiplier_for(eps, rounds), 4),
             "secagg.clip": clip, "secagg.min-clients": 10}
         rows[f"PATE, eps {eps:g}"] = {**base, "aggregation.rule": "pate",
-                                      "aggregation.pate.sigma": round(pate_sigma_for(eps, rounds * samples), 3)}
+                                      "aggregation.pate.sigma": round(pate_sigma_for(eps, rounds, samples), 3)}
     return rows
 
 

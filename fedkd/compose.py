@@ -126,6 +126,7 @@ def build_config(flat: Mapping[str, Scalar]) -> RunConfig:
     algorithm.check_config(cfg)
     if cfg.aggregation.secure:
         check_secure_aggregation(cfg, algorithm, ALGORITHMS)
+    check_sampling(cfg)
     check_privacy_config(cfg.privacy, cfg.num_server_rounds * algorithm.releases_per_round(cfg))
     return cfg
 
@@ -161,6 +162,23 @@ def check_secure_aggregation(cfg: RunConfig, algorithm: type, algorithms) -> Non
             "can: " + ", ".join(n for n in AGGREGATORS.names() if AGGREGATORS.get(n).sum_decomposable))
 
 
+def check_sampling(cfg: RunConfig) -> None:
+    """``federation.sampling = "poisson"``: a round has any size, and one with fewer sampled
+    clients than ``federation.min-replies`` is skipped (``server/loop.py``); distributed DP
+    under secure aggregation must then be calibrated for no more clients than that, or a round
+    between the two would fail instead of being skipped."""
+    fed = cfg.federation
+    if fed.sampling != "poisson" or not cfg.aggregation.secure or not cfg.has_section("secagg"):
+        return
+    options = cfg.section("secagg")
+    if options.distributed_dp and options.min_clients > fed.min_replies:
+        raise ConfigError(
+            f"federation.sampling = 'poisson' with secagg.min-clients = {options.min_clients} > "
+            f"federation.min-replies = {fed.min_replies}: a round that samples between the two "
+            "would fail secure aggregation instead of being skipped; set federation.min-replies "
+            f"to at least {options.min_clients}")
+
+
 def check_federation_size(cfg: RunConfig, num_nodes: int) -> None:
     """Refuse a quorum that a federation of ``num_nodes`` nodes cannot meet.
 
@@ -168,7 +186,9 @@ def check_federation_size(cfg: RunConfig, num_nodes: int) -> None:
     per partition); in a deployment ``federation.min-nodes`` is the least the server waits for
     and more may join. The round loop (``server/loop.py``) waits for ``min-nodes`` online nodes,
     samples ``k = max(1, ceil(fraction-train * nodes))`` of them each round and needs
-    ``min-replies`` valid replies from those ``k``.
+    ``min-replies`` valid replies from those ``k``. Under Poisson sampling ``k`` is random: the
+    average ``fraction-train * nodes`` must reach ``min-replies``, and ``federation.population``
+    (when set) must count every simulated client.
     """
     fed = cfg.federation
     if fed.min_nodes > num_nodes:
@@ -177,6 +197,22 @@ def check_federation_size(cfg: RunConfig, num_nodes: int) -> None:
             f"clients (data.num-partitions): the server would wait federation.node-wait-timeout "
             f"({fed.node_wait_timeout:g} s) for nodes that never come; set federation.min-nodes "
             f"to at most {num_nodes}, or simulate more clients")
+    if fed.sampling == "poisson":
+        population = cfg.client_population()
+        if population < num_nodes:
+            raise ConfigError(
+                f"federation.population ({population}) is less than the {num_nodes} simulated "
+                "clients: Poisson sampling's accounting would assume the wrong population; "
+                "leave it 0 (data.num-partitions) or set it to at least the number of clients")
+        expected = fed.fraction_train * num_nodes
+        if fed.min_replies > expected:
+            raise ConfigError(
+                f"federation.min-replies ({fed.min_replies}) is more than the {expected:g} "
+                f"clients Poisson sampling draws on average (federation.fraction-train "
+                f"{fed.fraction_train:g} x {num_nodes}): most rounds would be skipped; set "
+                f"federation.min-replies to at most {max(1, math.floor(expected))}, or "
+                f"federation.fraction-train to at least {_fraction_for(fed.min_replies, num_nodes)}")
+        return
     sampled = max(1, math.ceil(fed.fraction_train * num_nodes))
     if fed.min_replies > sampled:
         raise ConfigError(

@@ -118,12 +118,29 @@ class TrainConfig:
 #: when the run ends (a simulation's memory stays flat with many clients; not resumable).
 CLIENT_STATE_STORES = ("run", "node", "disk")
 
+#: How the round loop samples clients, ``federation.sampling``: ``"fixed"``, a seeded sample of
+#: ``ceil(fraction-train * N)`` online clients without replacement; ``"poisson"``, each online
+#: client independently with probability ``fraction-train`` (what amplification by sampling
+#: assumes: :meth:`RunConfig.client_sampling_rate`).
+CLIENT_SAMPLINGS = ("fixed", "poisson")
+
+
 
 @dataclass(frozen=True)
 class FederationConfig:
-    """Sampling, quorum and timeouts of the server's round loop (``federation.*`` keys)."""
+    """Sampling, quorum and timeouts of the server's round loop (``federation.*`` keys).
+
+    ``sampling``: ``"fixed"`` takes ``ceil(fraction-train * N)`` of the ``N`` online clients
+    without replacement; ``"poisson"`` takes each online client independently with probability
+    ``fraction-train`` (any round size, 0 included; a round with fewer than ``min-replies``
+    sampled is skipped, never redrawn), which lets the server ledger claim amplification by
+    sampling (:meth:`RunConfig.client_sampling_rate`). ``population``: the number of clients
+    sampling draws from (0: ``data.num-partitions``, a simulation's clients).
+    """
 
     fraction_train: float = 1.0
+    sampling: str = "fixed"
+    population: int = 0
     min_nodes: int = 2
     min_replies: int = 2
     round_timeout: float = 300.0
@@ -159,6 +176,13 @@ class FederationConfig:
                 f"federation.client-state must be one of {', '.join(map(repr, CLIENT_STATE_STORES))}, "
                 f"got {self.client_state!r}"
             )
+        if self.sampling not in CLIENT_SAMPLINGS:
+            raise ConfigError(
+                f"federation.sampling must be one of {', '.join(map(repr, CLIENT_SAMPLINGS))}, "
+                f"got {self.sampling!r}")
+        if self.population < 0:
+            raise ConfigError(
+                f"federation.population must be >= 0 (0: data.num-partitions), got {self.population!r}")
         if self.min_replies > self.min_nodes:
             raise ConfigError(
                 f"federation.min-replies ({self.min_replies}) cannot exceed "
@@ -346,6 +370,21 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         positive("num-server-rounds", self.num_server_rounds)
+
+    def client_population(self) -> int:
+        """The number of clients the round loop samples from: ``federation.population``, else
+        ``data.num-partitions`` (a simulation's clients). A deployment whose clients bring
+        their own data sets ``federation.population``; under Poisson sampling the round loop
+        refuses a round with more clients online than this."""
+        return self.federation.population or self.data.num_partitions
+
+    def client_sampling_rate(self) -> float | None:
+        """The probability ``q`` with which each client takes part in a round, independently
+        of the others, under ``federation.sampling = "poisson"`` (``fraction-train``); ``None``
+        under fixed-size sampling. Client-level releases are then accounted as
+        ``PoissonSampledDpEvent(q, ...)`` (amplification by sampling)."""
+        fed = self.federation
+        return fed.fraction_train if fed.sampling == "poisson" else None
 
     def section(self, path: str) -> Any:
         """The plugin section at ``path`` (``"fedgen"``, ``"aggregation.pate"``)."""

@@ -332,9 +332,21 @@ class ClientDirectory:
         return sorted(c for c, n in self.route.items() if n in present)
 
 
-def sample_nodes(nodes: Sequence[int], fraction: float, rng: np.random.Generator) -> list[int]:
-    """A seeded sample of ``ceil(fraction * len(nodes))`` of the sorted client ids ``nodes`` (at
-    least one), sorted: the same ids and seed give the same sample in every run."""
+def sample_nodes(nodes: Sequence[int], fraction: float, rng: np.random.Generator,
+                 sampling: str = "fixed") -> list[int]:
+    """A seeded sample of the sorted client ids ``nodes``, sorted: the same ids and seed give
+    the same sample in every run.
+
+    ``sampling`` (``federation.sampling``): ``"fixed"`` takes ``ceil(fraction * len(nodes))`` of
+    them (at least one) without replacement; ``"poisson"`` takes each one independently with
+    probability ``fraction`` (one uniform draw per id, in the order of ``nodes``), so a sample
+    has any size from 0 to ``len(nodes)``: what amplification by sampling assumes.
+    """
+    if sampling == "poisson":
+        keep = rng.random(len(nodes)) < fraction
+        return sorted(int(n) for n, kept in zip(nodes, keep) if kept)
+    if sampling != "fixed":
+        raise ValueError(f"sampling must be 'fixed' or 'poisson', got {sampling!r}")
     k = max(1, int(np.ceil(fraction * len(nodes))))
     if k >= len(nodes):
         return list(nodes)
@@ -342,6 +354,51 @@ def sample_nodes(nodes: Sequence[int], fraction: float, rng: np.random.Generator
     # ids above and below 2**63 becomes float64 in numpy (ids silently rounded).
     picked = rng.choice(len(nodes), size=k, replace=False)
     return sorted(int(nodes[i]) for i in picked)
+
+
+def skip_reason(cfg: RunConfig, online: Sequence[int], sampled: Sequence[int]) -> str | None:
+    """Why the round that sampled ``sampled`` of ``online`` does not train, or ``None``.
+
+    Only under Poisson sampling, where a round has any size: one with fewer sampled clients
+    than ``federation.min-replies`` is skipped (no request sent, nothing released or charged),
+    never redrawn. Redrawing until enough are sampled would make a client's inclusion depend
+    on the others' (and raise its probability above ``fraction-train``), which is not the
+    independent sampling with probability ``q`` that the server ledger's amplification assumes;
+    a skip depends only on the sample's size, never on the clients' data.
+
+    Raises :class:`ValueError` if more clients are online than ``federation.population`` (the
+    population the accountant and :func:`skip_probability` assume is wrong).
+    """
+    fed = cfg.federation
+    if fed.sampling != "poisson":
+        return None
+    population = cfg.client_population()
+    if len(online) > population:
+        raise ValueError(
+            f"{len(online)} clients are online, more than the population of {population} that "
+            "Poisson sampling and its privacy accounting assume (federation.population, else "
+            "data.num-partitions): set federation.population to the number of clients")
+    if len(sampled) < fed.min_replies:
+        return (f"Poisson sampling drew {len(sampled)} of {len(online)} online clients, fewer "
+                f"than federation.min-replies = {fed.min_replies}: the round is skipped, not "
+                "redrawn")
+    return None
+
+
+def skip_probability(cfg: RunConfig) -> float | None:
+    """Under Poisson sampling, a bound on the probability that a run of ``num-server-rounds``
+    rounds over the whole population skips a round: ``rounds * P(Binomial(population, q) <
+    min-replies)``; ``None`` under fixed-size sampling. The server ledger's (epsilon, delta)
+    holds for a run that releases in every round; a run that may skip is (epsilon, delta +
+    (1 + e^epsilon) * p)-DP with ``p`` this bound (a skip depends only on the sample's size,
+    which zero-out adjacency leaves alike on both sides)."""
+    fed = cfg.federation
+    if fed.sampling != "poisson":
+        return None
+    from scipy.stats import binom
+
+    per_round = float(binom.cdf(fed.min_replies - 1, cfg.client_population(), fed.fraction_train))
+    return min(1.0, cfg.num_server_rounds * per_round)
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -392,16 +449,23 @@ def run_rounds(
         start = time.monotonic()
         timeout = fed.first_round_timeout if rnd == 1 else fed.round_timeout
         online = online_nodes(rnd)
-        sampled = sample_nodes(online, fed.fraction_train, rng)
+        sampled = sample_nodes(online, fed.fraction_train, rng, fed.sampling)
+        skipped = skip_reason(cfg, online, sampled)
         traffic = Traffic()
         exchange = make_exchange(rnd, timeout, fed.min_replies, traffic,
                                  audit=output.append_audit if cfg.output.audit_replies else None,
                                  max_num_examples=fed.max_num_examples)
         row: dict[str, Any] = {"round": rnd, "algorithm": cfg.algorithm, "sampled": len(sampled),
                                "sampled-clients": sampled}
-        row.update(algorithm.run_round(rnd, sampled, exchange))
-        for name, content in algorithm.round_artifacts().items():
-            output.write_artifact(name, content)
+        if skipped is None:
+            row.update(algorithm.run_round(rnd, sampled, exchange))
+            for name, content in algorithm.round_artifacts().items():
+                output.write_artifact(name, content)
+        else:
+            log(WARNING, "[fedkd] round %d: %s", rnd, skipped)
+            row["skipped"] = skipped
+        # a round's client-level releases came from one sample: charge them as one (sampled)
+        algorithm.server_ledger.end_round()
 
         # federation.evaluate-every: every k rounds and after the last one (0: never).
         evaluate_now = fed.evaluate_every > 0 and (
@@ -442,7 +506,7 @@ def run_rounds(
                          for ph, per_phase in exchange.failures.items() if per_phase},
             "num-failures": sum(len(f) for f in exchange.failures.values()),
             # the sampled clients whose every reply of the round's own phases was used
-            "trained-clients": [c for c in sampled if not any(
+            "trained-clients": [] if skipped else [c for c in sampled if not any(
                 c in per_phase for name, per_phase in exchange.failures.items()
                 if name != EVALUATE_PHASE.name)],
             **exchange.failure_counts(),
@@ -536,10 +600,18 @@ def privacy_metrics(
             "privacy-accountant": p.accountant,
             "privacy-unit": "example",
         })
-    server_eps = algorithm.server_ledger.epsilon()
+    ledger = algorithm.server_ledger
+    server_eps = ledger.epsilon()
     if server_eps is not None:
         out.update({"server-epsilon": server_eps, "server-delta": p.delta,
                     "server-accountant": p.server_accountant, "server-privacy-unit": "client"})
+        if ledger.amplified:
+            # amplification by sampling (federation.sampling = "poisson"): the figure above holds
+            # against whoever sees the releases but not who was sampled; the one below against
+            # whoever knows each round's sample (the server that draws it)
+            out.update({"server-sampling-rate": ledger.sampling_rate,
+                        "server-epsilon-unamplified": ledger.epsilon(amplified=False),
+                        "server-skip-probability": skip_probability(cfg)})
     return out
 
 

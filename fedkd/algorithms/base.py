@@ -192,9 +192,15 @@ class Algorithm(ABC):
                                                             cfg.privacy.output_noise)
         #: The configured distillation loss towards aggregated targets (``distill.loss``).
         self.distill_loss: DistillationLoss = distillation_loss(cfg.distill.loss)
-        #: Client-level privacy the server spends (randomised aggregation such as PATE votes).
+        #: Each client's probability of taking part in a round under Poisson sampling
+        #: (``federation.sampling = "poisson"``: ``fraction-train``), else ``None``.
+        self.client_sampling_rate: float | None = cfg.client_sampling_rate()
+        #: Client-level privacy the server spends (randomised aggregation such as PATE votes,
+        #: distributed DP): with a sampling rate, every round's releases are charged as one
+        #: Poisson-sampled event (amplification by sampling; the round loop closes each round).
         self.server_ledger = ServerLedger(delta=cfg.privacy.delta,
-                                          accountant=cfg.privacy.server_accountant)
+                                          accountant=cfg.privacy.server_accountant,
+                                          sampling_rate=self.client_sampling_rate)
         #: A voting rule's (votes [N, C], answered [N]) of every aggregation, for the
         #: data-dependent analysis (:meth:`final_privacy_report`); server side only.
         self.votes: list[tuple[np.ndarray, np.ndarray]] = []

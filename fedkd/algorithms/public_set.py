@@ -151,7 +151,12 @@ class PublicSetAlgorithm(Algorithm):
         if asked.secure.noise_multiplier > 0:
             from dp_accounting import GaussianDpEvent
 
-            self.server_ledger.record([GaussianDpEvent(asked.secure.noise_multiplier)])
+            # Under Poisson sampling the round's size (and so the noise above the calibrated
+            # floor, which grows with it) depends on who was sampled: charge the floor, the
+            # configured noise multiplier that every completed round's sum carries at least.
+            z = (asked.secure.noise_multiplier if self.client_sampling_rate is None
+                 else self.cfg.section("secagg").noise_multiplier)
+            self.server_ledger.record([GaussianDpEvent(z)])
         return self.rule.from_sums(sums, len(asked.teachers))
 
     def secure_length(self, n: int) -> int:

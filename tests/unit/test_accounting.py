@@ -162,8 +162,13 @@ def test_unsupported_events_are_rejected_atomically() -> None:
     ledger = ServerLedger(1e-5)
     ledger.record([votes(40.0, 10)])
     before = ledger.epsilon()
-    sampled = dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.GaussianDpEvent(1.0))
-    for bad in (sampled, dp_accounting.LaplaceDpEvent(1.0)):
+    gaussian = dp_accounting.GaussianDpEvent(1.0)
+    without_replacement = dp_accounting.SampledWithoutReplacementDpEvent(100, 10, gaussian)
+    sampled_laplace = dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.LaplaceDpEvent(1.0))
+    sampled_twice = dp_accounting.PoissonSampledDpEvent(
+        0.1, dp_accounting.PoissonSampledDpEvent(0.1, gaussian))
+    for bad in (without_replacement, sampled_laplace, sampled_twice,
+                dp_accounting.LaplaceDpEvent(1.0)):
         with pytest.raises(ValueError, match="ServerLedger records only"):
             ledger.record([votes(40.0, 10), bad])
     assert ledger.num_events == 1 and ledger.epsilon() == before
@@ -248,3 +253,172 @@ def test_ledger_of_pate_rounds() -> None:
     noiseless = ServerLedger(1e-5)
     noiseless.record(build_aggregator("pate", sigma=0.0).aggregate(z).privacy_events)
     assert noiseless.epsilon() == math.inf
+
+
+# ------------------------------------------------------------------------------------------
+# amplification by sampling (federation.sampling = "poisson")
+# ------------------------------------------------------------------------------------------
+
+# 100 rounds of PoissonSampledDpEvent(0.01, GaussianDpEvent(1.0)) at delta 1e-5, computed once
+# with dp-accounting 0.6.0:
+#   .venv/bin/python -c "import dp_accounting as d; from dp_accounting import rdp, pld
+#   e = d.PoissonSampledDpEvent(0.01, d.GaussianDpEvent(1.0))
+#   for a in (rdp.RdpAccountant(), pld.PLDAccountant()): a.compose(e, 100); print(repr(a.get_epsilon(1e-5)))"
+PINNED_SAMPLED = {"rdp": 1.2141452944480204, "pld": 0.7180367094172235}
+# the same 100 releases without sampling (GaussianDpEvent(1.0) composed 100 times), RDP
+PINNED_UNSAMPLED_RDP = 96.11630842505602
+
+
+def _direct(accountant: str, event: dp_accounting.DpEvent, count: int) -> float:
+    from fedkd.privacy.accounting import ACCOUNTANTS
+
+    acct = ACCOUNTANTS.get(accountant)()
+    acct.compose(event, count)
+    return float(acct.get_epsilon(1e-5))
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "pld"])
+def test_the_amplified_accountant_is_pinned_to_dp_accounting(accountant: str) -> None:
+    event = dp_accounting.PoissonSampledDpEvent(0.01, dp_accounting.GaussianDpEvent(1.0))
+    direct = _direct(accountant, event, 100)
+    # the ledger of a run with federation.sampling = "poisson", fraction-train 0.01: the
+    # algorithms record plain Gaussian releases, the round loop closes every round
+    ledger = ServerLedger(1e-5, accountant, sampling_rate=0.01)
+    for _ in range(100):
+        ledger.record([dp_accounting.GaussianDpEvent(1.0)])
+        ledger.end_round()
+    assert abs(ledger.epsilon() - direct) < 1e-9
+    # and the number itself: a change in dp-accounting or in the ledger fails here
+    assert abs(ledger.epsilon() - PINNED_SAMPLED[accountant]) < 1e-9
+    assert ledger.state_dict()["events"] == [["poisson", 1.0, 100, 0.01]]  # compact
+    # sampled events recorded as they are, in a ledger without a sampling rate: the same
+    explicit = ServerLedger(1e-5, accountant)
+    explicit.record([event] * 60)
+    explicit.record([dp_accounting.SelfComposedDpEvent(event, 40)])
+    assert abs(explicit.epsilon() - direct) < 1e-9
+
+
+def test_amplification_happens() -> None:
+    # The same noise, the same rounds: Poisson sampling at q = 0.01 spends 80 times less than
+    # fixed-size sampling (which claims no amplification).
+    fixed = ServerLedger(1e-5)
+    poisson = ServerLedger(1e-5, sampling_rate=0.01)
+    for _ in range(100):
+        for ledger in (fixed, poisson):
+            ledger.record([dp_accounting.GaussianDpEvent(1.0)])
+            ledger.end_round()
+    assert fixed.epsilon() == pytest.approx(PINNED_UNSAMPLED_RDP, abs=1e-9)
+    assert poisson.epsilon() < fixed.epsilon() / 50
+    # the figure against whoever knows the samples is the fixed one
+    assert poisson.epsilon(amplified=False) == fixed.epsilon() == fixed.epsilon(amplified=False)
+    assert poisson.amplified and not fixed.amplified
+    # and a sampling rate of 1 amplifies nothing
+    everyone = ServerLedger(1e-5, sampling_rate=1.0)
+    for _ in range(100):
+        everyone.record([dp_accounting.GaussianDpEvent(1.0)])
+        everyone.end_round()
+    assert everyone.epsilon() == pytest.approx(fixed.epsilon(), rel=1e-9)
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "pld"])
+def test_a_rounds_releases_share_one_sample(accountant: str) -> None:
+    # PATE's votes and threshold checks of one round come from one sample of teachers: the
+    # round is one PoissonSampledDpEvent of their composition (one Gaussian of noise
+    # (sum k / z^2)^-1/2), not one sampled event per query, which would claim a fresh sample
+    # each time and report less.
+    rule = build_aggregator("pate", sigma=40.0, threshold=200.0, sigma_threshold=150.0)
+    rng = np.random.default_rng(0)
+    ledger = ServerLedger(1e-5, accountant, sampling_rate=0.1)
+    for _ in range(10):
+        ledger.record(rule.aggregate(rng.normal(size=(25, 64, 10)), rng=rng).privacy_events)
+        ledger.end_round()
+    z = 1.0 / math.sqrt(64 * 2 / 40.0**2 + 64 / 150.0**2)
+    one_sample = _direct(accountant, dp_accounting.PoissonSampledDpEvent(
+        0.1, dp_accounting.GaussianDpEvent(z)), 10)
+    assert ledger.epsilon() == pytest.approx(one_sample, rel=1e-6)
+    per_query = dp_accounting.ComposedDpEvent([
+        dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(0.1, e), 64)
+        for e in (dp_accounting.GaussianDpEvent(40.0 / SQRT2),
+                  dp_accounting.GaussianDpEvent(150.0))])
+    assert ledger.epsilon() > _direct(accountant, per_query, 10)
+    # unamplified: exactly the fixed-sampling ledger of the same rounds (RDP composes exactly)
+    if accountant == "rdp":
+        assert ledger.epsilon(amplified=False) == pytest.approx(
+            gnmax_epsilon(40.0, 640, 1e-5, sigma_threshold=150.0), rel=1e-9)
+
+
+def test_an_open_round_counts_and_a_skipped_round_costs_nothing() -> None:
+    ledger = ServerLedger(1e-5, sampling_rate=0.01)
+    ledger.record([dp_accounting.GaussianDpEvent(2.0)])
+    ledger.record([dp_accounting.GaussianDpEvent(2.0)])  # same round: one sampled event
+    open_eps = ledger.epsilon()
+    ledger.end_round()
+    assert ledger.epsilon() == open_eps
+    assert ledger.state_dict()["events"] == [["poisson", pytest.approx(math.sqrt(2.0)), 1, 0.01]]
+    ledger.end_round()  # a skipped round: nothing recorded, nothing charged
+    assert ledger.epsilon() == open_eps
+    noisy = ServerLedger(1e-5, sampling_rate=0.01)
+    noisy.record([dp_accounting.GaussianDpEvent(1.0)])
+    noisy.record([dp_accounting.NonPrivateDpEvent()])
+    assert noisy.epsilon() == math.inf
+    free = ServerLedger(1e-5, sampling_rate=0.5)
+    free.record([dp_accounting.NoOpDpEvent()])
+    free.end_round()
+    assert free.epsilon() == 0.0 and not free.amplified
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "pld"])
+def test_sampled_state_dict_round_trip(accountant: str) -> None:
+    ledger = ServerLedger(1e-5, accountant, sampling_rate=0.05)
+    for z in (1.0, 1.0, 2.0):
+        ledger.record([dp_accounting.GaussianDpEvent(z)])
+        ledger.end_round()
+    ledger.record([dp_accounting.GaussianDpEvent(3.0)])  # open: saved as closed
+    state = json.loads(json.dumps(ledger.state_dict()))
+    restored = ServerLedger(1e-5, accountant, sampling_rate=0.05)
+    restored.load_state_dict(state)
+    assert restored.epsilon() == ledger.epsilon()
+    assert restored.epsilon(amplified=False) == ledger.epsilon(amplified=False)
+    ledger.end_round()
+    assert restored.state_dict() == ledger.state_dict()
+    with pytest.raises(ValueError, match="sampling rate"):
+        ServerLedger(1e-5, accountant).load_state_dict(state)
+    with pytest.raises(ValueError, match="sampling rate"):
+        ServerLedger(1e-5, accountant, sampling_rate=0.1).load_state_dict(state)
+    # a checkpoint written before sampling existed (version 1) still loads
+    old = {"version": 1, "delta": 1e-5, "accountant": accountant, "num_events": 3,
+           "events": [["gaussian", 40.0, 3]]}
+    v1 = ServerLedger(1e-5, accountant)
+    v1.load_state_dict(old)
+    assert v1.epsilon() == _direct(accountant, dp_accounting.GaussianDpEvent(40.0), 3)
+    for broken in (state | {"events": [["poisson", 1.0, 1]]},
+                   state | {"events": [["poisson", 1.0, 1, 0.0]]},
+                   state | {"events": [["poisson", 1.0, 1, 1.5]]},
+                   old | {"events": [["poisson", 1.0, 1, 0.5]]}):
+        with pytest.raises(ValueError):
+            ServerLedger(1e-5, accountant, sampling_rate=broken.get("sampling_rate")
+                         ).load_state_dict(broken)
+    for bad in (0.0, 1.5, -0.1, True, "0.1"):
+        with pytest.raises(ValueError, match="sampling_rate"):
+            ServerLedger(1e-5, sampling_rate=bad)
+
+
+def test_planned_epsilon_is_the_ledgers_and_calibrates_with_sampling() -> None:
+    from scipy.optimize import brentq
+
+    from fedkd.privacy.accounting import planned_epsilon
+
+    gaussian = [dp_accounting.GaussianDpEvent(1.0)]
+    assert planned_epsilon(gaussian, 100, 1e-5, sampling_rate=0.01) == PINNED_SAMPLED["rdp"]
+    assert planned_epsilon(gaussian, 100, 1e-5) == PINNED_UNSAMPLED_RDP
+    assert planned_epsilon([votes(40.0, 100)], 10, 1e-5) == gnmax_epsilon(40.0, 1000, 1e-5)
+    assert planned_epsilon(gaussian, 0, 1e-5) is None
+    # calibrating distributed DP's noise multiplier to epsilon 1 over 100 rounds: sampled at
+    # q = 0.01 it needs a fraction of the noise fixed-size sampling needs
+    def z_for(rate: float | None) -> float:
+        return brentq(lambda z: planned_epsilon([dp_accounting.GaussianDpEvent(z)], 100, 1e-5,
+                                                sampling_rate=rate) - 1.0, 0.3, 500.0)
+    sampled, fixed = z_for(0.01), z_for(None)
+    assert sampled < fixed / 10
+    assert planned_epsilon([dp_accounting.GaussianDpEvent(sampled)], 100, 1e-5,
+                           sampling_rate=0.01) == pytest.approx(1.0, abs=1e-6)
