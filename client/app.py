@@ -18,9 +18,12 @@ default (``federation.client-state = "node"``); in a simulation that keeps every
 the server's process and ships it to the worker and back with every message. With ``"disk"``
 it lives in one file per node under ``<output.dir>/client-state/run-<run id>/`` instead (read
 and replaced atomically by the message that uses it), so the server's memory does not grow
-with the number of clients; the ServerApp removes the folder when the run ends. A device started
-with node config ``state-dir=<dir>`` keeps its whole state there instead, across SuperNode
-restarts and resubmitted runs (:mod:`client.state`).
+with the number of clients; the ServerApp removes the folder when the run ends. With ``"run"``
+(what ``fedkd simulate`` and ``make run`` choose for a simulation on one machine) every client's
+state is journaled beside the run's outputs, ``<output.dir>/<output.run-name>/client-state/``,
+so that a resumed run continues it exactly (:func:`run_state_dir`). A device started with node
+config ``state-dir=<dir>`` keeps its whole state there instead, across SuperNode restarts and
+resubmitted runs (:mod:`client.state`).
 """
 
 from __future__ import annotations
@@ -46,15 +49,14 @@ from fedkd.data.device import load_device_data
 from fedkd.data.federated import ClientData, load_federated
 from fedkd.models import MODELS
 from fedkd.results import CLIENT_STATE_DIR
+from client.entry import identify
+from client.identity import client_id, stable_client_id  # noqa: F401 - part of this module's API
 from client.state import NodeStateDir, Place, load_arrays, save_arrays
 from fedkd.protocol import (
-    CLIENT_ID_KEY,
     CONFIG_KEY,
     EXCHANGE_ROUND_KEY,
     EXCHANGE_STEP_KEY,
-    IDENTIFY_PHASE_NAME,
     PHASE_KEY,
-    Payload,
     decode,
     encode,
     from_array,
@@ -87,32 +89,6 @@ def _model_name(cfg: RunConfig, node_config: Mapping[str, Any], partition_id: in
             f"{', '.join(MODELS.names())}"
         )
     return model_name
-
-
-def stable_client_id(node_config: Mapping[str, Any]) -> int | None:
-    """The client id this node answers for, from its node config: ``partition-id`` (a
-    simulation, or a SuperNode given a partition of the run's dataset), else ``client-id`` (a
-    device's own, an integer >= 0); ``None`` when it has neither (the server then addresses it
-    by its Flower node id, which is stable only while the SuperLink keeps its database and the
-    SuperNode its authentication key)."""
-    for key in ("partition-id", "client-id"):
-        if key in node_config:
-            value = node_config[key]
-            try:
-                number = int(value)
-            except (TypeError, ValueError):
-                number = -1
-            if isinstance(value, bool) or number < 0 or float(number) != float(value):
-                raise ValueError(f"node config {key}={value!r}: must be an integer >= 0")
-            return number
-    return None
-
-
-def client_id(node_config: Mapping[str, Any], node_id: int) -> int:
-    """The id the server addresses this node's client by (:func:`stable_client_id`, else the
-    Flower node id)."""
-    stable = stable_client_id(node_config)
-    return node_id if stable is None else stable
 
 
 def client_context(
@@ -260,12 +236,6 @@ def run_state_dir(cfg: RunConfig, client: int) -> NodeStateDir | None:
     return NodeStateDir(root, cfg.output.run_name, keep_rounds=0, fsync=False)
 
 
-def message_phase(msg: Message) -> str:
-    """The request's phase name (empty when it carries none)."""
-    config = msg.content.get(CONFIG_KEY) if msg.content is not None else None
-    return str(config.get(PHASE_KEY, "")) if config is not None else ""
-
-
 def message_place(msg: Message) -> Place | None:
     """The request's place in the server's run (round, exchange index), if it carries one."""
     config = msg.content.get(CONFIG_KEY) if msg.content is not None else None
@@ -279,17 +249,11 @@ def _set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
-def _identify(msg: Message, context: Context) -> Message:
-    """Answer the server's ``identify`` phase: which client this node is (nothing is loaded)."""
-    stable = stable_client_id(context.node_config)
-    return Message(content=encode(Payload(metrics={
-        CLIENT_ID_KEY: -1 if stable is None else stable, "num-examples": 0})), reply_to=msg)
-
-
 def _handle(msg: Message, context: Context) -> Message:
     started = trace.now()
-    if message_phase(msg) == IDENTIFY_PHASE_NAME:
-        return _identify(msg, context)
+    identified = identify(msg, context)  # the server asks which client this node is
+    if identified is not None:
+        return identified
     cfg = _config(tuple(sorted(context.run_config.items())))
     _set_threads(cfg.train.num_threads)
     state: dict[str, np.ndarray] = {}

@@ -34,8 +34,27 @@ def dispatch(msg: Message, context: Context) -> Message:
                      pid=os.getpid(), proc_start=PROCESS_START, start=start, end=trace.now())
 
 
+def identify(msg: Message, context: Context) -> Message | None:
+    """The answer to the server's ``identify`` phase, from the node config alone (nothing is
+    loaded: no torch, no data, no worker); ``None`` for any other phase."""
+    from fedkd.protocol import (CLIENT_ID_KEY, CONFIG_KEY, IDENTIFY_PHASE_NAME, PHASE_KEY,
+                                Payload, encode)
+
+    config = msg.content.get(CONFIG_KEY) if msg.content is not None else None
+    if config is None or config.get(PHASE_KEY) != IDENTIFY_PHASE_NAME:
+        return None
+    from client.identity import stable_client_id
+
+    stable = stable_client_id(context.node_config)
+    return Message(content=encode(Payload(metrics={
+        CLIENT_ID_KEY: -1 if stable is None else stable, "num-examples": 0})), reply_to=msg)
+
+
 def _answer(msg: Message, context: Context) -> Message:
     """Answer in a warm worker (node config ``warm-dir``) or in this process."""
+    reply = identify(msg, context)
+    if reply is not None:
+        return reply
     warm_dir = context.node_config.get("warm-dir")
     if warm_dir:
         from client.warm import DEFAULT_IDLE_S, forward

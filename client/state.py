@@ -30,6 +30,12 @@ from pathlib import Path
 import numpy as np
 
 JOURNAL = "journal.json"
+#: The newest place whose state was pruned from the journal.
+FLOOR = "pruned.json"
+
+
+class StatePruned(RuntimeError):
+    """A replay asks for a state the journal no longer keeps."""
 #: Rounds of history kept besides the newest state (enough to roll back the round in progress).
 KEEP_ROUNDS = 2
 
@@ -116,6 +122,11 @@ class NodeStateDir:
     def _place(entry: Mapping[str, int | str]) -> Place:
         return Place(int(entry["round"]), int(entry["step"]))
 
+    def _floor(self) -> Place | None:
+        """The newest place whose state was pruned (a replay there cannot be served)."""
+        path = self.dir / FLOOR
+        return self._place(json.loads(path.read_text())) if path.exists() else None
+
     # ----- API -----------------------------------------------------------------------------
     def load(self, place: Place | None) -> dict[str, np.ndarray]:
         """The node's state before the message at ``place``: the newest saved state, or, for a
@@ -125,6 +136,14 @@ class NodeStateDir:
         if place is not None:
             keep = [e for e in entries if self._place(e) < place]
             if len(keep) < len(entries):  # a replay: cut back to before this place
+                floor = self._floor()
+                if floor is not None and place <= floor:
+                    raise StatePruned(
+                        f"{self.dir}: the state before round {place.round}, exchange "
+                        f"{place.step} was pruned (states are kept from round {floor.round}, "
+                        f"exchange {floor.step} on): the server resumed from a checkpoint older "
+                        "than the client's history; start the run over (output.resume=false) or "
+                        "give it a new output.run-name")
                 self._write_journal(keep)
                 for e in entries[len(keep):]:
                     (self.dir / str(e["file"])).unlink(missing_ok=True)
@@ -146,6 +165,12 @@ class NodeStateDir:
         # entry before them (the state a replay of the oldest kept round starts from)
         old = [e for e in entries if int(e["round"]) < place.round - self.keep_rounds]
         drop = old[:-1]
+        if drop:  # a replay at or before the newest dropped place can no longer be served
+            newest = max(self._place(e) for e in drop)
+            floor = self._floor()
+            if floor is None or floor < newest:
+                _atomic_write(self.dir / FLOOR, json.dumps(
+                    {"round": newest.round, "step": newest.step}).encode(), fsync=self.fsync)
         self._write_journal([e for e in entries if e not in drop])
         for e in drop:
             (self.dir / str(e["file"])).unlink(missing_ok=True)

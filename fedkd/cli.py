@@ -63,7 +63,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         seed = args.seed if args.seed is not None else overrides.get("seed", preset.values.get("seed"))
         name = f"{preset.name}-seed{seed if seed is not None else 0}-{stamp}"
     cfg, run_config = resolve_config(preset, overrides, seed=args.seed, rounds=args.rounds,
-                                     output_dir=output_dir, run_name=name)
+                                     output_dir=output_dir, run_name=name,
+                                     one_machine=not args.ray_address)
     federation = federation_config(profile, cfg, args.ray_address)
     try:
         result = run_preset(preset, cfg, run_config, federation, port=args.port,

@@ -111,19 +111,20 @@ class TrainConfig:
 
 
 #: Where a client's persistent state (personal model, optimiser, algorithm state, privacy ledger)
-#: lives, ``federation.client-state``: ``"run"``, journaled files beside the run's outputs
-#: (``<output.dir>/<output.run-name>/client-state/``), so that a resumed run continues exactly
-#: where the interrupted one stopped; ``"node"``, Flower's node state (in memory, for one run:
-#: a resumed run restarts every client's state); ``"disk"``, one file per node and run id, removed
-#: when the run ends (a simulation's memory stays flat with many clients; not resumable).
-CLIENT_STATE_STORES = ("run", "node", "disk")
+#: lives, ``federation.client-state``: ``"node"``, Flower's node state (in memory, for one run:
+#: a resumed run restarts every client's state); ``"run"``, journaled files beside the run's
+#: outputs (``<output.dir>/<output.run-name>/client-state/``), so that a resumed run continues
+#: exactly where the interrupted one stopped: for a simulation on one machine, where the runner
+#: chooses it (every client writes where the server does; a simulated client's secrets on that
+#: disk are no boundary); ``"disk"``, one file per node and run id, removed when the run ends (a
+#: simulation's memory stays flat with many clients; not resumable).
+CLIENT_STATE_STORES = ("node", "run", "disk")
 
 #: How the round loop samples clients, ``federation.sampling``: ``"fixed"``, a seeded sample of
 #: ``ceil(fraction-train * N)`` online clients without replacement; ``"poisson"``, each online
 #: client independently with probability ``fraction-train`` (what amplification by sampling
 #: assumes: :meth:`RunConfig.client_sampling_rate`).
 CLIENT_SAMPLINGS = ("fixed", "poisson")
-
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,7 @@ class FederationConfig:
     node_wait_timeout: float = 300.0
     evaluate_clients: bool = True
     evaluate_every: int = 1
-    client_state: str = "run"
+    client_state: str = "node"
     max_num_examples: int = 10_000_000
     client_global_test: int = 0
     client_global_test_every: int = 10

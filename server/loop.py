@@ -221,7 +221,7 @@ class FlowerExchange(RoundExchange):
         self.route = route
 
     def node_details(self, node: int) -> dict[str, Any]:
-        return {} if self.route is None else {"flower-node-id": self.route[node]}
+        return {"flower-node-id": node if self.route is None else self.route[node]}
 
     def _send(self, phase: PhaseSpec, requests: dict[int, RecordDict]) -> dict[int, RecordDict | Failure]:
         route = self.route
@@ -294,22 +294,25 @@ class ClientDirectory:
     """Which client each Flower node is, learnt once per node with the ``identify`` phase.
 
     ``route`` maps a client id to the node that answers for it now. A client id claimed by a
-    new node (a SuperNode restarted under a new node id) moves to that node, with a WARNING; two
-    nodes that claim one id in the same identification are a misconfiguration
-    (:class:`DuplicateClientId`). A node whose identification failed (timeout, error, malformed
-    reply: logged by the exchange) is asked again the next time it is seen online.
+    new node (a SuperNode restarted under a new node id, while the SuperLink still lists the old
+    one for a minute) moves to that node, with a WARNING, and the old node is never asked again:
+    two live nodes cannot take turns at one client. Two nodes that claim one id in the same
+    identification are a misconfiguration (:class:`DuplicateClientId`). A node whose
+    identification failed (timeout, error, malformed reply: logged and audited by the exchange)
+    is asked again the next time it is seen online.
     """
 
     def __init__(self) -> None:
         self.route: dict[int, int] = {}  # client id -> Flower node id
         self._client_of: dict[int, int] = {}  # Flower node id -> client id
+        self._superseded: set[int] = set()  # nodes whose client moved to a newer node
 
     def online(
         self, nodes: Sequence[int], identify: Callable[[list[int]], Mapping[int, Payload]]
     ) -> list[int]:
         """The client ids of the online ``nodes``, sorted; ``identify`` sends the identify phase
         to the given (not yet known) node ids and returns their valid replies by node id."""
-        unknown = [n for n in nodes if n not in self._client_of]
+        unknown = [n for n in nodes if n not in self._client_of and n not in self._superseded]
         if unknown:
             claims: dict[int, list[int]] = {}
             for node, reply in identify(unknown).items():
@@ -323,9 +326,10 @@ class ClientDirectory:
             for client, (node,) in claims.items():
                 previous = self.route.get(client)
                 if previous is not None and previous != node:
-                    log(WARNING, "[fedkd] client %d now answers on node %d (was node %d)",
-                        client, node, previous)
+                    log(WARNING, "[fedkd] client %d now answers on node %d; node %d, which "
+                        "answered for it before, is not asked again", client, node, previous)
                     self._client_of.pop(previous, None)
+                    self._superseded.add(previous)
                 self.route[client] = node
                 self._client_of[node] = client
         present = set(nodes)
@@ -553,12 +557,12 @@ def log_resume_caveats(cfg: RunConfig, checkpoint_round: int) -> None:
     devices with a node config ``state-dir``.
     """
     store = cfg.federation.client_state
-    if store != "run" or not cfg.output.run_name:
+    if store != "run":
         log(WARNING, "[fedkd] resumed with federation.client-state=%r: the clients' own state "
             "(personal models, optimisers, privacy ledgers) did not survive the interruption and "
             "starts again, except on devices with a node config state-dir, so this run will not "
-            "end where an uninterrupted one would%s; federation.client-state='run' (the default) "
-            "with an output.run-name resumes them exactly", store,
+            "end where an uninterrupted one would%s; federation.client-state='run' (what fedkd "
+            "simulate and make run choose on one machine) resumes them exactly", store,
             f" (add round {checkpoint_round}'s epsilon for a privacy bound)"
             if cfg.privacy.enabled else "")
     elif cfg.privacy.enabled:
@@ -575,8 +579,12 @@ RESUMABLE_CHANGES = frozenset({"num-server-rounds", "output.resume", "output.che
 def check_resumable(saved: Mapping[str, Any], cfg: RunConfig) -> None:
     """Refuse to resume a checkpoint written with a different configuration."""
     current = cfg.to_flat()
+    # clients that keep their state beside the outputs prune it to what a replay of the round
+    # after the newest checkpoint needs: checkpoints must go on every round
+    resumable = (RESUMABLE_CHANGES - {"output.checkpoint"}
+                 if cfg.federation.client_state == "run" else RESUMABLE_CHANGES)
     changed = sorted(k for k in set(saved) | set(current)
-                     if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+                     if k not in resumable and saved.get(k) != current.get(k))
     if changed:
         raise ValueError(
             f"the checkpoint in this run directory was written with a different configuration "

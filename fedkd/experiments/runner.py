@@ -57,11 +57,18 @@ def resolve_config(
     rounds: int | None = None,
     output_dir: Path | None = None,
     run_name: str | None = None,
+    one_machine: bool = True,
 ) -> tuple[RunConfig, dict[str, Scalar]]:
     """Validate pyproject defaults + preset (if any) + overrides with
     :func:`fedkd.compose.build_config` (every key, value and the algorithm's own checks); return
     the config and the run config to submit (the preset's keys and everything set here, on top
-    of pyproject's defaults). Raises :class:`CliError`."""
+    of pyproject's defaults). Raises :class:`CliError`.
+
+    ``one_machine``: the simulation runs on this machine (no Ray cluster), so every simulated
+    client can keep its state beside the run's outputs: unless the preset or an override says
+    otherwise, and as long as the run checkpoints and resumes, ``federation.client-state`` is
+    ``"run"``, and a resumed run continues every client exactly. (On a cluster a client's next
+    message may run on another machine: Flower's node state, which travels with the messages.)"""
     from fedkd.compose import build_config
 
     run_config: dict[str, Scalar] = {**(preset.values if preset else {}), **(overrides or {})}
@@ -78,6 +85,9 @@ def resolve_config(
         # Flower's apps run in the SuperLink's working directory: pass absolute paths.
         run_config["data.data-dir"] = str(Path(data_dir).resolve())
     flat = {**pyproject_defaults(APP_DIR / "pyproject.toml"), **run_config}
+    if (one_machine and "federation.client-state" not in run_config
+            and flat.get("output.checkpoint") is True and flat.get("output.resume") is True):
+        run_config["federation.client-state"] = flat["federation.client-state"] = "run"
     try:
         check_given(run_config)
         cfg = build_config(flat)
@@ -548,7 +558,8 @@ def plan_sweep(
         for seed in seeds:
             cfg, run_config = resolve_config(preset, overrides, seed=seed, rounds=rounds,
                                              output_dir=output_dir,
-                                             run_name=f"{preset.name}-seed{seed}")
+                                             run_name=f"{preset.name}-seed{seed}",
+                                             one_machine=not ray_address)
             federation = federation_config(profile, cfg, ray_address)
             try:
                 check_planned_run(cfg, federation)

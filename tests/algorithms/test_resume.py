@@ -4,8 +4,10 @@ Through the client app's real handler (``client.app._handle``, Flower ``Message`
 ``Context`` objects) and the real round loop: the server stops during round 3 after some clients
 already trained in it (their state moved on), a new ServerApp starts from the checkpoint of round
 2, and every node comes back with an empty Flower node state, as in a resumed simulation. With
-``federation.client-state = "run"`` (the default) each client continues from its journaled state
+``federation.client-state = "run"`` each client continues from its journaled state
 beside the run's outputs, and the replayed round starts from the state before its first attempt.
+(``fedkd simulate``, ``fedkd sweep`` and ``make run`` choose ``"run"`` for a simulation on one
+machine; Flower's default, node state, is shown below to lose the clients' state.)
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ FD_DP = {"algorithm": "fd", "train.local-steps": 5, "privacy.dp-sgd": True,
          "privacy.noise-multiplier": 1.0, "privacy.output-noise": 2.0}
 BASE = {"data.dataset": "digits", "train.model": "mlp", "num-server-rounds": 4,
         "data.num-partitions": 3, "federation.min-nodes": 2, "federation.min-replies": 2,
-        "federation.fraction-train": 0.6}  # 2 of 3 a round
+        "federation.fraction-train": 0.6,  # 2 of 3 a round
+        "federation.client-state": "run"}  # what fedkd simulate and make run choose
 
 
 class Interrupted(Exception):

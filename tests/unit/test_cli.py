@@ -38,7 +38,9 @@ def test_every_preset_parses_and_validates(name: str) -> None:
     # Every key is a run-config key of pyproject.toml, with a value of the right type.
     assert set(preset.values) <= set(pyproject_defaults(APP_DIR / "pyproject.toml"))
     cfg, run_config = runner.resolve_config(preset)  # compose.build_config: every check
-    assert run_config == preset.values
+    # the runner adds only where a simulation on one machine keeps its clients' state
+    assert run_config == {**preset.values, "federation.client-state": "run"}
+    assert runner.resolve_config(preset, one_machine=False)[1] == preset.values
     assert cfg.to_flat()["algorithm"] == preset.values["algorithm"]
     assert preset.description  # `fedkd presets` shows it
     # The same file works with `flwr run . <connection> --run-config <file>`.

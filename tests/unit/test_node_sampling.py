@@ -85,9 +85,13 @@ def test_two_nodes_claiming_one_client_id_are_refused_and_a_moved_client_follows
         ClientDirectory().online([4, 8], _answers({4: 0, 8: 0})[0])
     directory = ClientDirectory()
     directory.online([4, 8], _answers({4: 0, 8: 1})[0])
-    # node 4 restarted under a new node id (no node authentication): client 0 moves to it
-    assert directory.online([8, 12], _answers({12: 0})[0]) == [0, 1]
-    assert directory.route == {0: 12, 1: 8}
+    # node 4 restarted under a new node id (no node authentication), while the SuperLink still
+    # lists the old one: client 0 moves to the new node, and the old one is not asked again
+    identify, asked = _answers({12: 0, 4: 0})
+    assert directory.online([4, 8, 12], identify) == [0, 1]
+    assert directory.route == {0: 12, 1: 8} and asked == [[12]]
+    assert directory.online([4, 8, 12], identify) == [0, 1]
+    assert directory.route == {0: 12, 1: 8} and asked == [[12]]  # no turns between 4 and 12
 
 
 @pytest.mark.parametrize("claim", [1.5, -2, [1]])

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.state import JOURNAL, NodeStateDir, Place
+from client.state import JOURNAL, NodeStateDir, Place, StatePruned
 
 
 def state(v: float) -> dict[str, np.ndarray]:
@@ -51,6 +51,23 @@ def test_old_rounds_are_pruned_but_a_replay_of_the_kept_ones_works(tmp_path: Pat
     files = sorted((tmp_path / "runs" / "exp").glob("state-*.npz"))
     assert len(files) <= 4
     np.testing.assert_allclose(store.load(Place(9, 1))["w"], 8.0)
+
+
+def test_a_replay_of_a_pruned_state_is_refused_not_served_empty(tmp_path: Path) -> None:
+    # A simulation's clients keep no old rounds (keep_rounds=0): the server checkpoints every
+    # round, so a replay goes back to the start of the round under way, never further.
+    store = NodeStateDir(tmp_path, "exp", keep_rounds=0)
+    for rnd in (1, 2, 3):
+        store.save(Place(rnd, 1), state(rnd + 0.1))
+        store.save(Place(rnd, 2), state(rnd + 0.2))
+    np.testing.assert_allclose(store.load(Place(3, 1))["w"], 2.2)  # the round under way: fine
+    store.save(Place(3, 1), state(3.1))
+    store.save(Place(3, 2), state(3.2))
+    store.save(Place(4, 1), state(4.1))
+    # a checkpoint two rounds behind: round 3's first state is gone, so is what came before it
+    with pytest.raises(StatePruned, match="the state before round 3, exchange 1 was pruned"):
+        store.load(Place(3, 1))
+    np.testing.assert_allclose(store.load(Place(4, 1))["w"], 3.2)  # nothing was cut by the refusal
 
 
 def test_runs_are_kept_apart_and_names_are_checked(tmp_path: Path) -> None:

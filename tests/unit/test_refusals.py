@@ -65,10 +65,8 @@ def test_an_unset_or_positive_target_epsilon_passes() -> None:
 # ----- b. a target epsilon no noise multiplier reaches ------------------------------------------
 def test_b_an_unreachable_target_epsilon_is_refused_with_the_calibrations_reason() -> None:
     cfg = tiny(**{"privacy.dp-sgd": True, "privacy.target-epsilon": 1e-9})
-    start = time.monotonic()
     with pytest.raises(ConfigError) as err:
         check_simulation(cfg, 3)
-    assert time.monotonic() - start < 5.0
     # digits, 3 iid clients: the smallest holds 345 training examples (batch 32: q = 1/11)
     assert str(err.value) == (
         "privacy.target-epsilon 1e-09 is out of reach: even noise multiplier 655360 spends "
@@ -91,15 +89,12 @@ def test_b_the_check_uses_the_smallest_simulated_clients_training_set() -> None:
         check_simulation(cfg, 5)
 
 
-def test_b_reachable_targets_pass_quickly() -> None:
+def test_b_reachable_targets_pass() -> None:
     for overrides in ({"privacy.target-epsilon": 8.0},
                       {"privacy.target-epsilon": 0.2},  # small, but above RDP's floor 0.103
                       {"privacy.target-epsilon": 8.0, "privacy.accountant": "prv"}):
         cfg = tiny(**{"privacy.dp-sgd": True, **overrides})
-        check_simulation(cfg, 3)  # warm-up: the dataset and opacus load once
-        start = time.monotonic()
-        check_simulation(cfg, 3)
-        assert time.monotonic() - start < 1.0, overrides
+        check_simulation(cfg, 3)  # (its cost is one accountant evaluation: no timing here)
 
 
 def test_b_with_output_releases_the_same_search_decides() -> None:
@@ -274,16 +269,15 @@ def test_make_run_refuses_an_unreachable_quorum(
                    "federation.fraction-train to at least 1\n")
 
 
-def test_python_dash_m_fedkd_refuses_within_seconds_without_a_traceback(tmp_path: Path) -> None:
-    start = time.monotonic()
+def test_python_dash_m_fedkd_refuses_before_starting_anything(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "fedkd", "simulate", "tiny", "--set",
          "federation.fraction-train=0.5", "--output-dir", str(tmp_path / "out")],
         cwd=APP_DIR, env=offline_env(tmp_path / "flwr-home"), capture_output=True, text=True,
         timeout=120)
-    elapsed = time.monotonic() - start
     assert proc.returncode == 2, proc.stderr
-    assert elapsed < 20.0
+    # nothing started: no run directory, no SuperLink's home
+    assert not (tmp_path / "out").exists() and not any((tmp_path / "flwr-home").glob("**/*.db"))
     assert proc.stderr.strip() == (
         "error: federation.min-replies (3) is more than the 2 of 3 clients sampled each round "
         "(federation.fraction-train 0.5 x 3, rounded up): every round would fail its quorum; "
