@@ -92,10 +92,10 @@ def _model_name(cfg: RunConfig, node_config: Mapping[str, Any], partition_id: in
 
 
 def client_context(
-    cfg: RunConfig, node_id: int, node_config: Mapping[str, Any], state: dict[str, np.ndarray]
+    cfg: RunConfig, client: int, node_config: Mapping[str, Any], state: dict[str, np.ndarray]
 ) -> ClientContext:
     """Everything the algorithm's client half may use on this node for one message
-    (``node_id``: the client id the server addresses it by, :func:`client_id`)."""
+    (``client``: the client id the server addresses it by, :func:`client_id`)."""
     if "partition-id" not in node_config and "data-path" not in node_config:
         raise KeyError(
             "node config has neither 'data-path' (a device's own data) nor 'partition-id' (a "
@@ -103,14 +103,14 @@ def client_context(
             "'data-path=/path/mine.npz' or 'partition-id=<i> num-partitions=<n>'"
         )
     if "data-path" in node_config:
-        return _device_context(cfg, node_id, node_config, state)
+        return _device_context(cfg, client, node_config, state)
     partition_id = int(node_config["partition-id"])
     num_partitions = int(node_config.get("num-partitions", cfg.data.num_partitions))
     data = load_federated(dataclasses.replace(cfg.data, num_partitions=num_partitions))
     model_name = _model_name(cfg, node_config, partition_id)
     return ClientContext(
         cfg=cfg,
-        node_id=node_id,
+        client_id=client,
         partition_id=partition_id,
         data=data.cached_client(partition_id),
         num_classes=data.num_classes,
@@ -129,7 +129,7 @@ def _device_data(path: str, input_shape: tuple[int, int, int], num_classes: int,
 
 
 def _device_context(
-    cfg: RunConfig, node_id: int, node_config: Mapping[str, Any], state: dict[str, np.ndarray]
+    cfg: RunConfig, client: int, node_config: Mapping[str, Any], state: dict[str, np.ndarray]
 ) -> ClientContext:
     """A device with its own data (``data-path``), checked against the run's dataset shape.
 
@@ -137,7 +137,7 @@ def _device_context(
     is empty and public-set algorithms say so.
     """
     source = DATASETS.get(cfg.data.dataset)
-    seed = int(node_config.get("seed", node_id % 2**31))
+    seed = int(node_config.get("seed", client % 2**31))
     data = _device_data(str(node_config["data-path"]), source.input_shape, source.num_classes,
                         cfg.data.local_test_fraction, seed)
     public_error = None
@@ -148,7 +148,7 @@ def _device_context(
         public = ArrayDataset(x=np.zeros((0, *source.input_shape), np.float32),
                               y=np.zeros(0, np.int64))
     model_name = _model_name(cfg, node_config, seed)
-    return ClientContext(cfg=cfg, node_id=node_id, partition_id=seed, data=data,
+    return ClientContext(cfg=cfg, client_id=client, partition_id=seed, data=data,
                          num_classes=source.num_classes, input_shape=source.input_shape,
                          model_name=model_name, public=public, state=state,
                          public_error=public_error)

@@ -126,8 +126,8 @@ class Exchange(Protocol):
 class ClientContext:
     """Everything the client half may use on one node for one message.
 
-    ``node_id`` is the client id the server addresses this client by (its partition id in a
-    simulation; ``server.loop.ClientDirectory``). ``state`` persists across rounds of one run on
+    ``client_id`` is the id the server samples and addresses this client by (its partition id in
+    a simulation; ``server.loop.ClientDirectory``). ``state`` persists across rounds of one run on
     this node (Flower's ``Context.state``); the client app saves whatever the algorithm leaves in
     it. ``public`` is the public split shared by every node (for public-set algorithms such as
     FedMD); where the node could not load it, it is empty and ``public_error`` says why.
@@ -136,7 +136,7 @@ class ClientContext:
     """
 
     cfg: RunConfig
-    node_id: int
+    client_id: int
     partition_id: int
     data: ClientData
     num_classes: int
@@ -287,7 +287,7 @@ class Algorithm(ABC):
             from fedkd.secagg import client as secagg_client
 
             if phase.startswith("secagg-"):
-                return secagg_client.answer(phase, request, client.state, client.node_id,
+                return secagg_client.answer(phase, request, client.state, client.client_id,
                                             self.cfg.section("secagg"))
             secagg_client.forget(client.state)  # a round's secrets never outlive it
         elif phase.startswith("secagg-"):

@@ -112,9 +112,9 @@ def advertise(state: MutableMapping[str, np.ndarray], contribution: np.ndarray,
     return out
 
 
-def answer(phase: str, request: Payload, state: MutableMapping[str, np.ndarray], node_id: int,
+def answer(phase: str, request: Payload, state: MutableMapping[str, np.ndarray], client_id: int,
            options: SecAggConfig) -> Payload:
-    """Answer one protocol request on the node ``node_id``."""
+    """Answer one protocol request of the client ``client_id`` (the id the server addresses it by)."""
     rnd = int(request.config.get("round", -1))
     kept = state.get(_PREFIX + "round")
     if kept is None or int(kept[0]) != rnd:
@@ -122,9 +122,9 @@ def answer(phase: str, request: Payload, state: MutableMapping[str, np.ndarray],
                                 "node holds no contribution for that round")
     try:
         if phase == SHARE_KEYS:
-            arrays = _share_keys(request, state, node_id)
+            arrays = _share_keys(request, state, client_id)
         elif phase == MASK:
-            arrays = _mask(request, state, node_id, options)
+            arrays = _mask(request, state, client_id, options)
         elif phase == UNMASK:
             arrays = _unmask(request, state)
             forget(state)  # one unmask per round: a second request learns nothing more
@@ -144,14 +144,14 @@ def _node_list(request: Payload, name: str) -> list[int]:
 
 
 def _share_keys(request: Payload, state: MutableMapping[str, np.ndarray],
-                node_id: int) -> dict[str, np.ndarray]:
+                client_id: int) -> dict[str, np.ndarray]:
     neighbours = _node_list(request, "neighbours")
     threshold = int(request.config["threshold"])
     pk_c, pk_s = request.arrays["pk-c"], request.arrays["pk-s"]
     if _PREFIX + "b" in state:
         raise SecAggClientError("secure aggregation: keys already shared this round (a repeated "
                                 "request could gather more shares of the same secrets)")
-    if node_id in neighbours or not 2 <= threshold <= len(neighbours):
+    if client_id in neighbours or not 2 <= threshold <= len(neighbours):
         raise SecAggClientError(f"secure aggregation: {len(neighbours)} neighbours (self "
                                 f"excluded) with threshold {threshold}")
     if pk_c.shape[0] != len(neighbours) or pk_s.shape[0] != len(neighbours):
@@ -163,7 +163,7 @@ def _share_keys(request: Payload, state: MutableMapping[str, np.ndarray],
     # one Fernet key per neighbour (ECDH + HKDF): it encrypts the shares sent now and decrypts
     # the ones received in the mask phase
     keys = [generate_shared_key(sk_c, bytes_to_public_key(as_bytes(pk))) for pk in pk_c]
-    rows = [np.frombuffer(encrypt(key, share_keys_plaintext_concat(node_id, peer, b, s)), np.uint8)
+    rows = [np.frombuffer(encrypt(key, share_keys_plaintext_concat(client_id, peer, b, s)), np.uint8)
             for key, peer, b, s in zip(keys, neighbours, b_shares, s_shares)]
     if len({len(r) for r in rows}) != 1:
         raise SecAggClientError("secure aggregation: ciphertexts of unequal length")
@@ -177,7 +177,7 @@ def _share_keys(request: Payload, state: MutableMapping[str, np.ndarray],
             "b-hash": np.frombuffer(hashlib.sha256(seed_b).digest(), dtype=np.uint8).copy()}
 
 
-def _mask(request: Payload, state: MutableMapping[str, np.ndarray], node_id: int,
+def _mask(request: Payload, state: MutableMapping[str, np.ndarray], client_id: int,
           options: SecAggConfig) -> dict[str, np.ndarray]:
     senders = _node_list(request, "senders")
     ciphertexts = request.arrays["ciphertexts"]
@@ -196,9 +196,9 @@ def _mask(request: Payload, state: MutableMapping[str, np.ndarray], node_id: int
     for peer, row in zip(senders, ciphertexts):
         key = as_bytes(state[_PREFIX + "fernet"][position[peer]])
         src, dst, b_share, s_share = share_keys_plaintext_separate(decrypt(key, as_bytes(row)))
-        if (src, dst) != (peer, node_id):
+        if (src, dst) != (peer, client_id):
             raise SecAggClientError(f"secure aggregation: shares from {src} to {dst} delivered "
-                                    f"as from {peer} to {node_id}")
+                                    f"as from {peer} to {client_id}")
         b_held.append(np.frombuffer(b_share, np.uint8))
         s_held.append(np.frombuffer(s_share, np.uint8))
     state[_PREFIX + "held-from"] = np.array(senders, dtype=np.uint64)
@@ -221,7 +221,7 @@ def _mask(request: Payload, state: MutableMapping[str, np.ndarray], node_id: int
     for peer in senders:
         pk_s = as_bytes(state[_PREFIX + "pk-s"][position[peer]])
         mask = expand_mask(pairwise_seed(sk_s, pk_s), vector.size)
-        if peer > node_id:
+        if peer > client_id:
             masked += mask
         else:
             masked -= mask

@@ -66,7 +66,7 @@ def test_weighted_rule_weights_teachers_by_class_counts() -> None:
 def digits_client(tmp_path: Path, **flat: object):
     cfg = build_config({"algorithm": "fd", "data.dataset": "digits", "train.model": "mlp",
                                "train.local-steps": 15, "data.num-partitions": 3, **flat})
-    client = client_context(cfg, node_id=7, node_config={"partition-id": 0, "num-partitions": 3},
+    client = client_context(cfg, client=7, node_config={"partition-id": 0, "num-partitions": 3},
                             state={})
     return cfg, client, FD(cfg, client.num_classes, client.input_shape)
 
