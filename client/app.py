@@ -49,8 +49,7 @@ from fedkd.data.device import load_device_data
 from fedkd.data.federated import ClientData, load_federated
 from fedkd.models import MODELS
 from fedkd.results import CLIENT_STATE_DIR
-from client.entry import identify
-from client.identity import client_id, stable_client_id  # noqa: F401 - part of this module's API
+from client.identity import client_id
 from client.state import NodeStateDir, Place, load_arrays, save_arrays
 from fedkd.protocol import (
     CONFIG_KEY,
@@ -251,9 +250,6 @@ def _set_threads(n: int) -> None:
 
 def _handle(msg: Message, context: Context) -> Message:
     started = trace.now()
-    identified = identify(msg, context)  # the server asks which client this node is
-    if identified is not None:
-        return identified
     cfg = _config(tuple(sorted(context.run_config.items())))
     _set_threads(cfg.train.num_threads)
     state: dict[str, np.ndarray] = {}

@@ -154,6 +154,11 @@ class FederationConfig:
     client_global_test: int = 0
     client_global_test_every: int = 10
 
+    def exchange_timeout(self, rnd: int) -> float:
+        """Seconds an exchange of round ``rnd`` waits for replies: round 1 includes the workers'
+        start-up (``first-round-timeout``), later rounds ``round-timeout``."""
+        return self.first_round_timeout if rnd == 1 else self.round_timeout
+
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction_train <= 1.0:
             raise ConfigError(

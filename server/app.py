@@ -50,8 +50,8 @@ def main(grid: Grid, context: Context) -> None:
         nodes = wait_for_nodes(grid, fed.min_nodes, fed.node_wait_timeout)
 
         def identify(unknown: list[int]) -> dict[int, Payload]:
-            timeout = fed.first_round_timeout if rnd == 1 else fed.round_timeout
-            exchange = FlowerExchange(grid, rnd, timeout, 0, Traffic(), audit=audit)
+            exchange = FlowerExchange(grid, rnd, fed.exchange_timeout(rnd), 0, Traffic(),
+                                      audit=audit)
             return exchange(IDENTIFY_PHASE, {n: Payload() for n in unknown}).replies
 
         clients = directory.online(nodes, identify)

@@ -451,7 +451,7 @@ def run_rounds(
     run_start = time.monotonic()
     for rnd in range(first_round, cfg.num_server_rounds + 1):
         start = time.monotonic()
-        timeout = fed.first_round_timeout if rnd == 1 else fed.round_timeout
+        timeout = fed.exchange_timeout(rnd)
         online = online_nodes(rnd)
         sampled = sample_nodes(online, fed.fraction_train, rng, fed.sampling)
         skipped = skip_reason(cfg, online, sampled)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from flwr.app import Context, Message, Metadata, RecordDict
 
-from client.app import _handle, client_id
+from client.app import client_id
+from client.entry import dispatch
 from fedkd.protocol import (
     CLIENT_ID_KEY,
     IDENTIFY_PHASE_NAME,
@@ -114,7 +115,7 @@ def test_a_node_answers_identify_from_its_node_config_alone(node_config: dict, e
         group_id="", created_at=time.time(), ttl=60.0, message_type="query"))
     context = Context(run_id=1, node_id=99, node_config=node_config, state=RecordDict(),
                       run_config={})
-    reply = validate_reply(_handle(msg, context).content, IDENTIFY_PHASE)
+    reply = validate_reply(dispatch(msg, context).content, IDENTIFY_PHASE)  # what Flower calls
     assert reply.metrics[CLIENT_ID_KEY] == expected
     assert client_id(node_config, 99) == (99 if expected < 0 else expected)
 
