@@ -1,0 +1,155 @@
+"""The levers of a logit-only global model, measured in-process (the issue on closing the gap).
+
+Fashion-MNIST, 20 clients, 10 sampled per round, FedGen's CNN, a proxy set of 10% of the train
+set, the real round loop, contract checks and client app of fedkd with the message delivery a
+function call (``tests.algorithms.inprocess``: no Flower transport, so many variants fit in an
+afternoon on 2 cores; ``benchmarks/logit_global.py`` runs the chosen rows through the Flower
+simulation engine). The proxy set's labels are loaded only to report the consensus accuracy of the
+targets: no algorithm reads them (``tests/algorithms/test_dsfl.py`` shows a run is identical
+without them).
+
+Each variant is a set of run-config overrides on the shared settings below (DS-FL's protocol of
+``benchmarks/logit_global.py``). Columns: final and best global accuracy, the mean of the last 5
+rounds, the swing of the last 10 (max - min), the consensus accuracy of the targets over the last
+5 rounds, bytes up and down per client per round, seconds per round.
+
+Run::
+
+    .venv/bin/python -m benchmarks.logit_levers --rounds 30 --seeds 0 --partitions dir0.1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.common import ROOT, fmt
+from benchmarks.logit_global import PARTITIONS
+from fedkd.experiments.report import mean_std, mean_std_cell, table_lines
+
+NUM_CLIENTS = 20
+
+SHARED: dict[str, Any] = {
+    "data.dataset": "fashion-mnist", "train.model": "fedgen-cnn", "train.local-steps": 20,
+    "data.public-fraction": 0.1, "data.public-labels": True, "federation.fraction-train": 0.5,
+    "federation.min-nodes": NUM_CLIENTS, "federation.min-replies": 5,
+    "federation.evaluate-every": 1, "output.audit-replies": False, "output.resume": False,
+    "distill.public-batch": 1000, "distill.steps": 50, "distill.server-steps": 500,
+    "distill.replay-rounds": 20,
+}
+
+#: Student-down with nothing kept locally and this round's targets only: the base of its levers.
+SD = {"algorithm": "student-down", "aggregation.rule": "era", "student-down.local-loss": "none",
+      "distill.replay-rounds": 1}
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "fedavg": {"algorithm": "fedavg"},
+    "dsfl": {"algorithm": "dsfl", "aggregation.rule": "era"},
+    "student-down": SD,
+    "student-down, kd local (lambda 1)": {**SD, "student-down.local-loss": "kd"},
+    "student-down, kd local (lambda 0.1)": {**SD, "student-down.local-loss": "kd",
+                                            "student-down.kd-weight": 0.1},
+    "student-down, feature local": {**SD, "student-down.local-loss": "feature",
+                                    "student-down.kd-weight": 0.1},
+    "student-down, prox (mu 0.1)": {**SD, "student-down.local-loss": "prox",
+                                    "student-down.prox-mu": 0.1},
+    "student-down, replay 20": {**SD, "distill.replay-rounds": 20},
+    "student-down, certainty": {**SD, "student-down.certainty": "support"},
+    "student-down, prior calibration": {**SD, "student-down.calibrate": "prior"},
+    "student-down, 2,000 proxy samples": {**SD, "distill.public-batch": 2000},
+    "student-down, augmentation": {**SD, "student-down.augment-shift": 2},
+    "student-down, label-free stopping": {**SD, "student-down.patience": 2},
+    "student-down, larger server student": {**SD, "student-down.server-model": "cnn"},
+}
+
+
+def run_variant(name: str, partition: str, seed: int, rounds: int, out: Path) -> dict[str, Any]:
+    from tests.algorithms.inprocess import run_inprocess
+
+    overrides = {**SHARED, **PARTITIONS[partition], **VARIANTS[name], "seed": seed,
+                 "data.seed": seed, "num-server-rounds": rounds}
+    start = time.monotonic()
+    rows, _, _ = run_inprocess(overrides, NUM_CLIENTS, out)
+    elapsed = time.monotonic() - start
+    acc = [r["global-accuracy"] for r in rows if r.get("global-accuracy") is not None]
+    consensus = [r["consensus-accuracy"] for r in rows if r.get("consensus-accuracy") is not None]
+    return {"name": name, "partition": partition, "seed": seed, "rounds": rounds,
+            "final": acc[-1], "best": max(acc), "last5": statistics.mean(acc[-5:]),
+            "swing10": max(acc[-10:]) - min(acc[-10:]),
+            "consensus5": statistics.mean(consensus[-5:]) if consensus else None,
+            "up": statistics.mean(r["bytes-up-per-client"] for r in rows),
+            "down": statistics.mean(r["bytes-down-per-client"] for r in rows),
+            "s_per_round": elapsed / len(rows), "curve": acc}
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    header = ["partition", "variant", "seeds", "final global acc", "best", "mean of last 5",
+              "swing, last 10", "consensus acc, last 5", "up / client / round",
+              "down / client / round", "s / round"]
+    cells = []
+    for partition in PARTITIONS:
+        for name in VARIANTS:
+            group = [r for r in results if r["partition"] == partition and r["name"] == name]
+            if not group:
+                continue
+            c = [r["consensus5"] for r in group if r["consensus5"] is not None]
+            cells.append([partition, name, len(group), *(
+                mean_std_cell(mean_std([r[k] for r in group]), ".4f")
+                for k in ("final", "best", "last5", "swing10")),
+                mean_std_cell(mean_std(c), ".4f") if c else "-",
+                f"{statistics.mean(r['up'] for r in group):,.0f}",
+                f"{statistics.mean(r['down'] for r in group):,.0f}",
+                fmt(statistics.mean(r["s_per_round"] for r in group), ".2f")])
+    return "\n".join(table_lines(header, cells))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--partitions", nargs="+", default=["dir0.1"], choices=list(PARTITIONS))
+    parser.add_argument("--only", nargs="*", help="variants to run (exact names)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--name", default="logit_levers")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    path = out / f"{args.name}.json"
+    results = json.loads(path.read_text())["results"] if path.exists() else []
+    done = {(r["name"], r["partition"], r["seed"], r["rounds"]) for r in results}
+    for partition in args.partitions:
+        for seed in args.seeds:
+            for name in args.only or VARIANTS:
+                if (name, partition, seed, args.rounds) in done:
+                    continue
+                r = run_variant(name, partition, seed, args.rounds,
+                                Path("/tmp") / "fedkd-levers" / f"{name}-{partition}-{seed}")
+                results.append(r)
+                print(f"{name} {partition} seed {seed}: final {r['final']:.4f} last5 "
+                      f"{r['last5']:.4f} {r['s_per_round']:.2f} s/round", flush=True)
+                write(out, args, results)
+
+
+def write(out: Path, args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
+    command = (f".venv/bin/python -m benchmarks.logit_levers --rounds {args.rounds} --seeds "
+               f"{' '.join(map(str, args.seeds))} --partitions {' '.join(args.partitions)}")
+    text = (f"In-process (fedkd's round loop and client app, no Flower transport), Fashion-MNIST, "
+            f"{NUM_CLIENTS} clients, 10 a round, fedgen-cnn, {args.rounds} rounds of 20 local "
+            "steps, 1,000 proxy samples a round unless said, lr 0.05. Each row: variant, then "
+            f"mean ± std over seeds. Command: `{command}` (one row: `--only NAME`).\n\n"
+            + table(results) + "\n")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.name}.md").write_text(text)
+    (out / f"{args.name}.json").write_text(json.dumps({"command": command, "results": results},
+                                                      indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,407 @@
+r"""Logits up, student down: federated distillation whose server student goes back to the clients.
+
+No paper found follows exactly this round, so the algorithm is named after what it does
+(``student-down``). Its parts come from: FedDF (Lin et al., NeurIPS 2020: the server distils the
+clients' ensemble on unlabeled proxy data into a student that the next round starts from; FedDF
+uploads weights, this does not), DS-FL (Itahara et al. 2021: logits on an announced open batch,
+any rule, ERA), FedGen's and FedKD's clients (local training with a distillation term towards the
+model they were sent), FedProx (a proximal term), and FedAUX (Sattler et al. 2021: a certainty
+score per proxy sample, here from the client's label support). ``../shared/notes/algorithms.md``
+section 12 has the reasoning and the measured levers.
+
+Round t, sampled clients :math:`S_t`, announced proxy indices :math:`I_t`
+(``distill.public-batch`` of the public split; unlabeled with ``data.public-labels = false``):
+
+1. **student down** (phase ``fit``, server to client): client k receives the weights of the
+   server's student of *its* architecture, :math:`\theta^{a(k)}_t` (one student per architecture
+   present: ``train.client-models``), and starts from exactly them;
+2. **local training that keeps the student's knowledge**: ``train.local-steps`` steps on the
+   private data of
+
+   .. math:: \mathrm{CE}(f_\theta(x), y) + \lambda\, R(\theta; \theta^{a(k)}_t, x)
+
+   with :math:`R` chosen by ``student-down.local-loss``: ``kd`` (the survey's response-based
+   loss, :math:`T^2\,\mathrm{KL}(\sigma(f_{\theta_t}(x)/T) \,\|\, \sigma(f_\theta(x)/T))` on the
+   local batch, FedGen's and FedKD's client term), ``feature`` (FitNets' hint loss, survey eq.
+   1.2.1, between the penultimate features of the model and of the student), ``prox``
+   (FedProx, :math:`\frac{\mu}{2}\|\theta - \theta_t\|^2`, :math:`\mu` = ``prox-mu``), or
+   ``none``; :math:`\lambda` = ``student-down.kd-weight``, :math:`T` = ``distill.temperature``.
+   DP-SGD trains this loss when configured;
+3. **logits up**: the client answers with its logits on :math:`x_{I_t}` (``[n, C]``) and, with
+   ``student-down.certainty = "support"``, a certainty per sample :math:`c_k(x) = \sum_c
+   \sigma(f_{\theta_t}(x))_c\, \min(1, C\,\pi_k(c))` in [0, 1] (:math:`\pi_k`: its label
+   shares; a class it holds at least its uniform share of counts fully): how likely the
+   *student*, which knows every class, finds x to be of a class this client has seen (a model
+   trained on 2-3 classes answers every input with them, so its own answer cannot say);
+4. **aggregation**: any rule on the logits (secure aggregation where the rule allows it); with
+   certainty, a teacher whose :math:`c_k(x)` is below ``certainty-threshold`` is left out of
+   sample x (a sample nobody is certain about is dropped);
+5. **student update**: every student (one per architecture, plus the ``server-model`` student
+   when it differs: a server may train a larger model than any client, which never goes down)
+   starts from its previous weights and distils the targets for up to ``distill.server-steps``
+   steps (``distill.loss``), on proxy inputs shifted by up to ``augment-shift`` pixels. A
+   label-free stopping rule holds out ``holdout`` of the batch: every ``check-every`` steps the
+   KL of the student to the targets on it is measured, the best weights are kept, and the student
+   stops after ``patience`` checks without improvement. ``distill.replay-rounds`` > 1 replays
+   earlier rounds' targets (default: this round's only; earlier targets come from older students).
+
+What leaves a client: logits on public inputs and, with certainty, one score per input. Never
+weights or private data. What comes down: the student's weights, trained only on public inputs
+and on what clients released, so sending it is post-processing: it costs no privacy budget.
+Under DP-SGD the logits are post-processing of a DP model. The certainty score reads the client's
+label histogram, which no mechanism here noises per sample, so ``certainty`` refuses
+``privacy.*`` (use a count rule such as ``classwise``, whose counts are noised and charged).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedkd.algorithms.base import ClientContext, Exchange, train_metrics
+from fedkd.algorithms.public_set import SERVER_STREAM, ProxyAnswers, PublicSetAlgorithm
+from fedkd.algorithms.registry import ALGORITHMS
+from fedkd.config import RunConfig
+from fedkd.data.federated import FederatedData
+from fedkd.errors import ConfigError
+from fedkd.losses import feature_loss, kd_kl
+from fedkd.models import MODELS
+from fedkd.protocol import ArraySpec, Payload, PhaseSpec
+from fedkd.training import (fit_to_targets, model_with_state, predict_logits, seeded_generator,
+                            state_to_numpy)
+from fedkd.validate import positive
+
+#: Name of the per-sample certainty array in a reply.
+CERTAINTY = "certainty"
+#: Seed stream of the server's augmentation shifts.
+AUGMENT_STREAM = 0xA06
+LOCAL_LOSSES = ("kd", "feature", "prox", "none")
+CERTAINTIES = ("none", "support")
+CALIBRATIONS = ("none", "prior")
+
+
+@dataclass(frozen=True)
+class StudentDownConfig:
+    """``student-down.*``: the client's local loss, certainty, and the server student's training.
+
+    ``local-loss`` is one of ``kd``, ``feature``, ``prox``, ``none`` (module docstring, step 2),
+    weighted by ``kd-weight`` (``prox-mu`` for ``prox``). ``certainty`` is ``none`` or
+    ``support``, with teachers below ``certainty-threshold`` left out of a sample.
+    ``server-model`` names a zoo model for the server's global student (empty: ``train.model``);
+    when it differs from every client architecture it is trained beside the students that go
+    down and never sent. ``augment-shift`` (pixels, 0: none) shifts proxy inputs in the server's
+    distillation; ``holdout``, ``check-every`` and ``patience`` are the label-free stopping rule
+    (``patience`` 0: no stopping, all ``distill.server-steps``).
+    """
+
+    local_loss: str = "kd"
+    calibrate: str = "none"
+    kd_weight: float = 1.0
+    prox_mu: float = 0.01
+    certainty: str = "none"
+    certainty_threshold: float = 0.5
+    server_model: str = ""
+    augment_shift: int = 0
+    holdout: float = 0.1
+    check_every: int = 50
+    patience: int = 0
+
+    def __post_init__(self) -> None:
+        if self.local_loss not in LOCAL_LOSSES:
+            raise ConfigError(f"student-down.local-loss must be one of {', '.join(LOCAL_LOSSES)}, "
+                              f"got {self.local_loss!r}")
+        if self.calibrate not in CALIBRATIONS:
+            raise ConfigError(f"student-down.calibrate must be one of {', '.join(CALIBRATIONS)}, "
+                              f"got {self.calibrate!r}")
+        if self.certainty not in CERTAINTIES:
+            raise ConfigError(f"student-down.certainty must be one of {', '.join(CERTAINTIES)}, "
+                              f"got {self.certainty!r}")
+        if self.server_model and self.server_model not in MODELS:
+            raise ConfigError(f"student-down.server-model {self.server_model!r} is not a model of "
+                              f"the zoo; valid names: {', '.join(MODELS.names())}")
+        for name in ("kd_weight", "prox_mu", "augment_shift", "patience"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"student-down.{name.replace('_', '-')} must be >= 0")
+        if not 0.0 <= self.certainty_threshold <= 1.0:
+            raise ConfigError("student-down.certainty-threshold must be in [0, 1], got "
+                              f"{self.certainty_threshold!r}")
+        if not 0.0 < self.holdout < 1.0:
+            raise ConfigError(f"student-down.holdout must be in (0, 1), got {self.holdout!r}")
+        positive("student-down.check-every", self.check_every)
+
+
+def support_certainty(probs: np.ndarray, label_counts: np.ndarray) -> np.ndarray:
+    r"""Per-sample certainty from label support: :math:`c(x) = \sum_c p_c(x) \min(1, C \pi_c)`.
+
+    ``probs`` [n, C] are a client's predicted probabilities, ``label_counts`` [C] its training
+    label histogram (:math:`\pi` = counts / total). A class the client holds at least its uniform
+    share of (1/C) counts fully, a rarer one in proportion, an unseen one not at all: the score
+    is the share of the answer that falls on classes the client has seen. Returns [n] in [0, 1].
+    """
+    counts = np.asarray(label_counts, np.float64)
+    if counts.ndim != 1 or counts.shape[0] != probs.shape[1] or (counts < 0).any():
+        raise ValueError(f"label counts of shape {counts.shape} for {probs.shape[1]} classes")
+    total = counts.sum()
+    support = (np.minimum(1.0, len(counts) * counts / total) if total > 0
+               else np.zeros_like(counts))
+    return np.clip(np.asarray(probs, np.float64) @ support, 0.0, 1.0).astype(np.float32)
+
+
+def shifted(x: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.ndarray:
+    """Each image of ``x`` [N, C, H, W] translated by up to ``max_shift`` pixels in each
+    direction (zero fill): a label-preserving augmentation of proxy inputs."""
+    if max_shift <= 0:
+        return x
+    n, _, h, w = x.shape
+    padded = np.pad(x, ((0, 0), (0, 0), (max_shift, max_shift), (max_shift, max_shift)))
+    dy, dx = rng.integers(0, 2 * max_shift + 1, size=(2, n))
+    out = np.empty_like(x)
+    for i in range(n):
+        out[i] = padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
+    return out
+
+
+@ALGORITHMS.register("student-down")
+class StudentDown(PublicSetAlgorithm):
+    """Each round: the server's student down, local training near it, logits on announced proxy
+    samples up, the student distils their aggregate."""
+
+    config_sections = {"student-down": StudentDownConfig}
+    SERVER_STATE = ("_students", "_rng", "_replay")
+    INDEX_STREAM = 0x57D0
+
+    @classmethod
+    def check_config(cls, cfg: RunConfig) -> None:
+        super().check_config(cfg)
+        options: StudentDownConfig = cfg.section("student-down")
+        if options.certainty != "none":
+            if cfg.privacy.enabled:
+                raise ConfigError(
+                    "student-down.certainty reads the client's label histogram, which no privacy "
+                    "mechanism here noises per sample: turn certainty off under privacy.* (the "
+                    "classwise rule's label counts are noised and charged)")
+            if cfg.aggregation.secure:
+                raise ConfigError("student-down.certainty needs each teacher's scores per sample, "
+                                  "which secure aggregation hides: turn one of them off")
+        if options.local_loss in ("feature", "prox") and cfg.privacy.dp_sgd:
+            raise ConfigError(
+                f"student-down.local-loss = {options.local_loss!r} is not supported under DP-SGD "
+                "(Opacus clips per-sample gradients of the model's output; a term on features or "
+                "weights would escape the clipping or be dropped): use 'kd' or 'none'")
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: D107 - see Algorithm
+        super().__init__(*args, **kwargs)
+        self.options: StudentDownConfig = self.cfg.section("student-down")
+        train = self.cfg.train
+        #: The architectures that go down: every client model present.
+        self.architectures: list[str] = list(dict.fromkeys(train.client_model_list or [train.model]))
+        #: The global model's architecture (evaluated on the test set; may never go down).
+        self.server_architecture = self.options.server_model or train.model
+        self._students = nn.ModuleDict()
+
+    # ----- server half --------------------------------------------------------------------
+    def setup_server(self, data: FederatedData) -> None:
+        if len(data.public) == 0:
+            raise ValueError(f"{self.name} needs a public split: set data.public-fraction > 0")
+        self._public = data.public
+        for i, arch in enumerate(dict.fromkeys([*self.architectures, self.server_architecture])):
+            self._students[arch] = self.build_model(arch, seed=self.cfg.seed + i)
+        self._student = self._students[self.server_architecture]
+
+    def load_server_state(self, state) -> None:  # noqa: ANN001 - see Algorithm
+        super().load_server_state(state)
+        self._student = self._students[self.server_architecture]
+
+    def proxy_request(self, rnd: int, indices: np.ndarray) -> Payload:
+        """The announcement plus the students' weights, each under ``<architecture>/``: a
+        client takes its own architecture's. With one architecture (the usual case) that is one
+        model; a heterogeneous federation sends every student to every client, since a client's
+        architecture is its own choice (``train.client-models`` or its node config)."""
+        request = super().proxy_request(rnd, indices)
+        weights = {f"{arch}/{k}": v for arch in self.architectures
+                   for k, v in state_to_numpy(self._students[arch]).items()}
+        return Payload(arrays={**request.arrays, **weights}, config=request.config)
+
+    def fit_phase(self, n: int) -> PhaseSpec:
+        """Student down; local training; logits [n, C] (and certainty [n]) up."""
+        extra = ({CERTAINTY: ArraySpec(shape=(n,), dtype="float32", low=0.0, high=1.0)}
+                 if self.options.certainty != "none" else None)
+        return self.logits_spec("fit", "train", n, extra=extra, reply_metrics=("loss", "accuracy"))
+
+    def run_round(self, rnd: int, nodes: Sequence[int], exchange: Exchange) -> dict[str, float]:
+        asked = self.ask(rnd, nodes, exchange, self.fit_phase)
+        indices, probs = self.targets(asked)
+        metrics = {"teachers": len(asked.teachers), "answered": len(indices),
+                   **train_metrics(asked.replies)}
+        if len(indices) == 0:
+            return metrics
+        stats = self.distill_students(indices, probs, rnd)
+        return {**metrics, **self.public_accuracy(indices, probs), **stats}
+
+    def targets(self, asked: ProxyAnswers) -> tuple[np.ndarray, np.ndarray]:
+        """The public indices the round distils on and their targets [n, C]: the rule's, and
+        with certainty each sample over the teachers certain of it (a sample no teacher is
+        certain of is dropped)."""
+        if self.options.certainty == "none" or asked.secure is not None:
+            targets = self.teacher_targets(asked)
+            return asked.indices[targets.answered], targets.probs[targets.answered]
+        certain = np.stack([r.arrays[CERTAINTY] for r in asked.replies]) >= \
+            self.options.certainty_threshold  # [K, n]
+        kept = certain.any(axis=0)
+        if not kept.any():
+            return asked.indices[:0], np.zeros((0, self.num_classes), np.float32)
+        logits = asked.logits[:, kept]
+        weights = self.teacher_weights(asked.replies, logits)
+        targets = self.aggregate_teachers(self.rule, logits, self._rng, weights=weights,
+                                          mask=certain[:, kept])
+        return asked.indices[kept][targets.answered], targets.probs[targets.answered]
+
+    def distill_students(self, indices: np.ndarray, targets: np.ndarray,
+                         rnd: int) -> dict[str, float]:
+        """Every student distils this round's targets (and any replayed ones): module docstring,
+        step 5. Returns the global student's loss, steps run and held-out KL."""
+        assert self._public is not None
+        self._replay.append((self._public.x[indices], targets))
+        x = np.concatenate([a for a, _ in self._replay])
+        t = np.concatenate([b for _, b in self._replay])
+        out: dict[str, float] = {}
+        for i, (arch, student) in enumerate(self._students.items()):
+            loss, steps, held = self.distill_one(student, x, t, rnd, stream=i)
+            if arch == self.server_architecture:
+                out = {"student-distill-loss": loss, "student-steps": float(steps),
+                       "student-holdout-kl": held}
+        return out
+
+    def distill_one(self, student: nn.Module, x: np.ndarray, targets: np.ndarray, rnd: int,
+                    stream: int) -> tuple[float, int, float]:
+        """Up to ``distill.server-steps`` steps towards ``targets`` from the student's current
+        weights, checked every ``check-every`` steps on a held-out part (label-free stopping;
+        the best weights are kept). Returns (mean loss, steps run, best held-out KL)."""
+        distill, options = self.cfg.distill, self.options
+        rng = np.random.default_rng([self.cfg.seed, rnd, stream, AUGMENT_STREAM])
+        order = rng.permutation(len(x))
+        stop = options.patience > 0 and len(x) >= 20
+        held = order[:max(1, int(len(x) * options.holdout))] if stop else order[:0]
+        fit = order[len(held):]
+        generator = seeded_generator(self.cfg.seed, rnd, SERVER_STREAM, stream)
+        chunk = options.check_every if stop else distill.server_steps
+        best_kl, best_state, since_best, steps, losses = np.inf, None, 0, 0, []
+        while steps < distill.server_steps:
+            n = min(chunk, distill.server_steps - steps)
+            stats = fit_to_targets(
+                student, shifted(x[fit], options.augment_shift, rng), targets[fit], steps=n,
+                batch_size=self.cfg.train.batch_size, learning_rate=self.cfg.train.learning_rate,
+                temperature=distill.temperature, loss=self.distill_loss, generator=generator)
+            steps += n
+            losses.append(stats.loss)
+            if not stop:
+                continue
+            kl = heldout_kl(student, x[held], targets[held], self.cfg.train.eval_batch_size)
+            if kl < best_kl - 1e-6:
+                best_kl, best_state, since_best = kl, copy.deepcopy(student.state_dict()), 0
+            else:
+                since_best += 1
+                if since_best >= options.patience:
+                    break
+        if best_state is not None:
+            student.load_state_dict(best_state)
+        return float(np.mean(losses)) if losses else 0.0, steps, float(best_kl) if stop else np.nan
+
+    # ----- client half --------------------------------------------------------------------
+    def client_phase(self, phase: str, request: Payload, client: ClientContext) -> Payload:
+        if phase != "fit":
+            raise ValueError(f"{self.name} has no client phase {phase!r}")
+        rnd = int(request.config["round"])
+        model = self.received_student(request, client)
+        x_pub = self.public_inputs(request, client)
+        teacher = copy.deepcopy(model).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        stats = self.local_fit(client, model, rnd, extra_loss=self.local_term(teacher))
+        self.save_personal_model(client, model)
+        answering = model
+        if self.options.calibrate == "prior":
+            answering = PriorCorrected(model, teacher, x_pub, self.cfg.train.eval_batch_size)
+        arrays = self.upload(client, answering, x_pub, rnd)
+        if self.options.certainty != "none":  # judged by the student: it knows every class
+            probs = F.softmax(torch.from_numpy(predict_logits(
+                teacher, x_pub, batch_size=self.cfg.train.eval_batch_size)), dim=1).numpy()
+            counts = np.bincount(client.data.train.y, minlength=self.num_classes)
+            arrays[CERTAINTY] = support_certainty(probs, counts)
+        return Payload(arrays=arrays, metrics={"num-examples": len(client.data.train),
+                                               "loss": stats.loss, "accuracy": stats.accuracy})
+
+    def received_student(self, request: Payload, client: ClientContext) -> nn.Module:
+        """The student of this client's architecture the server sent, as this client's model
+        (exactly its weights)."""
+        prefix = f"{client.model_name}/"
+        weights = {k[len(prefix):]: v for k, v in request.arrays.items() if k.startswith(prefix)}
+        if not weights:
+            sent = sorted({k.split("/", 1)[0] for k in request.arrays if "/" in k})
+            raise ValueError(f"{self.name}: the server sent students for {', '.join(sent) or 'no'}"
+                             f" architecture, not for this client's {client.model_name!r}: add "
+                             "it to train.client-models")
+        return model_with_state(client.model_name, self.input_shape, self.num_classes, weights)
+
+    def local_term(self, teacher: nn.Module):  # noqa: ANN201 - fedkd.training.ExtraLoss | None
+        """The term that keeps the student's knowledge in local training (``local-loss``)."""
+        options, temperature = self.options, self.cfg.distill.temperature
+        weight = options.kd_weight
+        if options.local_loss == "none" or weight == 0:
+            return None
+        if options.local_loss == "kd":
+            def kd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor):
+                with torch.no_grad():
+                    target = teacher.to(x.device)(x)
+                return weight * kd_kl(logits, target, temperature)
+            return kd
+        if options.local_loss == "feature":
+            def hint(model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor):
+                with torch.no_grad():
+                    target = teacher.to(x.device).features(x)
+                return weight * feature_loss(model.features(x), target)
+            return hint
+        anchor = [p.detach().clone() for p in teacher.parameters()]
+        mu = options.prox_mu
+
+        def prox(model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor):
+            return 0.5 * mu * sum(((p - a.to(p.device)) ** 2).sum()
+                                  for p, a in zip(model.parameters(), anchor))
+        return prox
+
+
+class PriorCorrected(nn.Module):
+    r"""A client model whose logits on the announced batch :math:`X` are re-centred per class on
+    the student's: :math:`z(x) - \bar z_X + \bar z^{s}_X` (bars: means over :math:`X`).
+
+    Local training on a label-skewed split shifts a model's logits towards the classes it holds
+    on *every* input, a prior shift that carries no knowledge about the input; this removes it
+    (in the spirit of logit adjustment for label shift), keeping how the model's answers differ
+    between inputs. The student's means are public (the server sent the student), so the
+    correction is post-processing of the client's own logits.
+    """
+
+    def __init__(self, model: nn.Module, student: nn.Module, x: np.ndarray, batch_size: int) -> None:
+        super().__init__()
+        self.model = model
+        own = predict_logits(model, x, batch_size=batch_size).mean(axis=0)
+        reference = predict_logits(student, x, batch_size=batch_size).mean(axis=0)
+        self.register_buffer("shift", torch.from_numpy(reference - own))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) + self.shift.to(x.device)
+
+
+@torch.no_grad()
+def heldout_kl(model: nn.Module, x: np.ndarray, targets: np.ndarray, batch_size: int) -> float:
+    """Mean KL(targets || softmax(model(x))) on held-out proxy inputs: the label-free criterion."""
+    logits = torch.from_numpy(predict_logits(model, x, batch_size=batch_size))
+    t = torch.from_numpy(np.asarray(targets, np.float32)).clamp_min(1e-8)
+    return float((t * (t.log() - F.log_softmax(logits, dim=1))).sum(1).mean())
+

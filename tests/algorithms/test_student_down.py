@@ -1,0 +1,218 @@
+"""Logits up, student down (``student-down``): its round, its contract and its privacy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from client.app import client_context
+from fedkd.algorithms.base import PERSONAL_PREFIX
+from fedkd.algorithms.public_set import ProxyAnswers
+from fedkd.algorithms.student_down import (CERTAINTY, StudentDown, shifted,
+                                           support_certainty)
+from fedkd.compose import build_config
+from fedkd.data.federated import load_federated
+from fedkd.errors import ConfigError
+from fedkd.protocol import InvalidReply, Payload, encode, validate_reply
+from fedkd.training import state_to_numpy
+from tests.algorithms.inprocess import run_inprocess
+
+FAST = {"algorithm": "student-down", "distill.public-batch": 60, "distill.server-steps": 10,
+        "train.local-steps": 5, "num-server-rounds": 2}
+
+
+def _setup(overrides: dict, num_clients: int = 3):
+    cfg = build_config({"data.dataset": "digits", "train.model": "mlp",
+                        "data.num-partitions": num_clients, **FAST, **overrides})
+    data = load_federated(cfg.data)
+    algorithm = StudentDown(cfg, data.num_classes, data.input_shape)
+    algorithm.setup_server(data)
+    clients = {pid: client_context(cfg, 1000 + pid, {"partition-id": pid,
+                                                      "num-partitions": num_clients}, {})
+               for pid in range(num_clients)}
+    return cfg, algorithm, clients
+
+
+def _personal(client) -> dict[str, np.ndarray]:  # noqa: ANN001
+    return {k[len(PERSONAL_PREFIX):]: v for k, v in client.state.items()
+            if k.startswith(PERSONAL_PREFIX)}
+
+
+def test_a_client_starts_from_exactly_the_student_it_was_sent() -> None:
+    # At a vanishing learning rate local training moves nothing: the model the client keeps
+    # after round 2 is the round-2 student it was sent, not the model it trained in round 1.
+    _, algorithm, clients = _setup({"train.learning-rate": 1e-12, "student-down.local-loss": "none"})
+    client = clients[0]
+    client.state.update({PERSONAL_PREFIX + k: np.full_like(v, 0.5)
+                         for k, v in state_to_numpy(algorithm._students["mlp"]).items()})
+    announcement = algorithm.proxy_request(2, algorithm.announce())
+    sent = state_to_numpy(algorithm._students["mlp"])
+    assert set(announcement.arrays) == {f"mlp/{k}" for k in sent}
+    reply = algorithm.answer("fit", announcement, client)
+    kept = _personal(client)
+    assert kept.keys() == sent.keys()
+    for name, value in sent.items():
+        np.testing.assert_allclose(kept[name], value, atol=1e-9, err_msg=name)
+        assert not np.allclose(kept[name], 0.5)
+    assert set(reply.arrays) == {"logits"}
+
+
+def test_no_reply_holds_weights_and_the_student_goes_down(tmp_path: Path) -> None:
+    rows, audit, _ = run_inprocess({**FAST, "output.audit-replies": True}, 3, tmp_path)
+    assert rows[-1]["num-failures"] == 0 and rows[-1]["teachers"] == 3
+    assert rows[-1]["global-accuracy"] is not None
+    fit = [a for a in audit if a["phase"] == "fit"]
+    assert len(fit) == 6
+    for a in fit:  # logits only: no weights, no inputs
+        assert a["arrays"] == {"arrays/logits": {"shape": [60, 10], "dtype": "float32",
+                                                 "bytes": 60 * 10 * 4 + 128}}
+    weights = sum(v.nbytes for v in state_to_numpy(_setup({})[1]._students["mlp"]).values())
+    assert all(r["bytes-down-per-client"] > weights > 4 * r["bytes-up-per-client"] for r in rows)
+
+
+def test_heterogeneous_clients_each_get_their_own_architectures_student(tmp_path: Path) -> None:
+    models = {"train.client-models": "mlp,fedgen-cnn,resnet"}
+    _, algorithm, clients = _setup(models)
+    assert list(algorithm._students) == ["mlp", "fedgen-cnn", "resnet"]
+    request = algorithm.proxy_request(1, algorithm.announce())
+    for pid, arch in enumerate(["mlp", "fedgen-cnn", "resnet"]):
+        assert clients[pid].model_name == arch
+        model = algorithm.received_student(request, clients[pid])
+        for name, value in state_to_numpy(algorithm._students[arch]).items():
+            np.testing.assert_array_equal(state_to_numpy(model)[name], value, err_msg=name)
+    # A client whose architecture the server has no student for refuses with the reason.
+    _, mlp_only, _ = _setup({})
+    with pytest.raises(ValueError, match="students for mlp architecture, not for this client's "
+                                         "'fedgen-cnn'"):
+        mlp_only.answer("fit", mlp_only.proxy_request(1, mlp_only.announce()), clients[1])
+    rows, _, _ = run_inprocess({**FAST, **models}, 3, tmp_path)
+    assert rows[-1]["num-failures"] == 0 and rows[-1]["teachers"] == 3
+
+
+def test_a_larger_server_student_is_trained_but_never_sent(tmp_path: Path) -> None:
+    _, algorithm, _ = _setup({"student-down.server-model": "fedgen-cnn"})
+    assert list(algorithm._students) == ["mlp", "fedgen-cnn"]
+    assert algorithm.global_model() is algorithm._students["fedgen-cnn"]
+    request = algorithm.proxy_request(1, algorithm.announce())
+    assert {k.split("/", 1)[0] for k in request.arrays if "/" in k} == {"mlp"}
+    rows, _, _ = run_inprocess({**FAST, "student-down.server-model": "fedgen-cnn"}, 3, tmp_path)
+    assert rows[-1]["num-failures"] == 0 and rows[-1]["global-accuracy"] is not None
+
+
+def test_the_ledger_is_unchanged_by_the_student_going_down(tmp_path: Path) -> None:
+    # Under DP-SGD, a client of student-down (no local term) runs the same DP-SGD steps on the
+    # same data as a DS-FL client; receiving the student is post-processing of public inputs
+    # and released logits, so every client's epsilon is exactly DS-FL's, and the server spends
+    # nothing.
+    dp = {"privacy.dp-sgd": True, "privacy.noise-multiplier": 1.0, "distill.steps": 3}
+    sd, _, _ = run_inprocess({**FAST, **dp, "student-down.local-loss": "none"}, 3, tmp_path / "sd")
+    dsfl, _, _ = run_inprocess({**FAST, **dp, "algorithm": "dsfl"}, 3, tmp_path / "dsfl")
+    for a, b in zip(sd, dsfl):
+        eps_a = {n: c["epsilon"] for n, c in a["clients"].items()}
+        eps_b = {n: c["epsilon"] for n, c in b["clients"].items()}
+        assert eps_a == eps_b and all(e > 0 for e in eps_a.values())
+        assert "server-epsilon" not in a
+
+
+def test_certainty_is_declared_sent_and_used(tmp_path: Path) -> None:
+    rows, audit, _ = run_inprocess(
+        {**FAST, "output.audit-replies": True, "data.partitioner": "pathological",
+         "student-down.certainty": "support", "student-down.certainty-threshold": 0.1,
+         "train.local-steps": 20}, 3, tmp_path)
+    fit = [a for a in audit if a["phase"] == "fit"]
+    assert fit and all(a["arrays"][f"arrays/{CERTAINTY}"]["shape"] == [60] for a in fit)
+    assert rows[-1]["num-failures"] == 0 and 0 < rows[-1]["answered"] <= 60
+
+
+def test_certainty_leaves_uncertain_teachers_out_of_a_sample() -> None:
+    # Two teachers, three samples, the mean rule at T = 1. Sample 0: both certain (the mean of
+    # both); sample 1: only teacher 1 (its answer); sample 2: nobody (dropped).
+    _, algorithm, _ = _setup({"student-down.certainty": "support", "aggregation.rule": "mean",
+                              "student-down.certainty-threshold": 0.5})
+    logits = np.zeros((2, 3, 10), np.float32)
+    logits[0, :, 0] = np.log(9.0)  # teacher 0: p(class 0) = 0.5 on every sample
+    logits[1, :, 1] = np.log(9.0)  # teacher 1: p(class 1) = 0.5
+    replies = [Payload(arrays={"logits": logits[k], CERTAINTY: np.array(c, np.float32)})
+               for k, c in enumerate([[0.9, 0.1, 0.0], [0.6, 0.5, 0.49]])]
+    asked = ProxyAnswers(np.array([7, 8, 9]), [0, 1], replies, logits)
+    indices, probs = algorithm.targets(asked)
+    assert indices.tolist() == [7, 8]
+    np.testing.assert_allclose(probs[0, :2], [0.5 / 2 + 0.5 / 18, 0.5 / 2 + 0.5 / 18], atol=1e-6)
+    np.testing.assert_allclose(probs[1, :2], [0.5 / 9, 0.5], atol=1e-6)
+
+
+def test_support_certainty_known_values() -> None:
+    probs = np.array([[0.9, 0.1, 0.0, 0.0], [0.0, 0.0, 0.5, 0.5], [0.25, 0.25, 0.25, 0.25]])
+    counts = np.array([10, 2, 0, 8])  # shares 0.5, 0.1, 0, 0.4: support 1, 0.4, 0, 1
+    np.testing.assert_allclose(support_certainty(probs, counts), [0.94, 0.5, 0.6], atol=1e-6)
+    with pytest.raises(ValueError, match="label counts"):
+        support_certainty(probs, np.array([1, 2]))
+
+
+def _phase():
+    cfg = build_config({"data.dataset": "digits", "algorithm": "student-down",
+                        "student-down.certainty": "support"})
+    return StudentDown(cfg, 10, (1, 8, 8)).fit_phase(4)
+
+
+def _reply(certainty: np.ndarray):
+    return encode(Payload(arrays={"logits": np.zeros((4, 10), np.float32), CERTAINTY: certainty},
+                          metrics={"num-examples": 30, "loss": 0.5, "accuracy": 0.5}))
+
+
+def test_the_contract_accepts_a_certainty_per_sample() -> None:
+    payload = validate_reply(_reply(np.array([0.0, 0.25, 1.0, 0.5], np.float32)), _phase())
+    assert payload.arrays[CERTAINTY].tolist() == [0.0, 0.25, 1.0, 0.5]
+
+
+@pytest.mark.parametrize("certainty", [
+    np.array([0.5, 0.5, 0.5], np.float32),  # one short
+    np.array([0.5, np.nan, 0.5, 0.5], np.float32),  # not finite
+    np.array([0.5, 1.5, 0.5, 0.5], np.float32),  # above 1
+    np.array([0.5, -0.1, 0.5, 0.5], np.float32),  # below 0
+    np.array([1, 1, 1, 1], np.int64),  # wrong dtype
+])
+def test_a_malformed_certainty_is_rejected(certainty: np.ndarray) -> None:
+    with pytest.raises(InvalidReply, match=CERTAINTY):
+        validate_reply(_reply(certainty), _phase())
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"student-down.certainty": "support", "privacy.dp-sgd": True}, "label histogram"),
+    ({"student-down.certainty": "support", "aggregation.secure": True,
+      "aggregation.rule": "mean"}, "secure aggregation hides"),
+    ({"student-down.local-loss": "prox", "privacy.dp-sgd": True}, "not supported under DP-SGD"),
+    ({"student-down.local-loss": "relation"}, "local-loss must be one of"),
+    ({"student-down.server-model": "vgg"}, "not a model of the zoo"),
+    ({"student-down.holdout": 1.0}, "holdout must be in"),
+])
+def test_refused_configurations_say_why(overrides: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        cfg = build_config({"data.dataset": "digits", "algorithm": "student-down", **overrides})
+        StudentDown(cfg, 10, (1, 8, 8))
+
+
+def test_label_free_stopping_keeps_the_best_student() -> None:
+    # With patience, the student stops before its step budget once the held-out KL stops
+    # improving, and the held-out KL it reports is the best one seen.
+    # At a vanishing learning rate the held-out KL cannot improve after the first check: the
+    # student stops after check-every * (1 + patience) steps.
+    _, algorithm, _ = _setup({"distill.server-steps": 400, "student-down.patience": 2,
+                              "student-down.check-every": 20, "train.learning-rate": 1e-12})
+    targets = np.full((60, 10), 0.1, np.float32)
+    stats = algorithm.distill_students(np.arange(60), targets, rnd=1)
+    assert stats["student-steps"] == 60 and stats["student-holdout-kl"] > 0
+    # Without patience it runs the whole budget and reports no held-out KL.
+    _, budget, _ = _setup({"distill.server-steps": 40})
+    stats = budget.distill_students(np.arange(60), targets, rnd=1)
+    assert stats["student-steps"] == 40 and np.isnan(stats["student-holdout-kl"])
+
+
+def test_shifts_preserve_shape_and_move_pixels() -> None:
+    x = np.zeros((2, 1, 5, 5), np.float32)
+    x[:, 0, 2, 2] = 1.0
+    out = shifted(x, 1, np.random.default_rng(0))
+    assert out.shape == x.shape and np.allclose(out.sum(axis=(1, 2, 3)), 1.0)
+    assert shifted(x, 0, np.random.default_rng(0)) is x
