@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 .PHONY: run test test-e2e setup data
 
 run: setup data
-	$(PY) -m simulations.run
+	$(PY) -m simulations.run --preset main --against-fedavg
 
 test: setup data
 	$(PY) -m pytest $(PYTEST_ARGS)

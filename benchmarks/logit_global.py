@@ -13,6 +13,8 @@ Dirichlet 1.0 and pathological with 2 classes per client. Rows:
   the server student distil;
 * ``selective-fd``: Selective-FD (Shao et al. 2024): KuLSIF client-side selector, entropy
   server-side selector.
+* ``student-down`` (and its certainty, feature-loss and larger-server-student rows): logits up,
+  the server's student down (``fedkd/algorithms/student_down.py``);
 * ``synthetic-proxy``: data-free: no proxy set is used; the clients synthesise one (FedDM-style
   distribution matching, 10 images per class held, every 20 rounds) and DS-FL runs on the pool
   with the ``classwise`` rule, targets anchored on the synthesis labels (label-weight 0.5).
@@ -68,6 +70,13 @@ PROXY: dict[str, Any] = {"distill.public-batch": 1000, "distill.steps": 50,
 #: and after the last (``federation.client-global-test``): Selective-FD's paper's metric.
 CLIENT_GLOBAL_TEST = 2000
 
+#: Logits up, the student down (``student-down``), at the best of the in-process levers
+#: (``benchmarks/logit_levers.py``): the logit-mean rule on prior-calibrated logits, nothing kept
+#: locally beyond the student start, this round's targets only.
+STUDENT_DOWN: dict[str, Any] = {
+    "algorithm": "student-down", "aggregation.rule": "logit-mean", "student-down.calibrate": "prior",
+    "student-down.local-loss": "none", **PROXY, "distill.replay-rounds": 1}
+
 ROWS: dict[str, dict[str, Any]] = {
     "fedavg": {"algorithm": "fedavg"},
     "fedmd (mean)": {"algorithm": "fedmd", "aggregation.rule": "mean", **PROXY},
@@ -77,11 +86,18 @@ ROWS: dict[str, dict[str, Any]] = {
     "synthetic-proxy": {"algorithm": "synthetic-proxy", "aggregation.rule": "classwise",
                         "synthesis.method": "matching", "synthesis.every": 20,
                         "synthesis.label-weight": 0.5, **PROXY},
+    "student-down": STUDENT_DOWN,
+    "student-down (certainty)": {**STUDENT_DOWN, "student-down.certainty": "support"},
+    "student-down (feature loss)": {**STUDENT_DOWN, "student-down.local-loss": "feature",
+                                    "student-down.kd-weight": 0.1},
+    "student-down (larger server student: cnn)": {**STUDENT_DOWN,
+                                                  "student-down.server-model": "cnn"},
 }
 
 
 #: ``--dp``: example-level DP at epsilon 8, delta 1e-5 over the planned rounds (DP-SGD calibrated
-#: to it; logits on proxy samples are post-processing). Selective-FD refuses DP and is skipped.
+#: to it; logits on proxy samples are post-processing). Selective-FD and student-down's certainty
+#: refuse DP and are skipped.
 DP: dict[str, Any] = DP_EPSILON_8
 
 
@@ -125,6 +141,7 @@ def run_one(name: str, partition: str, seed: int, args: argparse.Namespace, out:
         "personalized": personal[-1] if personal else None,
         "client-global": own[-1] if own else None,
         "bytes-up": statistics.mean(r["bytes-up-per-client"] for r in rows),
+        "bytes-down": statistics.mean(r.get("bytes-down-per-client", 0.0) for r in rows),
         "wall-time-per-round-s": statistics.mean(r["wall-time-s"] for r in rows[1:] or rows),
     }
 
@@ -137,7 +154,8 @@ def table(results: list[dict[str, Any]]) -> str:
     header = ["partition", "row", "seeds", "final global acc", PAIRED, "best global acc",
               "swing, last 20 rounds", "final personalized acc", "clients' own models, global test",
               "rounds to FedAvg's final", "bytes up / client / round", "x fewer than FedAvg",
-              "s / round"]
+              "bytes down / client / round",
+              "s / round", "s / round ÷ FedAvg's"]
     cells = []
     for partition in PARTITIONS:
         here = [r for r in results if r["partition"] == partition]
@@ -147,6 +165,8 @@ def table(results: list[dict[str, Any]]) -> str:
         target = statistics.mean(r["final"] for r in fedavg) if fedavg else None
         base_bytes = statistics.mean(r["bytes-up"] for r in fedavg) if fedavg else None
         base_final = {r["seed"]: r["final"] for r in fedavg}
+        base_wall = (statistics.mean(r["wall-time-per-round-s"] for r in fedavg)
+                     if fedavg else None)
         for name in ROWS:
             group = fedavg if name == "fedavg" else [r for r in here if r["name"] == name]
             if not group:
@@ -164,7 +184,10 @@ def table(results: list[dict[str, Any]]) -> str:
                           cell([r["best"] for r in group]),
                           cell([r["swing-last-20"] for r in group]), cell(pers),
                           cell(own) + own_seeds(own, group), reach_cell, f"{up:,.0f}", ratio,
-                          fmt(statistics.mean(r["wall-time-per-round-s"] for r in group), ".1f")])
+                          f"{statistics.mean(r.get('bytes-down', 0.0) for r in group):,.0f}",
+                          fmt(statistics.mean(r["wall-time-per-round-s"] for r in group), ".1f"),
+                          fmt(statistics.mean(r["wall-time-per-round-s"] for r in group) / base_wall,
+                              ".1f") if base_wall else "-"])
     return "\n".join(table_lines(header, cells))
 
 
@@ -216,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
         for seed in args.seeds:
             for name in names:
                 for lr in (args.fedavg_lrs if name == "fedavg" else [None]):
-                    if args.dp and name == "selective-fd":
+                    if args.dp and (name == "selective-fd" or "certainty" in name):
                         continue
                     label = run_label(name, partition, seed, args.model, lr, args.dp, args.rounds)
                     if args.report_only and not (runs_dir / label / "summary.json").exists():

@@ -66,6 +66,19 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "student-down, augmentation": {**SD, "student-down.augment-shift": 2},
     "student-down, label-free stopping": {**SD, "student-down.patience": 2},
     "student-down, larger server student": {**SD, "student-down.server-model": "cnn"},
+    # Function-space FedAvg: the mean of the clients' logits is the student's plus the mean of
+    # their changes; prior calibration removes each client's shift towards its own classes.
+    "student-down, logit-mean + prior": {**SD, "aggregation.rule": "logit-mean",
+                                         "student-down.calibrate": "prior"},
+    "student-down, logit-mean + prior + kd 0.1": {
+        **SD, "aggregation.rule": "logit-mean", "student-down.calibrate": "prior",
+        "student-down.local-loss": "kd", "student-down.kd-weight": 0.1},
+    "student-down, logit-mean + prior, mse on logits": {
+        **SD, "aggregation.rule": "logit-mean", "student-down.calibrate": "prior",
+        "distill.loss": "mse-logits"},
+    "student-down, logit-mean + prior, larger server student": {
+        **SD, "aggregation.rule": "logit-mean", "student-down.calibrate": "prior",
+        "student-down.server-model": "cnn"},
 }
 
 

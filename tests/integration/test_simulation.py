@@ -7,6 +7,7 @@ the run, checks its status with `flwr ls`, and stops the SuperLink by PID.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -197,3 +198,33 @@ def test_secure_aggregation_with_distributed_dp_through_flower(tmp_path: Path) -
         if a["phase"] == "secagg-mask":  # 32 samples x 10 classes, masked field elements
             assert a["arrays"]["arrays/masked"]["shape"] == [320]
             assert a["arrays"]["arrays/masked"]["dtype"] == "uint32"
+
+
+@pytest.mark.integration
+def test_the_main_job_runs_its_preset_then_fedavg_on_the_same_split(tmp_path: Path) -> None:
+    # `make run` is `python -m simulations.run --preset main --against-fedavg`: here on digits,
+    # 3 clients, 2 rounds. Both runs go through Flower, the second is FedAvg with everything else
+    # the main run's, and the summary prints both side by side.
+    cmd = [sys.executable, "-m", "simulations.run", "--preset", "main", "--against-fedavg",
+           "--num-clients", "3", "--rounds", "2", "--set", 'data.dataset="digits"',
+           "--set", 'train.model="mlp"', "--set", "federation.min-nodes=3",
+           "--set", "federation.min-replies=2", "--set", "distill.server-steps=20",
+           "--output-dir", str(tmp_path), "--name", "main", "--timeout", "600"]
+    proc = subprocess.run(cmd, cwd=APP_DIR, env=offline_env(tmp_path / "flwr-home"),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    main, fedavg = read_metrics(tmp_path / "main"), read_metrics(tmp_path / "main-fedavg")
+    assert len(main) == len(fedavg) == 2
+    main_cfg, fedavg_cfg = (json.loads((tmp_path / run / "config.json").read_text())["run-config"]
+                            for run in ("main", "main-fedavg"))
+    assert main_cfg["algorithm"] == "student-down" and fedavg_cfg["algorithm"] == "fedavg"
+    for key in ("seed", "data.seed", "data.alpha", "data.partitioner", "data.num-partitions",
+                "train.model", "train.local-steps", "num-server-rounds"):
+        assert main_cfg[key] == fedavg_cfg[key], key
+    lines = proc.stdout.splitlines()
+    table = lines[next(i for i, line in enumerate(lines) if "same split and seed" in line):]
+    assert any(line.split()[:2] == ["student-down", "logits"] for line in table)
+    assert any(line.split()[:2] == ["fedavg", "weights"] for line in table)
+    summary = json.loads(proc.stdout[proc.stdout.rindex("\n[\n") + 1:])
+    assert [s["algorithm"] for s in summary] == ["student-down", "fedavg"]
+    assert summary[0]["bytes-up-per-client"] < summary[1]["bytes-up-per-client"]
