@@ -71,11 +71,13 @@ PROXY: dict[str, Any] = {"distill.public-batch": 1000, "distill.steps": 50,
 CLIENT_GLOBAL_TEST = 2000
 
 #: Logits up, the student down (``student-down``), at the best of the in-process levers
-#: (``benchmarks/logit_levers.py``): the logit-mean rule on prior-calibrated logits, nothing kept
-#: locally beyond the student start, this round's targets only.
+#: (``benchmarks/logit_levers.py``): the logit-mean rule on prior-calibrated logits, the student
+#: fitted to them with MSE on logits, nothing kept locally beyond the student start, this
+#: round's targets only.
 STUDENT_DOWN: dict[str, Any] = {
     "algorithm": "student-down", "aggregation.rule": "logit-mean", "student-down.calibrate": "prior",
-    "student-down.local-loss": "none", **PROXY, "distill.replay-rounds": 1}
+    "student-down.local-loss": "none", **PROXY, "distill.replay-rounds": 1,
+    "distill.loss": "mse-logits"}
 
 ROWS: dict[str, dict[str, Any]] = {
     "fedavg": {"algorithm": "fedavg"},

@@ -186,7 +186,7 @@ def comparison_lines(runs: list) -> list[str]:
         lines.append(f"  {main['algorithm']} uploads "
                      f"{fedavg['bytes-up-per-client'] / main['bytes-up-per-client']:.1f}x fewer "
                      "bytes than FedAvg, and never a weight; the accuracies are one seed of a "
-                     "short run (docs/results.md has the 100-round, 3-seed table)")
+                     "short run (longer runs: docs/results.md)")
     return lines
 
 

@@ -79,9 +79,19 @@ def test_presets_cover_the_experiment_grid() -> None:
     # Runs differ only in algorithm, partition and privacy (and the algorithm's own keys).
     shared = {"num-server-rounds", "train.model", "train.local-steps", "data.num-partitions",
               "federation.min-nodes", "federation.min-replies"}
-    values = {n: runner.resolve_config(presets.load_preset(n))[0].to_flat() for n in PRESETS if n != "tiny"}
+    values = {n: runner.resolve_config(presets.load_preset(n))[0].to_flat() for n in PRESETS
+              if n not in ("tiny", "main")}  # the smoke test and make run's job have their own
     for key in shared:
         assert len({v[key] for v in values.values()}) == 1, key
+
+
+def test_the_main_job_is_logit_only() -> None:
+    # make run's preset: a global model from logits alone, on an unlabeled proxy set.
+    from fedkd.algorithms import ALGORITHMS
+
+    cfg, _ = runner.resolve_config(presets.load_preset("main"))
+    assert not ALGORITHMS.get(cfg.algorithm).shares_weights
+    assert cfg.data.dataset == "fashion-mnist" and cfg.data.public_labels is False
 
 
 def test_tiny_preset_is_small() -> None:
