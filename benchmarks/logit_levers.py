@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import ROOT, fmt
+from benchmarks.common import DP_EPSILON_8, ROOT, fmt
 from benchmarks.logit_global import PARTITIONS
 from fedkd.experiments.report import mean_std, mean_std_cell, table_lines
 
@@ -43,6 +43,12 @@ SHARED: dict[str, Any] = {
     "distill.public-batch": 1000, "distill.steps": 50, "distill.server-steps": 500,
     "distill.replay-rounds": 20,
 }
+
+#: The best student-down of the levers: FedAvg in function space (logit-mean of prior-calibrated
+#: logits, the student fitted to them with MSE on logits).
+BEST = {"algorithm": "student-down", "aggregation.rule": "logit-mean",
+        "student-down.calibrate": "prior", "student-down.local-loss": "none",
+        "distill.replay-rounds": 1, "distill.loss": "mse-logits"}
 
 #: Student-down with nothing kept locally and this round's targets only: the base of its levers.
 SD = {"algorithm": "student-down", "aggregation.rule": "era", "student-down.local-loss": "none",
@@ -76,9 +82,29 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "student-down, logit-mean + prior, mse on logits": {
         **SD, "aggregation.rule": "logit-mean", "student-down.calibrate": "prior",
         "distill.loss": "mse-logits"},
-    "student-down, logit-mean + prior, larger server student": {
+    "student-down, logit-mean + prior, mse on logits, server lr 2": {
         **SD, "aggregation.rule": "logit-mean", "student-down.calibrate": "prior",
-        "student-down.server-model": "cnn"},
+        "distill.loss": "mse-logits", "student-down.server-lr": 2.0},
+    "student-down, logit-mean + prior, mse on logits, feature local": {
+        **SD, "aggregation.rule": "logit-mean", "student-down.calibrate": "prior",
+        "distill.loss": "mse-logits", "student-down.local-loss": "feature",
+        "student-down.kd-weight": 0.1},
+    "student-down, logit-mean + prior, mse on logits, relation local": {
+        **SD, "aggregation.rule": "logit-mean", "student-down.calibrate": "prior",
+        "distill.loss": "mse-logits", "student-down.local-loss": "relation",
+        "student-down.kd-weight": 0.1},
+    "student-down, logit-mean + prior, mse on logits, certainty": {
+        **SD, "aggregation.rule": "logit-mean", "student-down.calibrate": "prior",
+        "distill.loss": "mse-logits", "student-down.certainty": "support"},
+    "student-down, logit-mean + prior, mse on logits, larger server student": {
+        **SD, "aggregation.rule": "logit-mean", "student-down.calibrate": "prior",
+        "distill.loss": "mse-logits", "student-down.server-model": "cnn"},
+    "dsfl, certainty": {"algorithm": "dsfl", "aggregation.rule": "era",
+                        "dsfl.certainty": "support"},
+    # Example-level DP at epsilon 8 (delta 1e-5) over the planned rounds, DP-SGD on every client.
+    "fedavg, DP epsilon 8": {"algorithm": "fedavg", **DP_EPSILON_8},
+    "student-down, logit-mean + prior, mse on logits, DP epsilon 8": {**BEST, **DP_EPSILON_8},
+    "dsfl, DP epsilon 8": {"algorithm": "dsfl", "aggregation.rule": "era", **DP_EPSILON_8},
 }
 
 

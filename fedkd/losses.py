@@ -7,24 +7,37 @@ under ``torch.no_grad()`` or detaches them.
 
 Equation numbers refer to the knowledge-distillation survey, Moslemi, Briskina, Dang & Li, "A survey
 on knowledge distillation: Recent advancements", Machine Learning with Applications, 2024,
-doi:10.1016/j.mlwa.2024.100605 (sections 2.1-2.3, 4.1.3, 4.2.1 and 4.4.2, whose
-equations are numbered (1.1.x), (1.2.x), (1.3.x), (3.1.3.x), (3.2.1.x) and (3.4.2.x)). The one loss
-that is not in the survey, FedGen's generator diversity loss, follows Zhu, Hong & Zhou, "Data-Free
-Knowledge Distillation for Heterogeneous Federated Learning", ICML 2021, and its official code.
+doi:10.1016/j.mlwa.2024.100605. The module holds:
+
+* response-based KD (survey section 2.1): softened probabilities, eqs. (1.1.1)-(1.1.2); the T^2
+  KL, eq. (1.1.3), from teacher logits (:func:`kd_kl`) or probabilities (:func:`kd_kl_from_probs`);
+  the cross-entropy, eq. (1.1.4);
+* feature-based KD (section 2.2): the L2 hint loss, eq. (1.2.1);
+* relation-based KD (section 2.3): pairwise distances, eq. (1.3.1), cosine similarities,
+  eq. (1.3.2), and the relation loss, eq. (1.3.3);
+* the ``distill.loss`` choices towards aggregated targets (:data:`DISTILLATION_LOSSES`): ``kl``
+  (eq. 1.1.3), ``l1-logits`` (FedMD's L1 on logits) and ``mse-logits`` (logit matching);
+* FedGen's generator diversity loss, which is not in the survey: Zhu, Hong & Zhou, "Data-Free
+  Knowledge Distillation for Heterogeneous Federated Learning", ICML 2021, and its official code.
+
+The survey's other losses (the totals that mix in the cross-entropy, eqs. (1.1.5), (1.2.2) and
+(1.3.4); attention transfer, eq. (3.1.3.1); information entropy and the data-free total,
+eqs. (3.2.1.1)-(3.2.1.2); multi-teacher KD, eq. (3.4.2.1)) were removed because no configuration
+reached them and nothing measured them; the student-down algorithm reaches the response (``kd``),
+feature and relation losses on the client via ``student-down.local-loss``.
 
 Shape conventions
 -----------------
-* ``N``: batch size (number of samples), ``C``: number of classes, ``M``: number of teachers.
-* logits and probabilities are ``[N, C]``; multi-teacher outputs are ``[M, N, C]``.
+* ``N``: batch size (number of samples), ``C``: number of classes.
+* logits and probabilities are ``[N, C]``.
 * labels are either class indices ``[N]`` (any integer dtype) or target distributions ``[N, C]``.
-* features / activations are ``[N, ...]``; where a loss needs vectors, the non-batch dimensions
-  are flattened.
+* features are ``[N, ...]``; where a loss needs vectors, the non-batch dimensions are flattened.
 
 Reductions
 ----------
 Per-sample quantities are averaged over the batch ("batchmean"), so a loss does not grow with the
-batch size. Invalid inputs (shape mismatches, non-positive temperatures, mixing weights outside
-their range, probabilities that are not distributions...) raise :class:`ValueError`.
+batch size. Invalid inputs (shape mismatches, non-positive temperatures, probabilities that are
+not distributions...) raise :class:`ValueError`.
 """
 
 from __future__ import annotations
@@ -44,18 +57,10 @@ __all__ = [
     "kd_kl",
     "kd_kl_from_probs",
     "cross_entropy",
-    "response_kd_loss",
     "feature_loss",
-    "feature_kd_loss",
     "pairwise_distance_matrix",
     "pairwise_cosine_matrix",
     "relation_loss",
-    "relation_kd_loss",
-    "attention_map",
-    "activation_loss",
-    "information_entropy",
-    "data_free_kd_loss",
-    "multi_teacher_kd_loss",
     "diversity_loss",
     "l1_logits_from_probs",
     "mse_logits_from_probs",
@@ -63,7 +68,6 @@ __all__ = [
     "DistillationLoss",
 ]
 
-TeacherFormat = Literal["logits", "probs"]
 RelationKind = Literal["distance", "cosine"]
 
 # Largest accepted deviation of a probability row's sum from 1 (covers float16/bfloat16 averages).
@@ -135,26 +139,6 @@ def _check_temperature(temperature: float) -> float:
     return t
 
 
-def _check_alpha(alpha: float, name: str = "alpha") -> float:
-    try:
-        a = float(alpha)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} must be a real number in [0, 1], got {alpha!r}") from err
-    if not 0.0 <= a <= 1.0:  # also rejects NaN
-        raise ValueError(f"{name} must be in [0, 1], got {alpha!r}")
-    return a
-
-
-def _check_weight(name: str, weight: float) -> float:
-    try:
-        w = float(weight)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} must be a non-negative real number, got {weight!r}") from err
-    if not math.isfinite(w) or w < 0.0:
-        raise ValueError(f"{name} must be finite and >= 0, got {weight!r}")
-    return w
-
-
 def _check_labels(labels: Tensor, logits: Tensor) -> Tensor:
     """Validate labels against ``[N, C]`` logits; return them in the dtype cross-entropy needs."""
     _check_tensor("labels", labels)
@@ -212,11 +196,6 @@ def _flatten_batch(name: str, x: Tensor) -> Tensor:
     return x.reshape(x.shape[0], -1)
 
 
-def _check_teacher_format(teacher_format: str) -> None:
-    if teacher_format not in ("logits", "probs"):
-        raise ValueError(f"teacher_format must be 'logits' or 'probs', got {teacher_format!r}")
-
-
 def _kl_rows(p_t: Tensor, log_p_t: Tensor | None, log_p_s: Tensor) -> Tensor:
     """``sum_c p_t log(p_t / p_s)`` over the last axis, with the convention ``0 log 0 = 0``.
 
@@ -230,7 +209,7 @@ def _kl_rows(p_t: Tensor, log_p_t: Tensor | None, log_p_s: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# 2.1 Response-based KD: eqs. (1.1.1)-(1.1.5)
+# 2.1 Response-based KD: eqs. (1.1.1)-(1.1.4)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -380,59 +359,8 @@ def cross_entropy(student_logits: Tensor, labels: Tensor) -> Tensor:
     return F.cross_entropy(student_logits, target)
 
 
-def _teacher_kl(
-    student_logits: Tensor, teacher: Tensor, temperature: float, teacher_format: str
-) -> Tensor:
-    _check_teacher_format(teacher_format)
-    if teacher_format == "logits":
-        return kd_kl(student_logits, teacher, temperature)
-    return kd_kl_from_probs(student_logits, teacher, temperature)
-
-
-def response_kd_loss(
-    student_logits: Tensor,
-    teacher: Tensor,
-    labels: Tensor,
-    alpha: float,
-    temperature: float,
-    *,
-    teacher_format: TeacherFormat = "logits",
-) -> Tensor:
-    r"""Total response-based KD loss, survey eq. (1.1.5) (Hinton et al., 2015).
-
-    .. math:: L_{ResponseKD} = \alpha L_{CE} + (1 - \alpha) L_{KL}
-
-    with :math:`L_{CE}` from eq. (1.1.4) (:func:`cross_entropy`, student at ``T = 1``) and
-    :math:`L_{KL}` from eq. (1.1.3) (:func:`kd_kl` or :func:`kd_kl_from_probs`, at ``T``).
-    ``alpha = 1`` is pure supervised training, ``alpha = 0`` pure distillation.
-
-    Parameters
-    ----------
-    student_logits
-        ``[N, C]`` student logits.
-    teacher
-        ``[N, C]`` teacher logits, or teacher probabilities if ``teacher_format="probs"``.
-    labels
-        ``[N]`` class indices or ``[N, C]`` target distributions.
-    alpha
-        Weight of the CE term, in ``[0, 1]``.
-    temperature
-        ``T > 0`` of the KL term.
-    teacher_format
-        ``"logits"`` (default) or ``"probs"`` (see :func:`kd_kl_from_probs`).
-
-    Returns
-    -------
-    Tensor
-        0-dim loss.
-    """
-    a = _check_alpha(alpha)
-    kl = _teacher_kl(student_logits, teacher, temperature, teacher_format)
-    return a * cross_entropy(student_logits, labels) + (1.0 - a) * kl
-
-
 # ---------------------------------------------------------------------------------------------
-# 2.2 Feature-based KD: eqs. (1.2.1)-(1.2.2)
+# 2.2 Feature-based KD: eq. (1.2.1)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -467,45 +395,8 @@ def feature_loss(student_features: Tensor, teacher_features: Tensor) -> Tensor:
     return (t - s).pow(2).sum(dim=1).mean()
 
 
-def feature_kd_loss(
-    student_logits: Tensor,
-    student_features: Tensor,
-    teacher_features: Tensor,
-    labels: Tensor,
-    alpha: float,
-) -> Tensor:
-    r"""Total feature-based KD loss, survey eq. (1.2.2).
-
-    .. math:: L_{KD} = \alpha L_{CE} + (1 - \alpha) L_{Feature}
-
-    with :math:`L_{CE}` from eq. (1.1.4) and :math:`L_{Feature}` from eq. (1.2.1)
-    (:func:`feature_loss`).
-
-    Parameters
-    ----------
-    student_logits
-        ``[N, C]`` student logits.
-    student_features, teacher_features
-        ``[N, ...]`` features of identical shape.
-    labels
-        ``[N]`` class indices or ``[N, C]`` target distributions.
-    alpha
-        Weight of the CE term, in ``[0, 1]``.
-
-    Returns
-    -------
-    Tensor
-        0-dim loss.
-    """
-    a = _check_alpha(alpha)
-    _check_logits("student_logits", student_logits)
-    _check_same_batch("student_logits", student_logits, "student_features", student_features)
-    feat = feature_loss(student_features, teacher_features)
-    return a * cross_entropy(student_logits, labels) + (1.0 - a) * feat
-
-
 # ---------------------------------------------------------------------------------------------
-# 2.3 Relation-based KD: eqs. (1.3.1)-(1.3.4)
+# 2.3 Relation-based KD: eqs. (1.3.1)-(1.3.3)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -610,290 +501,6 @@ def relation_loss(
     else:
         raise ValueError(f"kind must be 'distance' or 'cosine', got {kind!r}")
     return (relation(teacher_features) - relation(student_features)).pow(2).mean()
-
-
-def relation_kd_loss(
-    student_logits: Tensor,
-    student_features: Tensor,
-    teacher_features: Tensor,
-    labels: Tensor,
-    alpha: float,
-    kind: RelationKind = "distance",
-) -> Tensor:
-    r"""Total relation-based KD loss, survey eq. (1.3.4).
-
-    .. math:: L_{KD} = \alpha L_{CE} + (1 - \alpha) L_{Relation}
-
-    with :math:`L_{CE}` from eq. (1.1.4) and :math:`L_{Relation}` from eq. (1.3.3)
-    (:func:`relation_loss`).
-
-    Parameters
-    ----------
-    student_logits
-        ``[N, C]`` student logits.
-    student_features, teacher_features
-        ``[N, ...]`` features (dimensions may differ between student and teacher).
-    labels
-        ``[N]`` class indices or ``[N, C]`` target distributions.
-    alpha
-        Weight of the CE term, in ``[0, 1]``.
-    kind
-        ``"distance"`` (eq. 1.3.1) or ``"cosine"`` (eq. 1.3.2).
-
-    Returns
-    -------
-    Tensor
-        0-dim loss.
-    """
-    a = _check_alpha(alpha)
-    _check_logits("student_logits", student_logits)
-    _check_same_batch("student_logits", student_logits, "student_features", student_features)
-    rel = relation_loss(student_features, teacher_features, kind)
-    return a * cross_entropy(student_logits, labels) + (1.0 - a) * rel
-
-
-# ---------------------------------------------------------------------------------------------
-# 4.1.3 Attention-based KD: eq. (3.1.3.1)
-# ---------------------------------------------------------------------------------------------
-
-
-def attention_map(activations: Tensor, p: float = 2.0) -> Tensor:
-    r"""Attention mapping ``f`` of survey eq. (3.1.3.1) (Zagoruyko & Komodakis, 2017).
-
-    .. math:: f(A) = \frac{Q}{\|Q\|_2}, \qquad Q_l = \sum_{c} |A_{c,l}|^p
-
-    i.e. the channel-wise sum of ``|A|^p`` at every spatial location ``l``, flattened and
-    L2-normalised per sample (the normalisation makes maps of student and teacher comparable
-    whatever their channel counts and scales).
-
-    Parameters
-    ----------
-    activations
-        ``[N, C, *spatial]`` activations (channels on axis 1). A ``[N, L]`` tensor is treated as
-        one channel over ``L`` locations.
-    p
-        Exponent ``> 0`` (2 in the original paper).
-
-    Returns
-    -------
-    Tensor
-        ``[N, L]`` attention maps, ``L = prod(spatial)``; each row has unit L2 norm (or is 0).
-    """
-    _check_tensor("activations", activations)
-    if activations.dim() < 2:
-        raise ValueError(
-            f"activations must have shape [N, C, ...] or [N, L], got {tuple(activations.shape)}"
-        )
-    if not activations.is_floating_point():
-        raise ValueError(f"activations must be floating point, got dtype {activations.dtype}")
-    if not (math.isfinite(p) and p > 0):
-        raise ValueError(f"p must be finite and > 0, got {p!r}")
-    a = activations.unsqueeze(1) if activations.dim() == 2 else activations
-    q = a.abs().pow(p).sum(dim=1).reshape(a.shape[0], -1)
-    return F.normalize(q, p=2.0, dim=1)
-
-
-def activation_loss(
-    student_activations: Tensor,
-    teacher_activations: Tensor,
-    mapping: Callable[[Tensor], Tensor] | None = None,
-) -> Tensor:
-    r"""Activation-based attention-transfer loss, survey eq. (3.1.3.1).
-
-    .. math:: L_{activation} = \frac{1}{N} \sum_{i=1}^{N} \| f(A_T^i) - f(A_S^i) \|_2^2
-
-    Here (as in the survey) ``i`` runs over the ``N`` **spatial locations** of the attention map
-    and :math:`A^i` is the activation at location ``i``; the per-location squared differences
-    are averaged over locations and then over the samples of the batch. ``f`` is
-    :func:`attention_map` with ``p = 2`` unless ``mapping`` is given.
-
-    Parameters
-    ----------
-    student_activations, teacher_activations
-        ``[B, ...]`` activations with the same batch size; with the default mapping they must
-        share their spatial size (channel counts may differ).
-    mapping
-        The attention mapping ``f``: a function from ``[B, ...]`` to ``[B, ...]`` maps of equal
-        shape for student and teacher (e.g. ``functools.partial(attention_map, p=4)`` or
-        ``lambda a: a.flatten(1)`` for raw activations). Defaults to :func:`attention_map`.
-
-    Returns
-    -------
-    Tensor
-        0-dim, non-negative.
-    """
-    _check_tensor("student_activations", student_activations)
-    _check_tensor("teacher_activations", teacher_activations)
-    _check_same_batch(
-        "student_activations", student_activations, "teacher_activations", teacher_activations
-    )
-    f = attention_map if mapping is None else mapping
-    fs = _flatten_batch("f(student_activations)", f(student_activations))
-    ft = _flatten_batch("f(teacher_activations)", f(teacher_activations))
-    _check_same_shape("f(student_activations)", fs, "f(teacher_activations)", ft)
-    if fs.shape[1] == 0:
-        raise ValueError("the attention maps have no locations (N = 0 in eq. 3.1.3.1)")
-    return (ft - fs).pow(2).mean(dim=1).mean()
-
-
-# ---------------------------------------------------------------------------------------------
-# 4.2.1 Data-free KD: eqs. (3.2.1.1)-(3.2.1.2)
-# ---------------------------------------------------------------------------------------------
-
-
-def information_entropy(student_logits: Tensor) -> Tensor:
-    r"""Information-entropy loss, survey eq. (3.2.1.1) (data-free KD, Lopes et al., 2017).
-
-    .. math:: L_{information} = -\frac{1}{N} \sum_{i=1}^{N} p_s^i \log(p_s^i),
-              \qquad p_s^i = \sigma(z_s^i)
-
-    read with ``i`` indexing the ``N`` samples and :math:`p_s^i \log p_s^i` the inner product over
-    the classes, i.e. the **mean Shannon entropy** :math:`H(p_s^i) = -\sum_c p^i_c \log p^i_c`
-    of the student's predictions (temperature 1).
-
-    Sign convention: exactly as written, with the leading minus, so the value is ``>= 0`` (0 for
-    one-hot predictions, ``log C`` for uniform ones). It is meant to be **minimised** with a
-    positive weight: the gradient makes each prediction more confident, pushing the softmax
-    outputs towards one-hot vectors. (This is *not* DAFL's class-balance term, which maximises
-    the entropy of the batch-averaged prediction.)
-
-    Parameters
-    ----------
-    student_logits
-        ``[N, C]`` student logits.
-
-    Returns
-    -------
-    Tensor
-        0-dim, in ``[0, log C]``.
-    """
-    _check_logits("student_logits", student_logits)
-    log_p = F.log_softmax(student_logits, dim=1)
-    return -(log_p.exp() * log_p).sum(dim=1).mean()
-
-
-def data_free_kd_loss(
-    student_logits: Tensor,
-    student_activations: Tensor,
-    teacher_activations: Tensor,
-    labels: Tensor,
-    alpha: float,
-    beta: float,
-    gamma: float,
-    *,
-    mapping: Callable[[Tensor], Tensor] | None = None,
-) -> Tensor:
-    r"""Total data-free distillation loss, survey eq. (3.2.1.2).
-
-    .. math:: L_{KD} = \alpha L_{CE} + \beta L_{activation} + \gamma L_{information}
-
-    combining eq. (1.1.4) (:func:`cross_entropy`), eq. (3.1.3.1) (:func:`activation_loss`) and
-    eq. (3.2.1.1) (:func:`information_entropy`). On synthetic inputs the labels are usually the
-    teacher's predicted classes. The three weights are independent (not a convex combination).
-
-    Parameters
-    ----------
-    student_logits
-        ``[N, C]`` student logits.
-    student_activations, teacher_activations
-        ``[N, ...]`` activations passed to :func:`activation_loss`.
-    labels
-        ``[N]`` class indices or ``[N, C]`` target distributions.
-    alpha, beta, gamma
-        Non-negative, finite weights of the CE, activation and entropy terms.
-    mapping
-        Attention mapping ``f`` for :func:`activation_loss` (default :func:`attention_map`).
-
-    Returns
-    -------
-    Tensor
-        0-dim loss.
-    """
-    a = _check_weight("alpha", alpha)
-    b = _check_weight("beta", beta)
-    g = _check_weight("gamma", gamma)
-    _check_logits("student_logits", student_logits)
-    _check_same_batch("student_logits", student_logits, "student_activations", student_activations)
-    act = activation_loss(student_activations, teacher_activations, mapping)
-    return (
-        a * cross_entropy(student_logits, labels)
-        + b * act
-        + g * information_entropy(student_logits)
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# 4.4.2 Multi-teacher KD: eq. (3.4.2.1)
-# ---------------------------------------------------------------------------------------------
-
-
-def multi_teacher_kd_loss(
-    student_logits: Tensor,
-    teachers: Tensor,
-    labels: Tensor,
-    alpha: float,
-    temperature: float,
-    *,
-    teacher_format: TeacherFormat = "logits",
-) -> Tensor:
-    r"""Multi-teacher KD loss, survey eq. (3.4.2.1) (You et al., 2017).
-
-    .. math:: L_{MTKD} = \alpha L_{CE} + (1 - \alpha) \frac{1}{M} \sum_{m=1}^{M} L_{KL}^{(m)},
-              \qquad L_{KL}^{(m)} = T^2 \, KL\big(p_{t_m}(T) \,\|\, p_s(T)\big)
-
-    i.e. the mean over the ``M`` teachers of the eq. (1.1.3) loss, each batch-averaged.
-
-    Note: the survey's prose says the student learns "from the average of the softened outputs",
-    which is :math:`KL(\bar p_t \| p_s)` with :math:`\bar p_t = \frac{1}{M}\sum_m p_{t_m}`. The
-    equation implemented here differs from that by
-    :math:`T^2 [H(\bar p_t) - \frac{1}{M}\sum_m H(p_{t_m})] \ge 0`, which does not depend on the
-    student: both give the **same gradient** w.r.t. the student, only the reported value differs.
-
-    Parameters
-    ----------
-    student_logits
-        ``[N, C]`` student logits.
-    teachers
-        ``[M, N, C]`` teacher logits, or probabilities if ``teacher_format="probs"``.
-    labels
-        ``[N]`` class indices or ``[N, C]`` target distributions.
-    alpha
-        Weight of the CE term, in ``[0, 1]``.
-    temperature
-        ``T > 0``.
-    teacher_format
-        ``"logits"`` (default) or ``"probs"`` (probabilities taken as :math:`p_{t_m}(T)`).
-
-    Returns
-    -------
-    Tensor
-        0-dim loss.
-    """
-    a = _check_alpha(alpha)
-    _check_teacher_format(teacher_format)
-    _check_logits("student_logits", student_logits)
-    _check_tensor("teachers", teachers)
-    if teachers.dim() != 3:
-        raise ValueError(f"teachers must have shape [M, N, C], got {tuple(teachers.shape)}")
-    if teachers.shape[0] == 0:
-        raise ValueError("teachers has no teacher (M = 0)")
-    if teachers.shape[1:] != student_logits.shape:
-        raise ValueError(
-            f"teachers must have shape [M, N, C] = [M, {student_logits.shape[0]}, "
-            f"{student_logits.shape[1]}] to match student_logits, got {tuple(teachers.shape)}"
-        )
-    t = _check_temperature(temperature)
-    log_p_s = F.log_softmax(student_logits / t, dim=1).unsqueeze(0)  # [1, N, C]
-    if teacher_format == "logits":
-        if not teachers.is_floating_point():
-            raise ValueError(f"teachers must be floating point, got dtype {teachers.dtype}")
-        log_p_t = F.log_softmax(teachers / t, dim=2)
-        kl = _kl_rows(log_p_t.exp(), log_p_t, log_p_s)  # [M, N]
-    else:
-        _check_probs("teachers", teachers)
-        kl = _kl_rows(teachers, None, log_p_s)
-    kd = (t * t) * kl.mean(dim=1).mean()  # batchmean per teacher, then mean over teachers
-    return a * cross_entropy(student_logits, labels) + (1.0 - a) * kd
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,6 +24,12 @@ What leaves a client: logits on public inputs [n, C] (and label counts [C] with 
 ``weighted``), never weights or private data. Under DP-SGD the logits are post-processing of a
 DP model; label counts are noised and charged. Architectures may differ per client.
 
+With ``dsfl.certainty = "support"`` each client also sends a certainty per announced sample,
+judged by its model *before* local training (which carries the last round's targets): the share
+of that model's answer on classes the client holds (``certainty.py``); the server leaves a
+client out of the samples it is not certain of. Refused under ``privacy.*`` and secure
+aggregation, with the reason.
+
 Two hooks let a variant change what the round shares without repeating it: :meth:`DSFL.fit_upload`
 (what a client sends up after training) and :meth:`DSFL.combine_answers` (how the server turns
 the answers into targets). Selective-FD (``selective_fd.py``) replaces both; synthetic-proxy
@@ -33,14 +39,30 @@ the answers into targets). Selective-FD (``selective_fd.py``) replaces both; syn
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
+import torch
 from torch import nn
 
 from fedkd.algorithms.base import ClientContext, Exchange, train_metrics
+from fedkd.algorithms.certainty import (CERTAINTY, certain_targets, certainty_spec,
+                                        check_certainty, support_certainty)
 from fedkd.algorithms.public_set import ProxyAnswers, PublicSetAlgorithm
 from fedkd.algorithms.registry import ALGORITHMS
+from fedkd.config import RunConfig
+from fedkd.errors import ConfigError
 from fedkd.protocol import Payload, PhaseSpec
+from fedkd.training import predict_logits
+
+
+@dataclass(frozen=True)
+class DSFLConfig:
+    """``dsfl.*``: the per-sample certainty clients send (``certainty``: ``none`` or
+    ``support``) and the server's threshold (``certainty-threshold``)."""
+
+    certainty: str = "none"
+    certainty_threshold: float = 0.5
 
 
 @ALGORITHMS.register("dsfl")
@@ -48,11 +70,26 @@ class DSFL(PublicSetAlgorithm):
     """Local training, then logits on announced open samples up; ERA targets down; clients and
     a server student distil on them."""
 
+    config_sections = {"dsfl": DSFLConfig}
     INDEX_STREAM = 0xD5F1
 
+    @classmethod
+    def check_config(cls, cfg: RunConfig) -> None:
+        super().check_config(cfg)
+        options: DSFLConfig = cfg.section("dsfl")
+        check_certainty("dsfl", options.certainty, options.certainty_threshold, cfg)
+        if options.certainty != "none" and cls is not DSFL:
+            raise ConfigError(f"dsfl.certainty applies to dsfl only, not to {cls.name}")
+
+    @property
+    def certainty(self) -> bool:
+        """Whether clients send a certainty per announced sample (``dsfl.certainty``)."""
+        return self.cfg.section("dsfl").certainty != "none"
+
     def fit_phase(self, n: int) -> PhaseSpec:
-        """Local training, then logits [n, C] on the announced samples up."""
-        return self.logits_spec("fit", "train", n, reply_metrics=("loss", "accuracy"))
+        """Local training, then logits [n, C] (and a certainty [n]) on the announced samples up."""
+        return self.logits_spec("fit", "train", n, reply_metrics=("loss", "accuracy"),
+                                extra=certainty_spec(n) if self.certainty else None)
 
     #: Global distillation: targets down, metrics only up.
     DISTILL_PHASE = PhaseSpec(name="distill", message_type="train", reply_metrics=("loss",))
@@ -76,8 +113,12 @@ class DSFL(PublicSetAlgorithm):
     def combine_answers(self, asked: ProxyAnswers) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
         """Server hook: the public indices the round distils on, their targets [n, C] and the
         round's metrics so far. DS-FL: the rule's targets (ERA) on every sample it answered."""
-        targets = self.teacher_targets(asked)
-        indices, probs = asked.indices[targets.answered], targets.probs[targets.answered]
+        if self.certainty:
+            indices, probs = certain_targets(self, asked,
+                                             self.cfg.section("dsfl").certainty_threshold)
+        else:
+            targets = self.teacher_targets(asked)
+            indices, probs = asked.indices[targets.answered], targets.probs[targets.answered]
         trained = all("loss" in r.metrics for r in asked.replies)  # the phase trained first
         metrics = {"teachers": len(asked.teachers), "answered": len(indices),
                    **(train_metrics(asked.replies) if trained else {})}
@@ -90,9 +131,17 @@ class DSFL(PublicSetAlgorithm):
         x_pub = self.public_inputs(request, client)
         n_train = len(client.data.train)
         if phase == "fit":
+            before = None
+            if self.certainty:  # judged before local training narrows the model to its classes
+                before = torch.softmax(torch.from_numpy(predict_logits(
+                    model, x_pub, batch_size=self.cfg.train.eval_batch_size)), dim=1).numpy()
             stats = self.local_fit(client, model, rnd)  # private data; DP-SGD if on
             self.save_personal_model(client, model)
-            return Payload(arrays=self.fit_upload(request, client, model, x_pub, rnd),
+            arrays = self.fit_upload(request, client, model, x_pub, rnd)
+            if before is not None:
+                counts = np.bincount(client.data.train.y, minlength=self.num_classes)
+                arrays[CERTAINTY] = support_certainty(before, counts)
+            return Payload(arrays=arrays,
                            metrics={"num-examples": n_train, "loss": stats.loss,
                                     "accuracy": stats.accuracy})
         if phase != "distill":

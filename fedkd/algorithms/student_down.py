@@ -23,7 +23,9 @@ Round t, sampled clients :math:`S_t`, announced proxy indices :math:`I_t`
    with :math:`R` chosen by ``student-down.local-loss``: ``kd`` (the survey's response-based
    loss, :math:`T^2\,\mathrm{KL}(\sigma(f_{\theta_t}(x)/T) \,\|\, \sigma(f_\theta(x)/T))` on the
    local batch, FedGen's and FedKD's client term), ``feature`` (FitNets' hint loss, survey eq.
-   1.2.1, between the penultimate features of the model and of the student), ``prox``
+   1.2.1, between the penultimate features of the model and of the student), ``relation``
+   (the survey's eq. 1.3.3: the pairwise distances of the batch's features, the model's against
+   the student's), ``prox``
    (FedProx, :math:`\frac{\mu}{2}\|\theta - \theta_t\|^2`, :math:`\mu` = ``prox-mu``), or
    ``none``; :math:`\lambda` = ``student-down.kd-weight``, :math:`T` = ``distill.temperature``.
    DP-SGD trains this loss when configured;
@@ -42,7 +44,9 @@ Round t, sampled clients :math:`S_t`, announced proxy indices :math:`I_t`
    steps (``distill.loss``), on proxy inputs shifted by up to ``augment-shift`` pixels. A
    label-free stopping rule holds out ``holdout`` of the batch: every ``check-every`` steps the
    KL of the student to the targets on it is measured, the best weights are kept, and the student
-   stops after ``patience`` checks without improvement. ``distill.replay-rounds`` > 1 replays
+   stops after ``patience`` checks without improvement. With ``server-lr`` :math:`\eta \ne 1`
+   the targets are first moved :math:`\eta` times as far from the student's own answer (in
+   logits: a server learning rate in function space). ``distill.replay-rounds`` > 1 replays
    earlier rounds' targets (default: this round's only; earlier targets come from older students).
 
 What leaves a client: logits on public inputs and, with certainty, one score per input. Never
@@ -65,24 +69,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedkd.algorithms.base import ClientContext, Exchange, train_metrics
+from fedkd.algorithms.certainty import (CERTAINTY, certain_targets, certainty_spec,
+                                        check_certainty, support_certainty)
 from fedkd.algorithms.public_set import SERVER_STREAM, ProxyAnswers, PublicSetAlgorithm
 from fedkd.algorithms.registry import ALGORITHMS
 from fedkd.config import RunConfig
 from fedkd.data.federated import FederatedData
 from fedkd.errors import ConfigError
-from fedkd.losses import feature_loss, kd_kl
+from fedkd.losses import feature_loss, kd_kl, relation_loss
 from fedkd.models import MODELS
-from fedkd.protocol import ArraySpec, Payload, PhaseSpec
+from fedkd.protocol import Payload, PhaseSpec
 from fedkd.training import (fit_to_targets, model_with_state, predict_logits, seeded_generator,
                             state_to_numpy)
 from fedkd.validate import positive
 
-#: Name of the per-sample certainty array in a reply.
-CERTAINTY = "certainty"
 #: Seed stream of the server's augmentation shifts.
 AUGMENT_STREAM = 0xA06
-LOCAL_LOSSES = ("kd", "feature", "prox", "none")
-CERTAINTIES = ("none", "support")
+LOCAL_LOSSES = ("kd", "feature", "relation", "prox", "none")
 CALIBRATIONS = ("none", "prior")
 
 
@@ -90,7 +93,7 @@ CALIBRATIONS = ("none", "prior")
 class StudentDownConfig:
     """``student-down.*``: the client's local loss, certainty, and the server student's training.
 
-    ``local-loss`` is one of ``kd``, ``feature``, ``prox``, ``none`` (module docstring, step 2),
+    ``local-loss`` is one of ``kd``, ``feature``, ``relation``, ``prox``, ``none`` (module docstring, step 2),
     weighted by ``kd-weight`` (``prox-mu`` for ``prox``). ``certainty`` is ``none`` or
     ``support``, with teachers below ``certainty-threshold`` left out of a sample.
     ``server-model`` names a zoo model for the server's global student (empty: ``train.model``);
@@ -107,6 +110,7 @@ class StudentDownConfig:
     certainty: str = "none"
     certainty_threshold: float = 0.5
     server_model: str = ""
+    server_lr: float = 1.0
     augment_shift: int = 0
     holdout: float = 0.1
     check_every: int = 50
@@ -119,38 +123,16 @@ class StudentDownConfig:
         if self.calibrate not in CALIBRATIONS:
             raise ConfigError(f"student-down.calibrate must be one of {', '.join(CALIBRATIONS)}, "
                               f"got {self.calibrate!r}")
-        if self.certainty not in CERTAINTIES:
-            raise ConfigError(f"student-down.certainty must be one of {', '.join(CERTAINTIES)}, "
-                              f"got {self.certainty!r}")
         if self.server_model and self.server_model not in MODELS:
             raise ConfigError(f"student-down.server-model {self.server_model!r} is not a model of "
                               f"the zoo; valid names: {', '.join(MODELS.names())}")
         for name in ("kd_weight", "prox_mu", "augment_shift", "patience"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"student-down.{name.replace('_', '-')} must be >= 0")
-        if not 0.0 <= self.certainty_threshold <= 1.0:
-            raise ConfigError("student-down.certainty-threshold must be in [0, 1], got "
-                              f"{self.certainty_threshold!r}")
         if not 0.0 < self.holdout < 1.0:
             raise ConfigError(f"student-down.holdout must be in (0, 1), got {self.holdout!r}")
         positive("student-down.check-every", self.check_every)
-
-
-def support_certainty(probs: np.ndarray, label_counts: np.ndarray) -> np.ndarray:
-    r"""Per-sample certainty from label support: :math:`c(x) = \sum_c p_c(x) \min(1, C \pi_c)`.
-
-    ``probs`` [n, C] are a client's predicted probabilities, ``label_counts`` [C] its training
-    label histogram (:math:`\pi` = counts / total). A class the client holds at least its uniform
-    share of (1/C) counts fully, a rarer one in proportion, an unseen one not at all: the score
-    is the share of the answer that falls on classes the client has seen. Returns [n] in [0, 1].
-    """
-    counts = np.asarray(label_counts, np.float64)
-    if counts.ndim != 1 or counts.shape[0] != probs.shape[1] or (counts < 0).any():
-        raise ValueError(f"label counts of shape {counts.shape} for {probs.shape[1]} classes")
-    total = counts.sum()
-    support = (np.minimum(1.0, len(counts) * counts / total) if total > 0
-               else np.zeros_like(counts))
-    return np.clip(np.asarray(probs, np.float64) @ support, 0.0, 1.0).astype(np.float32)
+        positive("student-down.server-lr", self.server_lr)
 
 
 def shifted(x: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.ndarray:
@@ -180,16 +162,8 @@ class StudentDown(PublicSetAlgorithm):
     def check_config(cls, cfg: RunConfig) -> None:
         super().check_config(cfg)
         options: StudentDownConfig = cfg.section("student-down")
-        if options.certainty != "none":
-            if cfg.privacy.enabled:
-                raise ConfigError(
-                    "student-down.certainty reads the client's label histogram, which no privacy "
-                    "mechanism here noises per sample: turn certainty off under privacy.* (the "
-                    "classwise rule's label counts are noised and charged)")
-            if cfg.aggregation.secure:
-                raise ConfigError("student-down.certainty needs each teacher's scores per sample, "
-                                  "which secure aggregation hides: turn one of them off")
-        if options.local_loss in ("feature", "prox") and cfg.privacy.dp_sgd:
+        check_certainty("student-down", options.certainty, options.certainty_threshold, cfg)
+        if options.local_loss in ("feature", "relation", "prox") and cfg.privacy.dp_sgd:
             raise ConfigError(
                 f"student-down.local-loss = {options.local_loss!r} is not supported under DP-SGD "
                 "(Opacus clips per-sample gradients of the model's output; a term on features or "
@@ -230,8 +204,7 @@ class StudentDown(PublicSetAlgorithm):
 
     def fit_phase(self, n: int) -> PhaseSpec:
         """Student down; local training; logits [n, C] (and certainty [n]) up."""
-        extra = ({CERTAINTY: ArraySpec(shape=(n,), dtype="float32", low=0.0, high=1.0)}
-                 if self.options.certainty != "none" else None)
+        extra = certainty_spec(n) if self.options.certainty != "none" else None
         return self.logits_spec("fit", "train", n, extra=extra, reply_metrics=("loss", "accuracy"))
 
     def run_round(self, rnd: int, nodes: Sequence[int], exchange: Exchange) -> dict[str, float]:
@@ -251,16 +224,7 @@ class StudentDown(PublicSetAlgorithm):
         if self.options.certainty == "none" or asked.secure is not None:
             targets = self.teacher_targets(asked)
             return asked.indices[targets.answered], targets.probs[targets.answered]
-        certain = np.stack([r.arrays[CERTAINTY] for r in asked.replies]) >= \
-            self.options.certainty_threshold  # [K, n]
-        kept = certain.any(axis=0)
-        if not kept.any():
-            return asked.indices[:0], np.zeros((0, self.num_classes), np.float32)
-        logits = asked.logits[:, kept]
-        weights = self.teacher_weights(asked.replies, logits)
-        targets = self.aggregate_teachers(self.rule, logits, self._rng, weights=weights,
-                                          mask=certain[:, kept])
-        return asked.indices[kept][targets.answered], targets.probs[targets.answered]
+        return certain_targets(self, asked, self.options.certainty_threshold)
 
     def distill_students(self, indices: np.ndarray, targets: np.ndarray,
                          rnd: int) -> dict[str, float]:
@@ -272,11 +236,28 @@ class StudentDown(PublicSetAlgorithm):
         t = np.concatenate([b for _, b in self._replay])
         out: dict[str, float] = {}
         for i, (arch, student) in enumerate(self._students.items()):
-            loss, steps, held = self.distill_one(student, x, t, rnd, stream=i)
+            goal = self.extrapolated(student, x, t)
+            loss, steps, held = self.distill_one(student, x, goal, rnd, stream=i)
             if arch == self.server_architecture:
                 out = {"student-distill-loss": loss, "student-steps": float(steps),
                        "student-holdout-kl": held}
         return out
+
+    def extrapolated(self, student: nn.Module, x: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        r"""The targets moved ``server-lr`` times as far from the student's own answer:
+        :math:`\sigma\big((z_s + \eta\,(T \log t - z_s)) / T\big)`, logits centred per row
+        (:math:`\eta` = 1: the targets themselves). Like a server learning rate in FedAvg, on
+        the function the student computes instead of its weights."""
+        eta = self.options.server_lr
+        if eta == 1.0:
+            return targets
+        temperature = self.cfg.distill.temperature
+        own = predict_logits(student, x, batch_size=self.cfg.train.eval_batch_size) / temperature
+        goal = np.log(np.clip(targets, 1e-7, None))
+        own, goal = own - own.mean(1, keepdims=True), goal - goal.mean(1, keepdims=True)
+        moved = own + eta * (goal - own)
+        moved = np.exp(moved - moved.max(1, keepdims=True))
+        return (moved / moved.sum(1, keepdims=True)).astype(np.float32)
 
     def distill_one(self, student: nn.Module, x: np.ndarray, targets: np.ndarray, rnd: int,
                     stream: int) -> tuple[float, int, float]:
@@ -361,12 +342,15 @@ class StudentDown(PublicSetAlgorithm):
                     target = teacher.to(x.device)(x)
                 return weight * kd_kl(logits, target, temperature)
             return kd
-        if options.local_loss == "feature":
-            def hint(model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor):
+        if options.local_loss in ("feature", "relation"):
+            between = feature_loss if options.local_loss == "feature" else relation_loss
+
+            def on_features(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                            logits: torch.Tensor):
                 with torch.no_grad():
                     target = teacher.to(x.device).features(x)
-                return weight * feature_loss(model.features(x), target)
-            return hint
+                return weight * between(model.features(x), target)
+            return on_features
         anchor = [p.detach().clone() for p in teacher.parameters()]
         mu = options.prox_mu
 

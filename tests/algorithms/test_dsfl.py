@@ -84,3 +84,26 @@ def test_replay_rounds_default_is_this_round_only() -> None:
     for flat, rounds in (({}, 1), ({"distill.replay-rounds": 3}, 3)):
         cfg = build_config({"algorithm": "dsfl", "data.dataset": "digits", **flat})
         assert DSFL(cfg, 10, (1, 8, 8))._replay.maxlen == rounds
+
+
+def test_dsfl_clients_send_a_certainty_per_sample_when_asked(tmp_path: Path) -> None:
+    rows, audit, _ = run_inprocess({"algorithm": "dsfl", **FAST, "output.audit-replies": True,
+                                    "dsfl.certainty": "support",
+                                    "dsfl.certainty-threshold": 0.1}, 3, tmp_path)
+    fit = [a for a in audit if a["phase"] == "fit"]
+    assert fit and all(a["arrays"]["arrays/certainty"]["shape"] == [60] for a in fit)
+    assert rows[-1]["num-failures"] == 0 and 0 < rows[-1]["answered"] <= 60
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"algorithm": "selective-fd", "dsfl.certainty": "support"}, "applies to dsfl only"),
+    ({"algorithm": "dsfl", "dsfl.certainty": "support", "privacy.dp-sgd": True},
+     "label histogram"),
+    ({"algorithm": "dsfl", "dsfl.certainty": "mask"}, "must be one of none, support"),
+])
+def test_dsfl_certainty_refusals_say_why(overrides: dict, message: str) -> None:
+    from fedkd.algorithms import ALGORITHMS
+
+    with pytest.raises(ConfigError, match=message):
+        cfg = build_config({"data.dataset": "digits", **overrides})
+        ALGORITHMS.get(cfg.algorithm)(cfg, 10, (1, 8, 8))

@@ -6,17 +6,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from client.app import client_context
 from fedkd.algorithms.base import PERSONAL_PREFIX
 from fedkd.algorithms.public_set import ProxyAnswers
-from fedkd.algorithms.student_down import (CERTAINTY, StudentDown, shifted,
-                                           support_certainty)
+from fedkd.algorithms.certainty import CERTAINTY, support_certainty
+from fedkd.algorithms.student_down import StudentDown, shifted
 from fedkd.compose import build_config
 from fedkd.data.federated import load_federated
 from fedkd.errors import ConfigError
 from fedkd.protocol import InvalidReply, Payload, encode, validate_reply
-from fedkd.training import state_to_numpy
+from fedkd.training import predict_logits, state_to_numpy
 from tests.algorithms.inprocess import run_inprocess
 
 FAST = {"algorithm": "student-down", "distill.public-batch": 60, "distill.server-steps": 10,
@@ -184,7 +185,8 @@ def test_a_malformed_certainty_is_rejected(certainty: np.ndarray) -> None:
     ({"student-down.certainty": "support", "aggregation.secure": True,
       "aggregation.rule": "mean"}, "secure aggregation hides"),
     ({"student-down.local-loss": "prox", "privacy.dp-sgd": True}, "not supported under DP-SGD"),
-    ({"student-down.local-loss": "relation"}, "local-loss must be one of"),
+    ({"student-down.local-loss": "attention"}, "local-loss must be one of"),
+    ({"student-down.server-lr": 0.0}, "server-lr"),
     ({"student-down.server-model": "vgg"}, "not a model of the zoo"),
     ({"student-down.holdout": 1.0}, "holdout must be in"),
 ])
@@ -216,3 +218,21 @@ def test_shifts_preserve_shape_and_move_pixels() -> None:
     out = shifted(x, 1, np.random.default_rng(0))
     assert out.shape == x.shape and np.allclose(out.sum(axis=(1, 2, 3)), 1.0)
     assert shifted(x, 0, np.random.default_rng(0)) is x
+
+
+def test_a_server_learning_rate_moves_the_targets_further_from_the_student() -> None:
+    # eta = 1 leaves the targets; eta = 2 doubles their (centred) log-distance from the
+    # student's answer; both rows stay distributions.
+    _, algorithm, _ = _setup({"student-down.server-lr": 2.0})
+    student = algorithm._students["mlp"]
+    x = algorithm._public.x[:4]
+    own = torch.softmax(torch.from_numpy(predict_logits(student, x)), 1)
+    targets = np.full((4, 10), 0.1, np.float32)
+    moved = algorithm.extrapolated(student, x, targets)
+    np.testing.assert_allclose(moved.sum(1), 1.0, atol=1e-5)
+    log_own = np.log(own.numpy())
+    expected = -(log_own - log_own.mean(1, keepdims=True))  # own + 2 (uniform - own) = -own
+    log_moved = np.log(moved)
+    np.testing.assert_allclose(log_moved - log_moved.mean(1, keepdims=True), expected, atol=1e-4)
+    _, plain, _ = _setup({})
+    assert plain.extrapolated(student, x, targets) is targets
