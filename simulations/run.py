@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="then run FedAvg on the same split, seed, model and rounds, and print "
                         "both side by side")
     parser.add_argument("--rounds", type=int, help="num-server-rounds (default: pyproject)")
-    parser.add_argument("--num-clients", type=int, default=10, help="simulated SuperNodes (default 10)")
+    parser.add_argument("--num-clients", type=int,
+                        help="simulated SuperNodes (default: the preset's data.num-partitions, else 10)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="run-config override with a TOML value; repeatable")
     parser.add_argument("--name", help="run name (default <algorithm>-<dataset>-<timestamp>)")
@@ -90,8 +91,8 @@ def _main(args: argparse.Namespace) -> int:
     profile = replace(cpu, federation={**cpu.federation,
                                        "client-resources-num-cpus": args.cpus_per_client})
     preset = load_preset(args.preset) if args.preset else None
-    overrides = {**profile.run_config, **parse_sets(args.overrides),
-                 "data.num-partitions": args.num_clients}
+    clients = args.num_clients or int((preset.values if preset else {}).get("data.num-partitions", 10))
+    overrides = {**profile.run_config, **parse_sets(args.overrides), "data.num-partitions": clients}
     cfg, run_config = _resolve(preset, overrides, args, args.name)
     reference = None
     if args.against_fedavg:  # validated before anything starts, as the main run is
