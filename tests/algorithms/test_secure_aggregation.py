@@ -23,7 +23,8 @@ SECAGG_ARRAYS = {"secagg-share-keys": {"arrays/ciphertexts", "arrays/b-hash"},
 
 
 @pytest.mark.parametrize(("algorithm", "rule"), [("dsfl", "classwise"), ("fedmd", "mean"),
-                                               ("fedmd", "weighted")])
+                                               ("fedmd", "weighted"),
+                                               ("student-down", "logit-mean")])
 def test_secure_run_matches_the_plain_run_and_no_reply_holds_logits(
         algorithm: str, rule: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     overrides = {"algorithm": algorithm, "aggregation.rule": rule, **FAST}
@@ -45,7 +46,7 @@ def test_secure_run_matches_the_plain_run_and_no_reply_holds_logits(
         assert b["global-accuracy"] == pytest.approx(a["global-accuracy"], abs=0.02)
         # near-uniform early targets: a tie may break the other way (one sample in 40)
         assert b["consensus-accuracy"] == pytest.approx(a["consensus-accuracy"], abs=0.03)
-    first = "fit" if algorithm == "dsfl" else "logits"
+    first = "fit" if algorithm in ("dsfl", "student-down") else "logits"
     for record in audit:
         arrays = set(record["arrays"])
         assert not any("logits" in a or "label-counts" in a for a in arrays), record
