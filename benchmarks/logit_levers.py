@@ -85,10 +85,18 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "student-down, logit-mean + prior, mse on logits, server lr 2": {
         **SD, "aggregation.rule": "logit-mean", "student-down.calibrate": "prior",
         "distill.loss": "mse-logits", "student-down.server-lr": 2.0},
+    "student-down, logit-mean + prior, mse on logits, server momentum 0.9": {
+        **BEST, "student-down.server-momentum": 0.9},
+    "student-down, logit-mean + prior, mse on logits, 1,500 server steps": {
+        **BEST, "distill.server-steps": 1500},
+    "student-down, logit-mean + prior, mse on logits, 1,600 proxy samples": {
+        **BEST, "distill.public-batch": 1600},
     "student-down, logit-mean + prior, mse on logits, feature local": {
         **SD, "aggregation.rule": "logit-mean", "student-down.calibrate": "prior",
         "distill.loss": "mse-logits", "student-down.local-loss": "feature",
         "student-down.kd-weight": 0.1},
+    "student-down, logit-mean + prior, mse on logits, feature local (lambda 0.001)": {
+        **BEST, "student-down.local-loss": "feature", "student-down.kd-weight": 0.001},
     "student-down, logit-mean + prior, mse on logits, relation local": {
         **SD, "aggregation.rule": "logit-mean", "student-down.calibrate": "prior",
         "distill.loss": "mse-logits", "student-down.local-loss": "relation",

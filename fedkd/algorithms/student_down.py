@@ -46,7 +46,8 @@ Round t, sampled clients :math:`S_t`, announced proxy indices :math:`I_t`
    KL of the student to the targets on it is measured, the best weights are kept, and the student
    stops after ``patience`` checks without improvement. With ``server-lr`` :math:`\eta \ne 1`
    the targets are first moved :math:`\eta` times as far from the student's own answer (in
-   logits: a server learning rate in function space). ``distill.replay-rounds`` > 1 replays
+   logits: a server learning rate in function space); ``server-momentum`` is the SGD momentum
+   of the students' distillation. ``distill.replay-rounds`` > 1 replays
    earlier rounds' targets (default: this round's only; earlier targets come from older students).
 
 What leaves a client: logits on public inputs and, with certainty, one score per input. Never
@@ -111,6 +112,7 @@ class StudentDownConfig:
     certainty_threshold: float = 0.5
     server_model: str = ""
     server_lr: float = 1.0
+    server_momentum: float = 0.0
     augment_shift: int = 0
     holdout: float = 0.1
     check_every: int = 50
@@ -133,6 +135,9 @@ class StudentDownConfig:
             raise ConfigError(f"student-down.holdout must be in (0, 1), got {self.holdout!r}")
         positive("student-down.check-every", self.check_every)
         positive("student-down.server-lr", self.server_lr)
+        if not 0.0 <= self.server_momentum < 1.0:
+            raise ConfigError("student-down.server-momentum must be in [0, 1), got "
+                              f"{self.server_momentum!r}")
 
 
 def shifted(x: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.ndarray:
@@ -278,7 +283,8 @@ class StudentDown(PublicSetAlgorithm):
             stats = fit_to_targets(
                 student, shifted(x[fit], options.augment_shift, rng), targets[fit], steps=n,
                 batch_size=self.cfg.train.batch_size, learning_rate=self.cfg.train.learning_rate,
-                temperature=distill.temperature, loss=self.distill_loss, generator=generator)
+                momentum=options.server_momentum, temperature=distill.temperature,
+                loss=self.distill_loss, generator=generator)
             steps += n
             losses.append(stats.loss)
             if not stop:

@@ -187,6 +187,7 @@ def test_a_malformed_certainty_is_rejected(certainty: np.ndarray) -> None:
     ({"student-down.local-loss": "prox", "privacy.dp-sgd": True}, "not supported under DP-SGD"),
     ({"student-down.local-loss": "attention"}, "local-loss must be one of"),
     ({"student-down.server-lr": 0.0}, "server-lr"),
+    ({"student-down.server-momentum": 1.0}, "server-momentum"),
     ({"student-down.server-model": "vgg"}, "not a model of the zoo"),
     ({"student-down.holdout": 1.0}, "holdout must be in"),
 ])
