@@ -31,7 +31,7 @@ import torch
 
 from benchmarks.common import DP_EPSILON_8, ROOT, fmt
 from benchmarks.logit_global import PARTITIONS
-from fedkd.experiments.report import mean_std, mean_std_cell, table_lines
+from fedkd.experiments.report import mean_std, mean_std_cell, paired_cell, paired_mean_std, table_lines
 
 NUM_CLIENTS = 20
 
@@ -136,20 +136,26 @@ def run_variant(name: str, partition: str, seed: int, rounds: int, out: Path) ->
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    header = ["partition", "variant", "seeds", "final global acc", "best", "mean of last 5",
+    header = ["partition", "variant", "seeds", "final global acc", "Δ final vs FedAvg (paired)",
+              "best", "mean of last 5",
               "swing, last 10", "consensus acc, last 5", "up / client / round",
               "down / client / round", "s / round"]
     cells = []
     for partition in PARTITIONS:
+        fedavg = {r["seed"]: r["final"] for r in results
+                  if r["partition"] == partition and r["name"] == "fedavg"}
         for name in VARIANTS:
             group = [r for r in results if r["partition"] == partition and r["name"] == name]
             if not group:
                 continue
+            paired = ("baseline" if name == "fedavg" else paired_cell(
+                paired_mean_std({r["seed"]: r["final"] for r in group}, fedavg), ".4f")
+                if fedavg else "-")
             c = [r["consensus5"] for r in group if r["consensus5"] is not None]
             marked = name + (" *" if any(r.get("source") == "scratch" for r in group) else "")
-            cells.append([partition, marked, len(group), *(
-                mean_std_cell(mean_std([r[k] for r in group]), ".4f")
-                for k in ("final", "best", "last5", "swing10")),
+            final, *rest = (mean_std_cell(mean_std([r[k] for r in group]), ".4f")
+                            for k in ("final", "best", "last5", "swing10"))
+            cells.append([partition, marked, len(group), final, paired, *rest,
                 mean_std_cell(mean_std(c), ".4f") if c else "-",
                 f"{statistics.mean(r['up'] for r in group):,.0f}",
                 f"{statistics.mean(r['down'] for r in group):,.0f}",
@@ -196,12 +202,12 @@ def write(out: Path, args: argparse.Namespace, results: list[dict[str, Any]]) ->
             f"{NUM_CLIENTS} clients, 10 a round, fedgen-cnn, {args.rounds} rounds of 20 local "
             "steps, 1,000 proxy samples a round unless said, lr 0.05. Each row: variant, then "
             f"mean ± std over seeds. Command: `{command}` (one row: `--only NAME`).\n\n"
-            + table(results) + "\n\n"
-            "Rows marked * were run, before this script existed, by a scratch copy of it: the same "
+            + table(results) + "\n"
+            + ("\nRows marked * were run, before this script existed, by a scratch copy of it: the same "
             "overrides through the same in-process round loop (`student-down, logit-mean + prior` "
             "was run both ways and agrees to the last digit); consensus accuracy is missing where "
             "that copy ran without the proxy labels; seconds per round there are rougher (other "
-            "work shared the 2 cores).\n")
+            "work shared the 2 cores).\n" if any(r.get("source") for r in results) else ""))
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.md").write_text(text)
     (out / f"{args.name}.json").write_text(json.dumps({"command": command, "results": results},

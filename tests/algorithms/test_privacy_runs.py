@@ -99,6 +99,10 @@ BUDGET_CASES = {
     "dsfl/output-noise": ({"algorithm": "dsfl", **_PUBLIC, **_NOISE_ONLY}, 5.4),
     "dsfl/classwise+dp-sgd+output-noise": (
         {"algorithm": "dsfl", "aggregation.rule": "classwise", **_PUBLIC, **_DP_NOISE}, 6.5),
+    # student-down releases what DS-FL releases (the student that comes down is free): the same
+    # epsilons, so the same budgets bite in round 3.
+    "student-down/dp-sgd": ({"algorithm": "student-down", **_PUBLIC, **DP}, 3.9),
+    "student-down/output-noise": ({"algorithm": "student-down", **_PUBLIC, **_NOISE_ONLY}, 5.4),
     # synthetic-proxy: the inverted images of a DP model are free (the same epsilon as DS-FL's);
     # round 3 synthesises again, so the budget bites in a synthesis round. Largest epsilon after
     # rounds 1-3: 3.10 3.71 4.19 / 4.28 5.84 7.17.
