@@ -12,9 +12,10 @@ section 12 has the reasoning and the measured levers.
 Round t, sampled clients :math:`S_t`, announced proxy indices :math:`I_t`
 (``distill.public-batch`` of the public split; unlabeled with ``data.public-labels = false``):
 
-1. **student down** (phase ``fit``, server to client): client k receives the weights of the
-   server's student of *its* architecture, :math:`\theta^{a(k)}_t` (one student per architecture
-   present: ``train.client-models``), and starts from exactly them;
+1. **student down** (phase ``fit``, server to client): client k starts from exactly the weights
+   of the server's student of *its* architecture, :math:`\theta^{a(k)}_t` (one student per
+   architecture in ``train.client-models``; a heterogeneous federation sends every student and
+   each client takes its own);
 2. **local training that keeps the student's knowledge**: ``train.local-steps`` steps on the
    private data of
 
@@ -29,7 +30,9 @@ Round t, sampled clients :math:`S_t`, announced proxy indices :math:`I_t`
    (FedProx, :math:`\frac{\mu}{2}\|\theta - \theta_t\|^2`, :math:`\mu` = ``prox-mu``), or
    ``none``; :math:`\lambda` = ``student-down.kd-weight``, :math:`T` = ``distill.temperature``.
    DP-SGD trains this loss when configured;
-3. **logits up**: the client answers with its logits on :math:`x_{I_t}` (``[n, C]``) and, with
+3. **logits up**: the client answers with its logits on :math:`x_{I_t}` (``[n, C]``; with
+   ``calibrate = "prior"`` re-centred per class on the student's over the batch,
+   :class:`PriorCorrected`) and, with
    ``student-down.certainty = "support"``, a certainty per sample :math:`c_k(x) = \sum_c
    \sigma(f_{\theta_t}(x))_c\, \min(1, C\,\pi_k(c))` in [0, 1] (:math:`\pi_k`: its label
    shares; a class it holds at least its uniform share of counts fully): how likely the
