@@ -53,6 +53,13 @@ def check_certainty(section: str, certainty: str, threshold: float, cfg: RunConf
     if cfg.aggregation.secure:
         raise ConfigError(f"{section}.certainty needs each teacher's scores per sample, which "
                           "secure aggregation hides: turn one of them off")
+    from fedkd.aggregation import AGGREGATORS
+
+    if AGGREGATORS.get(cfg.aggregation.rule).client_level_privacy:
+        raise ConfigError(
+            f"{section}.certainty decides, without noise, which samples the "
+            f"{cfg.aggregation.rule} rule answers from each client's label histogram, which its "
+            "client-level privacy analysis does not cover: use another rule or no certainty")
 
 
 def certainty_spec(n: int) -> dict[str, ArraySpec]:

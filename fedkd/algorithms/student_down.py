@@ -44,13 +44,16 @@ Round t, sampled clients :math:`S_t`, announced proxy indices :math:`I_t`
 5. **student update**: every student (one per architecture, plus the ``server-model`` student
    when it differs: a server may train a larger model than any client, which never goes down)
    starts from its previous weights and distils the targets for up to ``distill.server-steps``
-   steps (``distill.loss``), on proxy inputs shifted by up to ``augment-shift`` pixels. A
-   label-free stopping rule holds out ``holdout`` of the batch: every ``check-every`` steps the
-   KL of the student to the targets on it is measured, the best weights are kept, and the student
-   stops after ``patience`` checks without improvement. With ``server-lr`` :math:`\eta \ne 1`
+   steps (``distill.loss``), on proxy inputs shifted by up to ``augment-shift`` pixels (a new
+   shift of every input each ``check-every`` steps). A label-free stopping rule holds out
+   ``holdout`` of the batch: every ``check-every`` steps the KL of the student to the targets on
+   it (at temperature T) is measured, the best weights are kept, and the student stops after
+   ``patience`` checks without improvement (off with fewer than 20 samples; ``student-steps``
+   reports the steps run). With ``server-lr`` :math:`\eta \ne 1`
    the targets are first moved :math:`\eta` times as far from the student's own answer (in
    logits: a server learning rate in function space); ``server-momentum`` is the SGD momentum
-   of the students' distillation. ``distill.replay-rounds`` > 1 replays
+   of the students' distillation (restarted every ``check-every`` steps when checking or
+   augmenting). ``distill.replay-rounds`` > 1 replays
    earlier rounds' targets (default: this round's only; earlier targets come from older students).
 
 What leaves a client: logits on public inputs and, with certainty, one score per input. Never
@@ -171,6 +174,12 @@ class StudentDown(PublicSetAlgorithm):
         super().check_config(cfg)
         options: StudentDownConfig = cfg.section("student-down")
         check_certainty("student-down", options.certainty, options.certainty_threshold, cfg)
+        if (options.local_loss == "kd" and options.kd_weight > 0 and cfg.privacy.dp_sgd
+                and cfg.privacy.grad_sample_mode == "ghost"):
+            raise ConfigError(
+                "student-down.local-loss = 'kd' needs the teacher's output on each batch, which "
+                "ghost clipping (privacy.grad-sample-mode = 'ghost') cannot take: use 'auto' or "
+                "'hooks', or student-down.local-loss = 'none'")
         if options.local_loss in ("feature", "relation", "prox") and cfg.privacy.dp_sgd:
             raise ConfigError(
                 f"student-down.local-loss = {options.local_loss!r} is not supported under DP-SGD "
@@ -229,7 +238,7 @@ class StudentDown(PublicSetAlgorithm):
         """The public indices the round distils on and their targets [n, C]: the rule's, and
         with certainty each sample over the teachers certain of it (a sample no teacher is
         certain of is dropped)."""
-        if self.options.certainty == "none" or asked.secure is not None:
+        if self.options.certainty == "none":
             targets = self.teacher_targets(asked)
             return asked.indices[targets.answered], targets.probs[targets.answered]
         return certain_targets(self, asked, self.options.certainty_threshold)
@@ -279,7 +288,11 @@ class StudentDown(PublicSetAlgorithm):
         held = order[:max(1, int(len(x) * options.holdout))] if stop else order[:0]
         fit = order[len(held):]
         generator = seeded_generator(self.cfg.seed, rnd, SERVER_STREAM, stream)
-        chunk = options.check_every if stop else distill.server_steps
+        # Chunks of check-every steps: the stopping rule's checks, and a new shift of every
+        # input per chunk when augmenting (each chunk starts a fresh optimiser, so momentum
+        # restarts there too).
+        chunk = (options.check_every if stop or options.augment_shift
+                 else distill.server_steps)
         best_kl, best_state, since_best, steps, losses = np.inf, None, 0, 0, []
         while steps < distill.server_steps:
             n = min(chunk, distill.server_steps - steps)
@@ -292,7 +305,8 @@ class StudentDown(PublicSetAlgorithm):
             losses.append(stats.loss)
             if not stop:
                 continue
-            kl = heldout_kl(student, x[held], targets[held], self.cfg.train.eval_batch_size)
+            kl = heldout_kl(student, x[held], targets[held], distill.temperature,
+                            self.cfg.train.eval_batch_size)
             if kl < best_kl - 1e-6:
                 best_kl, best_state, since_best = kl, copy.deepcopy(student.state_dict()), 0
             else:
@@ -392,9 +406,11 @@ class PriorCorrected(nn.Module):
 
 
 @torch.no_grad()
-def heldout_kl(model: nn.Module, x: np.ndarray, targets: np.ndarray, batch_size: int) -> float:
-    """Mean KL(targets || softmax(model(x))) on held-out proxy inputs: the label-free criterion."""
-    logits = torch.from_numpy(predict_logits(model, x, batch_size=batch_size))
+def heldout_kl(model: nn.Module, x: np.ndarray, targets: np.ndarray, temperature: float,
+               batch_size: int) -> float:
+    """Mean KL(targets || softmax(model(x) / T)) on held-out proxy inputs: the label-free
+    criterion, at the temperature the distillation reads the targets at."""
+    logits = torch.from_numpy(predict_logits(model, x, batch_size=batch_size)) / temperature
     t = torch.from_numpy(np.asarray(targets, np.float32)).clamp_min(1e-8)
     return float((t * (t.log() - F.log_softmax(logits, dim=1))).sum(1).mean())
 

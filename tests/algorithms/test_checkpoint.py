@@ -21,8 +21,11 @@ def table(rows: list[dict]) -> list[list]:
     [
         {"algorithm": "fedavg"},
         {"algorithm": "fedgen", "train.model": "fedgen-cnn", "fedgen.generator-steps": 5},
+        # every student (one goes down, a larger one stays) and two rounds of replayed targets
+        {"algorithm": "student-down", "student-down.server-model": "fedgen-cnn",
+         "distill.replay-rounds": 2, "distill.public-batch": 60, "distill.server-steps": 10},
     ],
-    ids=["fedavg", "fedgen"],
+    ids=["fedavg", "fedgen", "student-down"],
 )
 def test_resumed_run_matches_an_uninterrupted_one(tmp_path: Path, overrides: dict) -> None:
     # Clients of these algorithms keep no state between rounds, so a resumed run must

@@ -95,6 +95,29 @@ def test_dsfl_clients_send_a_certainty_per_sample_when_asked(tmp_path: Path) -> 
     assert rows[-1]["num-failures"] == 0 and 0 < rows[-1]["answered"] <= 60
 
 
+def test_dsfl_leaves_uncertain_teachers_out_of_a_sample() -> None:
+    # Two teachers, three samples, the mean rule: sample 0 over both, sample 1 over teacher 1
+    # alone, sample 2 (nobody certain) dropped.
+    from fedkd.algorithms.dsfl import DSFL
+    from fedkd.algorithms.public_set import ProxyAnswers
+    from fedkd.protocol import Payload
+
+    cfg = build_config({"data.dataset": "digits", "algorithm": "dsfl", "aggregation.rule": "mean",
+                        "dsfl.certainty": "support", "dsfl.certainty-threshold": 0.5})
+    algorithm = DSFL(cfg, 10, (1, 8, 8))
+    logits = np.zeros((2, 3, 10), np.float32)
+    logits[0, :, 0] = np.log(9.0)  # p(class 0) = 0.5
+    logits[1, :, 1] = np.log(9.0)  # p(class 1) = 0.5
+    replies = [Payload(arrays={"logits": logits[k], "certainty": np.array(c, np.float32)},
+                       metrics={"num-examples": 10, "loss": 0.1, "accuracy": 0.9})
+               for k, c in enumerate([[0.9, 0.1, 0.0], [0.6, 0.5, 0.49]])]
+    indices, probs, metrics = algorithm.combine_answers(
+        ProxyAnswers(np.array([7, 8, 9]), [0, 1], replies, logits))
+    assert indices.tolist() == [7, 8] and metrics["answered"] == 2
+    np.testing.assert_allclose(probs[0, :2], [0.5 / 2 + 0.5 / 18] * 2, atol=1e-6)
+    np.testing.assert_allclose(probs[1, :2], [0.5 / 9, 0.5], atol=1e-6)
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"algorithm": "selective-fd", "dsfl.certainty": "support"}, "applies to dsfl only"),
     ({"algorithm": "dsfl", "dsfl.certainty": "support", "privacy.dp-sgd": True},

@@ -12,7 +12,7 @@ from client.app import client_context
 from fedkd.algorithms.base import PERSONAL_PREFIX
 from fedkd.algorithms.public_set import ProxyAnswers
 from fedkd.algorithms.certainty import CERTAINTY, support_certainty
-from fedkd.algorithms.student_down import StudentDown, shifted
+from fedkd.algorithms.student_down import AUGMENT_STREAM, StudentDown, heldout_kl, shifted
 from fedkd.compose import build_config
 from fedkd.data.federated import load_federated
 from fedkd.errors import ConfigError
@@ -185,6 +185,9 @@ def test_a_malformed_certainty_is_rejected(certainty: np.ndarray) -> None:
     ({"student-down.certainty": "support", "aggregation.secure": True,
       "aggregation.rule": "mean"}, "secure aggregation hides"),
     ({"student-down.local-loss": "prox", "privacy.dp-sgd": True}, "not supported under DP-SGD"),
+    ({"privacy.dp-sgd": True, "privacy.grad-sample-mode": "ghost"}, "ghost clipping"),
+    ({"student-down.certainty": "support", "aggregation.rule": "pate"},
+     "client-level privacy analysis does not cover"),
     ({"student-down.local-loss": "attention"}, "local-loss must be one of"),
     ({"student-down.server-lr": 0.0}, "server-lr"),
     ({"student-down.server-momentum": 1.0}, "server-momentum"),
@@ -198,8 +201,6 @@ def test_refused_configurations_say_why(overrides: dict, message: str) -> None:
 
 
 def test_label_free_stopping_keeps_the_best_student() -> None:
-    # With patience, the student stops before its step budget once the held-out KL stops
-    # improving, and the held-out KL it reports is the best one seen.
     # At a vanishing learning rate the held-out KL cannot improve after the first check: the
     # student stops after check-every * (1 + patience) steps.
     _, algorithm, _ = _setup({"distill.server-steps": 400, "student-down.patience": 2,
@@ -213,11 +214,29 @@ def test_label_free_stopping_keeps_the_best_student() -> None:
     assert stats["student-steps"] == 40 and np.isnan(stats["student-holdout-kl"])
 
 
+def test_the_student_kept_is_the_best_one_on_the_held_out_part() -> None:
+    # An overshooting learning rate makes the held-out KL go up again: the student the round
+    # ends with is the best one seen, and its KL on the held-out part is the one reported.
+    _, algorithm, _ = _setup({"distill.server-steps": 400, "student-down.patience": 3,
+                              "student-down.check-every": 5, "train.learning-rate": 2.0,
+                              "distill.temperature": 2.0})
+    targets = np.random.default_rng(1).dirichlet(np.ones(10), size=60).astype(np.float32)
+    stats = algorithm.distill_students(np.arange(60), targets, rnd=1)
+    held = np.random.default_rng([algorithm.cfg.seed, 1, 0, AUGMENT_STREAM]).permutation(60)[:6]
+    x = algorithm._public.x[:60]
+    kept = heldout_kl(algorithm._students["mlp"], x[held], targets[held], 2.0, 512)
+    assert kept == pytest.approx(stats["student-holdout-kl"], abs=1e-6)
+    assert stats["student-steps"] < 400
+
+
 def test_shifts_preserve_shape_and_move_pixels() -> None:
     x = np.zeros((2, 1, 5, 5), np.float32)
     x[:, 0, 2, 2] = 1.0
     out = shifted(x, 1, np.random.default_rng(0))
     assert out.shape == x.shape and np.allclose(out.sum(axis=(1, 2, 3)), 1.0)
+    # rng(0) draws offsets dy = (2, 1), dx = (1, 0) in the 1-pixel padding: the pixel at (2, 2)
+    # moves to (1, 2) in the first image and (2, 3) in the second
+    assert np.argwhere(out == 1).tolist() == [[0, 0, 1, 2], [1, 0, 2, 3]]
     assert shifted(x, 0, np.random.default_rng(0)) is x
 
 
