@@ -82,11 +82,23 @@ def support_certainty(probs: np.ndarray, label_counts: np.ndarray) -> np.ndarray
     return np.clip(np.asarray(probs, np.float64) @ support, 0.0, 1.0).astype(np.float32)
 
 
-def certain_targets(algorithm: PublicSetAlgorithm, asked: ProxyAnswers,
-                    threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """The public indices kept and their targets [n, C]: the algorithm's rule on each sample
-    over the teachers whose certainty reaches ``threshold``; samples nobody is certain of are
-    dropped."""
+def client_certainty(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """What a client sends: :func:`support_certainty` of a general model's ``logits`` [n, C] on
+    the announced samples, for its training ``labels``."""
+    z = np.asarray(logits, np.float64)
+    probs = np.exp(z - z.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    return support_certainty(probs, np.bincount(labels, minlength=z.shape[1]))
+
+
+def answered_targets(algorithm: PublicSetAlgorithm, asked: ProxyAnswers,
+                     threshold: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """The public indices the round distils on and their targets [n, C]: the algorithm's rule
+    on every sample it answered (``threshold`` None: no certainty), or on each sample over the
+    teachers whose certainty reaches ``threshold`` (samples nobody is certain of are dropped)."""
+    if threshold is None:
+        targets = algorithm.teacher_targets(asked)
+        return asked.indices[targets.answered], targets.probs[targets.answered]
     certain = np.stack([r.arrays[CERTAINTY] for r in asked.replies]) >= threshold  # [K, n]
     kept = certain.any(axis=0)
     if not kept.any():

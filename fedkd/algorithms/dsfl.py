@@ -42,12 +42,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from torch import nn
 
 from fedkd.algorithms.base import ClientContext, Exchange, train_metrics
-from fedkd.algorithms.certainty import (CERTAINTY, certain_targets, certainty_spec,
-                                        check_certainty, support_certainty)
+from fedkd.algorithms.certainty import (CERTAINTY, answered_targets, certainty_spec,
+                                        check_certainty, client_certainty)
 from fedkd.algorithms.public_set import ProxyAnswers, PublicSetAlgorithm
 from fedkd.algorithms.registry import ALGORITHMS
 from fedkd.config import RunConfig
@@ -113,12 +112,8 @@ class DSFL(PublicSetAlgorithm):
     def combine_answers(self, asked: ProxyAnswers) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
         """Server hook: the public indices the round distils on, their targets [n, C] and the
         round's metrics so far. DS-FL: the rule's targets (ERA) on every sample it answered."""
-        if self.certainty:
-            indices, probs = certain_targets(self, asked,
-                                             self.cfg.section("dsfl").certainty_threshold)
-        else:
-            targets = self.teacher_targets(asked)
-            indices, probs = asked.indices[targets.answered], targets.probs[targets.answered]
+        threshold = self.cfg.section("dsfl").certainty_threshold if self.certainty else None
+        indices, probs = answered_targets(self, asked, threshold)
         trained = all("loss" in r.metrics for r in asked.replies)  # the phase trained first
         metrics = {"teachers": len(asked.teachers), "answered": len(indices),
                    **(train_metrics(asked.replies) if trained else {})}
@@ -133,14 +128,12 @@ class DSFL(PublicSetAlgorithm):
         if phase == "fit":
             before = None
             if self.certainty:  # judged before local training narrows the model to its classes
-                before = torch.softmax(torch.from_numpy(predict_logits(
-                    model, x_pub, batch_size=self.cfg.train.eval_batch_size)), dim=1).numpy()
+                before = predict_logits(model, x_pub, batch_size=self.cfg.train.eval_batch_size)
             stats = self.local_fit(client, model, rnd)  # private data; DP-SGD if on
             self.save_personal_model(client, model)
             arrays = self.fit_upload(request, client, model, x_pub, rnd)
             if before is not None:
-                counts = np.bincount(client.data.train.y, minlength=self.num_classes)
-                arrays[CERTAINTY] = support_certainty(before, counts)
+                arrays[CERTAINTY] = client_certainty(before, client.data.train.y)
             return Payload(arrays=arrays,
                            metrics={"num-examples": n_train, "loss": stats.loss,
                                     "accuracy": stats.accuracy})

@@ -76,8 +76,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedkd.algorithms.base import ClientContext, Exchange, train_metrics
-from fedkd.algorithms.certainty import (CERTAINTY, certain_targets, certainty_spec,
-                                        check_certainty, support_certainty)
+from fedkd.algorithms.certainty import (CERTAINTY, answered_targets, certainty_spec,
+                                        check_certainty, client_certainty)
 from fedkd.algorithms.public_set import SERVER_STREAM, ProxyAnswers, PublicSetAlgorithm
 from fedkd.algorithms.registry import ALGORITHMS
 from fedkd.config import RunConfig
@@ -205,10 +205,6 @@ class StudentDown(PublicSetAlgorithm):
             self._students[arch] = self.build_model(arch, seed=self.cfg.seed + i)
         self._student = self._students[self.server_architecture]
 
-    def load_server_state(self, state) -> None:  # noqa: ANN001 - see Algorithm
-        super().load_server_state(state)
-        self._student = self._students[self.server_architecture]
-
     def proxy_request(self, rnd: int, indices: np.ndarray) -> Payload:
         """The announcement plus the students' weights, each under ``<architecture>/``: a
         client takes its own architecture's. With one architecture (the usual case) that is one
@@ -238,10 +234,8 @@ class StudentDown(PublicSetAlgorithm):
         """The public indices the round distils on and their targets [n, C]: the rule's, and
         with certainty each sample over the teachers certain of it (a sample no teacher is
         certain of is dropped)."""
-        if self.options.certainty == "none":
-            targets = self.teacher_targets(asked)
-            return asked.indices[targets.answered], targets.probs[targets.answered]
-        return certain_targets(self, asked, self.options.certainty_threshold)
+        certain = self.options.certainty != "none"
+        return answered_targets(self, asked, self.options.certainty_threshold if certain else None)
 
     def distill_students(self, indices: np.ndarray, targets: np.ndarray,
                          rnd: int) -> dict[str, float]:
@@ -329,15 +323,16 @@ class StudentDown(PublicSetAlgorithm):
             p.requires_grad_(False)
         stats = self.local_fit(client, model, rnd, extra_loss=self.local_term(teacher))
         self.save_personal_model(client, model)
-        answering = model
-        if self.options.calibrate == "prior":
-            answering = PriorCorrected(model, teacher, x_pub, self.cfg.train.eval_batch_size)
+        certainty, calibrate = self.options.certainty != "none", self.options.calibrate == "prior"
+        batch = self.cfg.train.eval_batch_size
+        # the student's answer on the batch, once: calibration's reference, certainty's judge
+        student_logits = (predict_logits(teacher, x_pub, batch_size=batch)
+                          if certainty or calibrate else None)
+        answering = (PriorCorrected(model, student_logits.mean(axis=0), x_pub, batch)
+                     if calibrate else model)
         arrays = self.upload(client, answering, x_pub, rnd)
-        if self.options.certainty != "none":  # judged by the student: it knows every class
-            probs = F.softmax(torch.from_numpy(predict_logits(
-                teacher, x_pub, batch_size=self.cfg.train.eval_batch_size)), dim=1).numpy()
-            counts = np.bincount(client.data.train.y, minlength=self.num_classes)
-            arrays[CERTAINTY] = support_certainty(probs, counts)
+        if certainty:  # judged by the student: it knows every class
+            arrays[CERTAINTY] = client_certainty(student_logits, client.data.train.y)
         return Payload(arrays=arrays, metrics={"num-examples": len(client.data.train),
                                                "loss": stats.loss, "accuracy": stats.accuracy})
 
@@ -385,7 +380,8 @@ class StudentDown(PublicSetAlgorithm):
 
 class PriorCorrected(nn.Module):
     r"""A client model whose logits on the announced batch :math:`X` are re-centred per class on
-    the student's: :math:`z(x) - \bar z_X + \bar z^{s}_X` (bars: means over :math:`X`).
+    the student's: :math:`z(x) - \bar z_X + \bar z^{s}_X` (bars: means over :math:`X`;
+    ``reference`` is :math:`\bar z^{s}_X`).
 
     Local training on a label-skewed split shifts a model's logits towards the classes it holds
     on *every* input, a prior shift that carries no knowledge about the input; this removes it
@@ -394,12 +390,13 @@ class PriorCorrected(nn.Module):
     correction is post-processing of the client's own logits.
     """
 
-    def __init__(self, model: nn.Module, student: nn.Module, x: np.ndarray, batch_size: int) -> None:
+    def __init__(self, model: nn.Module, reference: np.ndarray, x: np.ndarray,
+                 batch_size: int) -> None:
         super().__init__()
         self.model = model
         own = predict_logits(model, x, batch_size=batch_size).mean(axis=0)
-        reference = predict_logits(student, x, batch_size=batch_size).mean(axis=0)
-        self.register_buffer("shift", torch.from_numpy(reference - own))
+        #: the student's mean logits on ``x`` minus the model's [C]
+        self.register_buffer("shift", torch.from_numpy(np.asarray(reference, np.float32) - own))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x) + self.shift.to(x.device)
