@@ -36,18 +36,19 @@ from fedkd.results import read_metrics
 DELTA = 1e-5
 
 
-def noise_multiplier_for(epsilon: float, rounds: int, sampling_rate: float | None = None) -> float:
+def noise_multiplier_for(epsilon: float, rounds: int, sampling_rate: float | None = None,
+                         delta: float = DELTA) -> float:
     """The Gaussian noise multiplier whose ``rounds`` releases spend ``epsilon`` (RDP), by the
     server ledger's own accounting (:func:`fedkd.privacy.accounting.planned_epsilon`): one
     Gaussian per round, or under ``federation.sampling = "poisson"`` (``sampling_rate`` = its
-    ``fraction-train``) one Poisson-sampled Gaussian per round."""
+    ``fraction-train``) one Poisson-sampled Gaussian per round; at ``delta``."""
     import dp_accounting
     from scipy.optimize import brentq
 
     from fedkd.privacy.accounting import planned_epsilon
 
     def spent(z: float) -> float:
-        return planned_epsilon([dp_accounting.GaussianDpEvent(z)], rounds, DELTA,
+        return planned_epsilon([dp_accounting.GaussianDpEvent(z)], rounds, delta,
                                sampling_rate=sampling_rate) - epsilon
 
     return float(brentq(spent, 0.05, 1000.0))

@@ -55,6 +55,7 @@ from fedkd.protocol import (
     CONFIG_KEY,
     EXCHANGE_ROUND_KEY,
     EXCHANGE_STEP_KEY,
+    LOGICAL_CLIENT_KEY,
     PHASE_KEY,
     decode,
     encode,
@@ -193,9 +194,33 @@ def save_privacy_file(path: Path, state: Mapping[str, np.ndarray]) -> None:
         save_arrays(path, ledger, fsync=False)
 
 
-def client_state_path(cfg: RunConfig, run_id: int, node_id: int) -> Path:
-    """The file holding a node's state with ``federation.client-state = "disk"``."""
-    return client_state_dir(cfg, run_id) / f"node-{node_id}.npz"
+def client_state_path(cfg: RunConfig, run_id: int, node_id: int,
+                      logical_client: int | None = None) -> Path:
+    """The file holding a node's state with ``federation.client-state = "disk"`` (a logical
+    client's own, by client id, when the message is for one)."""
+    name = f"node-{node_id}" if logical_client is None else f"client-{logical_client}"
+    return client_state_dir(cfg, run_id) / f"{name}.npz"
+
+
+def logical_client(msg: Message, cfg: RunConfig, node_config: Mapping[str, Any]) -> int | None:
+    """The client a request names (logical clients, ``federation.supernodes > 0``), checked: an
+    id of the run's population, sent to a node that serves the run's dataset (a device with its
+    own data or its own id answers only as itself); ``None`` when the request names none."""
+    config = msg.content.get(CONFIG_KEY) if msg.content is not None else None
+    if config is None or LOGICAL_CLIENT_KEY not in config:
+        return None
+    value = config[LOGICAL_CLIENT_KEY]
+    population = cfg.client_population()
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < population:
+        raise ValueError(f"request names logical client {value!r}, not a client id of the run's "
+                         f"population of {population}")
+    own = [k for k in ("data-path", "client-id", "state-dir", "state-path") if k in node_config]
+    if own:
+        raise ValueError(
+            f"this node has its own {', '.join(own)} in its node config: it answers only as "
+            f"itself, not as logical client {value} (federation.supernodes > 0 needs nodes that "
+            "serve the run's dataset)")
+    return int(value)
 
 
 def client_state_dir(cfg: RunConfig, run_id: int) -> Path:
@@ -253,12 +278,18 @@ def _handle(msg: Message, context: Context) -> Message:
     cfg = _config(tuple(sorted(context.run_config.items())))
     _set_threads(cfg.train.num_threads)
     state: dict[str, np.ndarray] = {}
+    node_config: Mapping[str, Any] = context.node_config
+    logical = logical_client(msg, cfg, node_config)
+    if logical is not None:  # this node serves the population: answer as the client named
+        node_config = {**node_config, "partition-id": logical,
+                       "num-partitions": cfg.data.num_partitions}
     on_disk = cfg.federation.client_state == "disk"
-    state_file = client_state_path(cfg, int(context.run_id), int(context.node_id)) if on_disk else None
+    state_file = client_state_path(cfg, int(context.run_id), int(context.node_id),
+                                   logical) if on_disk else None
     # A device's own state directory (node config state-dir, client/state.py): the whole state
     # survives SuperNode restarts and resubmitted runs, a replayed message starts from the state
     # before it.
-    cid = client_id(context.node_config, int(context.node_id))
+    cid = client_id(node_config, int(context.node_id))
     node_dir = device_state_dir(cfg, context) or run_state_dir(cfg, cid)
     place = message_place(msg)
     if node_dir is not None:
@@ -274,7 +305,7 @@ def _handle(msg: Message, context: Context) -> Message:
     if privacy_file:
         state.update(load_privacy_file(Path(str(privacy_file))))
     before = dict(state)  # the arrays as loaded: algorithms replace what they change
-    client = client_context(cfg, cid, context.node_config, state)
+    client = client_context(cfg, cid, node_config, state)
     loaded = trace.now()
     content = answer(msg.content, client)
     answered = trace.now()
@@ -286,7 +317,7 @@ def _handle(msg: Message, context: Context) -> Message:
         node_dir.save(place, client.state)
     elif changed and state_file is not None:  # an evaluation, say, leaves the file as it is
         save_state_file(state_file, client.state)
-    elif changed and client.state:
+    elif changed and client.state and logical is None:
         context.state[STATE_KEY] = ArrayRecord({k: Array(np.ascontiguousarray(v))
                                                 for k, v in client.state.items()})
     trace.record("handler", msg=msg.metadata.message_id, load=loaded - started,

@@ -197,6 +197,8 @@ def check_federation_size(cfg: RunConfig, num_nodes: int) -> None:
             f"clients (data.num-partitions): the server would wait federation.node-wait-timeout "
             f"({fed.node_wait_timeout:g} s) for nodes that never come; set federation.min-nodes "
             f"to at most {num_nodes}, or simulate more clients")
+    if fed.supernodes:  # logical clients: the SuperNodes serve the whole population
+        num_nodes = cfg.client_population()
     if fed.sampling == "poisson":
         population = cfg.client_population()
         if population < num_nodes:
@@ -240,6 +242,8 @@ def check_simulation(cfg: RunConfig, num_nodes: int) -> None:
     run). Loads the dataset only in that last case. Raises :class:`ConfigError`."""
     check_federation_size(cfg, num_nodes)
     if not (cfg.privacy.dp_sgd and cfg.privacy.target_epsilon > 0):
+        return
+    if cfg.federation.supernodes:  # logical clients: each checks its own data when sampled
         return
     load_plugins()
     from fedkd.algorithms import ALGORITHMS

@@ -137,11 +137,21 @@ class FederationConfig:
     sampled is skipped, never redrawn), which lets the server ledger claim amplification by
     sampling (:meth:`RunConfig.client_sampling_rate`). ``population``: the number of clients
     sampling draws from (0: ``data.num-partitions``, a simulation's clients).
+
+    ``supernodes``: 0 (default), each SuperNode is one client (its node config ``partition-id``
+    or ``client-id`` says which); ``k > 0``, the clients are *logical*: the server samples
+    client ids from the whole population (``federation.population``, else
+    ``data.num-partitions``), every message names the client it is for, and the online
+    SuperNodes (a simulation starts ``k``) serve whichever clients they are sent, each
+    client's state kept on disk by client id (``client-state`` ``"disk"`` or ``"run"``). This is
+    how a population of millions runs on one machine: Flower holds per-node records only for
+    the ``k`` nodes, and nothing is held for a client that was never sampled.
     """
 
     fraction_train: float = 1.0
     sampling: str = "fixed"
     population: int = 0
+    supernodes: int = 0
     min_nodes: int = 2
     min_replies: int = 2
     round_timeout: float = 300.0
@@ -189,7 +199,20 @@ class FederationConfig:
         if self.population < 0:
             raise ConfigError(
                 f"federation.population must be >= 0 (0: data.num-partitions), got {self.population!r}")
-        if self.min_replies > self.min_nodes:
+        if self.supernodes < 0:
+            raise ConfigError(
+                f"federation.supernodes must be >= 0 (0: one SuperNode per client), got "
+                f"{self.supernodes!r}")
+        if self.supernodes and self.client_state == "node":
+            raise ConfigError(
+                "federation.supernodes > 0 (logical clients: a SuperNode serves many clients) "
+                "needs a client state kept by client id: set federation.client-state to "
+                "\"disk\" or \"run\" (\"node\" would mix the clients a node serves)")
+        if self.supernodes and self.min_nodes > self.supernodes:
+            raise ConfigError(
+                f"federation.min-nodes ({self.min_nodes}) is more than federation.supernodes "
+                f"({self.supernodes}): the server would wait for nodes that never come")
+        if not self.supernodes and self.min_replies > self.min_nodes:
             raise ConfigError(
                 f"federation.min-replies ({self.min_replies}) cannot exceed "
                 f"federation.min-nodes ({self.min_nodes})"
@@ -376,6 +399,12 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         positive("num-server-rounds", self.num_server_rounds)
+        fed = self.federation
+        if fed.supernodes and fed.population not in (0, self.data.num_partitions):
+            raise ConfigError(
+                f"federation.supernodes > 0 (logical clients) serves the clients of the run's "
+                f"dataset, data.num-partitions = {self.data.num_partitions}; federation.population "
+                f"({fed.population}) must be 0 or that number")
 
     def client_population(self) -> int:
         """The number of clients the round loop samples from: ``federation.population``, else

@@ -45,6 +45,9 @@ EXCHANGE_STEP_KEY = "exchange-step"
 #: config ``client-id``), or -1 when it has none and the server addresses it by its Flower node id.
 IDENTIFY_PHASE_NAME = "identify"
 CLIENT_ID_KEY = "client-id"
+#: With logical clients (``federation.supernodes > 0``) every request names the client it is
+#: for: the SuperNode that receives it answers as that client of the run's population.
+LOGICAL_CLIENT_KEY = "logical-client"
 
 #: Metrics every reply carries (DESIGN.md §4).
 REQUIRED_METRICS: tuple[str, ...] = ("num-examples",)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from logging import INFO, WARNING
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from server.loop import (
     IDENTIFY_PHASE,
     ClientDirectory,
     FlowerExchange,
+    LogicalRoute,
     NotEnoughNodes,
     Traffic,
     run_rounds,
@@ -45,9 +47,14 @@ def main(grid: Grid, context: Context) -> None:
     fed = cfg.federation
     directory = ClientDirectory()
     audit = output.append_audit if cfg.output.audit_replies else None
+    # federation.supernodes > 0: logical clients, the population served by the online nodes
+    logical = LogicalRoute(cfg.client_population()) if fed.supernodes else None
 
-    def online_clients(rnd: int) -> list[int]:
+    def online_clients(rnd: int) -> Sequence[int]:
         nodes = wait_for_nodes(grid, fed.min_nodes, fed.node_wait_timeout)
+        if logical is not None:
+            logical.update(nodes)
+            return logical.clients()
 
         def identify(unknown: list[int]) -> dict[int, Payload]:
             exchange = FlowerExchange(grid, rnd, fed.exchange_timeout(rnd), 0, Traffic(),
@@ -64,11 +71,11 @@ def main(grid: Grid, context: Context) -> None:
     summary = run_rounds(
         cfg, algorithm, data, output,
         online_nodes=online_clients,
-        make_exchange=lambda *args, **kwargs: FlowerExchange(grid, *args, route=directory.route,
-                                                             **kwargs),
+        make_exchange=lambda *args, **kwargs: FlowerExchange(
+            grid, *args, route=directory.route if logical is None else logical, **kwargs),
     )
     log(INFO, "[fedkd] done: %d rounds in %.1f s; results in %s", summary["rounds"],
         summary["wall-time-s"], output.directory)
-    if fed.client_state == "disk":  # node state lasts one run, on disk as in Flower's memory
+    if fed.client_state == "disk":  # node (or logical client) state lasts one run, on disk as in Flower's memory
         shutil.rmtree(Path(cfg.output.dir).expanduser().resolve() / "client-state"
                       / f"run-{context.run_id}", ignore_errors=True)

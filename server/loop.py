@@ -39,6 +39,7 @@ from fedkd.protocol import (
     EXCHANGE_ROUND_KEY,
     IDENTIFY_PHASE_NAME,
     EXCHANGE_STEP_KEY,
+    LOGICAL_CLIENT_KEY,
     PHASE_KEY,
     InvalidReply,
     Payload,
@@ -127,7 +128,8 @@ class RoundExchange(ABC):
         for node, payload in requests.items():
             contents[node] = encode(Payload(
                 arrays=payload.arrays,
-                config={**payload.config, PHASE_KEY: phase.name, **place},
+                config={**payload.config, PHASE_KEY: phase.name, **place,
+                        **self.addressing(node)},
                 metrics=payload.metrics,
             ), arrays_cache=shared)
             self.traffic.down[node] += content_nbytes(contents[node])
@@ -184,6 +186,11 @@ class RoundExchange(ABC):
         """Extra audit fields naming where ``node`` (a client id) was reached."""
         return {}
 
+    def addressing(self, node: int) -> dict[str, int]:
+        """Config entries that tell the receiving node which client a request is for (logical
+        clients, :class:`LogicalRoute`); none when each node is one client."""
+        return {}
+
     def reject(self, phase: str, node: int, reason: str) -> None:
         """Count ``node``'s reply of the phase named ``phase`` as rejected for a reason found after
         the exchange, which the contract check could not see in that reply alone (secure
@@ -222,6 +229,9 @@ class FlowerExchange(RoundExchange):
 
     def node_details(self, node: int) -> dict[str, Any]:
         return {"flower-node-id": node if self.route is None else self.route[node]}
+
+    def addressing(self, node: int) -> dict[str, int]:
+        return {LOGICAL_CLIENT_KEY: node} if isinstance(self.route, LogicalRoute) else {}
 
     def _send(self, phase: PhaseSpec, requests: dict[int, RecordDict]) -> dict[int, RecordDict | Failure]:
         route = self.route
@@ -336,6 +346,35 @@ class ClientDirectory:
         return sorted(c for c, n in self.route.items() if n in present)
 
 
+class LogicalRoute(Mapping[int, int]):
+    """Logical clients (``federation.supernodes > 0``): client ``c`` of the population is served
+    by online node ``nodes[c % len(nodes)]``, and every request names its client
+    (:data:`fedkd.protocol.LOGICAL_CLIENT_KEY`). Nothing is stored per client: a population of
+    millions costs what its online nodes cost. :meth:`update` takes the nodes online now."""
+
+    def __init__(self, population: int) -> None:
+        self.population = population
+        self.nodes: list[int] = []
+
+    def update(self, nodes: Sequence[int]) -> None:
+        self.nodes = sorted(int(n) for n in nodes)
+
+    def clients(self) -> range:
+        """Every client of the population: each is reachable through any online node."""
+        return range(self.population)
+
+    def __getitem__(self, client: int) -> int:
+        if not 0 <= client < self.population or not self.nodes:
+            raise KeyError(client)
+        return self.nodes[client % len(self.nodes)]
+
+    def __iter__(self):  # noqa: ANN204 - Mapping protocol
+        return iter(range(self.population))
+
+    def __len__(self) -> int:
+        return self.population
+
+
 def sample_nodes(nodes: Sequence[int], fraction: float, rng: np.random.Generator,
                  sampling: str = "fixed") -> list[int]:
     """A seeded sample of the sorted client ids ``nodes``, sorted: the same ids and seed give
@@ -417,7 +456,7 @@ def run_rounds(
     algorithm: Algorithm,
     data: FederatedData,
     output: RunOutput,
-    online_nodes: Callable[[int], list[int]],
+    online_nodes: Callable[[int], Sequence[int]],
     make_exchange: ExchangeFactory,
 ) -> dict[str, Any]:
     """Run every round; returns the run summary (also written to ``summary.json``).
@@ -426,7 +465,8 @@ def run_rounds(
     ----------
     online_nodes
         Given the round about to run, returns the client ids available now, sorted (waiting
-        for a quorum if it must; identifying new nodes, :class:`ClientDirectory`).
+        for a quorum if it must; identifying new nodes, :class:`ClientDirectory`; with logical
+        clients the whole population, :class:`LogicalRoute`).
     make_exchange
         Builds a round's :class:`RoundExchange` from ``(rnd, timeout, min_replies, traffic,
         audit=...)``; it addresses clients by client id.
@@ -482,7 +522,9 @@ def run_rounds(
         clients: dict[str, dict[str, float]] = {}
         if fed.evaluate_clients and evaluate_now:
             request = algorithm.evaluation_request(rnd)
-            result = exchange(EVALUATE_PHASE, {n: request for n in online}, min_replies=0)
+            # logical clients: the round's sample (the whole population is "online")
+            asked = sampled if fed.supernodes else online
+            result = exchange(EVALUATE_PHASE, {n: request for n in asked}, min_replies=0)
             clients = {str(n): dict(p.metrics) for n, p in sorted(result.replies.items())}
         for node in sorted(set(traffic.up) | set(traffic.down)):
             clients.setdefault(str(node), {}).update(

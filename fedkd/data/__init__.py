@@ -6,7 +6,9 @@
   partitioners (``"iid"``, ``"dirichlet"``, ``"pathological"``);
 * :func:`load_federated` -- public set + client partitions + global test set for a
   :class:`DataSpec`, cached per process; :meth:`FederatedData.client` gives one client's
-  :class:`ClientData`.
+  :class:`ClientData`;
+* :class:`SyntheticPopulation` -- LEAF's Synthetic(alpha, beta), every client generated on
+  demand from its own seed (``data.dataset = "synthetic"``: populations of millions).
 
 Importing this package is cheap: ``datasets``/``flwr_datasets`` and scikit-learn are imported
 only when partitioning or loading ``digits``. Nothing here uses the network.
@@ -33,6 +35,7 @@ from fedkd.data.federated import (
     load_federated,
 )
 from fedkd.data.idx import DataFileError, read_idx
+from fedkd.data.synthetic import SyntheticPopulation  # registers the "synthetic" dataset
 from fedkd.data.partition import (
     CLASS_ASSIGNMENT_MODES,
     DEFAULT_MIN_PARTITION_SIZE,
@@ -52,6 +55,7 @@ __all__ = [
     "SCHEMES",
     "ArrayDataset",
     "ClientData",
+    "SyntheticPopulation",
     "DataFileError",
     "DataSpec",
     "DatasetSource",

@@ -27,6 +27,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -210,12 +211,17 @@ class DatasetSource:
     num_classes, input_shape
         What every client's data must look like (a device with its own data is checked
         against them without loading the dataset).
+    federate
+        For a dataset whose clients are generated, not split from files: builds the federated
+        view from the ``DataSpec`` (:func:`fedkd.data.load_federated` returns it instead of
+        partitioning ``load``'s train set). ``None`` for a dataset that is partitioned.
     """
 
     load: Callable[[Path | None], TrainTestData]
     default_data_dir: str | None
     num_classes: int
     input_shape: tuple[int, int, int]
+    federate: Callable[[Any], Any] | None = None
 
 
 #: Dataset name -> :class:`DatasetSource`.

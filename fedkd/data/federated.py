@@ -98,6 +98,9 @@ class DataSpec:
         labels are withheld (every label reads ``-1``), so no algorithm can use them.
     seed
         Seed of the public split, the partitioning and the local splits, ``>= 0``.
+    synthetic_alpha, synthetic_beta
+        ``"synthetic"`` only (:mod:`fedkd.data.synthetic`): the standard deviations of LEAF's
+        Synthetic(alpha, beta) priors on each client's model and inputs, ``>= 0``.
 
     Raises
     ------
@@ -115,6 +118,8 @@ class DataSpec:
     public_fraction: float = 0.1
     public_labels: bool = True
     seed: int = 0
+    synthetic_alpha: float = 1.0
+    synthetic_beta: float = 1.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.dataset, str) or self.dataset not in DATASETS:
@@ -137,6 +142,11 @@ class DataSpec:
         if not _is_real(self.alpha) or not (math.isfinite(self.alpha) and self.alpha > 0):
             raise ValueError(f"alpha must be a finite number > 0, got {self.alpha!r}")
         object.__setattr__(self, "alpha", float(self.alpha))
+        for name in ("synthetic_alpha", "synthetic_beta"):
+            value = getattr(self, name)
+            if not _is_real(value) or not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+            object.__setattr__(self, name, float(value))
         for name in ("local_test_fraction", "public_fraction"):
             value = getattr(self, name)
             if not _is_real(value) or not 0.0 <= value < 1.0:
@@ -367,7 +377,7 @@ def _federated_min_partition_size(pool_size: int, num_partitions: int) -> int:
 
 
 @functools.lru_cache(maxsize=16)
-def load_federated(spec: DataSpec) -> FederatedData:
+def load_federated(spec: DataSpec) -> FederatedData:  # or a SyntheticPopulation (same answers)
     """Load and split a dataset as ``spec`` says; cached per process.
 
     Parameters
@@ -391,6 +401,9 @@ def load_federated(spec: DataSpec) -> FederatedData:
         If the spec does not fit the dataset (too many partitions or classes per client, or
         a Dirichlet split that leaves a client too small).
     """
+    federate = DATASETS.get(spec.dataset).federate
+    if federate is not None:  # a population generated on demand (fedkd.data.synthetic)
+        return federate(spec)
     data = load_dataset(spec.dataset, spec.data_dir or None)
     if spec.partitioner == "pathological" and spec.classes_per_client > data.num_classes:
         raise ValueError(

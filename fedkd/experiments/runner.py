@@ -138,9 +138,16 @@ def check_output_dir(run_dir: Path) -> None:
 CLUSTER_REFUSED_KEYS = ("init-args-num-cpus", "init-args-num-gpus")
 
 
+def simulated_nodes(cfg: RunConfig) -> int:
+    """The SuperNodes a simulation starts: one per partition, or ``federation.supernodes``
+    serving the population's logical clients."""
+    return cfg.federation.supernodes or cfg.data.num_partitions
+
+
 def federation_config(profile: Profile, cfg: RunConfig,
                       ray_address: str | None = None) -> dict[str, Scalar]:
-    """The simulation's federation config: one SuperNode per partition, plus the profile's keys.
+    """The simulation's federation config: one SuperNode per partition (or
+    ``federation.supernodes``, :func:`simulated_nodes`), plus the profile's keys.
 
     On this machine (``ray_address`` ``None``), Ray gets this machine's CPU count. On an existing
     cluster the cluster's own resources count: ``init-args-num-cpus`` and ``-num-gpus``, which Ray
@@ -153,9 +160,9 @@ def federation_config(profile: Profile, cfg: RunConfig,
                 f"profile {profile.name} sets {', '.join(refused)}, which Ray refuses when it "
                 f"attaches to the cluster at {ray_address} (the cluster's own resources count); "
                 "use --profile cluster, or a profile without them")
-        return {"num-supernodes": cfg.data.num_partitions, **profile.federation}
+        return {"num-supernodes": simulated_nodes(cfg), **profile.federation}
     fed: dict[str, Scalar] = {
-        "num-supernodes": cfg.data.num_partitions,
+        "num-supernodes": simulated_nodes(cfg),
         "init-args-num-cpus": os.cpu_count() or 1,
         **profile.federation,
     }
@@ -445,7 +452,7 @@ def check_planned_run(cfg: RunConfig, federation: Mapping[str, Scalar]) -> None:
     from fedkd.compose import check_simulation
     from fedkd.data.idx import DataFileError
 
-    nodes = federation.get("num-supernodes", cfg.data.num_partitions)
+    nodes = federation.get("num-supernodes", simulated_nodes(cfg))
     try:
         check_simulation(cfg, int(nodes))  # type: ignore[arg-type]
     except ConfigError as err:

@@ -228,3 +228,31 @@ def test_the_main_job_runs_its_preset_then_fedavg_on_the_same_split(tmp_path: Pa
     summary = json.loads(proc.stdout[proc.stdout.rindex("\n[\n") + 1:])
     assert [s["algorithm"] for s in summary] == ["student-down", "fedavg"]
     assert summary[0]["bytes-up-per-client"] < summary[1]["bytes-up-per-client"]
+
+
+@pytest.mark.integration
+def test_a_population_of_10000_logical_clients_through_flower(tmp_path: Path) -> None:
+    # The synthetic-1m preset at 10,000 clients, 2 rounds, 30 sampled a round, served by 4
+    # SuperNodes: Flower holds 4 nodes, the server samples from the whole population, every
+    # message names its client, and each client's state lives in its own file while the run
+    # lasts (removed at the end, as federation.client-state = "disk" says).
+    cmd = [sys.executable, "-m", "fedkd", "simulate", "synthetic-1m", "--rounds", "2",
+           "--set", "data.num-partitions=10000", "--set", "federation.fraction-train=0.003",
+           "--set", "federation.min-replies=20", "--set", "federation.supernodes=4",
+           "--set", "federation.min-nodes=4", "--set", "distill.server-steps=20",
+           "--output-dir", str(tmp_path), "--name", "pop", "--timeout", "600"]
+    proc = subprocess.run(cmd, cwd=APP_DIR, env=offline_env(tmp_path / "flwr-home"),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    rows = read_metrics(tmp_path / "pop")
+    assert [r["round"] for r in rows] == [1, 2]
+    sampled = [c for r in rows for c in r["sampled-clients"]]
+    assert [r["sampled"] for r in rows] == [30, 30]
+    assert all(r["trained-clients"] == r["sampled-clients"] and r["num-failures"] == 0
+               for r in rows)
+    assert len(set(sampled)) == 60 and max(sampled) < 10_000 and max(sampled) > 1000
+    audit = read_metrics(tmp_path / "pop", "replies.jsonl")
+    assert {a["node"] for a in audit} == set(sampled)  # replies by client id...
+    assert len({a["flower-node-id"] for a in audit}) == 4  # ...from 4 SuperNodes
+    assert all(set(a["arrays"]) <= {"arrays/logits", "arrays/certainty"} for a in audit)
+    assert not list((tmp_path / "client-state").glob("run-*/*.npz"))  # removed at the end
