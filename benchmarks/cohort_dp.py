@@ -1,7 +1,8 @@
 """Client-level DP at cross-device cohort sizes: accuracy against the cohort, at epsilon 1, 4, 8.
 
-A population of ``--population`` Fashion-MNIST clients (Dirichlet ``--alpha`` split of the train
-pool, a few samples each, as on phones), ``--rounds`` rounds, each client sampled independently
+A population of ``--population`` Fashion-MNIST clients (``--classes-per-client`` classes each by
+default: a Dirichlet split of 10,000 clients leaves some empty; about 5 samples each, as on
+phones), ``--rounds`` rounds, each client sampled independently
 with probability ``q = cohort / population`` (``federation.sampling = "poisson"``): the server
 ledger claims amplification by sampling, and every noise is calibrated with the ledger's own
 accounting (:func:`benchmarks.distributed_dp.noise_multiplier_for`) so that the run spends the
@@ -14,6 +15,9 @@ target client-level epsilon at ``delta = 1 / (10 * population)``. Rows per cohor
   ``--clip`` and adds its share of Gaussian noise, so the sum of at least ``min-clients``
   (half the cohort) carries noise ``z * clip``; nobody, the server included, sees a client's
   answer;
+* ``student-down, PATE``: the ``pate`` rule (GNMax) on the same proxy samples, sigma
+  calibrated so that every vote of every round spends the target (data-independent, amplified
+  by sampling); the data-dependent bound is reported beside it;
 * ``FedAvg`` and ``DP-FedAvg`` (McMahan et al. 2018, :mod:`fedkd.algorithms.fedavg`, our own:
   fixed clipping of each update to ``--fedavg-clip``, central Gaussian noise added by the
   server, the fixed denominator ``q N``): the weight-sharing baseline at the same epsilon, on
@@ -50,7 +54,7 @@ if str(ROOT) not in sys.path:
 
 from flwr.app import RecordDict  # noqa: E402
 
-from benchmarks.distributed_dp import noise_multiplier_for  # noqa: E402
+from benchmarks.distributed_dp import noise_multiplier_for, pate_sigma_for  # noqa: E402
 from client.app import answer, client_context  # noqa: E402
 from fedkd.algorithms import ALGORITHMS, ClientContext  # noqa: E402
 from fedkd.compose import build_config  # noqa: E402
@@ -108,10 +112,13 @@ def plan(args: argparse.Namespace, cohort: int) -> dict[str, dict[str, Any]]:
     min_replies = max(2, cohort // 2)
     base = {
         "seed": args.seed, "data.seed": args.seed, "num-server-rounds": args.rounds,
-        "data.dataset": "fashion-mnist", "data.partitioner": "dirichlet", "data.alpha": args.alpha,
+        "data.dataset": "fashion-mnist", "data.partitioner": args.partitioner,
+        "data.alpha": args.alpha, "data.classes-per-client": args.classes_per_client,
         "data.num-partitions": args.population, "data.public-labels": False,
         "train.model": args.model, "train.local-steps": args.local_steps,
         "federation.sampling": "poisson", "federation.fraction-train": q,
+        # logical clients (as over Flower with federation.supernodes): the population is online
+        "federation.supernodes": 2, "federation.client-state": "disk",
         "federation.min-nodes": 2, "federation.min-replies": min_replies,
         "federation.evaluate-clients": False, "output.audit-replies": False,
         "output.checkpoint": False, "privacy.delta": args.delta,
@@ -132,6 +139,9 @@ def plan(args: argparse.Namespace, cohort: int) -> dict[str, dict[str, Any]]:
             "secagg.noise-multiplier": round(z, 4), "secagg.clip": args.clip,
             "secagg.min-clients": min_replies}
         rows[f"DP-FedAvg, eps {eps:g}"] = {**fedavg, "fedavg.dp-noise-multiplier": round(z, 4)}
+        sigma = pate_sigma_for(eps, args.rounds, args.samples, sampling_rate=q, delta=args.delta)
+        rows[f"student-down, PATE, eps {eps:g}"] = {
+            **student, "aggregation.rule": "pate", "aggregation.pate.sigma": round(sigma, 3)}
     return rows
 
 
@@ -145,7 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cohorts", type=int, nargs="+", default=[10, 100, 500, 1000])
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 4.0, 8.0])
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--partitioner", default="pathological",
+                        help="a Dirichlet split of 10,000 clients leaves some empty")
     parser.add_argument("--alpha", type=float, default=0.1)
+    parser.add_argument("--classes-per-client", type=int, default=2)
     parser.add_argument("--model", default="fedgen-cnn")
     parser.add_argument("--local-steps", type=int, default=10)
     parser.add_argument("--samples", type=int, default=200, help="proxy samples per round")
@@ -190,11 +203,15 @@ def main(argv: list[str] | None = None) -> int:
                 "server-epsilon-unamplified": last.get("server-epsilon-unamplified"),
                 "server-skip-probability": last.get("server-skip-probability"),
                 "server-delta": last.get("server-delta"),
-                "noise-multiplier": settings.get("secagg.noise-multiplier",
-                                                 settings.get("fedavg.dp-noise-multiplier")),
+                "noise-multiplier": settings.get(
+                    "secagg.noise-multiplier", settings.get(
+                        "fedavg.dp-noise-multiplier", settings.get("aggregation.pate.sigma"))),
+                "server-epsilon-data-dependent": last.get("server-epsilon-data-dependent"),
                 "rounds": len(rows), "skipped-rounds": len(rows) - len(trained),
                 "mean-sampled": sum(r["sampled"] for r in rows) / len(rows),
                 "bytes-up-per-client": last.get("bytes-up-per-client"),
+                "dp-update-norm-median": last.get("dp-update-norm-median"),
+                "dp-clipped-share": last.get("dp-clipped-share"),
                 "wall-s": wall, "s-per-round": wall / len(rows),
                 "accuracy-curve": accs, "command": command,
             })
@@ -211,7 +228,8 @@ def write_table(args: argparse.Namespace, results: list[dict[str, Any]], path: P
                  if r["row"] == "student-down, no noise"}
     lines = [
         f"Client-level DP at cohort sizes: Fashion-MNIST, a population of {args.population:,} "
-        f"clients (Dirichlet {args.alpha:g}), Poisson sampling at q = cohort / population, "
+        f"clients ({args.partitioner}: {args.classes_per_client if args.partitioner == 'pathological' else args.alpha:g}"
+        f"{' classes per client' if args.partitioner == 'pathological' else ''}), Poisson sampling at q = cohort / population, "
         f"{args.rounds} rounds, {args.model}, {args.local_steps} local steps; student-down sends "
         f"probabilities on {args.samples} proxy samples a round (rule mean); distributed DP under "
         f"SecAgg+ ({args.neighbours} neighbours), clip {args.clip:g}; DP-FedAvg clip "
@@ -219,18 +237,21 @@ def write_table(args: argparse.Namespace, results: list[dict[str, Any]], path: P
         f"in-process (production round loop and client half, no Flower transport).", "",
         f"Command: `{command}`", "",
         *table_lines(
-            ["cohort", "row", "noise multiplier", "client-level epsilon (amplified)",
+            ["cohort", "row", "noise (z, or PATE's sigma)", "client-level epsilon (amplified)",
+             "PATE data-dependent epsilon",
              "epsilon against the server (unamplified)", "skip-probability bound",
              "final global acc", "best", "points under the same run without noise",
              "skipped rounds", "s / round"],
             ([f"{r['cohort']:,}", r["row"], _f(r["noise-multiplier"], ".3g"),
-              _f(r["server-epsilon"], ".2f"), _f(r["server-epsilon-unamplified"], ".1f"),
+              _f(r["server-epsilon"], ".2f"), _f(r.get("server-epsilon-data-dependent"), ".2f"),
+              _f(r["server-epsilon-unamplified"], ".1f"),
               _f(r["server-skip-probability"], ".2g"), _f(r["final-global-accuracy"]),
               _f(r["best-global-accuracy"]),
-              "-" if not r["row"].startswith("student-down, distributed") or reference.get(
+              "-" if not r["row"].startswith(("student-down, distributed", "student-down, PATE"))
+              or reference.get(
                   r["cohort"]) is None
               else f"{100 * (reference[r['cohort']] - r['final-global-accuracy']):.1f}",
-              r["skipped-rounds"], f"{r['s-per-round']:.1f}")
+              r["skipped-rounds"], f"{r['s-per-round']:.1f}"]
              for r in sorted(results, key=lambda r: (r["cohort"], r["row"])))),
     ]
     path.write_text("\n".join(lines) + "\n")

@@ -55,7 +55,7 @@ def noise_multiplier_for(epsilon: float, rounds: int, sampling_rate: float | Non
 
 
 def pate_sigma_for(epsilon: float, rounds: int, samples: int,
-                   sampling_rate: float | None = None) -> float:
+                   sampling_rate: float | None = None, delta: float = DELTA) -> float:
     """GNMax's sigma whose ``rounds`` rounds of ``samples`` votes spend ``epsilon``
     (data-independent, RDP), by the server ledger's accounting (sampled as
     :func:`noise_multiplier_for`: each round's votes come from one sample of teachers)."""
@@ -67,7 +67,7 @@ def pate_sigma_for(epsilon: float, rounds: int, samples: int,
     def spent(sigma: float) -> float:
         votes = dp_accounting.SelfComposedDpEvent(
             dp_accounting.GaussianDpEvent(sigma / 2 ** 0.5), samples)
-        return planned_epsilon([votes], rounds, DELTA, sampling_rate=sampling_rate) - epsilon
+        return planned_epsilon([votes], rounds, delta, sampling_rate=sampling_rate) - epsilon
 
     return float(brentq(spent, 0.1, 1e5))
 

@@ -14,9 +14,11 @@ plain round. Cost grows with the neighbours each client has: all ``K - 1`` of th
 (``neighbours`` 0), ``k`` in SecAgg+; the row with a dropout has one client lost after sharing
 keys (its masks are removed from its neighbours' inputs).
 
-Run (what produced ``benchmarks/results/secagg.md``)::
+Run (what produced ``benchmarks/results/secagg.md``, and ``secagg_cohort.md`` at cohort sizes)::
 
     .venv/bin/python -m benchmarks.secagg
+    .venv/bin/python -m benchmarks.secagg --samples 200 --configs 100:16:0 500:16:0 1000:16:0 \
+        1000:16:1 --name secagg_cohort
 """
 
 from __future__ import annotations
@@ -108,10 +110,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--samples", type=int, default=1000, help="announced samples N")
     parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--configs", nargs="+", metavar="K:NEIGHBOURS:LOST",
+                        default=["10:0:0", "10:0:1", "100:0:0", "100:0:1", "100:14:0", "100:14:1"],
+                        help="clients, neighbours (0: all) and clients lost after sharing keys")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--name", default="secagg", help="results file stem")
     args = parser.parse_args()
     n, c = args.samples, args.classes
-    configs = [(10, 0, 0), (10, 0, 1), (100, 0, 0), (100, 0, 1), (100, 14, 0), (100, 14, 1)]
+    configs = [tuple(int(v) for v in spec.split(":")) for spec in args.configs]
     rows: list[dict[str, Any]] = []
     for k, neighbours, lost in configs:
         plain = plain_round(k, n, c)
@@ -124,12 +130,16 @@ def main() -> None:
         print(json.dumps(row))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "secagg.json").write_text(json.dumps({"samples": n, "classes": c, "rows": rows}, indent=1))
+    command = "`.venv/bin/python -m benchmarks.secagg" + (
+        f" --samples {n} --configs {' '.join(args.configs)} --name {args.name}`"
+        if args.name != "secagg" else "`")
+    (out / f"{args.name}.json").write_text(json.dumps({"samples": n, "classes": c, "rows": rows,
+                                                        "command": command}, indent=1))
     lines = [
         f"Secure aggregation (SecAgg+) against the plain round: one round's logits on {n} samples "
         f"x {c} classes ({n * c:,} values per client, `mean` rule), clients and server in one "
         "process (CPU time, this 2-core machine), bytes as Flower records. Command: "
-        "`.venv/bin/python -m benchmarks.secagg`",
+        f"{command}",
         "",
         *table_lines(
             ["clients", "neighbours", "lost after sharing keys", "bytes up / client (plain)",
@@ -140,7 +150,7 @@ def main() -> None:
               f"{r['secure']['bytes-down']:,.0f}", f"{r['client-s']:.3f}",
               f"{r['plain']['server-s']:.4f}", f"{r['server-s']:.2f}"] for r in rows)),
     ]
-    (out / "secagg.md").write_text("\n".join(lines) + "\n")
+    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
