@@ -76,6 +76,6 @@ def main(grid: Grid, context: Context) -> None:
     )
     log(INFO, "[fedkd] done: %d rounds in %.1f s; results in %s", summary["rounds"],
         summary["wall-time-s"], output.directory)
-    if fed.client_state == "disk":  # node (or logical client) state lasts one run, on disk as in Flower's memory
+    if fed.client_state == "disk":  # node (or logical client) state lasts one run, as in Flower
         shutil.rmtree(Path(cfg.output.dir).expanduser().resolve() / "client-state"
                       / f"run-{context.run_id}", ignore_errors=True)
