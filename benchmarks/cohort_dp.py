@@ -254,8 +254,42 @@ def write_table(args: argparse.Namespace, results: list[dict[str, Any]], path: P
               r["skipped-rounds"], f"{r['s-per-round']:.1f}"]
              for r in sorted(results, key=lambda r: (r["cohort"], r["row"])))),
     ]
+    lines += ["", *cohort_needed(args, results, reference)]
     path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def cohort_needed(args: argparse.Namespace, results: list[dict[str, Any]],
+                  reference: dict[int, float]) -> list[str]:
+    """Per epsilon: the smallest measured cohort whose distributed-DP run is within 5 points of
+    the same run without noise; where none is, an estimate: the cohort whose noise on the mean
+    (``z(epsilon, q) * clip / cohort``, ``q = cohort / population``) falls to that of a passing
+    run (the one with the most noise on its mean)."""
+    def noise_on_mean(eps: float, cohort: int) -> float:
+        z = noise_multiplier_for(eps, args.rounds, sampling_rate=cohort / args.population,
+                                 delta=args.delta)
+        return z * args.clip / cohort
+
+    ddp = [r for r in results if r["row"].startswith("student-down, distributed DP")
+           and reference.get(r["cohort"]) is not None]
+    passing = [r for r in ddp if reference[r["cohort"]] - r["final-global-accuracy"] <= 0.05]
+    if not passing:
+        return ["No distributed-DP run came within 5 points of its run without noise."]
+    tolerated = max(r["noise-multiplier"] * args.clip / r["cohort"] for r in passing)
+    out = [f"Cohort needed for distributed DP within 5 points of the run without noise (the "
+           f"largest noise on the mean of a passing run: {tolerated:.4f} per probability):", ""]
+    for eps in sorted({float(r["row"].rsplit(" ", 1)[1]) for r in ddp}):
+        measured = sorted(r["cohort"] for r in passing
+                          if float(r["row"].rsplit(" ", 1)[1]) == eps)
+        if measured:
+            out.append(f"- epsilon {eps:g}: {measured[0]:,} (measured)")
+            continue
+        estimate = next((k for k in range(100, args.population + 1, 100)
+                         if noise_on_mean(eps, k) <= tolerated), None)
+        out.append(f"- epsilon {eps:g}: " + (
+            f"about {estimate:,} (estimated from the noise on the mean; not measured)"
+            if estimate else f"more than the population of {args.population:,} (estimated)"))
+    return out
 
 
 if __name__ == "__main__":
