@@ -24,8 +24,8 @@ target client-level epsilon at ``delta = 1 / (10 * population)``. Rows per cohor
   the same population and sampling.
 
 The round loop, the contract checks, the client half, secure aggregation and the ledgers are the
-production code, in one process (:class:`LogicalInProcessExchange`: a client is built when it is
-sampled and forgotten after its round, as a logical client; no Flower transport, whose cost at
+production code, in one process (``tests.algorithms.inprocess.InProcessExchange`` over :class:`RoundClients`: a client is
+built when it is sampled and forgotten after its round, as a logical client; no Flower transport, whose cost at
 these cohort sizes ``benchmarks/population.py`` measures).
 
 Run::
@@ -39,12 +39,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,39 +51,29 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from flwr.app import RecordDict  # noqa: E402
-
 from benchmarks.distributed_dp import noise_multiplier_for, pate_sigma_for  # noqa: E402
-from client.app import answer, client_context  # noqa: E402
+from client.app import client_context  # noqa: E402
 from fedkd.algorithms import ALGORITHMS, ClientContext  # noqa: E402
 from fedkd.compose import build_config  # noqa: E402
 from fedkd.data.federated import load_federated  # noqa: E402
 from fedkd.experiments.report import table_lines  # noqa: E402
-from fedkd.protocol import PhaseSpec  # noqa: E402
 from fedkd.results import RunOutput, read_metrics  # noqa: E402
-from server.loop import Failure, RoundExchange, run_rounds  # noqa: E402
+from server.loop import run_rounds  # noqa: E402
+from tests.algorithms.inprocess import InProcessExchange  # noqa: E402
 
 
-class LogicalInProcessExchange(RoundExchange):
-    """Delivers each request by calling the client half directly, building a client the first
-    time the round addresses it (its state lives for the round: secure aggregation's keys
-    between phases) and forgetting it when the round ends."""
+class RoundClients(dict):
+    """The clients a round addressed, each built (``make_client``) the first time it is: what
+    the in-process exchange delivers to (their state lives for the round, secure aggregation's
+    keys between phases), forgotten when the round's exchange is."""
 
-    def __init__(self, make_client, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, make_client: Callable[[int], ClientContext]) -> None:
+        super().__init__()
         self.make_client = make_client
-        self.clients: dict[int, ClientContext] = {}
 
-    def _send(self, phase: PhaseSpec, requests: dict[int, RecordDict]) -> dict[int, RecordDict | Failure]:
-        out: dict[int, RecordDict | Failure] = {}
-        for client, content in requests.items():
-            if client not in self.clients:
-                self.clients[client] = self.make_client(client)
-            try:
-                out[client] = answer(content, self.clients[client])
-            except Exception as err:  # a client that raises is a client error, as in Flower
-                out[client] = Failure("client-error", f"{type(err).__name__}: {err}")
-        return out
+    def __missing__(self, client: int) -> ClientContext:
+        self[client] = built = self.make_client(client)
+        return built
 
 
 def run_logical(settings: dict[str, Any], out_dir: Path) -> list[dict[str, Any]]:
@@ -101,8 +90,8 @@ def run_logical(settings: dict[str, Any], out_dir: Path) -> list[dict[str, Any]]
         warnings.simplefilter("ignore")
         run_rounds(cfg, algorithm, data, RunOutput.for_config(cfg),
                    online_nodes=lambda rnd: range(population),
-                   make_exchange=lambda *args, **kwargs: LogicalInProcessExchange(
-                       make_client, *args, **kwargs))
+                   make_exchange=lambda *args, **kwargs: InProcessExchange(
+                       RoundClients(make_client), *args, **kwargs))
     return read_metrics(out_dir / "run")
 
 

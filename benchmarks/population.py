@@ -29,14 +29,11 @@ Writes ``benchmarks/results/population.json`` (and ``.md``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import statistics
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -45,13 +42,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.process_sampler import TreeSampler, run_watched  # noqa: E402
-from benchmarks.scale import DirSize  # noqa: E402
+from benchmarks.process_sampler import run_sampled, write_results  # noqa: E402
 from fedkd.experiments.presets import load_preset  # noqa: E402
 from fedkd.experiments.report import table_lines  # noqa: E402
 from fedkd.results import read_metrics  # noqa: E402
 from fedkd.runtime import trace  # noqa: E402
-from fedkd.runtime.launch import SimulationSuperLink  # noqa: E402
 
 PRESET = "synthetic-1m"
 
@@ -107,23 +102,14 @@ def run(args: argparse.Namespace, population: int, cohort: int, work: Path) -> d
         "output.dir": str(work), "output.run-name": name,
     }
     nodes = int(settings["federation.supernodes"])
-    federation = {"num-supernodes": nodes, "client-resources-num-cpus": 1,
-                  "client-resources-num-gpus": 0.0, "init-args-num-cpus": args.workers,
-                  "init-args-logging-level": "ERROR", "init-args-log-to-driver": False}
     trace_path = work / f"{name}-trace.jsonl"
     os.environ[trace.ENV] = str(trace_path)
-    tree = TreeSampler(work / name / "metrics.jsonl", 0.5, 5.0)
-    tree.expected_workers = args.workers
-    disk = DirSize(work / "client-state", 2.0)
-    start = time.perf_counter()
     try:
-        with SimulationSuperLink(log_path=work / f"{name}-superlink.log") as link:
-            _, status = run_watched(link, settings, federation, [tree, disk], timeout=args.timeout)
+        sampled = run_sampled(work, name, settings, nodes=nodes, workers=args.workers,
+                              timeout=args.timeout)
     finally:
         os.environ.pop(trace.ENV, None)
-    total = time.perf_counter() - start
-    if status != "finished:completed":
-        raise SystemExit(f"error: run ended with status {status}; see {work}")
+    tree, disk, start, total = sampled.tree, sampled.disk, sampled.start, sampled.wall_s
     rows = read_metrics(work / name)
     first_row = next((b["time"] for b in tree.boundaries if b["rows"] >= 1), None)
     parts = breakdown(trace_path, rows, args.workers)
@@ -212,15 +198,7 @@ def main(argv: list[str] | None = None) -> int:
               _s(b.get("messaging-and-idle-s")), _s(b.get("server-own-s"))]
              for r in runs for b in [r["steady-breakdown-median"]])),
     ]
-    text = "\n".join(lines) + "\n"
-    print("\n" + text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.md").write_text(text)
-    (out / f"{args.name}.json").write_text(json.dumps({
-        "command": command, "args": vars(args), "platform": platform.platform(),
-        "cpu-count": os.cpu_count(), "load-average-at-end": os.getloadavg(), "runs": runs,
-    }, indent=2))
+    write_results(Path(args.out), args.name, lines, command, args, runs)
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -4,15 +4,21 @@
 every descendant of this process, classified by kind (SuperLink, simulation process, Ray workers,
 ...), and the round boundaries (a new row in the run's ``metrics.jsonl``). :func:`run_watched`
 submits this app to a :class:`~fedkd.runtime.launch.SimulationSuperLink` with such samplers
-running for the whole run. Linux only (``/proc``).
+running for the whole run; :func:`run_sampled` does so with a :class:`TreeSampler` and a
+:class:`DirSize` of the clients' state on disk, and :func:`write_results` writes a benchmark's
+table and record. Linux only (``/proc``).
 """
 
 from __future__ import annotations
 
+import argparse
 import collections
+import json
 import os
+import platform
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +191,74 @@ def run_watched(link: SimulationSuperLink, settings: dict[str, Any], federation:
         for sampler in samplers:
             sampler.stop_event.set()  # type: ignore[attr-defined]
             sampler.join()
+
+
+class DirSize(threading.Thread):
+    """Peak total size of the files under a folder."""
+
+    def __init__(self, folder: Path, interval: float) -> None:
+        super().__init__(daemon=True)
+        self.folder, self.interval = folder, interval
+        self.stop_event = threading.Event()
+        self.peak_bytes = 0
+        self.peak_files = 0
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            total = files = 0
+            for root, _, names in os.walk(self.folder):
+                for name in names:
+                    try:
+                        total += os.stat(os.path.join(root, name)).st_size
+                        files += 1
+                    except OSError:
+                        pass
+            self.peak_bytes = max(self.peak_bytes, total)
+            self.peak_files = max(self.peak_files, files)
+            self.stop_event.wait(self.interval)
+
+
+@dataclass
+class SampledRun:
+    """What :func:`run_sampled` measured: the tree's samples, the state on disk, the wall time
+    from submission to the end (``start``: ``time.perf_counter()`` at submission)."""
+
+    tree: TreeSampler
+    disk: DirSize
+    start: float
+    wall_s: float
+
+
+def run_sampled(work: Path, name: str, settings: dict[str, Any], *, nodes: int, workers: int,
+                timeout: float) -> SampledRun:
+    """One simulation of this app on our own SuperLink, ``nodes`` SuperNodes and ``workers``
+    Ray workers of one CPU, run-config ``settings`` (whose ``output.dir`` is ``work`` and
+    ``output.run-name`` is ``name``), with the process tree and ``work/client-state`` sampled
+    throughout. Exits with the run's status if it did not complete."""
+    federation = {"num-supernodes": nodes, "client-resources-num-cpus": 1,
+                  "client-resources-num-gpus": 0.0, "init-args-num-cpus": workers,
+                  "init-args-logging-level": "ERROR", "init-args-log-to-driver": False}
+    tree = TreeSampler(work / name / "metrics.jsonl", 0.5, 5.0)
+    tree.expected_workers = workers
+    disk = DirSize(work / "client-state", 2.0)
+    start = time.perf_counter()
+    with SimulationSuperLink(log_path=work / f"{name}-superlink.log") as link:
+        _, status = run_watched(link, settings, federation, [tree, disk], timeout=timeout)
+    wall = time.perf_counter() - start
+    if status != "finished:completed":
+        raise SystemExit(f"error: run ended with status {status}; see {work}")
+    return SampledRun(tree, disk, start, wall)
+
+
+def write_results(out: Path, stem: str, lines: list[str], command: str,
+                  args: argparse.Namespace, runs: list[dict[str, Any]]) -> None:
+    """Print the table ``lines`` and write them to ``out/<stem>.md``, and the runs with the
+    command, arguments and machine to ``out/<stem>.json``."""
+    text = "\n".join(lines) + "\n"
+    print("\n" + text)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.md").write_text(text)
+    (out / f"{stem}.json").write_text(json.dumps({
+        "command": command, "args": vars(args), "platform": platform.platform(),
+        "cpu-count": os.cpu_count(), "load-average-at-end": os.getloadavg(), "runs": runs,
+    }, indent=2))

@@ -24,15 +24,11 @@ Writes ``benchmarks/results/scale.json`` (and ``.md``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import statistics
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -40,35 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.process_sampler import TreeSampler, run_watched  # noqa: E402
+from benchmarks.process_sampler import run_sampled, write_results  # noqa: E402
 from fedkd.experiments.report import table_lines  # noqa: E402
-from fedkd.runtime.launch import SimulationSuperLink  # noqa: E402
 from fedkd.results import read_metrics  # noqa: E402
-
-
-class DirSize(threading.Thread):
-    """Peak total size of the files under a folder."""
-
-    def __init__(self, folder: Path, interval: float) -> None:
-        super().__init__(daemon=True)
-        self.folder, self.interval = folder, interval
-        self.stop_event = threading.Event()
-        self.peak_bytes = 0
-        self.peak_files = 0
-
-    def run(self) -> None:
-        while not self.stop_event.is_set():
-            total = files = 0
-            for root, _, names in os.walk(self.folder):
-                for name in names:
-                    try:
-                        total += os.stat(os.path.join(root, name)).st_size
-                        files += 1
-                    except OSError:
-                        pass
-            self.peak_bytes = max(self.peak_bytes, total)
-            self.peak_files = max(self.peak_files, files)
-            self.stop_event.wait(self.interval)
 
 
 def run(args: argparse.Namespace, store: str, rounds: int, work: Path) -> dict[str, Any]:
@@ -83,18 +53,9 @@ def run(args: argparse.Namespace, store: str, rounds: int, work: Path) -> dict[s
         "federation.evaluate-every": args.evaluate_every, "federation.client-state": store,
         "output.dir": str(work), "output.run-name": name,
     }
-    federation = {"num-supernodes": args.clients, "client-resources-num-cpus": 1,
-                  "client-resources-num-gpus": 0.0, "init-args-num-cpus": args.workers,
-                  "init-args-logging-level": "ERROR", "init-args-log-to-driver": False}
-    tree = TreeSampler(work / name / "metrics.jsonl", 0.5, 5.0)
-    tree.expected_workers = args.workers
-    disk = DirSize(work / "client-state", 2.0)
-    start = time.perf_counter()
-    with SimulationSuperLink(log_path=work / f"{name}-superlink.log") as link:
-        _, status = run_watched(link, settings, federation, [tree, disk], timeout=args.timeout)
-    total = time.perf_counter() - start
-    if status != "finished:completed":
-        raise SystemExit(f"error: run ended with status {status}; see {work}")
+    sampled = run_sampled(work, name, settings, nodes=args.clients, workers=args.workers,
+                          timeout=args.timeout)
+    tree, disk, total = sampled.tree, sampled.disk, sampled.wall_s
     rows = read_metrics(work / name)
     sim_rss, worker_rss = tree.peak_rss_of("simulation"), tree.peak_rss_of("worker")
     marks = tree.boundaries
@@ -170,15 +131,7 @@ def main(argv: list[str] | None = None) -> int:
               _mb(r["peak-tree-pss-bytes"]),
               f"{_mb(r['peak-client-state-on-disk-bytes'])} in {r['peak-client-state-files']} files"]
              for r in runs))]
-    text = "\n".join(lines) + "\n"
-    print("\n" + text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.md").write_text(text)
-    (out / f"{args.name}.json").write_text(json.dumps({
-        "command": command, "args": vars(args), "platform": platform.platform(),
-        "cpu-count": os.cpu_count(), "load-average-at-end": os.getloadavg(), "runs": runs,
-    }, indent=2))
+    write_results(Path(args.out), args.name, lines, command, args, runs)
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -92,7 +92,7 @@ def clip_update(update: dict[str, np.ndarray], clip: float) -> tuple[dict[str, n
     returns the clipped update and the norm before clipping."""
     norm = float(np.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in update.values())))
     scale = min(1.0, clip / norm) if norm > 0 else 1.0
-    return {k: v.astype(np.float64) * scale for k, v in update.items()}, norm
+    return {k: np.asarray(v, np.float64) * scale for k, v in update.items()}, norm
 
 
 @ALGORITHMS.register("fedavg")
@@ -176,18 +176,17 @@ class FedAvg(Algorithm):
         from dp_accounting import GaussianDpEvent
 
         z, clip = self.options.dp_noise_multiplier, self.options.dp_clip
+        base = {k: v.astype(np.float64) for k, v in weights.items()}  # w_t, once a round
         total = {k: np.zeros(v.shape, np.float64) for k, v in weights.items()}
         norms = []
         for state in states:
-            clipped, norm = clip_update({k: state[k].astype(np.float64) - weights[k].astype(np.float64)
-                                         for k in weights}, clip)
+            clipped, norm = clip_update({k: state[k] - base[k] for k in weights}, clip)
             norms.append(norm)
             for k in total:
                 total[k] += clipped[k]
         denominator = self.expected_cohort(sampled)
-        new = {k: (weights[k].astype(np.float64)
-                   + (total[k] + self._noise_rng.normal(0.0, z * clip, total[k].shape)) / denominator
-                   ).astype(weights[k].dtype) for k in weights}
+        new = {k: (base[k] + (total[k] + self._noise_rng.normal(0.0, z * clip, total[k].shape))
+                   / denominator).astype(weights[k].dtype) for k in weights}
         load_numpy_state(self._template(), new)
         self.server_ledger.record([GaussianDpEvent(z)])
         return {"dp-update-norm-median": float(np.median(norms)) if norms else 0.0,

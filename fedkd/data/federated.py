@@ -26,6 +26,7 @@ import numbers
 import textwrap
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -307,21 +308,7 @@ class FederatedData:
         What a simulation worker uses for every message: the split is computed and copied once
         per partition, not once per message. The arrays are shared and read-only.
         """
-        pid = self._check_partition_id(partition_id)
-        with _CLIENT_CACHE_LOCK:
-            hit = self._clients.get(pid)
-            if hit is not None:
-                self._clients.move_to_end(pid)
-                return hit
-        data = self.client(pid)
-        for part in (data.train, data.test):
-            part.x.setflags(write=False)
-            part.y.setflags(write=False)
-        with _CLIENT_CACHE_LOCK:
-            self._clients[pid] = data
-            while len(self._clients) > CLIENT_CACHE_SIZE:
-                self._clients.popitem(last=False)
-        return data
+        return cached_split(self._clients, self._check_partition_id(partition_id), self.client)
 
     def label_histogram(self) -> np.ndarray:
         """Label counts per client, int64 ``[num_partitions, num_classes]``."""
@@ -360,6 +347,27 @@ class FederatedData:
 #: Partitions whose local split :meth:`FederatedData.cached_client` keeps per process.
 CLIENT_CACHE_SIZE = 64
 _CLIENT_CACHE_LOCK = threading.Lock()
+
+
+def cached_split(cache: collections.OrderedDict[int, ClientData], client: int,
+                 build: Callable[[int], ClientData]) -> ClientData:
+    """``build(client)`` through ``cache``, which keeps the last :data:`CLIENT_CACHE_SIZE`
+    clients asked for with their arrays made read-only (what every federated view's
+    ``cached_client`` returns: a simulation worker splits each client once, not per message)."""
+    with _CLIENT_CACHE_LOCK:
+        hit = cache.get(client)
+        if hit is not None:
+            cache.move_to_end(client)
+            return hit
+    data = build(client)
+    for part in (data.train, data.test):
+        part.x.setflags(write=False)
+        part.y.setflags(write=False)
+    with _CLIENT_CACHE_LOCK:
+        cache[client] = data
+        while len(cache) > CLIENT_CACHE_SIZE:
+            cache.popitem(last=False)
+    return data
 
 
 def _readonly(array: np.ndarray) -> np.ndarray:

@@ -44,13 +44,12 @@ from __future__ import annotations
 
 import collections
 import math
-import threading
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from fedkd.data.datasets import ArrayDataset, DatasetSource, TrainTestData, DATASETS
-from fedkd.data.federated import ClientData, DataSpec, _local_test_size
+from fedkd.data.federated import ClientData, DataSpec, _local_test_size, cached_split
 
 __all__ = ["SyntheticPopulation", "synthetic_client", "DIMENSION", "NUM_CLASSES"]
 
@@ -124,11 +123,6 @@ def _readonly(data: ArrayDataset) -> ArrayDataset:
     return data
 
 
-#: Clients whose local split :meth:`SyntheticPopulation.cached_client` keeps per process.
-CLIENT_CACHE_SIZE = 64
-_CACHE_LOCK = threading.Lock()
-
-
 @dataclass(frozen=True, eq=False)
 class SyntheticPopulation:
     """The federated view of a Synthetic(alpha, beta) population: what :func:`load_federated`
@@ -197,22 +191,9 @@ class SyntheticPopulation:
                           test=ArrayDataset(x=x[test], y=y[test]))
 
     def cached_client(self, partition_id: int) -> ClientData:
-        """:meth:`client`, kept for the last :data:`CLIENT_CACHE_SIZE` clients asked for
-        (arrays read-only)."""
-        pid = self._check(partition_id)
-        with _CACHE_LOCK:
-            hit = self._clients.get(pid)
-            if hit is not None:
-                self._clients.move_to_end(pid)
-                return hit
-        data = self.client(pid)
-        _readonly(data.train)
-        _readonly(data.test)
-        with _CACHE_LOCK:
-            self._clients[pid] = data
-            while len(self._clients) > CLIENT_CACHE_SIZE:
-                self._clients.popitem(last=False)
-        return data
+        """:meth:`client`, kept for the last clients asked for, arrays read-only
+        (:func:`fedkd.data.federated.cached_split`)."""
+        return cached_split(self._clients, self._check(partition_id), self.client)
 
     def client_indices(self, partition_id: int) -> tuple[np.ndarray, np.ndarray]:
         """Positions of the client's train and test samples among its own samples."""
@@ -224,7 +205,7 @@ class SyntheticPopulation:
         """A readable summary (sizes of a few clients; the population is never enumerated)."""
         s = self.spec
         shown = min(8, self.num_partitions)
-        sizes = [len(self.client(k).train) + len(self.client(k).test) for k in range(shown)]
+        sizes = [len(c.train) + len(c.test) for c in map(self.client, range(shown))]
         return "\n".join([
             f"dataset synthetic: Synthetic(alpha={s.synthetic_alpha:g}, beta={s.synthetic_beta:g})"
             f" (LEAF/FedProx), {NUM_CLASSES} classes, inputs {DIMENSION}-d",

@@ -21,22 +21,30 @@ from fedkd.results import read_metrics
 APP_DIR = Path(__file__).resolve().parents[2]
 
 
+def run_module(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m <args>`` from the checkout, offline (own FLWR_HOME under ``tmp_path``);
+    asserts it exited 0."""
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=APP_DIR,
+                          env=offline_env(tmp_path / "flwr-home"), capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc
+
+
 def simulate(tmp_path: Path, *overrides: str, port: int | None = None,
              name: str = "it") -> subprocess.CompletedProcess[str]:
     """`python -m simulations.run` on digits with 3 clients and 2 rounds, plus ``overrides``;
     outputs in ``tmp_path / name``."""
-    cmd = [
-        sys.executable, "-m", "simulations.run",
+    args = [
+        "simulations.run",
         "--num-clients", "3", "--rounds", "2", "--port", str(port or free_port()),
         "--set", 'data.dataset="digits"', "--set", 'train.model="mlp"',
         "--set", "train.local-steps=15", "--set", "federation.min-nodes=3",
         "--output-dir", str(tmp_path), "--name", name, "--timeout", "600",
     ]
     for override in overrides:
-        cmd += ["--set", override]
-    proc = subprocess.run(cmd, cwd=APP_DIR, env=offline_env(tmp_path / "flwr-home"),
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+        args += ["--set", override]
+    proc = run_module(tmp_path, *args)
     assert "round 2/2" in proc.stdout
     return proc
 
@@ -205,14 +213,12 @@ def test_the_main_job_runs_its_preset_then_fedavg_on_the_same_split(tmp_path: Pa
     # `make run` is `python -m simulations.run --preset main --against-fedavg`: here on digits,
     # 3 clients, 2 rounds. Both runs go through Flower, the second is FedAvg with everything else
     # the main run's, and the summary prints both side by side.
-    cmd = [sys.executable, "-m", "simulations.run", "--preset", "main", "--against-fedavg",
-           "--num-clients", "3", "--rounds", "2", "--set", 'data.dataset="digits"',
-           "--set", 'train.model="mlp"', "--set", "federation.min-nodes=3",
-           "--set", "federation.min-replies=2", "--set", "distill.server-steps=20",
-           "--output-dir", str(tmp_path), "--name", "main", "--timeout", "600"]
-    proc = subprocess.run(cmd, cwd=APP_DIR, env=offline_env(tmp_path / "flwr-home"),
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    proc = run_module(
+        tmp_path, "simulations.run", "--preset", "main", "--against-fedavg",
+        "--num-clients", "3", "--rounds", "2", "--set", 'data.dataset="digits"',
+        "--set", 'train.model="mlp"', "--set", "federation.min-nodes=3",
+        "--set", "federation.min-replies=2", "--set", "distill.server-steps=20",
+        "--output-dir", str(tmp_path), "--name", "main", "--timeout", "600")
     main, fedavg = read_metrics(tmp_path / "main"), read_metrics(tmp_path / "main-fedavg")
     assert len(main) == len(fedavg) == 2
     main_cfg, fedavg_cfg = (json.loads((tmp_path / run / "config.json").read_text())["run-config"]
@@ -236,14 +242,11 @@ def test_a_population_of_10000_logical_clients_through_flower(tmp_path: Path) ->
     # SuperNodes: Flower holds 4 nodes, the server samples from the whole population, every
     # message names its client, and each client's state lives in its own file while the run
     # lasts (removed at the end, as federation.client-state = "disk" says).
-    cmd = [sys.executable, "-m", "fedkd", "simulate", "synthetic-1m", "--rounds", "2",
-           "--set", "data.num-partitions=10000", "--set", "federation.fraction-train=0.003",
-           "--set", "federation.min-replies=20", "--set", "federation.supernodes=4",
-           "--set", "federation.min-nodes=4", "--set", "distill.server-steps=20",
-           "--output-dir", str(tmp_path), "--name", "pop", "--timeout", "600"]
-    proc = subprocess.run(cmd, cwd=APP_DIR, env=offline_env(tmp_path / "flwr-home"),
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    run_module(tmp_path, "fedkd", "simulate", "synthetic-1m", "--rounds", "2",
+               "--set", "data.num-partitions=10000", "--set", "federation.fraction-train=0.003",
+               "--set", "federation.min-replies=20", "--set", "federation.supernodes=4",
+               "--set", "federation.min-nodes=4", "--set", "distill.server-steps=20",
+               "--output-dir", str(tmp_path), "--name", "pop", "--timeout", "600")
     rows = read_metrics(tmp_path / "pop")
     assert [r["round"] for r in rows] == [1, 2]
     sampled = [c for r in rows for c in r["sampled-clients"]]
