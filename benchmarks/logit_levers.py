@@ -107,11 +107,42 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "student-down, logit-mean + prior, mse on logits, larger server student": {
         **SD, "aggregation.rule": "logit-mean", "student-down.calibrate": "prior",
         "distill.loss": "mse-logits", "student-down.server-model": "cnn"},
+    # This session's levers on the best row (server-lr 2): the evaluated global model a running
+    # average of the student over rounds; fewer server steps (speed); larger server batches.
+    "student-down, best, average 0.8": {**BEST, "distill.average": 0.8},
+    "student-down, best, server lr 2, average 0.8": {
+        **BEST, "student-down.server-lr": 2.0, "distill.average": 0.8},
+    "student-down, best, server lr 3, average 0.8": {
+        **BEST, "student-down.server-lr": 3.0, "distill.average": 0.8},
+    "student-down, best, server lr 4, average 0.8": {
+        **BEST, "student-down.server-lr": 4.0, "distill.average": 0.8},
+    "student-down, best, server lr 3, average 0.9": {
+        **BEST, "student-down.server-lr": 3.0, "distill.average": 0.9},
+    "student-down, best, server lr 3": {**BEST, "student-down.server-lr": 3.0},
+    "student-down, best, server lr 3, average 0.8, 150 server steps": {
+        **BEST, "student-down.server-lr": 3.0, "distill.average": 0.8,
+        "distill.server-steps": 150},
+    "student-down, best, server lr 2, 150 server steps": {
+        **BEST, "student-down.server-lr": 2.0, "distill.server-steps": 150},
+    "student-down, best, server lr 2, 150 server steps of 128": {
+        **BEST, "student-down.server-lr": 2.0, "distill.server-steps": 150,
+        "student-down.server-batch": 128},
+    "student-down, best, average 0.8, round momentum 0.5": {
+        **BEST, "student-down.round-momentum": 0.5, "distill.average": 0.8},
+    "student-down, best, server lr 2, average 0.8, round momentum 0.5": {
+        **BEST, "student-down.server-lr": 2.0, "student-down.round-momentum": 0.5,
+        "distill.average": 0.8},
+    # Bytes with McMahan's CNN (1.66 M weights; the logits up do not depend on the model).
+    "fedavg, McMahan CNN": {"algorithm": "fedavg", "train.model": "cnn"},
+    "student-down, best, server lr 3, average 0.8, McMahan CNN": {
+        **BEST, "student-down.server-lr": 3.0, "distill.average": 0.8, "train.model": "cnn"},
     "dsfl, certainty": {"algorithm": "dsfl", "aggregation.rule": "era",
                         "dsfl.certainty": "support"},
     # Example-level DP at epsilon 8 (delta 1e-5) over the planned rounds, DP-SGD on every client.
     "fedavg, DP epsilon 8": {"algorithm": "fedavg", **DP_EPSILON_8},
     "student-down, logit-mean + prior, mse on logits, DP epsilon 8": {**BEST, **DP_EPSILON_8},
+    "student-down, best, server lr 3, average 0.8, DP epsilon 8": {
+        **BEST, "student-down.server-lr": 3.0, "distill.average": 0.8, **DP_EPSILON_8},
     "dsfl, DP epsilon 8": {"algorithm": "dsfl", "aggregation.rule": "era", **DP_EPSILON_8},
 }
 
@@ -129,6 +160,7 @@ def run_variant(name: str, partition: str, seed: int, rounds: int, out: Path) ->
     return {"name": name, "partition": partition, "seed": seed, "rounds": rounds,
             "final": acc[-1], "best": max(acc), "last5": statistics.mean(acc[-5:]),
             "swing10": max(acc[-10:]) - min(acc[-10:]),
+            "swing20": max(acc[-20:]) - min(acc[-20:]),
             "consensus5": statistics.mean(consensus[-5:]) if consensus else None,
             "up": statistics.mean(r["bytes-up-per-client"] for r in rows),
             "down": statistics.mean(r["bytes-down-per-client"] for r in rows),
@@ -138,7 +170,7 @@ def run_variant(name: str, partition: str, seed: int, rounds: int, out: Path) ->
 def table(results: list[dict[str, Any]]) -> str:
     header = ["partition", "variant", "seeds", "final global acc", "Δ final vs FedAvg (paired)",
               "best", "mean of last 5",
-              "swing, last 10", "consensus acc, last 5", "up / client / round",
+              "swing, last 10", "swing, last 20", "consensus acc, last 5", "up / client / round",
               "down / client / round", "s / round"]
     cells = []
     for partition in PARTITIONS:
@@ -153,8 +185,10 @@ def table(results: list[dict[str, Any]]) -> str:
                 if fedavg else "-")
             c = [r["consensus5"] for r in group if r["consensus5"] is not None]
             marked = name + (" *" if any(r.get("source") == "scratch" for r in group) else "")
+            for r in group:  # rows written before the column existed
+                r.setdefault("swing20", max(r["curve"][-20:]) - min(r["curve"][-20:]))
             final, *rest = (mean_std_cell(mean_std([r[k] for r in group]), ".4f")
-                            for k in ("final", "best", "last5", "swing10"))
+                            for k in ("final", "best", "last5", "swing10", "swing20"))
             cells.append([partition, marked, len(group), final, paired, *rest,
                 mean_std_cell(mean_std(c), ".4f") if c else "-",
                 f"{statistics.mean(r['up'] for r in group):,.0f}",
@@ -196,8 +230,14 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def write(out: Path, args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
-    command = (f".venv/bin/python -m benchmarks.logit_levers --rounds {args.rounds} --seeds "
-               f"{' '.join(map(str, args.seeds))} --partitions {' '.join(args.partitions)}")
+    # What the file holds, not only this call's share: one command per partition.
+    seen: dict[str, set[int]] = {}
+    for r in results:
+        seen.setdefault(r["partition"], set()).add(r["seed"])
+    command = "; ".join(
+        f".venv/bin/python -m benchmarks.logit_levers --rounds {args.rounds} --seeds "
+        f"{' '.join(map(str, sorted(seeds)))} --partitions {partition} --name {args.name}"
+        for partition, seeds in seen.items()) or "(none)"
     text = (f"In-process (fedkd's round loop and client app, no Flower transport), Fashion-MNIST, "
             f"{NUM_CLIENTS} clients, 10 a round, fedgen-cnn, {args.rounds} rounds of 20 local "
             "steps, 1,000 proxy samples a round unless said, lr 0.05. Each row: variant, then "

@@ -251,7 +251,9 @@ class DistillConfig:
     on the public batch per round; ``replay-rounds`` is how many rounds of (inputs, targets) the
     server's student distils on (1: this round's only; 0: the algorithm's own default, its
     ``REPLAY_ROUNDS``: 1 for the public-set algorithms, 10 for fedgen-logits); ``exclude-self`` is
-    FD's rule of leaving a client's own logits out of its targets (Jeong et al. 2018).
+    FD's rule of leaving a client's own logits out of its targets (Jeong et al. 2018);
+    ``average`` > 0 makes a public-set algorithm's global model the running average of its
+    student's weights over rounds, with that decay (:func:`fedkd.training.averaged`).
     """
 
     loss: str = "kl"
@@ -263,9 +265,12 @@ class DistillConfig:
     server_steps: int = 100
     pretrain_public_steps: int = 0
     replay_rounds: int = 0
+    average: float = 0.0
 
     def __post_init__(self) -> None:
         positive("distill.temperature", self.temperature)
+        if not 0.0 <= self.average < 1.0:
+            raise ConfigError(f"distill.average must be in [0, 1), got {self.average!r}")
         positive("distill.public-batch", self.public_batch)
         for name in ("weight", "steps", "server_steps", "pretrain_public_steps", "replay_rounds"):
             if getattr(self, name) < 0:

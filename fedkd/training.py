@@ -17,6 +17,7 @@ one for every message.
 from __future__ import annotations
 
 import contextlib
+import copy
 import contextvars
 import itertools
 import warnings
@@ -382,3 +383,18 @@ def predict_logits(model: nn.Module, x: np.ndarray, *, batch_size: int = 512) ->
                for i in range(0, len(x), batch_size)]
         logits = torch.cat(out)
     return logits.cpu().numpy().astype(np.float32, copy=False)
+
+
+@torch.no_grad()
+def averaged(average: nn.Module | None, model: nn.Module, decay: float) -> nn.Module:
+    r"""The running average of ``model``'s weights: :math:`\bar\theta \leftarrow d\,\bar\theta
+    + (1 - d)\,\theta` (Polyak averaging over rounds, ``decay`` = d), updated in place; a copy of
+    ``model`` when there is none yet. Integer buffers (BatchNorm's step count) are copied."""
+    if average is None:
+        return copy.deepcopy(model)
+    for mine, theirs in zip(average.state_dict().values(), model.state_dict().values()):
+        if mine.is_floating_point():
+            mine.mul_(decay).add_(theirs.to(mine.device), alpha=1.0 - decay)
+        else:
+            mine.copy_(theirs)
+    return average

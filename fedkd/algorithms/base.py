@@ -390,6 +390,11 @@ class Algorithm(ABC):
         charged to the client's ledger before the logits leave.
         """
         logits = predict_logits(model, x, batch_size=self.cfg.train.eval_batch_size)
+        return self.release(client, logits, rnd)
+
+    def release(self, client: ClientContext, logits: np.ndarray, rnd: int) -> np.ndarray:
+        """``logits`` [N, C] that the client computed on shared inputs, made ready to send: as
+        they are, or noised and charged as :meth:`release_logits` says."""
         privacy = self.cfg.privacy
         if privacy.output_noise > 0 and not privacy.dp_sgd:
             rng = np.random.default_rng([self.cfg.seed, rnd, client.partition_id, OUTPUT_NOISE_STREAM])

@@ -24,9 +24,10 @@ client's distillation on the targets it was sent).
 
 from __future__ import annotations
 
+import copy
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from torch import nn
@@ -40,7 +41,7 @@ from fedkd.errors import ConfigError
 from fedkd.protocol import ArraySpec, InvalidReply, Payload, PhaseSpec
 from fedkd.secagg import SecAggConfig, SecureSum, check_public_keys, public_key_specs, secure_sum
 from fedkd.secagg import client as secagg_client
-from fedkd.training import FitStats, fit_to_targets, seeded_generator
+from fedkd.training import FitStats, averaged, fit_to_targets, seeded_generator
 
 #: Seed stream of the server student's batches (client streams use partition ids).
 SERVER_STREAM = 2**31 - 1
@@ -63,7 +64,7 @@ class ProxyAnswers(NamedTuple):
 class PublicSetAlgorithm(Algorithm):
     """Base of the algorithms that share logits on announced public (proxy) samples."""
 
-    SERVER_STATE = ("_student", "_rng", "_replay")
+    SERVER_STATE = ("_student", "_rng", "_replay", "_average")
     DEVICE_READY = True
     SECURE_AGGREGATION = True
     NEEDS_NUM_EXAMPLES = False  # only the train metrics (and the weighted rule, which needs
@@ -96,6 +97,9 @@ class PublicSetAlgorithm(Algorithm):
     def __init__(self, *args, **kwargs) -> None:  # noqa: D107 - see Algorithm
         super().__init__(*args, **kwargs)
         self._student: nn.Module | None = None
+        #: The running average of the student's weights (``distill.average`` > 0), evaluated as
+        #: the global model; None before the first round.
+        self._average: nn.Module | None = None
         self._public: ArrayDataset | None = None
         self._rng = np.random.default_rng([self.cfg.seed, self.INDEX_STREAM])
         #: (inputs, targets) of recent rounds, newest last, for the student's replay.
@@ -110,7 +114,20 @@ class PublicSetAlgorithm(Algorithm):
         self._student = self.build_model(seed=self.cfg.seed)
 
     def global_model(self) -> nn.Module | None:
-        return self._student
+        """The student, or with ``distill.average`` > 0 the running average of its weights."""
+        return self._average if self._average is not None else self._student
+
+    def update_average(self) -> None:
+        """Fold the student of this round into the running average (``distill.average`` > 0):
+        post-processing of the server's own model, no privacy cost."""
+        if self.cfg.distill.average > 0:
+            assert self._student is not None, "setup_server not called"
+            self._average = averaged(self._average, self._student, self.cfg.distill.average)
+
+    def load_server_state(self, state: Mapping[str, Any]) -> None:
+        if state.get("_average") is not None and self._average is None:
+            self._average = copy.deepcopy(self._student)  # the shape the saved average loads into
+        super().load_server_state(state)
 
     def announce(self) -> np.ndarray:
         """This round's public indices: ``distill.public-batch`` of them, sorted."""
@@ -217,12 +234,14 @@ class PublicSetAlgorithm(Algorithm):
         all_inputs = np.concatenate([x for x, _ in self._replay])
         all_targets = np.concatenate([t for _, t in self._replay])
         distill = self.cfg.distill
-        return fit_to_targets(
+        stats = fit_to_targets(
             self._student, all_inputs, all_targets, steps=distill.server_steps,
             batch_size=self.cfg.train.batch_size, learning_rate=self.cfg.train.learning_rate,
             temperature=distill.temperature, loss=self.distill_loss,
             generator=seeded_generator(self.cfg.seed, rnd, SERVER_STREAM),
         )
+        self.update_average()
+        return stats
 
     def teach(self, rnd: int, teachers: list[int], indices: np.ndarray, targets: np.ndarray,
               exchange: Exchange, phase: PhaseSpec) -> tuple[FitStats, ExchangeResult]:
@@ -257,7 +276,12 @@ class PublicSetAlgorithm(Algorithm):
         """What a client sends for the announced samples: its logits (noised where the model is
         not private), plus its label counts when the rule needs counts. Under secure
         aggregation it keeps its summands (:meth:`secure_summands`) and sends public keys."""
-        logits = self.release_logits(client, model, x_pub, rnd)
+        return self.upload_released(client, self.release_logits(client, model, x_pub, rnd), rnd)
+
+    def upload_released(self, client: ClientContext, logits: np.ndarray,
+                        rnd: int) -> dict[str, np.ndarray]:
+        """:meth:`upload` of logits already released (:meth:`~fedkd.algorithms.base.Algorithm.
+        release`)."""
         if self.cfg.aggregation.secure:
             contribution = self.secure_summands(client, logits, rnd)
             return secagg_client.advertise(client.state, contribution, rnd)

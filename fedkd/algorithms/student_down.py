@@ -32,7 +32,7 @@ Round t, sampled clients :math:`S_t`, announced proxy indices :math:`I_t`
    DP-SGD trains this loss when configured;
 3. **logits up**: the client answers with its logits on :math:`x_{I_t}` (``[n, C]``; with
    ``calibrate = "prior"`` re-centred per class on the student's over the batch,
-   :class:`PriorCorrected`) and, with
+   :func:`prior_corrected`) and, with
    ``student-down.certainty = "support"``, a certainty per sample :math:`c_k(x) = \sum_c
    \sigma(f_{\theta_t}(x))_c\, \min(1, C\,\pi_k(c))` in [0, 1] (:math:`\pi_k`: its label
    shares; a class it holds at least its uniform share of counts fully): how likely the
@@ -53,8 +53,18 @@ Round t, sampled clients :math:`S_t`, announced proxy indices :math:`I_t`
    the targets are first moved :math:`\eta` times as far from the student's own answer (in
    logits: a server learning rate in function space); ``server-momentum`` is the SGD momentum
    of the students' distillation (restarted every ``check-every`` steps when checking or
-   augmenting). ``distill.replay-rounds`` > 1 replays
-   earlier rounds' targets (default: this round's only; earlier targets come from older students).
+   augmenting); ``server-batch`` is its mini-batch size. A fit whose loss or weights turn
+   non-finite is undone and redone at half the server-lr (down to 1); if even that diverges,
+   the student stays as it was, and the console says so (``student-server-lr`` reports the
+   server-lr the round used). ``distill.replay-rounds`` > 1 replays
+   earlier rounds' targets (default: this round's only; earlier targets come from older students);
+6. **server optimiser over rounds**: with ``round-momentum`` :math:`\beta > 0` each student's
+   weight change of the round is applied with FedAvgM's momentum (:func:`with_momentum`); with
+   ``distill.average`` :math:`d > 0` the global model evaluated on the test set is the running
+   average of the global student's weights over rounds, :math:`\bar\theta \leftarrow
+   d\bar\theta + (1-d)\theta` (Polyak averaging, :func:`fedkd.training.averaged`), while the
+   student itself goes down. Both read only the server's own students: post-processing, no
+   privacy cost.
 
 What leaves a client: logits on public inputs and, with certainty, one score per input. Never
 weights or private data. What comes down: the student's weights, trained only on public inputs
@@ -67,6 +77,7 @@ label histogram, which no mechanism here noises per sample, so ``certainty`` ref
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -89,6 +100,8 @@ from fedkd.protocol import Payload, PhaseSpec
 from fedkd.training import (fit_to_targets, model_with_state, predict_logits, seeded_generator,
                             state_to_numpy)
 from fedkd.validate import positive
+
+_log = logging.getLogger("flwr")  # the run's console and log file
 
 #: Seed stream of the server's augmentation shifts.
 AUGMENT_STREAM = 0xA06
@@ -119,6 +132,8 @@ class StudentDownConfig:
     server_model: str = ""
     server_lr: float = 1.0
     server_momentum: float = 0.0
+    server_batch: int = 0
+    round_momentum: float = 0.0
     augment_shift: int = 0
     holdout: float = 0.1
     check_every: int = 50
@@ -134,13 +149,16 @@ class StudentDownConfig:
         if self.server_model and self.server_model not in MODELS:
             raise ConfigError(f"student-down.server-model {self.server_model!r} is not a model of "
                               f"the zoo; valid names: {', '.join(MODELS.names())}")
-        for name in ("kd_weight", "prox_mu", "augment_shift", "patience"):
+        for name in ("kd_weight", "prox_mu", "augment_shift", "patience", "server_batch"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"student-down.{name.replace('_', '-')} must be >= 0")
         if not 0.0 < self.holdout < 1.0:
             raise ConfigError(f"student-down.holdout must be in (0, 1), got {self.holdout!r}")
         positive("student-down.check-every", self.check_every)
         positive("student-down.server-lr", self.server_lr)
+        if not 0.0 <= self.round_momentum < 1.0:
+            raise ConfigError("student-down.round-momentum must be in [0, 1), got "
+                              f"{self.round_momentum!r}")
         if not 0.0 <= self.server_momentum < 1.0:
             raise ConfigError("student-down.server-momentum must be in [0, 1), got "
                               f"{self.server_momentum!r}")
@@ -166,7 +184,7 @@ class StudentDown(PublicSetAlgorithm):
     samples up, the student distils their aggregate."""
 
     config_sections = {"student-down": StudentDownConfig}
-    SERVER_STATE = ("_students", "_rng", "_replay")
+    SERVER_STATE = ("_students", "_rng", "_replay", "_average", "_velocity")  # see the base
     INDEX_STREAM = 0x57D0
 
     @classmethod
@@ -195,6 +213,8 @@ class StudentDown(PublicSetAlgorithm):
         #: The global model's architecture (evaluated on the test set; may never go down).
         self.server_architecture = self.options.server_model or train.model
         self._students = nn.ModuleDict()
+        #: Per student, the running sum of its rounds' weight changes (``round-momentum``).
+        self._velocity: dict[str, dict[str, torch.Tensor]] = {}
 
     # ----- server half --------------------------------------------------------------------
     def setup_server(self, data: FederatedData) -> None:
@@ -247,19 +267,38 @@ class StudentDown(PublicSetAlgorithm):
         t = np.concatenate([b for _, b in self._replay])
         out: dict[str, float] = {}
         for i, (arch, student) in enumerate(self._students.items()):
-            goal = self.extrapolated(student, x, t)
-            loss, steps, held = self.distill_one(student, x, goal, rnd, stream=i)
+            before = copy.deepcopy(student.state_dict())
+            eta = self.options.server_lr
+            while True:  # a fit that diverges is undone and redone at half the server-lr
+                goal = self.extrapolated(student, x, t, eta)
+                loss, steps, held = self.distill_one(student, x, goal, rnd, stream=i)
+                if np.isfinite(loss) and all(torch.isfinite(v).all()
+                                             for v in student.state_dict().values()):
+                    break
+                student.load_state_dict(before)
+                if eta == 1.0:  # even the targets themselves: keep the student of last round
+                    _log.warning("%s: round %d, the %s student's fit diverged; kept as it was",
+                                 self.name, rnd, arch)
+                    loss, steps = float("nan"), 0
+                    break
+                _log.warning("%s: round %d, the %s student's fit diverged at server-lr %g; "
+                             "redone at %g", self.name, rnd, arch, eta, max(1.0, eta / 2))
+                eta = max(1.0, eta / 2)
+            if self.options.round_momentum:
+                self._velocity[arch] = with_momentum(student, before, self._velocity.get(arch),
+                                                     self.options.round_momentum)
             if arch == self.server_architecture:
                 out = {"student-distill-loss": loss, "student-steps": float(steps),
-                       "student-holdout-kl": held}
+                       "student-holdout-kl": held, "student-server-lr": eta}
+        self.update_average()
         return out
 
-    def extrapolated(self, student: nn.Module, x: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        r"""The targets moved ``server-lr`` times as far from the student's own answer:
+    def extrapolated(self, student: nn.Module, x: np.ndarray, targets: np.ndarray,
+                     eta: float) -> np.ndarray:
+        r"""The targets moved ``eta`` (``server-lr``) times as far from the student's own answer:
         :math:`\sigma\big((z_s + \eta\,(T \log t - z_s)) / T\big)`, logits centred per row
         (:math:`\eta` = 1: the targets themselves). Like a server learning rate in FedAvg, on
         the function the student computes instead of its weights."""
-        eta = self.options.server_lr
         if eta == 1.0:
             return targets
         temperature = self.cfg.distill.temperature
@@ -292,7 +331,8 @@ class StudentDown(PublicSetAlgorithm):
             n = min(chunk, distill.server_steps - steps)
             stats = fit_to_targets(
                 student, shifted(x[fit], options.augment_shift, rng), targets[fit], steps=n,
-                batch_size=self.cfg.train.batch_size, learning_rate=self.cfg.train.learning_rate,
+                batch_size=options.server_batch or self.cfg.train.batch_size,
+                learning_rate=self.cfg.train.learning_rate,
                 momentum=options.server_momentum, temperature=distill.temperature,
                 loss=self.distill_loss, generator=generator)
             steps += n
@@ -328,9 +368,12 @@ class StudentDown(PublicSetAlgorithm):
         # the student's answer on the batch, once: calibration's reference, certainty's judge
         student_logits = (predict_logits(teacher, x_pub, batch_size=batch)
                           if certainty or calibrate else None)
-        answering = (PriorCorrected(model, student_logits.mean(axis=0), x_pub, batch)
-                     if calibrate else model)
-        arrays = self.upload(client, answering, x_pub, rnd)
+        if calibrate:  # one pass of the model over the batch: re-centred, then released
+            own = prior_corrected(predict_logits(model, x_pub, batch_size=batch),
+                                  student_logits.mean(axis=0))
+            arrays = self.upload_released(client, self.release(client, own, rnd), rnd)
+        else:
+            arrays = self.upload(client, model, x_pub, rnd)
         if certainty:  # judged by the student: it knows every class
             arrays[CERTAINTY] = client_certainty(student_logits, client.data.train.y)
         return Payload(arrays=arrays, metrics={"num-examples": len(client.data.train),
@@ -378,9 +421,9 @@ class StudentDown(PublicSetAlgorithm):
         return prox
 
 
-class PriorCorrected(nn.Module):
-    r"""A client model whose logits on the announced batch :math:`X` are re-centred per class on
-    the student's: :math:`z(x) - \bar z_X + \bar z^{s}_X` (bars: means over :math:`X`;
+def prior_corrected(logits: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    r"""A client's logits [N, C] on the announced batch :math:`X` re-centred per class on the
+    student's: :math:`z(x) - \bar z_X + \bar z^{s}_X` (bars: means over :math:`X`;
     ``reference`` is :math:`\bar z^{s}_X`).
 
     Local training on a label-skewed split shifts a model's logits towards the classes it holds
@@ -389,17 +432,28 @@ class PriorCorrected(nn.Module):
     between inputs. The student's means are public (the server sent the student), so the
     correction is post-processing of the client's own logits.
     """
+    shift = np.asarray(reference, np.float32) - logits.mean(axis=0)
+    return logits + shift
 
-    def __init__(self, model: nn.Module, reference: np.ndarray, x: np.ndarray,
-                 batch_size: int) -> None:
-        super().__init__()
-        self.model = model
-        own = predict_logits(model, x, batch_size=batch_size).mean(axis=0)
-        #: the student's mean logits on ``x`` minus the model's [C]
-        self.register_buffer("shift", torch.from_numpy(np.asarray(reference, np.float32) - own))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x) + self.shift.to(x.device)
+@torch.no_grad()
+def with_momentum(model: nn.Module, before: dict[str, torch.Tensor],
+                  velocity: dict[str, torch.Tensor] | None,
+                  beta: float) -> dict[str, torch.Tensor]:
+    r"""Server momentum over rounds on the student's weights (FedAvgM's rule, Hsu et al. 2019,
+    on the change the distillation made): :math:`v \leftarrow \beta v + (\theta' - \theta)`,
+    then :math:`\theta' \leftarrow \theta + v`. ``model`` holds :math:`\theta'` and is set in
+    place; ``before`` is :math:`\theta`. Integer buffers are left as the distillation set them.
+    Returns the new velocity."""
+    out: dict[str, torch.Tensor] = {}
+    for name, value in model.state_dict().items():
+        if not value.is_floating_point():
+            continue
+        change = value - before[name].to(value.device)
+        v = change if velocity is None else beta * velocity[name].to(value.device) + change
+        value.copy_(before[name].to(value.device) + v)
+        out[name] = v.detach().clone()
+    return out
 
 
 @torch.no_grad()

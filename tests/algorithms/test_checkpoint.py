@@ -21,9 +21,11 @@ def table(rows: list[dict]) -> list[list]:
     [
         {"algorithm": "fedavg"},
         {"algorithm": "fedgen", "train.model": "fedgen-cnn", "fedgen.generator-steps": 5},
-        # every student (one goes down, a larger one stays) and two rounds of replayed targets
+        # every student (one goes down, a larger one stays), two rounds of replayed targets and
+        # the running average evaluated as the global model
         {"algorithm": "student-down", "student-down.server-model": "fedgen-cnn",
-         "distill.replay-rounds": 2, "distill.public-batch": 60, "distill.server-steps": 10},
+         "distill.replay-rounds": 2, "distill.public-batch": 60, "distill.server-steps": 10,
+         "distill.average": 0.5},
     ],
     ids=["fedavg", "fedgen", "student-down"],
 )

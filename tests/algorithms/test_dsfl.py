@@ -130,3 +130,27 @@ def test_dsfl_certainty_refusals_say_why(overrides: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         cfg = build_config({"data.dataset": "digits", **overrides})
         ALGORITHMS.get(cfg.algorithm)(cfg, 10, (1, 8, 8))
+
+
+def test_the_global_model_is_the_running_average_of_the_student() -> None:
+    # distill.average = 0.5 on a public-set algorithm: after two distillations the global model
+    # is 0.5 * (round-1 student) + 0.5 * (round-2 student), weight by weight; the student itself
+    # stays what it was trained to.
+    from fedkd.algorithms.dsfl import DSFL
+    from fedkd.training import state_to_numpy
+
+    cfg = build_config({"algorithm": "dsfl", "data.dataset": "digits", **FAST,
+                        "distill.average": 0.5, "data.num-partitions": 3})
+    data = load_federated(cfg.data)
+    algorithm = DSFL(cfg, data.num_classes, data.input_shape)
+    algorithm.setup_server(data)
+    assert algorithm.global_model() is algorithm._student
+    targets = np.random.default_rng(0).dirichlet(np.ones(10), size=60).astype(np.float32)
+    algorithm.distill_student(np.arange(60), targets, rnd=1)
+    first = state_to_numpy(algorithm._student)
+    algorithm.distill_student(np.arange(60, 120), targets, rnd=2)
+    second = state_to_numpy(algorithm._student)
+    average = state_to_numpy(algorithm.global_model())
+    for name, value in average.items():
+        np.testing.assert_allclose(value, 0.5 * first[name] + 0.5 * second[name], atol=1e-6)
+        assert not np.allclose(value, second[name]), name

@@ -12,12 +12,13 @@ from client.app import client_context
 from fedkd.algorithms.base import PERSONAL_PREFIX
 from fedkd.algorithms.public_set import ProxyAnswers
 from fedkd.algorithms.certainty import CERTAINTY, support_certainty
-from fedkd.algorithms.student_down import AUGMENT_STREAM, StudentDown, heldout_kl, shifted
+from fedkd.algorithms.student_down import (AUGMENT_STREAM, StudentDown, heldout_kl, shifted,
+                                           with_momentum)
 from fedkd.compose import build_config
 from fedkd.data.federated import load_federated
 from fedkd.errors import ConfigError
 from fedkd.protocol import InvalidReply, Payload, encode, validate_reply
-from fedkd.training import predict_logits, state_to_numpy
+from fedkd.training import averaged, predict_logits, state_to_numpy
 from tests.algorithms.inprocess import run_inprocess
 
 FAST = {"algorithm": "student-down", "distill.public-batch": 60, "distill.server-steps": 10,
@@ -193,6 +194,8 @@ def test_a_malformed_certainty_is_rejected(certainty: np.ndarray) -> None:
     ({"student-down.server-momentum": 1.0}, "server-momentum"),
     ({"student-down.server-model": "vgg"}, "not a model of the zoo"),
     ({"student-down.holdout": 1.0}, "holdout must be in"),
+    ({"student-down.round-momentum": -0.1}, "round-momentum must be in"),
+    ({"student-down.server-batch": -1}, "server-batch must be >= 0"),
 ])
 def test_refused_configurations_say_why(overrides: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -248,11 +251,87 @@ def test_a_server_learning_rate_moves_the_targets_further_from_the_student() -> 
     x = algorithm._public.x[:4]
     own = torch.softmax(torch.from_numpy(predict_logits(student, x)), 1)
     targets = np.full((4, 10), 0.1, np.float32)
-    moved = algorithm.extrapolated(student, x, targets)
+    moved = algorithm.extrapolated(student, x, targets, 2.0)
     np.testing.assert_allclose(moved.sum(1), 1.0, atol=1e-5)
     log_own = np.log(own.numpy())
     expected = -(log_own - log_own.mean(1, keepdims=True))  # own + 2 (uniform - own) = -own
     log_moved = np.log(moved)
     np.testing.assert_allclose(log_moved - log_moved.mean(1, keepdims=True), expected, atol=1e-4)
     _, plain, _ = _setup({})
-    assert plain.extrapolated(student, x, targets) is targets
+    assert plain.extrapolated(student, x, targets, 1.0) is targets
+
+
+def test_the_running_average_of_the_student_known_values() -> None:
+    # d = 0.75: the first average is a copy; then 0.75 * 1 + 0.25 * 5 = 2 for every float
+    # weight, and integer buffers (BatchNorm's step count) are taken as they are.
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    with torch.no_grad():
+        for v in model.state_dict().values():
+            v.fill_(1)
+    first = averaged(None, model, 0.75)
+    assert first is not model and all(torch.equal(a, b) for a, b in zip(
+        first.state_dict().values(), model.state_dict().values()))
+    with torch.no_grad():
+        for v in model.state_dict().values():
+            v.fill_(5)
+    second = averaged(first, model, 0.75)
+    assert second is first
+    for name, value in second.state_dict().items():
+        expected = 5 if name.endswith("num_batches_tracked") else 2
+        assert torch.all(value == expected), name
+
+
+def test_the_global_model_is_the_average_and_the_student_goes_down() -> None:
+    # With average > 0 the test set sees the running average; the clients still get the
+    # student itself, and after two rounds the two differ.
+    _, algorithm, _ = _setup({"distill.average": 0.5})
+    assert algorithm.global_model() is algorithm._students["mlp"]  # before any round
+    targets = np.random.default_rng(0).dirichlet(np.ones(10), size=60).astype(np.float32)
+    for rnd in (1, 2):
+        algorithm.distill_students(np.arange(60), targets, rnd=rnd)
+    average, student = algorithm.global_model(), algorithm._students["mlp"]
+    assert average is not student
+    sent = algorithm.proxy_request(3, algorithm.announce()).arrays
+    for name, value in state_to_numpy(student).items():
+        np.testing.assert_array_equal(sent[f"mlp/{name}"], value)
+        assert not np.allclose(state_to_numpy(average)[name], value), name
+
+
+def test_round_momentum_known_values() -> None:
+    # beta = 0.5. Round 1: the weight moved 1 -> 3, v = 2, kept at 3. Round 2: moved 3 -> 4,
+    # v = 0.5 * 2 + 1 = 2, so the weight lands at 3 + 2 = 5. Integer buffers stay as set.
+    model = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False), torch.nn.BatchNorm1d(1))
+    weight = model[0].weight
+    with torch.no_grad():
+        weight.fill_(1)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        weight.fill_(3)
+        model[1].num_batches_tracked.fill_(7)
+    velocity = with_momentum(model, before, None, 0.5)
+    assert weight.item() == 3 and velocity["0.weight"].item() == 2
+    assert "1.num_batches_tracked" not in velocity and int(model[1].num_batches_tracked) == 7
+    with torch.no_grad():
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        weight.fill_(4)
+    velocity = with_momentum(model, before, velocity, 0.5)
+    assert weight.item() == 5 and velocity["0.weight"].item() == 2
+
+
+def test_a_diverging_fit_is_redone_at_half_the_server_lr_and_never_kept(caplog) -> None:  # noqa: ANN001
+    # At learning rate 1e6 every fit diverges: the round tries server-lr 4, 2 and 1, says so,
+    # and keeps last round's student (finite, unchanged) rather than a broken one.
+    _, algorithm, _ = _setup({"student-down.server-lr": 4.0, "train.learning-rate": 1e6,
+                              "distill.average": 0.5})
+    student = algorithm._students["mlp"]
+    kept = {k: v.clone() for k, v in student.state_dict().items()}
+    targets = np.random.default_rng(0).dirichlet(np.ones(10), size=60).astype(np.float32)
+    with caplog.at_level("WARNING", logger="flwr"):
+        stats = algorithm.distill_students(np.arange(60), targets, rnd=1)
+    said = [r.getMessage() for r in caplog.records]
+    assert any("diverged at server-lr 4; redone at 2" in m for m in said), said
+    assert any("diverged at server-lr 2; redone at 1" in m for m in said), said
+    assert any("diverged; kept as it was" in m for m in said), said
+    assert stats["student-server-lr"] == 1.0 and stats["student-steps"] == 0
+    for name, value in student.state_dict().items():
+        assert torch.equal(value, kept[name]), name
+    assert all(torch.isfinite(v).all() for v in algorithm.global_model().state_dict().values())

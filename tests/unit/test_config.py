@@ -92,6 +92,7 @@ def test_int_accepted_where_float_expected() -> None:
         ({"aggregation.max-abs-logit": 0.0}, r"max-abs-logit must be > 0"),
         ({"distill.public-batch": 0}, r"distill.public-batch must be > 0"),
         ({"distill.steps": -1}, r"distill.steps must be >= 0"),
+        ({"distill.average": 1.0}, r"distill.average must be in \[0, 1\)"),
         ({"attack.mode": "zap"}, r"unknown attack 'zap'; valid names: none, .*nan"),
         ({"attack.partitions": "0,x"}, r"attack.partitions must be comma-separated integers"),
     ],
