@@ -73,13 +73,13 @@ CLIENT_GLOBAL_TEST = 2000
 #: Logits up, the student down (``student-down``), at the best of the in-process levers
 #: (``benchmarks/logit_levers.py``): the logit-mean rule on prior-calibrated logits, the student
 #: fitted with MSE on logits to them moved three times as far from its own answer (server-lr 3),
-#: the global model the running average of the student over rounds (average 0.8), nothing kept
+#: the global model the running average of the student over rounds (average 0.9), nothing kept
 #: locally beyond the student start, this round's targets only.
 STUDENT_DOWN: dict[str, Any] = {
     "algorithm": "student-down", "aggregation.rule": "logit-mean", "student-down.calibrate": "prior",
     "student-down.local-loss": "none", **PROXY, "distill.replay-rounds": 1,
     "distill.loss": "mse-logits", "student-down.server-lr": 3.0,
-    "distill.average": 0.8}
+    "distill.average": 0.9}
 
 ROWS: dict[str, dict[str, Any]] = {
     "fedavg": {"algorithm": "fedavg"},
