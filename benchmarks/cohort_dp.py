@@ -24,9 +24,10 @@ target client-level epsilon at ``delta = 1 / (10 * population)``. Rows per cohor
   the same population and sampling.
 
 The round loop, the contract checks, the client half, secure aggregation and the ledgers are the
-production code, in one process (``tests.algorithms.inprocess.InProcessExchange`` over :class:`RoundClients`: a client is
-built when it is sampled and forgotten after its round, as a logical client; no Flower transport, whose cost at
-these cohort sizes ``benchmarks/population.py`` measures).
+production code, in one process (``tests.algorithms.inprocess.InProcessExchange`` over
+:class:`RoundClients`: a client is built when it is sampled and forgotten after its round, as a
+logical client; no Flower transport, whose cost at these cohort sizes
+``benchmarks/population.py`` measures).
 
 Run::
 

@@ -107,9 +107,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "student-down, logit-mean + prior, mse on logits, larger server student": {
         **SD, "aggregation.rule": "logit-mean", "student-down.calibrate": "prior",
         "distill.loss": "mse-logits", "student-down.server-model": "cnn"},
-    # This session's levers on the best row (server-lr 2): the evaluated global model a running
-    # average of the student over rounds; fewer server steps (speed); larger server batches.
-    "student-down, best, average 0.8": {**BEST, "distill.average": 0.8},
+    # A server optimiser over rounds on the best row (logit_levers_100_avg.md, _s3.md): the
+    # evaluated global model a running average of the student (distill.average), a larger
+    # server-lr, round momentum; fewer server steps and larger server batches (speed).
     "student-down, best, server lr 2, average 0.8": {
         **BEST, "student-down.server-lr": 2.0, "distill.average": 0.8},
     "student-down, best, server lr 3, average 0.8": {
@@ -185,8 +185,6 @@ def table(results: list[dict[str, Any]]) -> str:
                 if fedavg else "-")
             c = [r["consensus5"] for r in group if r["consensus5"] is not None]
             marked = name + (" *" if any(r.get("source") == "scratch" for r in group) else "")
-            for r in group:  # rows written before the column existed
-                r.setdefault("swing20", max(r["curve"][-20:]) - min(r["curve"][-20:]))
             final, *rest = (mean_std_cell(mean_std([r[k] for r in group]), ".4f")
                             for k in ("final", "best", "last5", "swing10", "swing20"))
             cells.append([partition, marked, len(group), final, paired, *rest,

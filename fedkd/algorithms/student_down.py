@@ -268,22 +268,7 @@ class StudentDown(PublicSetAlgorithm):
         out: dict[str, float] = {}
         for i, (arch, student) in enumerate(self._students.items()):
             before = copy.deepcopy(student.state_dict())
-            eta = self.options.server_lr
-            while True:  # a fit that diverges is undone and redone at half the server-lr
-                goal = self.extrapolated(student, x, t, eta)
-                loss, steps, held = self.distill_one(student, x, goal, rnd, stream=i)
-                if np.isfinite(loss) and all(torch.isfinite(v).all()
-                                             for v in student.state_dict().values()):
-                    break
-                student.load_state_dict(before)
-                if eta == 1.0:  # even the targets themselves: keep the student of last round
-                    _log.warning("%s: round %d, the %s student's fit diverged; kept as it was",
-                                 self.name, rnd, arch)
-                    loss, steps = float("nan"), 0
-                    break
-                _log.warning("%s: round %d, the %s student's fit diverged at server-lr %g; "
-                             "redone at %g", self.name, rnd, arch, eta, max(1.0, eta / 2))
-                eta = max(1.0, eta / 2)
+            loss, steps, held, eta = self.fit_backing_off(arch, student, before, x, t, rnd, i)
             if self.options.round_momentum:
                 self._velocity[arch] = with_momentum(student, before, self._velocity.get(arch),
                                                      self.options.round_momentum)
@@ -292,6 +277,29 @@ class StudentDown(PublicSetAlgorithm):
                        "student-holdout-kl": held, "student-server-lr": eta}
         self.update_average()
         return out
+
+    def fit_backing_off(self, arch: str, student: nn.Module, before: dict[str, torch.Tensor],
+                        x: np.ndarray, targets: np.ndarray, rnd: int,
+                        stream: int) -> tuple[float, int, float, float]:
+        """:meth:`distill_one` towards the targets moved ``server-lr`` times as far; a fit whose
+        loss or weights turn non-finite is undone (back to ``before``) and redone at half the
+        server-lr, down to 1; if that diverges too, the student stays as it was. Returns (loss,
+        steps, held-out KL, server-lr used)."""
+        eta = self.options.server_lr
+        while True:
+            goal = self.extrapolated(student, x, targets, eta)
+            loss, steps, held = self.distill_one(student, x, goal, rnd, stream)
+            if np.isfinite(loss) and all(torch.isfinite(v).all()
+                                         for v in student.state_dict().values()):
+                return loss, steps, held, eta
+            student.load_state_dict(before)
+            if eta == 1.0:
+                _log.warning("%s: round %d, the %s student's fit diverged; kept as it was",
+                             self.name, rnd, arch)
+                return float("nan"), 0, held, eta
+            _log.warning("%s: round %d, the %s student's fit diverged at server-lr %g; redone "
+                         "at %g", self.name, rnd, arch, eta, max(1.0, eta / 2))
+            eta = max(1.0, eta / 2)
 
     def extrapolated(self, student: nn.Module, x: np.ndarray, targets: np.ndarray,
                      eta: float) -> np.ndarray:
@@ -368,12 +376,10 @@ class StudentDown(PublicSetAlgorithm):
         # the student's answer on the batch, once: calibration's reference, certainty's judge
         student_logits = (predict_logits(teacher, x_pub, batch_size=batch)
                           if certainty or calibrate else None)
-        if calibrate:  # one pass of the model over the batch: re-centred, then released
-            own = prior_corrected(predict_logits(model, x_pub, batch_size=batch),
-                                  student_logits.mean(axis=0))
-            arrays = self.upload_released(client, self.release(client, own, rnd), rnd)
-        else:
-            arrays = self.upload(client, model, x_pub, rnd)
+        own = predict_logits(model, x_pub, batch_size=batch)  # one pass of the model
+        if calibrate:
+            own = prior_corrected(own, student_logits.mean(axis=0))
+        arrays = self.upload_released(client, self.release(client, own, rnd), rnd)
         if certainty:  # judged by the student: it knows every class
             arrays[CERTAINTY] = client_certainty(student_logits, client.data.train.y)
         return Payload(arrays=arrays, metrics={"num-examples": len(client.data.train),

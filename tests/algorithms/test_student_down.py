@@ -18,7 +18,7 @@ from fedkd.compose import build_config
 from fedkd.data.federated import load_federated
 from fedkd.errors import ConfigError
 from fedkd.protocol import InvalidReply, Payload, encode, validate_reply
-from fedkd.training import averaged, predict_logits, state_to_numpy
+from fedkd.training import predict_logits, state_to_numpy
 from tests.algorithms.inprocess import run_inprocess
 
 FAST = {"algorithm": "student-down", "distill.public-batch": 60, "distill.server-steps": 10,
@@ -259,26 +259,6 @@ def test_a_server_learning_rate_moves_the_targets_further_from_the_student() -> 
     np.testing.assert_allclose(log_moved - log_moved.mean(1, keepdims=True), expected, atol=1e-4)
     _, plain, _ = _setup({})
     assert plain.extrapolated(student, x, targets, 1.0) is targets
-
-
-def test_the_running_average_of_the_student_known_values() -> None:
-    # d = 0.75: the first average is a copy; then 0.75 * 1 + 0.25 * 5 = 2 for every float
-    # weight, and integer buffers (BatchNorm's step count) are taken as they are.
-    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
-    with torch.no_grad():
-        for v in model.state_dict().values():
-            v.fill_(1)
-    first = averaged(None, model, 0.75)
-    assert first is not model and all(torch.equal(a, b) for a, b in zip(
-        first.state_dict().values(), model.state_dict().values()))
-    with torch.no_grad():
-        for v in model.state_dict().values():
-            v.fill_(5)
-    second = averaged(first, model, 0.75)
-    assert second is first
-    for name, value in second.state_dict().items():
-        expected = 5 if name.endswith("num_batches_tracked") else 2
-        assert torch.all(value == expected), name
 
 
 def test_the_global_model_is_the_average_and_the_student_goes_down() -> None:

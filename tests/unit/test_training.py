@@ -8,6 +8,7 @@ from fedkd.algorithms.fedavg import weighted_average
 from fedkd.data.datasets import ArrayDataset
 from fedkd.models import build_model
 from fedkd.training import (
+    averaged,
     batch_indices,
     evaluate,
     fit_supervised,
@@ -87,3 +88,23 @@ def test_state_round_trip() -> None:
     load_numpy_state(b, state_to_numpy(a))
     x = torch.zeros(2, 1, 28, 28)
     assert torch.equal(a(x), b(x))
+
+
+def test_the_running_average_of_the_student_known_values() -> None:
+    # d = 0.75: the first average is a copy; then 0.75 * 1 + 0.25 * 5 = 2 for every float
+    # weight, and integer buffers (BatchNorm's step count) are taken as they are.
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    with torch.no_grad():
+        for v in model.state_dict().values():
+            v.fill_(1)
+    first = averaged(None, model, 0.75)
+    assert first is not model and all(torch.equal(a, b) for a, b in zip(
+        first.state_dict().values(), model.state_dict().values()))
+    with torch.no_grad():
+        for v in model.state_dict().values():
+            v.fill_(5)
+    second = averaged(first, model, 0.75)
+    assert second is first
+    for name, value in second.state_dict().items():
+        expected = 5 if name.endswith("num_batches_tracked") else 2
+        assert torch.all(value == expected), name
