@@ -132,6 +132,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "student-down, best, server lr 2, average 0.8, round momentum 0.5": {
         **BEST, "student-down.server-lr": 2.0, "student-down.round-momentum": 0.5,
         "distill.average": 0.8},
+    # Speed: fewer server steps at SGD momentum 0.9 (logit_levers_s3.md).
+    **{f"student-down, best, server lr 3, average 0.9, {n} server steps, momentum 0.9": {
+        **BEST, "student-down.server-lr": 3.0, "distill.average": 0.9,
+        "distill.server-steps": n, "student-down.server-momentum": 0.9} for n in (150, 100, 50)},
     # Bytes with McMahan's CNN (1.66 M weights; the logits up do not depend on the model).
     "fedavg, McMahan CNN": {"algorithm": "fedavg", "train.model": "cnn"},
     "student-down, best, server lr 3, average 0.8, McMahan CNN": {
@@ -143,6 +147,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "student-down, logit-mean + prior, mse on logits, DP epsilon 8": {**BEST, **DP_EPSILON_8},
     "student-down, best, server lr 3, average 0.8, DP epsilon 8": {
         **BEST, "student-down.server-lr": 3.0, "distill.average": 0.8, **DP_EPSILON_8},
+    "student-down, best, server lr 3, average 0.9, DP epsilon 8": {
+        **BEST, "student-down.server-lr": 3.0, "distill.average": 0.9, **DP_EPSILON_8},
     "dsfl, DP epsilon 8": {"algorithm": "dsfl", "aggregation.rule": "era", **DP_EPSILON_8},
 }
 

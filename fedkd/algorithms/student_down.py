@@ -56,7 +56,9 @@ Round t, sampled clients :math:`S_t`, announced proxy indices :math:`I_t`
    augmenting); ``server-batch`` is its mini-batch size. A fit whose loss or weights turn
    non-finite is undone and redone at half the server-lr (down to 1); if even that diverges,
    the student stays as it was, and the console says so (``student-server-lr`` reports the
-   server-lr the round used). ``distill.replay-rounds`` > 1 replays
+   server-lr the round used). When the fit's loss grows ``server-lr-guard`` times over 25 rounds
+   (:meth:`StudentDown.guard_server_lr`: a server-lr that overshoots, growing each round), the
+   server-lr is cut by a third for the rest of the run. ``distill.replay-rounds`` > 1 replays
    earlier rounds' targets (default: this round's only; earlier targets come from older students);
 6. **server optimiser over rounds**: with ``round-momentum`` :math:`\beta > 0` each student's
    weight change of the round is applied with FedAvgM's momentum (:func:`with_momentum`); with
@@ -105,6 +107,9 @@ _log = logging.getLogger("flwr")  # the run's console and log file
 
 #: Seed stream of the server's augmentation shifts.
 AUGMENT_STREAM = 0xA06
+#: The server-lr guard's rounds: the median of the last GUARD_RECENT fit losses against the
+#: median of the up to GUARD_WINDOW rounds before them (at least GUARD_RECENT of them).
+GUARD_RECENT, GUARD_WINDOW = 5, 20
 LOCAL_LOSSES = ("kd", "feature", "relation", "prox", "none")
 CALIBRATIONS = ("none", "prior")
 
@@ -116,7 +121,8 @@ class StudentDownConfig:
     ``local-loss`` is one of ``kd``, ``feature``, ``relation``, ``prox``, ``none`` (module docstring, step 2),
     weighted by ``kd-weight`` (``prox-mu`` for ``prox``). ``certainty`` is ``none`` or
     ``support``, with teachers below ``certainty-threshold`` left out of a sample.
-    ``server-model`` names a zoo model for the server's global student (empty: ``train.model``);
+    ``server-lr-guard`` is the growth of the server fit's loss that cuts ``server-lr`` by a third (module
+    docstring, step 5; 0: off). ``server-model`` names a zoo model for the server's global student (empty: ``train.model``);
     when it differs from every client architecture it is trained beside the students that go
     down and never sent. ``augment-shift`` (pixels, 0: none) shifts proxy inputs in the server's
     distillation; ``holdout``, ``check-every`` and ``patience`` are the label-free stopping rule
@@ -134,6 +140,7 @@ class StudentDownConfig:
     server_momentum: float = 0.0
     server_batch: int = 0
     round_momentum: float = 0.0
+    server_lr_guard: float = 4.0
     augment_shift: int = 0
     holdout: float = 0.1
     check_every: int = 50
@@ -149,13 +156,17 @@ class StudentDownConfig:
         if self.server_model and self.server_model not in MODELS:
             raise ConfigError(f"student-down.server-model {self.server_model!r} is not a model of "
                               f"the zoo; valid names: {', '.join(MODELS.names())}")
-        for name in ("kd_weight", "prox_mu", "augment_shift", "patience", "server_batch"):
+        for name in ("kd_weight", "prox_mu", "augment_shift", "patience", "server_batch",
+                     "server_lr_guard"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"student-down.{name.replace('_', '-')} must be >= 0")
         if not 0.0 < self.holdout < 1.0:
             raise ConfigError(f"student-down.holdout must be in (0, 1), got {self.holdout!r}")
         positive("student-down.check-every", self.check_every)
         positive("student-down.server-lr", self.server_lr)
+        if 0.0 < self.server_lr_guard <= 1.0:
+            raise ConfigError("student-down.server-lr-guard must be 0 (off) or > 1, got "
+                              f"{self.server_lr_guard!r}")
         if not 0.0 <= self.round_momentum < 1.0:
             raise ConfigError("student-down.round-momentum must be in [0, 1), got "
                               f"{self.round_momentum!r}")
@@ -184,7 +195,8 @@ class StudentDown(PublicSetAlgorithm):
     samples up, the student distils their aggregate."""
 
     config_sections = {"student-down": StudentDownConfig}
-    SERVER_STATE = ("_students", "_rng", "_replay", "_average", "_velocity")  # see the base
+    SERVER_STATE = ("_students", "_rng", "_replay", "_average", "_velocity", "_server_lr",
+                    "_fit_losses")  # see the base
     INDEX_STREAM = 0x57D0
 
     @classmethod
@@ -215,6 +227,10 @@ class StudentDown(PublicSetAlgorithm):
         self._students = nn.ModuleDict()
         #: Per student, the running sum of its rounds' weight changes (``round-momentum``).
         self._velocity: dict[str, dict[str, torch.Tensor]] = {}
+        #: The server-lr rounds start from: ``server-lr`` until the guard lowers it.
+        self._server_lr = self.options.server_lr
+        #: The global student's fit losses since the server-lr last changed (the guard's record).
+        self._fit_losses: list[float] = []
 
     # ----- server half --------------------------------------------------------------------
     def setup_server(self, data: FederatedData) -> None:
@@ -276,7 +292,46 @@ class StudentDown(PublicSetAlgorithm):
                 out = {"student-distill-loss": loss, "student-steps": float(steps),
                        "student-holdout-kl": held, "student-server-lr": eta}
         self.update_average()
+        if "student-distill-loss" in out:
+            self.guard_server_lr(out["student-distill-loss"], rnd)
         return out
+
+    def guard_server_lr(self, loss: float, rnd: int) -> None:
+        """Cut the server-lr by a third for the rest of the run (down to 1) when the server fit's
+        loss grows: the median of the last :data:`GUARD_RECENT` rounds' losses above
+        ``server-lr-guard`` times the median of the (up to :data:`GUARD_WINDOW`) rounds before
+        them. The student then restarts from the running average (``distill.average``), if any.
+
+        Why: a server-lr above 2 overshoots wherever the clients' answers move all the way to
+        what local training makes of the student (the step is then a contraction only below 2);
+        the overshoot swings back each round, larger each time, and the clients' distance from
+        the student, which the fit's loss measures, grows geometrically for tens of rounds
+        before the student collapses (measured: ``docs/results.md``). Noisy rounds do not fire
+        it, as under DP-SGD, where the loss swings 100x between rounds: both sides are medians.
+        A third less takes 3 to 2, the bound for clients that move all the way.
+        """
+        if not np.isfinite(loss):
+            return
+        self._fit_losses.append(float(loss))
+        recent, before = (self._fit_losses[-GUARD_RECENT:],
+                          self._fit_losses[-GUARD_RECENT - GUARD_WINDOW:-GUARD_RECENT])
+        factor = self.options.server_lr_guard
+        if (not factor or self._server_lr <= 1.0 or len(recent) < GUARD_RECENT
+                or len(before) < GUARD_RECENT or np.median(before) <= 0):
+            del self._fit_losses[:-GUARD_RECENT - GUARD_WINDOW]
+            return
+        growth = float(np.median(recent) / np.median(before))
+        if growth > factor:
+            lowered = max(1.0, self._server_lr * 2 / 3)
+            _log.warning("%s: round %d, the server fit's loss grew %.1fx over %d rounds "
+                         "(student-down.server-lr-guard = %g): server-lr %g -> %g from now on",
+                         self.name, rnd, growth, len(before) + len(recent), factor,
+                         self._server_lr, lowered)
+            self._server_lr, self._fit_losses = lowered, []
+            if self._average is not None:  # restart from the average, which did not swing
+                self._student.load_state_dict(self._average.state_dict())
+        else:
+            del self._fit_losses[:-GUARD_RECENT - GUARD_WINDOW]
 
     def fit_backing_off(self, arch: str, student: nn.Module, before: dict[str, torch.Tensor],
                         x: np.ndarray, targets: np.ndarray, rnd: int,
@@ -285,7 +340,7 @@ class StudentDown(PublicSetAlgorithm):
         loss or weights turn non-finite is undone (back to ``before``) and redone at half the
         server-lr, down to 1; if that diverges too, the student stays as it was. Returns (loss,
         steps, held-out KL, server-lr used)."""
-        eta = self.options.server_lr
+        eta = self._server_lr
         while True:
             goal = self.extrapolated(student, x, targets, eta)
             loss, steps, held = self.distill_one(student, x, goal, rnd, stream)

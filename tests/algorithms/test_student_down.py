@@ -196,6 +196,7 @@ def test_a_malformed_certainty_is_rejected(certainty: np.ndarray) -> None:
     ({"student-down.holdout": 1.0}, "holdout must be in"),
     ({"student-down.round-momentum": -0.1}, "round-momentum must be in"),
     ({"student-down.server-batch": -1}, "server-batch must be >= 0"),
+    ({"student-down.server-lr-guard": 0.5}, "server-lr-guard must be 0 \\(off\\) or > 1"),
 ])
 def test_refused_configurations_say_why(overrides: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -315,3 +316,50 @@ def test_a_diverging_fit_is_redone_at_half_the_server_lr_and_never_kept(caplog) 
     for name, value in student.state_dict().items():
         assert torch.equal(value, kept[name]), name
     assert all(torch.isfinite(v).all() for v in algorithm.global_model().state_dict().values())
+
+
+def test_a_growing_fit_loss_lowers_the_server_lr_and_restarts_from_the_average(caplog) -> None:  # noqa: ANN001
+    # server-lr 3, guard 4: the median of the last 5 losses against the median of the (up to)
+    # 20 before, at least 5 of them. One spike does not fire it; a loss whose median grows 5x
+    # does: the server-lr goes 3 -> 2 for the rounds after, the record restarts, and the
+    # student restarts from the running average (the global model).
+    _, algorithm, _ = _setup({"student-down.server-lr": 3.0, "distill.average": 0.5})
+    targets = np.random.default_rng(0).dirichlet(np.ones(10), size=60).astype(np.float32)
+    for rnd in (1, 2):  # two fits: the average differs from the student
+        algorithm.distill_students(np.arange(60), targets, rnd=rnd)
+    student, average = algorithm._students["mlp"], algorithm.global_model()
+    assert not torch.equal(student.state_dict()["body.1.weight"],
+                           average.state_dict()["body.1.weight"])
+    algorithm._fit_losses = []
+    for loss in [1.0, 1.0, 1.0, 1.0, 1.0, 100.0, 1.0, 1.0, 1.0, 1.0, 5.0, 6.0]:
+        algorithm.guard_server_lr(loss, rnd=3)
+    assert algorithm._server_lr == 3.0  # the spike, then medians of 1: no
+    with caplog.at_level("WARNING", logger="flwr"):
+        algorithm.guard_server_lr(7.0, rnd=4)  # median(1, 1, 5, 6, 7) = 5 = 5x the median of 1
+    assert algorithm._server_lr == 2.0 and algorithm._fit_losses == []
+    assert any("grew 5.0x over 13 rounds" in r.getMessage()
+               and "server-lr 3 -> 2" in r.getMessage() for r in caplog.records)
+    for name, value in average.state_dict().items():
+        assert torch.equal(student.state_dict()[name], value), name
+    # The next round's fit starts from server-lr 2, and the state goes into checkpoints.
+    stats = algorithm.distill_students(np.arange(60), targets, rnd=5)
+    assert stats["student-server-lr"] == 2.0
+    state = algorithm.server_state()
+    assert state["_server_lr"] == 2.0 and state["_fit_losses"] == [stats["student-distill-loss"]]
+    # Down to 1 and no further: each time 7 quiet rounds, then 1000 three times (the median
+    # of the last 5 turns at the third).
+    for lowered in (4 / 3, 1.0, 1.0):
+        algorithm._fit_losses = [1.0] * 7
+        for _ in range(3):
+            algorithm.guard_server_lr(1000.0, rnd=6)
+        assert algorithm._server_lr == pytest.approx(lowered)
+    # A loss growing 1.1x a round (3.3x between the medians) never fires it; nor does any
+    # growth with the guard off.
+    _, slow, _ = _setup({"student-down.server-lr": 3.0})
+    for rnd in range(60):
+        slow.guard_server_lr(1.1 ** rnd, rnd)
+    assert slow._server_lr == 3.0 and len(slow._fit_losses) == 25
+    _, off, _ = _setup({"student-down.server-lr": 3.0, "student-down.server-lr-guard": 0})
+    for loss in [1.0] * 5 + [1e6] * 5:
+        off.guard_server_lr(loss, rnd=1)
+    assert off._server_lr == 3.0
