@@ -79,7 +79,7 @@ STUDENT_DOWN: dict[str, Any] = {
     "algorithm": "student-down", "aggregation.rule": "logit-mean", "student-down.calibrate": "prior",
     "student-down.local-loss": "none", **PROXY, "distill.replay-rounds": 1,
     "distill.loss": "mse-logits", "student-down.server-lr": 3.0,
-    "distill.average": 0.9}
+    "distill.average": 0.9, "distill.server-steps": 250, "student-down.server-momentum": 0.5}
 
 ROWS: dict[str, dict[str, Any]] = {
     "fedavg": {"algorithm": "fedavg"},

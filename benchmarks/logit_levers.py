@@ -132,10 +132,22 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "student-down, best, server lr 2, average 0.8, round momentum 0.5": {
         **BEST, "student-down.server-lr": 2.0, "student-down.round-momentum": 0.5,
         "distill.average": 0.8},
-    # Speed: fewer server steps at SGD momentum 0.9 (logit_levers_s3.md).
-    **{f"student-down, best, server lr 3, average 0.9, {n} server steps, momentum 0.9": {
+    # Speed: fewer server steps, plain or at SGD momentum (logit_levers_s3.md).
+    "student-down, best, server lr 3, average 0.9, 150 server steps, momentum 0.9": {
         **BEST, "student-down.server-lr": 3.0, "distill.average": 0.9,
-        "distill.server-steps": n, "student-down.server-momentum": 0.9} for n in (150, 100, 50)},
+        "distill.server-steps": 150, "student-down.server-momentum": 0.9},
+    "student-down, best, server lr 3, average 0.9, 250 server steps, momentum 0.5": {
+        **BEST, "student-down.server-lr": 3.0, "distill.average": 0.9,
+        "distill.server-steps": 250, "student-down.server-momentum": 0.5},
+    "student-down, best, server lr 3, average 0.9, 200 server steps, momentum 0.6": {
+        **BEST, "student-down.server-lr": 3.0, "distill.average": 0.9,
+        "distill.server-steps": 200, "student-down.server-momentum": 0.6},
+    "student-down, best, server lr 3, average 0.9, 150 server steps, momentum 0.67": {
+        **BEST, "student-down.server-lr": 3.0, "distill.average": 0.9,
+        "distill.server-steps": 150, "student-down.server-momentum": 0.67},
+    "student-down, best, server lr 3, average 0.9, 300 server steps": {
+        **BEST, "student-down.server-lr": 3.0, "distill.average": 0.9,
+        "distill.server-steps": 300},
     # Bytes with McMahan's CNN (1.66 M weights; the logits up do not depend on the model).
     "fedavg, McMahan CNN": {"algorithm": "fedavg", "train.model": "cnn"},
     "student-down, best, server lr 3, average 0.8, McMahan CNN": {
@@ -149,6 +161,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
         **BEST, "student-down.server-lr": 3.0, "distill.average": 0.8, **DP_EPSILON_8},
     "student-down, best, server lr 3, average 0.9, DP epsilon 8": {
         **BEST, "student-down.server-lr": 3.0, "distill.average": 0.9, **DP_EPSILON_8},
+    "student-down, best, trimmed mean, server lr 3, average 0.9, DP epsilon 8": {
+        **BEST, "aggregation.rule": "trimmed-mean", "student-down.server-lr": 3.0,
+        "distill.average": 0.9, **DP_EPSILON_8},
+    "student-down, best, median, server lr 3, average 0.9, DP epsilon 8": {
+        **BEST, "aggregation.rule": "median", "student-down.server-lr": 3.0,
+        "distill.average": 0.9, **DP_EPSILON_8},
     "dsfl, DP epsilon 8": {"algorithm": "dsfl", "aggregation.rule": "era", **DP_EPSILON_8},
 }
 
