@@ -188,7 +188,10 @@ def run_variant(name: str, partition: str, seed: int, rounds: int, out: Path) ->
             "consensus5": statistics.mean(consensus[-5:]) if consensus else None,
             "up": statistics.mean(r["bytes-up-per-client"] for r in rows),
             "down": statistics.mean(r["bytes-down-per-client"] for r in rows),
-            "s_per_round": elapsed / len(rows), "curve": acc}
+            "s_per_round": elapsed / len(rows), "curve": acc,
+            # the server fit's loss per round (student-down; None elsewhere): what the server-lr
+            # guard reads, kept so that a guard can be replayed from this file
+            "fit_loss": [r.get("student-distill-loss") for r in rows]}
 
 
 def table(results: list[dict[str, Any]]) -> str:
