@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import DP_EPSILON_8, ROOT, fmt, run_simulation, slug
+from fedkd.experiments.presets import load_preset
 from fedkd.experiments.report import mean_std, mean_std_cell, paired_cell, paired_mean_std, table_lines
 from fedkd.results import read_metrics
 
@@ -71,15 +72,15 @@ PROXY: dict[str, Any] = {"distill.public-batch": 1000, "distill.steps": 50,
 CLIENT_GLOBAL_TEST = 2000
 
 #: Logits up, the student down (``student-down``), at the best of the in-process levers
-#: (``benchmarks/logit_levers.py``): the logit-mean rule on prior-calibrated logits, the student
-#: fitted with MSE on logits to them moved three times as far from its own answer (server-lr 3),
-#: the global model the running average of the student over rounds (average 0.9), nothing kept
-#: locally beyond the student start, this round's targets only.
-STUDENT_DOWN: dict[str, Any] = {
-    "algorithm": "student-down", "aggregation.rule": "logit-mean", "student-down.calibrate": "prior",
-    "student-down.local-loss": "none", **PROXY, "distill.replay-rounds": 1,
-    "distill.loss": "mse-logits", "student-down.server-lr": 3.0,
-    "distill.average": 0.9, "distill.server-steps": 250, "student-down.server-momentum": 0.5}
+#: (``benchmarks/logit_levers.py``): the algorithm's settings of the main job's preset
+#: (``simulations/configs/main.toml``, what ``make run`` runs; its ``algorithm``,
+#: ``aggregation``, ``distill`` and ``student-down`` keys) on this protocol, so that the two
+#: cannot drift apart: the logit-mean rule on prior-calibrated logits, the student fitted with
+#: MSE on logits to them moved three times as far from its own answer, the global model the
+#: running average of the student over rounds.
+STUDENT_DOWN: dict[str, Any] = {**PROXY, **{
+    key: value for key, value in load_preset("main").values.items()
+    if key == "algorithm" or key.split(".")[0] in ("aggregation", "distill", "student-down")}}
 
 ROWS: dict[str, dict[str, Any]] = {
     "fedavg": {"algorithm": "fedavg"},

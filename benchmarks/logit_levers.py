@@ -50,6 +50,10 @@ BEST = {"algorithm": "student-down", "aggregation.rule": "logit-mean",
         "student-down.calibrate": "prior", "student-down.local-loss": "none",
         "distill.replay-rounds": 1, "distill.loss": "mse-logits"}
 
+#: The best round with the server optimiser over rounds: server-lr 3, the global model the
+#: running average of the student (decay 0.9); the base of the speed and DP variants.
+BEST_AVERAGED = {**BEST, "student-down.server-lr": 3.0, "distill.average": 0.9}
+
 #: Student-down with nothing kept locally and this round's targets only: the base of its levers.
 SD = {"algorithm": "student-down", "aggregation.rule": "era", "student-down.local-loss": "none",
       "distill.replay-rounds": 1}
@@ -116,8 +120,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         **BEST, "student-down.server-lr": 3.0, "distill.average": 0.8},
     "student-down, best, server lr 4, average 0.8": {
         **BEST, "student-down.server-lr": 4.0, "distill.average": 0.8},
-    "student-down, best, server lr 3, average 0.9": {
-        **BEST, "student-down.server-lr": 3.0, "distill.average": 0.9},
+    "student-down, best, server lr 3, average 0.9": BEST_AVERAGED,
     "student-down, best, server lr 3": {**BEST, "student-down.server-lr": 3.0},
     "student-down, best, server lr 3, average 0.8, 150 server steps": {
         **BEST, "student-down.server-lr": 3.0, "distill.average": 0.8,
@@ -133,21 +136,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
         **BEST, "student-down.server-lr": 2.0, "student-down.round-momentum": 0.5,
         "distill.average": 0.8},
     # Speed: fewer server steps, plain or at SGD momentum (logit_levers_s3.md).
-    "student-down, best, server lr 3, average 0.9, 150 server steps, momentum 0.9": {
-        **BEST, "student-down.server-lr": 3.0, "distill.average": 0.9,
-        "distill.server-steps": 150, "student-down.server-momentum": 0.9},
-    "student-down, best, server lr 3, average 0.9, 250 server steps, momentum 0.5": {
-        **BEST, "student-down.server-lr": 3.0, "distill.average": 0.9,
-        "distill.server-steps": 250, "student-down.server-momentum": 0.5},
-    "student-down, best, server lr 3, average 0.9, 200 server steps, momentum 0.6": {
-        **BEST, "student-down.server-lr": 3.0, "distill.average": 0.9,
-        "distill.server-steps": 200, "student-down.server-momentum": 0.6},
-    "student-down, best, server lr 3, average 0.9, 150 server steps, momentum 0.67": {
-        **BEST, "student-down.server-lr": 3.0, "distill.average": 0.9,
-        "distill.server-steps": 150, "student-down.server-momentum": 0.67},
+    **{f"student-down, best, server lr 3, average 0.9, {steps} server steps, momentum {beta}": {
+        **BEST_AVERAGED, "distill.server-steps": steps, "student-down.server-momentum": beta}
+       for steps, beta in ((150, 0.9), (250, 0.5), (200, 0.6), (150, 0.67))},
     "student-down, best, server lr 3, average 0.9, 300 server steps": {
-        **BEST, "student-down.server-lr": 3.0, "distill.average": 0.9,
-        "distill.server-steps": 300},
+        **BEST_AVERAGED, "distill.server-steps": 300},
     # Bytes with McMahan's CNN (1.66 M weights; the logits up do not depend on the model).
     "fedavg, McMahan CNN": {"algorithm": "fedavg", "train.model": "cnn"},
     "student-down, best, server lr 3, average 0.8, McMahan CNN": {
@@ -159,14 +152,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "student-down, logit-mean + prior, mse on logits, DP epsilon 8": {**BEST, **DP_EPSILON_8},
     "student-down, best, server lr 3, average 0.8, DP epsilon 8": {
         **BEST, "student-down.server-lr": 3.0, "distill.average": 0.8, **DP_EPSILON_8},
-    "student-down, best, server lr 3, average 0.9, DP epsilon 8": {
-        **BEST, "student-down.server-lr": 3.0, "distill.average": 0.9, **DP_EPSILON_8},
-    "student-down, best, trimmed mean, server lr 3, average 0.9, DP epsilon 8": {
-        **BEST, "aggregation.rule": "trimmed-mean", "student-down.server-lr": 3.0,
-        "distill.average": 0.9, **DP_EPSILON_8},
-    "student-down, best, median, server lr 3, average 0.9, DP epsilon 8": {
-        **BEST, "aggregation.rule": "median", "student-down.server-lr": 3.0,
-        "distill.average": 0.9, **DP_EPSILON_8},
+    "student-down, best, server lr 3, average 0.9, DP epsilon 8": {**BEST_AVERAGED,
+                                                                   **DP_EPSILON_8},
+    **{f"student-down, best, {rule.replace('-', ' ')}, server lr 3, average 0.9, DP epsilon 8": {
+        **BEST_AVERAGED, "aggregation.rule": rule, **DP_EPSILON_8}
+       for rule in ("trimmed-mean", "median")},
     "dsfl, DP epsilon 8": {"algorithm": "dsfl", "aggregation.rule": "era", **DP_EPSILON_8},
 }
 
@@ -183,8 +173,7 @@ def run_variant(name: str, partition: str, seed: int, rounds: int, out: Path) ->
     consensus = [r["consensus-accuracy"] for r in rows if r.get("consensus-accuracy") is not None]
     return {"name": name, "partition": partition, "seed": seed, "rounds": rounds,
             "final": acc[-1], "best": max(acc), "last5": statistics.mean(acc[-5:]),
-            "swing10": max(acc[-10:]) - min(acc[-10:]),
-            "swing20": max(acc[-20:]) - min(acc[-20:]),
+            "swing10": swing(acc, 10), "swing20": swing(acc, 20),
             "consensus5": statistics.mean(consensus[-5:]) if consensus else None,
             "up": statistics.mean(r["bytes-up-per-client"] for r in rows),
             "down": statistics.mean(r["bytes-down-per-client"] for r in rows),
@@ -192,6 +181,11 @@ def run_variant(name: str, partition: str, seed: int, rounds: int, out: Path) ->
             # the server fit's loss per round (student-down; None elsewhere): what the server-lr
             # guard reads, kept so that a guard can be replayed from this file
             "fit_loss": [r.get("student-distill-loss") for r in rows]}
+
+
+def swing(curve: list[float], rounds: int) -> float:
+    """Max minus min of the last ``rounds`` values of an accuracy curve."""
+    return max(curve[-rounds:]) - min(curve[-rounds:])
 
 
 def table(results: list[dict[str, Any]]) -> str:

@@ -292,8 +292,7 @@ class StudentDown(PublicSetAlgorithm):
                 out = {"student-distill-loss": loss, "student-steps": float(steps),
                        "student-holdout-kl": held, "student-server-lr": eta}
         self.update_average()
-        if "student-distill-loss" in out:
-            self.guard_server_lr(out["student-distill-loss"], rnd)
+        self.guard_server_lr(out["student-distill-loss"], rnd)
         return out
 
     def guard_server_lr(self, loss: float, rnd: int) -> None:
@@ -312,26 +311,23 @@ class StudentDown(PublicSetAlgorithm):
         """
         if not np.isfinite(loss):
             return
-        self._fit_losses.append(float(loss))
-        recent, before = (self._fit_losses[-GUARD_RECENT:],
-                          self._fit_losses[-GUARD_RECENT - GUARD_WINDOW:-GUARD_RECENT])
+        self._fit_losses = [*self._fit_losses, float(loss)][-GUARD_RECENT - GUARD_WINDOW:]
+        recent, before = self._fit_losses[-GUARD_RECENT:], self._fit_losses[:-GUARD_RECENT]
         factor = self.options.server_lr_guard
-        if (not factor or self._server_lr <= 1.0 or len(recent) < GUARD_RECENT
-                or len(before) < GUARD_RECENT or np.median(before) <= 0):
-            del self._fit_losses[:-GUARD_RECENT - GUARD_WINDOW]
+        if (not factor or self._server_lr <= 1.0 or len(before) < GUARD_RECENT
+                or np.median(before) <= 0):
             return
         growth = float(np.median(recent) / np.median(before))
-        if growth > factor:
-            lowered = max(1.0, self._server_lr * 2 / 3)
-            _log.warning("%s: round %d, the server fit's loss grew %.1fx over %d rounds "
-                         "(student-down.server-lr-guard = %g): server-lr %g -> %g from now on",
-                         self.name, rnd, growth, len(before) + len(recent), factor,
-                         self._server_lr, lowered)
-            self._server_lr, self._fit_losses = lowered, []
-            if self._average is not None:  # restart from the average, which did not swing
-                self._student.load_state_dict(self._average.state_dict())
-        else:
-            del self._fit_losses[:-GUARD_RECENT - GUARD_WINDOW]
+        if growth <= factor:
+            return
+        lowered = max(1.0, self._server_lr * 2 / 3)
+        _log.warning("%s: round %d, the server fit's loss grew %.1fx over %d rounds "
+                     "(student-down.server-lr-guard = %g): server-lr %g -> %g from now on",
+                     self.name, rnd, growth, len(self._fit_losses), factor, self._server_lr,
+                     lowered)
+        self._server_lr, self._fit_losses = lowered, []
+        if self._average is not None:  # restart from the average, which did not swing
+            self._student.load_state_dict(self._average.state_dict())
 
     def fit_backing_off(self, arch: str, student: nn.Module, before: dict[str, torch.Tensor],
                         x: np.ndarray, targets: np.ndarray, rnd: int,
