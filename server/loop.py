@@ -627,6 +627,17 @@ def check_resumable(saved: Mapping[str, Any], cfg: RunConfig) -> None:
                  if cfg.federation.client_state == "run" else RESUMABLE_CHANGES)
     changed = sorted(k for k in set(saved) | set(current)
                      if k not in resumable and saved.get(k) != current.get(k))
+    # keys on one side only (every section is always in the flat config): the checkpoint was
+    # written by a fedkd with other settings
+    lacking, unknown = sorted(set(current) - set(saved)), sorted(set(saved) - set(current))
+    if lacking or unknown:
+        sides = [f"settings it lacks: {', '.join(lacking[:8])}" if lacking else "",
+                 f"settings this version lacks: {', '.join(unknown[:8])}" if unknown else ""]
+        raise ValueError(
+            "the checkpoint in this run directory was written by another version of fedkd "
+            f"({'; '.join(s for s in sides if s)}), so it cannot be resumed exactly; use another "
+            "output.run-name, or output.resume=false"
+        )
     if changed:
         raise ValueError(
             f"the checkpoint in this run directory was written with a different configuration "

@@ -257,7 +257,15 @@ class Algorithm(ABC):
         return state
 
     def load_server_state(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`server_state` (after :meth:`setup_server`)."""
+        """Restore :meth:`server_state` (after :meth:`setup_server`). A state without one of
+        :attr:`SERVER_STATE` (written by another version of fedkd) is refused before anything
+        is restored."""
+        missing = [name for name in ("server-ledger", *self.SERVER_STATE) if name not in state]
+        if missing:
+            raise ValueError(
+                f"the checkpoint lacks {self.name}'s server state {', '.join(missing)}: it was "
+                "written by another version of fedkd and cannot be resumed exactly; use another "
+                "output.run-name, or output.resume=false")
         self.server_ledger.load_state_dict(state["server-ledger"])
         self.votes = copy.deepcopy(list(state.get("votes", [])))
         for name in self.SERVER_STATE:
