@@ -141,6 +141,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
        for steps, beta in ((150, 0.9), (250, 0.5), (200, 0.6), (150, 0.67))},
     "student-down, best, server lr 3, average 0.9, 300 server steps": {
         **BEST_AVERAGED, "distill.server-steps": 300},
+    # FedExP's step (student-down.server-lr-rule = "fedexp"): each round's server-lr from the
+    # clients' spread, at most the cap, on make run's fit (250 steps at momentum 0.5).
+    **{f"student-down, best, fedexp up to {cap:g}, average 0.9, 250 server steps, momentum 0.5": {
+        **BEST_AVERAGED, "distill.server-steps": 250, "student-down.server-momentum": 0.5,
+        "student-down.server-lr": cap, "student-down.server-lr-rule": "fedexp"}
+       for cap in (3.0, 5.0)},
     # Bytes with McMahan's CNN (1.66 M weights; the logits up do not depend on the model).
     "fedavg, McMahan CNN": {"algorithm": "fedavg", "train.model": "cnn"},
     "student-down, best, server lr 3, average 0.8, McMahan CNN": {
@@ -157,6 +163,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     **{f"student-down, best, {rule.replace('-', ' ')}, server lr 3, average 0.9, DP epsilon 8": {
         **BEST_AVERAGED, "aggregation.rule": rule, **DP_EPSILON_8}
        for rule in ("trimmed-mean", "median")},
+    # Under DP the targets carry the clients' DP-SGD noise, which a server-lr moves the student
+    # towards as far as the signal: the trimmed mean at smaller server-lrs.
+    **{f"student-down, best, trimmed mean, server lr {eta:g}, average 0.9, DP epsilon 8": {
+        **BEST_AVERAGED, "aggregation.rule": "trimmed-mean", "student-down.server-lr": eta,
+        **DP_EPSILON_8}
+       for eta in (1.0, 2.0)},
     "dsfl, DP epsilon 8": {"algorithm": "dsfl", "aggregation.rule": "era", **DP_EPSILON_8},
 }
 
@@ -180,7 +192,9 @@ def run_variant(name: str, partition: str, seed: int, rounds: int, out: Path) ->
             "s_per_round": elapsed / len(rows), "curve": acc,
             # the server fit's loss per round (student-down; None elsewhere): what the server-lr
             # guard reads, kept so that a guard can be replayed from this file
-            "fit_loss": [r.get("student-distill-loss") for r in rows]}
+            "fit_loss": [r.get("student-distill-loss") for r in rows],
+            # the server-lr each round's fit ran at (the guard's cuts, FedExP's steps)
+            "server_lr": [r.get("student-server-lr") for r in rows]}
 
 
 def swing(curve: list[float], rounds: int) -> float:

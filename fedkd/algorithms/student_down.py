@@ -51,7 +51,9 @@ Round t, sampled clients :math:`S_t`, announced proxy indices :math:`I_t`
    ``patience`` checks without improvement (off with fewer than 20 samples; ``student-steps``
    reports the steps run). With ``server-lr`` :math:`\eta \ne 1`
    the targets are first moved :math:`\eta` times as far from the student's own answer (in
-   logits: a server learning rate in function space); ``server-momentum`` is the SGD momentum
+   logits: a server learning rate in function space; with ``server-lr-rule = "fedexp"`` each
+   round's is FedExP's step from how far the clients' answers spread around their aggregate,
+   :func:`fedexp_ratio`, in [1, ``server-lr``]); ``server-momentum`` is the SGD momentum
    of the students' distillation (restarted every ``check-every`` steps when checking or
    augmenting); ``server-batch`` is its mini-batch size. A fit whose loss or weights turn
    non-finite is undone and redone at half the server-lr (down to 1); if even that diverges,
@@ -112,6 +114,7 @@ AUGMENT_STREAM = 0xA06
 GUARD_RECENT, GUARD_WINDOW = 5, 20
 LOCAL_LOSSES = ("kd", "feature", "relation", "prox", "none")
 CALIBRATIONS = ("none", "prior")
+SERVER_LR_RULES = ("fixed", "fedexp")
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,8 @@ class StudentDownConfig:
     ``local-loss`` is one of ``kd``, ``feature``, ``relation``, ``prox``, ``none`` (module docstring, step 2),
     weighted by ``kd-weight`` (``prox-mu`` for ``prox``). ``certainty`` is ``none`` or
     ``support``, with teachers below ``certainty-threshold`` left out of a sample.
+    ``server-lr-rule`` is ``fixed`` (every round at ``server-lr``) or ``fedexp`` (each round's
+    from the spread of the clients' answers, at most ``server-lr``: :func:`fedexp_server_lr`).
     ``server-lr-guard`` is the growth of the server fit's loss that cuts ``server-lr`` by a third (module
     docstring, step 5; 0: off). ``server-model`` names a zoo model for the server's global student (empty: ``train.model``);
     when it differs from every client architecture it is trained beside the students that go
@@ -137,6 +142,7 @@ class StudentDownConfig:
     certainty_threshold: float = 0.5
     server_model: str = ""
     server_lr: float = 1.0
+    server_lr_rule: str = "fixed"
     server_momentum: float = 0.0
     server_batch: int = 0
     round_momentum: float = 0.0
@@ -150,6 +156,9 @@ class StudentDownConfig:
         if self.local_loss not in LOCAL_LOSSES:
             raise ConfigError(f"student-down.local-loss must be one of {', '.join(LOCAL_LOSSES)}, "
                               f"got {self.local_loss!r}")
+        if self.server_lr_rule not in SERVER_LR_RULES:
+            raise ConfigError(f"student-down.server-lr-rule must be one of "
+                              f"{', '.join(SERVER_LR_RULES)}, got {self.server_lr_rule!r}")
         if self.calibrate not in CALIBRATIONS:
             raise ConfigError(f"student-down.calibrate must be one of {', '.join(CALIBRATIONS)}, "
                               f"got {self.calibrate!r}")
@@ -204,6 +213,11 @@ class StudentDown(PublicSetAlgorithm):
         super().check_config(cfg)
         options: StudentDownConfig = cfg.section("student-down")
         check_certainty("student-down", options.certainty, options.certainty_threshold, cfg)
+        if options.server_lr_rule == "fedexp" and cfg.aggregation.secure:
+            raise ConfigError(
+                "student-down.server-lr-rule = 'fedexp' reads each client's answer (the spread "
+                "of the answers around their aggregate), which secure aggregation hides: use "
+                "'fixed', or aggregation.secure = false")
         if (options.local_loss == "kd" and options.kd_weight > 0 and cfg.privacy.dp_sgd
                 and cfg.privacy.grad_sample_mode == "ghost"):
             raise ConfigError(
@@ -263,8 +277,28 @@ class StudentDown(PublicSetAlgorithm):
                    **train_metrics(asked.replies)}
         if len(indices) == 0:
             return metrics
-        stats = self.distill_students(indices, probs, rnd)
-        return {**metrics, **self.public_accuracy(indices, probs), **stats}
+        eta, lr_stats = self.round_server_lr(asked, indices, probs)
+        stats = self.distill_students(indices, probs, rnd, eta=eta)
+        return {**metrics, **self.public_accuracy(indices, probs), **lr_stats, **stats}
+
+    def round_server_lr(self, asked: ProxyAnswers, indices: np.ndarray,
+                        targets: np.ndarray) -> tuple[float, dict[str, float]]:
+        """The server-lr this round's fit starts from: ``server-lr`` (as the guard left it), or
+        with ``server-lr-rule = "fedexp"`` :func:`fedexp_ratio` of the teachers' answers on the
+        samples the round distils on, in [1, ``server-lr``] (``student-fedexp-ratio`` reports
+        it unclipped). The moves are taken from the answer of the student the clients started
+        from (the first architecture's: with several, an approximation for the others)."""
+        if self.options.server_lr_rule == "fixed" or asked.logits is None:
+            return self._server_lr, {}
+        assert self._public is not None
+        temperature = self.cfg.distill.temperature
+        sent = self._students[self.architectures[0]]
+        own = predict_logits(sent, self._public.x[indices],
+                             batch_size=self.cfg.train.eval_batch_size) / temperature
+        teachers = asked.logits[:, np.searchsorted(asked.indices, indices)] / temperature
+        ratio = fedexp_ratio(teachers, np.log(np.clip(targets, 1e-7, None)), own)
+        return (float(np.clip(ratio, 1.0, self._server_lr)),
+                {"student-fedexp-ratio": ratio} if np.isfinite(ratio) else {})
 
     def targets(self, asked: ProxyAnswers) -> tuple[np.ndarray, np.ndarray]:
         """The public indices the round distils on and their targets [n, C]: the rule's, and
@@ -273,9 +307,10 @@ class StudentDown(PublicSetAlgorithm):
         certain = self.options.certainty != "none"
         return answered_targets(self, asked, self.options.certainty_threshold if certain else None)
 
-    def distill_students(self, indices: np.ndarray, targets: np.ndarray,
-                         rnd: int) -> dict[str, float]:
-        """Every student distils this round's targets (and any replayed ones): module docstring,
+    def distill_students(self, indices: np.ndarray, targets: np.ndarray, rnd: int,
+                         eta: float | None = None) -> dict[str, float]:
+        """Every student distils this round's targets (and any replayed ones), starting at
+        server-lr ``eta`` (default: ``server-lr``, as the guard left it): module docstring,
         step 5. Returns the global student's loss, steps run and held-out KL."""
         assert self._public is not None
         self._replay.append((self._public.x[indices], targets))
@@ -284,13 +319,14 @@ class StudentDown(PublicSetAlgorithm):
         out: dict[str, float] = {}
         for i, (arch, student) in enumerate(self._students.items()):
             before = copy.deepcopy(student.state_dict())
-            loss, steps, held, eta = self.fit_backing_off(arch, student, before, x, t, rnd, i)
+            loss, steps, held, used = self.fit_backing_off(arch, student, before, x, t, rnd, i,
+                                                           self._server_lr if eta is None else eta)
             if self.options.round_momentum:
                 self._velocity[arch] = with_momentum(student, before, self._velocity.get(arch),
                                                      self.options.round_momentum)
             if arch == self.server_architecture:
                 out = {"student-distill-loss": loss, "student-steps": float(steps),
-                       "student-holdout-kl": held, "student-server-lr": eta}
+                       "student-holdout-kl": held, "student-server-lr": used}
         self.update_average()
         self.guard_server_lr(out["student-distill-loss"], rnd)
         return out
@@ -330,13 +366,12 @@ class StudentDown(PublicSetAlgorithm):
             self._student.load_state_dict(self._average.state_dict())
 
     def fit_backing_off(self, arch: str, student: nn.Module, before: dict[str, torch.Tensor],
-                        x: np.ndarray, targets: np.ndarray, rnd: int,
-                        stream: int) -> tuple[float, int, float, float]:
-        """:meth:`distill_one` towards the targets moved ``server-lr`` times as far; a fit whose
-        loss or weights turn non-finite is undone (back to ``before``) and redone at half the
-        server-lr, down to 1; if that diverges too, the student stays as it was. Returns (loss,
-        steps, held-out KL, server-lr used)."""
-        eta = self._server_lr
+                        x: np.ndarray, targets: np.ndarray, rnd: int, stream: int,
+                        eta: float) -> tuple[float, int, float, float]:
+        """:meth:`distill_one` towards the targets moved ``eta`` (the round's server-lr) times
+        as far; a fit whose loss or weights turn non-finite is undone (back to ``before``) and
+        redone at half the server-lr, down to 1; if that diverges too, the student stays as it
+        was. Returns (loss, steps, held-out KL, server-lr used)."""
         while True:
             goal = self.extrapolated(student, x, targets, eta)
             loss, steps, held = self.distill_one(student, x, goal, rnd, stream)
@@ -476,6 +511,30 @@ class StudentDown(PublicSetAlgorithm):
             return 0.5 * mu * sum(((p - a.to(p.device)) ** 2).sum()
                                   for p, a in zip(model.parameters(), anchor))
         return prox
+
+
+def fedexp_ratio(teachers: np.ndarray, aggregate: np.ndarray, own: np.ndarray) -> float:
+    r"""FedExP's server step size (Jhunjhunwala, Wang and Joshi, ICLR 2023; without its
+    :math:`\epsilon`) in function space: with :math:`\Delta_k = z_k - z_s` the move of teacher k's answer from the student's
+    and :math:`\bar\Delta = z - z_s` the aggregate's move (logits of every sample, each row
+    centred; ``teachers`` [K, n, C], ``aggregate`` and ``own`` [n, C]),
+
+    .. math:: \eta = \frac{\frac{1}{K}\sum_k \|\Delta_k\|^2}{2\,\|\bar\Delta\|^2}.
+
+    Clients that agree (an IID split: :math:`\Delta_k \approx \bar\Delta`) give 1/2, clipped to
+    1 by the caller: plain averaging. Clients that pull apart (label skew: the moves cancel in
+    the aggregate) give more, and the aggregate's move, which averaging shrank, is extrapolated.
+    The paper derives it for FedAvg's weight updates (a convex bound on the step that still
+    decreases the distance to the optimum); here the moves are the clients' answers on the
+    round's proxy batch. Returns inf when the aggregate did not move.
+    """
+    def centred(z: np.ndarray) -> np.ndarray:
+        return z - z.mean(axis=-1, keepdims=True)
+    own = centred(np.asarray(own, np.float64))
+    spread = float(np.mean([np.sum((centred(z) - own) ** 2)
+                            for z in np.asarray(teachers, np.float64)]))
+    moved = float(np.sum((centred(np.asarray(aggregate, np.float64)) - own) ** 2))
+    return spread / (2 * moved) if moved > 0 else float("inf")
 
 
 def prior_corrected(logits: np.ndarray, reference: np.ndarray) -> np.ndarray:

@@ -12,8 +12,8 @@ from client.app import client_context
 from fedkd.algorithms.base import PERSONAL_PREFIX
 from fedkd.algorithms.public_set import ProxyAnswers
 from fedkd.algorithms.certainty import CERTAINTY, support_certainty
-from fedkd.algorithms.student_down import (AUGMENT_STREAM, StudentDown, heldout_kl, shifted,
-                                           with_momentum)
+from fedkd.algorithms.student_down import (AUGMENT_STREAM, StudentDown, fedexp_ratio,
+                                           heldout_kl, shifted, with_momentum)
 from fedkd.compose import build_config
 from fedkd.data.federated import load_federated
 from fedkd.errors import ConfigError
@@ -197,6 +197,9 @@ def test_a_malformed_certainty_is_rejected(certainty: np.ndarray) -> None:
     ({"student-down.round-momentum": -0.1}, "round-momentum must be in"),
     ({"student-down.server-batch": -1}, "server-batch must be >= 0"),
     ({"student-down.server-lr-guard": 0.5}, "server-lr-guard must be 0 \\(off\\) or > 1"),
+    ({"student-down.server-lr-rule": "adam"}, "server-lr-rule must be one of fixed, fedexp"),
+    ({"student-down.server-lr-rule": "fedexp", "aggregation.secure": True,
+      "aggregation.rule": "mean"}, "which secure aggregation hides"),
 ])
 def test_refused_configurations_say_why(overrides: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -363,3 +366,53 @@ def test_a_growing_fit_loss_lowers_the_server_lr_and_restarts_from_the_average(c
     for loss in [1.0] * 5 + [1e6] * 5:
         off.guard_server_lr(loss, rnd=1)
     assert off._server_lr == 3.0
+
+
+def test_fedexp_ratio_known_values() -> None:
+    # One sample, two classes, the student at 0. Teachers moved by (1, -1) and (3, -3), their
+    # mean by (2, -2): mean squared move (2 + 18) / 2 = 10, over twice the mean's 8: 0.625.
+    own = np.zeros((1, 2))
+    teachers = np.array([[[1.0, -1.0]], [[3.0, -3.0]]])
+    assert fedexp_ratio(teachers, teachers.mean(0), own) == pytest.approx(0.625)
+    # Rows are centred first: a constant added to a teacher's (or the student's) row is no move.
+    assert fedexp_ratio(teachers + np.array([[[5.0]], [[-2.0]]]), teachers.mean(0),
+                        own + 7.0) == pytest.approx(0.625)
+    # Teachers that agree: 1/2. Teachers that cancel: the aggregate did not move.
+    assert fedexp_ratio(teachers[:1].repeat(4, 0), teachers[0], own) == pytest.approx(0.5)
+    assert fedexp_ratio(np.array([[[1.0, -1.0]], [[-1.0, 1.0]]]), np.zeros((1, 2)),
+                        own) == float("inf")
+    # Two teachers at right angles (one sample, three classes, after centring): 1.
+    a, b = np.array([2.0, -1.0, -1.0]), np.array([-1.0, 2.0, -1.0])
+    assert fedexp_ratio(np.stack([a, b])[:, None], ((a + b) / 2)[None], np.zeros((1, 3))) == (
+        pytest.approx((6 + 6) / 2 / (2 * 1.5)))
+
+
+def test_the_fedexp_rule_sets_the_rounds_server_lr_from_the_spread_clipped_to_server_lr() -> None:
+    _, algorithm, _ = _setup({"student-down.server-lr": 3.0, "student-down.server-lr-rule":
+                              "fedexp", "aggregation.rule": "logit-mean"})
+    indices = np.array([3, 5, 9])
+    own = predict_logits(algorithm._students["mlp"], algorithm._public.x[indices], batch_size=8)
+    rng = np.random.default_rng(0)
+
+    def asked_with(moves: np.ndarray) -> ProxyAnswers:  # moves [K, 3, 10] from the student
+        logits = (own[None] + moves).astype(np.float32)
+        return ProxyAnswers(indices, list(range(len(moves))),
+                            [Payload(arrays={"logits": z}) for z in logits], logits)
+    common = 0.2 * rng.normal(size=(1, 3, 10))  # ten teachers' moves: one shared, one each
+    etas, ratios = [], []
+    for spread in (0.0, 0.3, 3.0):
+        asked = asked_with(common + spread * rng.normal(size=(10, 3, 10)))
+        _, probs = algorithm.targets(asked)
+        eta, stats = algorithm.round_server_lr(asked, indices, probs)
+        ratio = fedexp_ratio(asked.logits, asked.logits.mean(0), own)
+        assert stats["student-fedexp-ratio"] == pytest.approx(ratio, rel=1e-4)
+        etas, ratios = [*etas, eta], [*ratios, ratio]
+    # agreeing teachers: plain averaging; some spread: extrapolated by the ratio; far apart:
+    # extrapolated, but never past server-lr
+    assert ratios[0] == pytest.approx(0.5, rel=1e-4) and etas[0] == 1.0
+    assert 1.0 < etas[1] < 3.0 and etas[1] == pytest.approx(ratios[1], rel=1e-4)
+    assert etas[2] == 3.0 < ratios[2]
+    # The fixed rule (the default) leaves the round at server-lr, as the guard left it.
+    _, fixed, _ = _setup({"student-down.server-lr": 3.0})
+    fixed._server_lr = 2.0
+    assert fixed.round_server_lr(asked, indices, probs) == (2.0, {})
