@@ -146,7 +146,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     **{f"student-down, best, fedexp up to {cap:g}, average 0.9, 250 server steps, momentum 0.5": {
         **BEST_AVERAGED, "distill.server-steps": 250, "student-down.server-momentum": 0.5,
         "student-down.server-lr": cap, "student-down.server-lr-rule": "fedexp"}
-       for cap in (3.0, 5.0)},
+       for cap in (3.0, 5.0, 8.0)},
     # Bytes with McMahan's CNN (1.66 M weights; the logits up do not depend on the model).
     "fedavg, McMahan CNN": {"algorithm": "fedavg", "train.model": "cnn"},
     "student-down, best, server lr 3, average 0.8, McMahan CNN": {
@@ -168,7 +168,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     **{f"student-down, best, trimmed mean, server lr {eta:g}, average 0.9, DP epsilon 8": {
         **BEST_AVERAGED, "aggregation.rule": "trimmed-mean", "student-down.server-lr": eta,
         **DP_EPSILON_8}
-       for eta in (1.0, 2.0)},
+       for eta in (1.0, 2.0, 5.0)},
+    "student-down, best, trimmed mean, fedexp up to 5, average 0.9, DP epsilon 8": {
+        **BEST_AVERAGED, "aggregation.rule": "trimmed-mean", "student-down.server-lr": 5.0,
+        "student-down.server-lr-rule": "fedexp", **DP_EPSILON_8},
+    "student-down, best, trimmed mean, fedexp up to 5, kd local, average 0.9, DP epsilon 8": {
+        **BEST_AVERAGED, "aggregation.rule": "trimmed-mean", "student-down.server-lr": 5.0,
+        "student-down.server-lr-rule": "fedexp", "student-down.local-loss": "kd",
+        **DP_EPSILON_8},
     "dsfl, DP epsilon 8": {"algorithm": "dsfl", "aggregation.rule": "era", **DP_EPSILON_8},
 }
 

@@ -115,6 +115,9 @@ GUARD_RECENT, GUARD_WINDOW = 5, 20
 LOCAL_LOSSES = ("kd", "feature", "relation", "prox", "none")
 CALIBRATIONS = ("none", "prior")
 SERVER_LR_RULES = ("fixed", "fedexp")
+#: Request key prefix of a student's mean logits on the announced batch (``<prefix><arch>``):
+#: the reference of the clients' prior calibration, computed once on the server.
+STUDENT_MEAN = "student-mean-logits:"
 
 
 @dataclass(frozen=True)
@@ -245,6 +248,9 @@ class StudentDown(PublicSetAlgorithm):
         self._server_lr = self.options.server_lr
         #: The global student's fit losses since the server-lr last changed (the guard's record).
         self._fit_losses: list[float] = []
+        #: This round's announced indices and the sent students' logits on them
+        #: (:meth:`students_answers`; transient: rebuilt every round).
+        self._answers: tuple[np.ndarray, dict[str, np.ndarray]] = (np.zeros(0, np.int64), {})
 
     # ----- server half --------------------------------------------------------------------
     def setup_server(self, data: FederatedData) -> None:
@@ -263,7 +269,34 @@ class StudentDown(PublicSetAlgorithm):
         request = super().proxy_request(rnd, indices)
         weights = {f"{arch}/{k}": v for arch in self.architectures
                    for k, v in state_to_numpy(self._students[arch]).items()}
+        self._answers = self.students_answers(indices)
+        if self.options.calibrate == "prior":  # the calibration's reference, once for all
+            weights.update({f"{STUDENT_MEAN}{arch}": z.mean(axis=0).astype(np.float32)
+                            for arch, z in self._answers[1].items()})
         return Payload(arrays={**request.arrays, **weights}, config=request.config)
+
+    def students_answers(self, indices: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The announced indices and each sent student's logits on them, where the round reads
+        them (prior calibration's reference, FedExP's moves, the server-lr's extrapolation);
+        computed once per round, before any student changes."""
+        options = self.options
+        if options.calibrate != "prior" and options.server_lr_rule == "fixed" and \
+                self._server_lr == 1.0:
+            return indices, {}
+        assert self._public is not None
+        x = self._public.x[indices]
+        return indices, {arch: predict_logits(self._students[arch], x,
+                                              batch_size=self.cfg.train.eval_batch_size)
+                         for arch in self.architectures}
+
+    def announced_answer(self, arch: str, indices: np.ndarray) -> np.ndarray | None:
+        """The ``arch`` student's logits on ``indices`` (a subset of this round's announced
+        ones), as computed at the announcement; None when not computed."""
+        announced, answers = self._answers
+        if arch not in answers or not len(announced):
+            return None
+        at = np.minimum(np.searchsorted(announced, indices), len(announced) - 1)
+        return answers[arch][at] if np.array_equal(announced[at], indices) else None
 
     def fit_phase(self, n: int) -> PhaseSpec:
         """Student down; local training; logits [n, C] (and certainty [n]) up."""
@@ -290,11 +323,13 @@ class StudentDown(PublicSetAlgorithm):
         from (the first architecture's: with several, an approximation for the others)."""
         if self.options.server_lr_rule == "fixed" or asked.logits is None:
             return self._server_lr, {}
-        assert self._public is not None
         temperature = self.cfg.distill.temperature
-        sent = self._students[self.architectures[0]]
-        own = predict_logits(sent, self._public.x[indices],
-                             batch_size=self.cfg.train.eval_batch_size) / temperature
+        own = self.announced_answer(self.architectures[0], indices)
+        if own is None:  # not announced by proxy_request (a round driven piecewise)
+            assert self._public is not None
+            own = predict_logits(self._students[self.architectures[0]], self._public.x[indices],
+                                 batch_size=self.cfg.train.eval_batch_size)
+        own = own / temperature
         teachers = asked.logits[:, np.searchsorted(asked.indices, indices)] / temperature
         ratio = fedexp_ratio(teachers, np.log(np.clip(targets, 1e-7, None)), own)
         return (float(np.clip(ratio, 1.0, self._server_lr)),
@@ -319,8 +354,10 @@ class StudentDown(PublicSetAlgorithm):
         out: dict[str, float] = {}
         for i, (arch, student) in enumerate(self._students.items()):
             before = copy.deepcopy(student.state_dict())
+            own = self.announced_answer(arch, indices) if len(self._replay) == 1 else None
             loss, steps, held, used = self.fit_backing_off(arch, student, before, x, t, rnd, i,
-                                                           self._server_lr if eta is None else eta)
+                                                           self._server_lr if eta is None else eta,
+                                                           own)
             if self.options.round_momentum:
                 self._velocity[arch] = with_momentum(student, before, self._velocity.get(arch),
                                                      self.options.round_momentum)
@@ -367,13 +404,15 @@ class StudentDown(PublicSetAlgorithm):
 
     def fit_backing_off(self, arch: str, student: nn.Module, before: dict[str, torch.Tensor],
                         x: np.ndarray, targets: np.ndarray, rnd: int, stream: int,
-                        eta: float) -> tuple[float, int, float, float]:
+                        eta: float, own: np.ndarray | None = None,
+                        ) -> tuple[float, int, float, float]:
         """:meth:`distill_one` towards the targets moved ``eta`` (the round's server-lr) times
         as far; a fit whose loss or weights turn non-finite is undone (back to ``before``) and
         redone at half the server-lr, down to 1; if that diverges too, the student stays as it
-        was. Returns (loss, steps, held-out KL, server-lr used)."""
+        was. ``own``: the student's logits on ``x``, if known. Returns (loss, steps, held-out
+        KL, server-lr used)."""
         while True:
-            goal = self.extrapolated(student, x, targets, eta)
+            goal = self.extrapolated(student, x, targets, eta, own)
             loss, steps, held = self.distill_one(student, x, goal, rnd, stream)
             if np.isfinite(loss) and all(torch.isfinite(v).all()
                                          for v in student.state_dict().values()):
@@ -388,15 +427,18 @@ class StudentDown(PublicSetAlgorithm):
             eta = max(1.0, eta / 2)
 
     def extrapolated(self, student: nn.Module, x: np.ndarray, targets: np.ndarray,
-                     eta: float) -> np.ndarray:
+                     eta: float, own: np.ndarray | None = None) -> np.ndarray:
         r"""The targets moved ``eta`` (``server-lr``) times as far from the student's own answer:
         :math:`\sigma\big((z_s + \eta\,(T \log t - z_s)) / T\big)`, logits centred per row
         (:math:`\eta` = 1: the targets themselves). Like a server learning rate in FedAvg, on
-        the function the student computes instead of its weights."""
+        the function the student computes instead of its weights. ``own``: the student's
+        logits on ``x``, if known (else computed)."""
         if eta == 1.0:
             return targets
         temperature = self.cfg.distill.temperature
-        own = predict_logits(student, x, batch_size=self.cfg.train.eval_batch_size) / temperature
+        if own is None:
+            own = predict_logits(student, x, batch_size=self.cfg.train.eval_batch_size)
+        own = own / temperature
         goal = np.log(np.clip(targets, 1e-7, None))
         own, goal = own - own.mean(1, keepdims=True), goal - goal.mean(1, keepdims=True)
         moved = own + eta * (goal - own)
@@ -459,17 +501,32 @@ class StudentDown(PublicSetAlgorithm):
         self.save_personal_model(client, model)
         certainty, calibrate = self.options.certainty != "none", self.options.calibrate == "prior"
         batch = self.cfg.train.eval_batch_size
-        # the student's answer on the batch, once: calibration's reference, certainty's judge
+        # the student's answer on the batch: certainty's judge; its mean is calibration's
+        # reference, which the server sends (computed once there), else computed here
+        reference = self.sent_mean(request, client) if calibrate else None
         student_logits = (predict_logits(teacher, x_pub, batch_size=batch)
-                          if certainty or calibrate else None)
+                          if certainty or (calibrate and reference is None) else None)
         own = predict_logits(model, x_pub, batch_size=batch)  # one pass of the model
         if calibrate:
-            own = prior_corrected(own, student_logits.mean(axis=0))
+            own = prior_corrected(own, student_logits.mean(axis=0) if reference is None
+                                  else reference)
         arrays = self.upload_released(client, self.release(client, own, rnd), rnd)
         if certainty:  # judged by the student: it knows every class
             arrays[CERTAINTY] = client_certainty(student_logits, client.data.train.y)
         return Payload(arrays=arrays, metrics={"num-examples": len(client.data.train),
                                                "loss": stats.loss, "accuracy": stats.accuracy})
+
+    def sent_mean(self, request: Payload, client: ClientContext) -> np.ndarray | None:
+        """The mean logits of this client's student on the announced batch, as the server sent
+        them (None if not sent); a wrong shape or a non-finite value is refused."""
+        mean = request.arrays.get(f"{STUDENT_MEAN}{client.model_name}")
+        if mean is None:
+            return None
+        mean = np.asarray(mean, np.float32)
+        if mean.shape != (self.num_classes,) or not np.isfinite(mean).all():
+            raise ValueError(f"{self.name}: the server's {STUDENT_MEAN}{client.model_name} must "
+                             f"be {self.num_classes} finite values, got shape {mean.shape}")
+        return mean
 
     def received_student(self, request: Payload, client: ClientContext) -> nn.Module:
         """The student of this client's architecture the server sent, as this client's model
@@ -477,7 +534,8 @@ class StudentDown(PublicSetAlgorithm):
         prefix = f"{client.model_name}/"
         weights = {k[len(prefix):]: v for k, v in request.arrays.items() if k.startswith(prefix)}
         if not weights:
-            sent = sorted({k.split("/", 1)[0] for k in request.arrays if "/" in k})
+            sent = sorted({k.split("/", 1)[0] for k in request.arrays
+                           if "/" in k and not k.startswith(STUDENT_MEAN)})
             raise ValueError(f"{self.name}: the server sent students for {', '.join(sent) or 'no'}"
                              f" architecture, not for this client's {client.model_name!r}: add "
                              "it to train.client-models")
@@ -515,9 +573,10 @@ class StudentDown(PublicSetAlgorithm):
 
 def fedexp_ratio(teachers: np.ndarray, aggregate: np.ndarray, own: np.ndarray) -> float:
     r"""FedExP's server step size (Jhunjhunwala, Wang and Joshi, ICLR 2023; without its
-    :math:`\epsilon`) in function space: with :math:`\Delta_k = z_k - z_s` the move of teacher k's answer from the student's
-    and :math:`\bar\Delta = z - z_s` the aggregate's move (logits of every sample, each row
-    centred; ``teachers`` [K, n, C], ``aggregate`` and ``own`` [n, C]),
+    :math:`\epsilon`) in function space: with :math:`\Delta_k = z_k - z_s` the move of teacher
+    k's answer from the student's and :math:`\bar\Delta = z - z_s` the aggregate's move (logits
+    of every sample, each row centred; ``teachers`` [K, n, C], ``aggregate`` and ``own``
+    [n, C]),
 
     .. math:: \eta = \frac{\frac{1}{K}\sum_k \|\Delta_k\|^2}{2\,\|\bar\Delta\|^2}.
 

@@ -12,8 +12,8 @@ from client.app import client_context
 from fedkd.algorithms.base import PERSONAL_PREFIX
 from fedkd.algorithms.public_set import ProxyAnswers
 from fedkd.algorithms.certainty import CERTAINTY, support_certainty
-from fedkd.algorithms.student_down import (AUGMENT_STREAM, StudentDown, fedexp_ratio,
-                                           heldout_kl, shifted, with_momentum)
+from fedkd.algorithms.student_down import (AUGMENT_STREAM, STUDENT_MEAN, StudentDown,
+                                           fedexp_ratio, heldout_kl, shifted, with_momentum)
 from fedkd.compose import build_config
 from fedkd.data.federated import load_federated
 from fedkd.errors import ConfigError
@@ -416,3 +416,35 @@ def test_the_fedexp_rule_sets_the_rounds_server_lr_from_the_spread_clipped_to_se
     _, fixed, _ = _setup({"student-down.server-lr": 3.0})
     fixed._server_lr = 2.0
     assert fixed.round_server_lr(asked, indices, probs) == (2.0, {})
+
+
+def test_the_server_sends_the_calibration_reference_the_client_would_compute() -> None:
+    # prior calibration re-centres a client's logits on its student's mean over the batch; the
+    # server computes it once and sends it: the reply is the one the client computes alone
+    _, algorithm, clients = _setup({"student-down.calibrate": "prior",
+                                    "student-down.server-lr": 2.0})
+    request = algorithm.proxy_request(1, algorithm.announce())
+    mean = request.arrays[f"{STUDENT_MEAN}mlp"]
+    assert mean.shape == (10,) and np.isfinite(mean).all()
+    x = algorithm._public.x[algorithm._answers[0]]
+    np.testing.assert_array_equal(
+        mean, predict_logits(algorithm._students["mlp"], x, batch_size=512).mean(0))
+    without = Payload(arrays={k: v for k, v in request.arrays.items() if k != f"{STUDENT_MEAN}mlp"},
+                      config=request.config)
+    sent = algorithm.answer("fit", request, clients[0])
+    alone = algorithm.answer("fit", without, clients[0])
+    np.testing.assert_array_equal(sent.arrays["logits"], alone.arrays["logits"])
+    # what the server announced is what the extrapolation and FedExP read, sample for sample
+    some = algorithm._answers[0][[1, 4, 7]]
+    np.testing.assert_array_equal(algorithm.announced_answer("mlp", some),
+                                  algorithm._answers[1]["mlp"][[1, 4, 7]])
+    assert algorithm.announced_answer("mlp", np.array([-1])) is None  # not announced: computed
+
+
+@pytest.mark.parametrize("mean", [np.zeros(9, np.float32), np.full(10, np.nan, np.float32)])
+def test_a_malformed_calibration_reference_from_the_server_is_refused(mean: np.ndarray) -> None:
+    _, algorithm, clients = _setup({"student-down.calibrate": "prior"})
+    request = algorithm.proxy_request(1, algorithm.announce())
+    request.arrays[f"{STUDENT_MEAN}mlp"] = mean
+    with pytest.raises(ValueError, match="must be 10 finite values"):
+        algorithm.answer("fit", request, clients[0])
