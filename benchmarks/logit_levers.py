@@ -147,6 +147,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
         **BEST_AVERAGED, "distill.server-steps": 250, "student-down.server-momentum": 0.5,
         "student-down.server-lr": cap, "student-down.server-lr-rule": "fedexp"}
        for cap in (3.0, 5.0, 8.0)},
+    "student-down, best, fedexp up to 5, average 0.9, 200 server steps, momentum 0.6": {
+        **BEST_AVERAGED, "distill.server-steps": 200, "student-down.server-momentum": 0.6,
+        "student-down.server-lr": 5.0, "student-down.server-lr-rule": "fedexp"},
     # Bytes with McMahan's CNN (1.66 M weights; the logits up do not depend on the model).
     "fedavg, McMahan CNN": {"algorithm": "fedavg", "train.model": "cnn"},
     "student-down, best, server lr 3, average 0.8, McMahan CNN": {
@@ -168,7 +171,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     **{f"student-down, best, trimmed mean, server lr {eta:g}, average 0.9, DP epsilon 8": {
         **BEST_AVERAGED, "aggregation.rule": "trimmed-mean", "student-down.server-lr": eta,
         **DP_EPSILON_8}
-       for eta in (1.0, 2.0, 5.0)},
+       for eta in (1.0, 2.0, 5.0, 8.0)},
     "student-down, best, trimmed mean, fedexp up to 5, average 0.9, DP epsilon 8": {
         **BEST_AVERAGED, "aggregation.rule": "trimmed-mean", "student-down.server-lr": 5.0,
         "student-down.server-lr-rule": "fedexp", **DP_EPSILON_8},
@@ -200,6 +203,8 @@ def run_variant(name: str, partition: str, seed: int, rounds: int, out: Path) ->
             # the server fit's loss per round (student-down; None elsewhere): what the server-lr
             # guard reads, kept so that a guard can be replayed from this file
             "fit_loss": [r.get("student-distill-loss") for r in rows],
+            # the clients' own models on their test splits, last round (None: not evaluated)
+            "personalized": rows[-1].get("personalized-accuracy"),
             # the server-lr each round's fit ran at (the guard's cuts, FedExP's steps)
             "server_lr": [r.get("student-server-lr") for r in rows]}
 

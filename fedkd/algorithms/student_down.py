@@ -128,7 +128,7 @@ class StudentDownConfig:
     weighted by ``kd-weight`` (``prox-mu`` for ``prox``). ``certainty`` is ``none`` or
     ``support``, with teachers below ``certainty-threshold`` left out of a sample.
     ``server-lr-rule`` is ``fixed`` (every round at ``server-lr``) or ``fedexp`` (each round's
-    from the spread of the clients' answers, at most ``server-lr``: :func:`fedexp_server_lr`).
+    from the spread of the clients' answers, at most ``server-lr``: :func:`fedexp_ratio`).
     ``server-lr-guard`` is the growth of the server fit's loss that cuts ``server-lr`` by a third (module
     docstring, step 5; 0: off). ``server-model`` names a zoo model for the server's global student (empty: ``train.model``);
     when it differs from every client architecture it is trained beside the students that go
