@@ -171,7 +171,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     **{f"student-down, best, trimmed mean, server lr {eta:g}, average 0.9, DP epsilon 8": {
         **BEST_AVERAGED, "aggregation.rule": "trimmed-mean", "student-down.server-lr": eta,
         **DP_EPSILON_8}
-       for eta in (1.0, 2.0, 5.0, 8.0)},
+       for eta in (1.0, 2.0, 5.0, 8.0, 12.0)},
     "student-down, best, trimmed mean, fedexp up to 5, average 0.9, DP epsilon 8": {
         **BEST_AVERAGED, "aggregation.rule": "trimmed-mean", "student-down.server-lr": 5.0,
         "student-down.server-lr-rule": "fedexp", **DP_EPSILON_8},
