@@ -76,8 +76,8 @@ CLIENT_GLOBAL_TEST = 2000
 #: (``simulations/configs/main.toml``, what ``make run`` runs; its ``algorithm``,
 #: ``aggregation``, ``distill`` and ``student-down`` keys) on this protocol, so that the two
 #: cannot drift apart: the logit-mean rule on prior-calibrated logits, the student fitted with
-#: MSE on logits to them moved three times as far from its own answer, the global model the
-#: running average of the student over rounds.
+#: MSE on logits to them moved further from its own answer by FedExP's step, the global model
+#: the running average of the student over rounds.
 STUDENT_DOWN: dict[str, Any] = {**PROXY, **{
     key: value for key, value in load_preset("main").values.items()
     if key == "algorithm" or key.split(".")[0] in ("aggregation", "distill", "student-down")}}

@@ -54,6 +54,10 @@ BEST = {"algorithm": "student-down", "aggregation.rule": "logit-mean",
 #: running average of the student (decay 0.9); the base of the speed and DP variants.
 BEST_AVERAGED = {**BEST, "student-down.server-lr": 3.0, "distill.average": 0.9}
 
+#: BEST_AVERAGED with FedExP's step (student-down.server-lr-rule = "fedexp"): each round's
+#: server-lr from the clients' spread, at most the cap ``student-down.server-lr``.
+FEDEXP = {**BEST_AVERAGED, "student-down.server-lr-rule": "fedexp"}
+
 #: Student-down with nothing kept locally and this round's targets only: the base of its levers.
 SD = {"algorithm": "student-down", "aggregation.rule": "era", "student-down.local-loss": "none",
       "distill.replay-rounds": 1}
@@ -141,15 +145,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
        for steps, beta in ((150, 0.9), (250, 0.5), (200, 0.6), (150, 0.67))},
     "student-down, best, server lr 3, average 0.9, 300 server steps": {
         **BEST_AVERAGED, "distill.server-steps": 300},
-    # FedExP's step (student-down.server-lr-rule = "fedexp"): each round's server-lr from the
-    # clients' spread, at most the cap, on make run's fit (250 steps at momentum 0.5).
-    **{f"student-down, best, fedexp up to {cap:g}, average 0.9, 250 server steps, momentum 0.5": {
-        **BEST_AVERAGED, "distill.server-steps": 250, "student-down.server-momentum": 0.5,
-        "student-down.server-lr": cap, "student-down.server-lr-rule": "fedexp"}
-       for cap in (3.0, 5.0, 8.0)},
-    "student-down, best, fedexp up to 5, average 0.9, 200 server steps, momentum 0.6": {
-        **BEST_AVERAGED, "distill.server-steps": 200, "student-down.server-momentum": 0.6,
-        "student-down.server-lr": 5.0, "student-down.server-lr-rule": "fedexp"},
+    # FedExP's step at three caps on 250 steps at momentum 0.5, and at 5 on make run's fit
+    # (200 steps at momentum 0.6).
+    **{f"student-down, best, fedexp up to {cap:g}, average 0.9, {steps} server steps, "
+       f"momentum {beta}": {**FEDEXP, "student-down.server-lr": cap, "distill.server-steps": steps,
+                            "student-down.server-momentum": beta}
+       for cap, steps, beta in ((3.0, 250, 0.5), (5.0, 250, 0.5), (8.0, 250, 0.5),
+                                (5.0, 200, 0.6))},
     # Bytes with McMahan's CNN (1.66 M weights; the logits up do not depend on the model).
     "fedavg, McMahan CNN": {"algorithm": "fedavg", "train.model": "cnn"},
     "student-down, best, server lr 3, average 0.8, McMahan CNN": {
@@ -167,17 +169,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
         **BEST_AVERAGED, "aggregation.rule": rule, **DP_EPSILON_8}
        for rule in ("trimmed-mean", "median")},
     # Under DP the targets carry the clients' DP-SGD noise, which a server-lr moves the student
-    # towards as far as the signal: the trimmed mean at smaller server-lrs.
+    # towards as far as the signal: the trimmed mean at other fixed server-lrs, and at FedExP's.
     **{f"student-down, best, trimmed mean, server lr {eta:g}, average 0.9, DP epsilon 8": {
         **BEST_AVERAGED, "aggregation.rule": "trimmed-mean", "student-down.server-lr": eta,
         **DP_EPSILON_8}
        for eta in (1.0, 2.0, 5.0, 8.0, 12.0)},
     "student-down, best, trimmed mean, fedexp up to 5, average 0.9, DP epsilon 8": {
-        **BEST_AVERAGED, "aggregation.rule": "trimmed-mean", "student-down.server-lr": 5.0,
-        "student-down.server-lr-rule": "fedexp", **DP_EPSILON_8},
-    "student-down, best, trimmed mean, fedexp up to 5, kd local, average 0.9, DP epsilon 8": {
-        **BEST_AVERAGED, "aggregation.rule": "trimmed-mean", "student-down.server-lr": 5.0,
-        "student-down.server-lr-rule": "fedexp", "student-down.local-loss": "kd",
+        **FEDEXP, "aggregation.rule": "trimmed-mean", "student-down.server-lr": 5.0,
         **DP_EPSILON_8},
     "dsfl, DP epsilon 8": {"algorithm": "dsfl", "aggregation.rule": "era", **DP_EPSILON_8},
 }

@@ -631,11 +631,11 @@ def check_resumable(saved: Mapping[str, Any], cfg: RunConfig) -> None:
     # written by a fedkd with other settings
     lacking, unknown = sorted(set(current) - set(saved)), sorted(set(saved) - set(current))
     if lacking or unknown:
-        sides = [f"settings it lacks: {', '.join(lacking[:8])}" if lacking else "",
-                 f"settings this version lacks: {', '.join(unknown[:8])}" if unknown else ""]
+        sides = [f"{side}: {', '.join(keys[:8])}" for side, keys in
+                 (("settings it lacks", lacking), ("settings this version lacks", unknown)) if keys]
         raise ValueError(
             "the checkpoint in this run directory was written by another version of fedkd "
-            f"({'; '.join(s for s in sides if s)}), so it cannot be resumed exactly; use another "
+            f"({'; '.join(sides)}), so it cannot be resumed exactly; use another "
             "output.run-name, or output.resume=false"
         )
     if changed:

@@ -90,6 +90,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedkd.aggregation.base import softmax
 from fedkd.algorithms.base import ClientContext, Exchange, train_metrics
 from fedkd.algorithms.certainty import (CERTAINTY, answered_targets, certainty_spec,
                                         check_certainty, client_certainty)
@@ -267,13 +268,13 @@ class StudentDown(PublicSetAlgorithm):
         model; a heterogeneous federation sends every student to every client, since a client's
         architecture is its own choice (``train.client-models`` or its node config)."""
         request = super().proxy_request(rnd, indices)
-        weights = {f"{arch}/{k}": v for arch in self.architectures
-                   for k, v in state_to_numpy(self._students[arch]).items()}
+        arrays = {**request.arrays, **{f"{arch}/{k}": v for arch in self.architectures
+                                       for k, v in state_to_numpy(self._students[arch]).items()}}
         self._answers = self.students_answers(indices)
         if self.options.calibrate == "prior":  # the calibration's reference, once for all
-            weights.update({f"{STUDENT_MEAN}{arch}": z.mean(axis=0).astype(np.float32)
-                            for arch, z in self._answers[1].items()})
-        return Payload(arrays={**request.arrays, **weights}, config=request.config)
+            arrays.update({f"{STUDENT_MEAN}{arch}": z.mean(axis=0).astype(np.float32)
+                           for arch, z in self._answers[1].items()})
+        return Payload(arrays=arrays, config=request.config)
 
     def students_answers(self, indices: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """The announced indices and each sent student's logits on them, where the round reads
@@ -331,7 +332,7 @@ class StudentDown(PublicSetAlgorithm):
                                  batch_size=self.cfg.train.eval_batch_size)
         own = own / temperature
         teachers = asked.logits[:, np.searchsorted(asked.indices, indices)] / temperature
-        ratio = fedexp_ratio(teachers, np.log(np.clip(targets, 1e-7, None)), own)
+        ratio = fedexp_ratio(teachers, as_logits(targets), own)
         return (float(np.clip(ratio, 1.0, self._server_lr)),
                 {"student-fedexp-ratio": ratio} if np.isfinite(ratio) else {})
 
@@ -438,12 +439,8 @@ class StudentDown(PublicSetAlgorithm):
         temperature = self.cfg.distill.temperature
         if own is None:
             own = predict_logits(student, x, batch_size=self.cfg.train.eval_batch_size)
-        own = own / temperature
-        goal = np.log(np.clip(targets, 1e-7, None))
-        own, goal = own - own.mean(1, keepdims=True), goal - goal.mean(1, keepdims=True)
-        moved = own + eta * (goal - own)
-        moved = np.exp(moved - moved.max(1, keepdims=True))
-        return (moved / moved.sum(1, keepdims=True)).astype(np.float32)
+        own, goal = centred(own / temperature), centred(as_logits(targets))
+        return softmax(own + eta * (goal - own), axis=1).astype(np.float32)
 
     def distill_one(self, student: nn.Module, x: np.ndarray, targets: np.ndarray, rnd: int,
                     stream: int) -> tuple[float, int, float]:
@@ -587,13 +584,22 @@ def fedexp_ratio(teachers: np.ndarray, aggregate: np.ndarray, own: np.ndarray) -
     decreases the distance to the optimum); here the moves are the clients' answers on the
     round's proxy batch. Returns inf when the aggregate did not move.
     """
-    def centred(z: np.ndarray) -> np.ndarray:
-        return z - z.mean(axis=-1, keepdims=True)
     own = centred(np.asarray(own, np.float64))
-    spread = float(np.mean([np.sum((centred(z) - own) ** 2)
-                            for z in np.asarray(teachers, np.float64)]))
+    moves = centred(np.asarray(teachers, np.float64)) - own  # [K, n, C]
+    spread = float(np.mean((moves ** 2).reshape(len(moves), -1).sum(axis=1)))
     moved = float(np.sum((centred(np.asarray(aggregate, np.float64)) - own) ** 2))
     return spread / (2 * moved) if moved > 0 else float("inf")
+
+
+def centred(logits: np.ndarray) -> np.ndarray:
+    """Logits with each row's mean (over the classes, the last axis) taken out: the part of an
+    answer a softmax reads."""
+    return logits - logits.mean(axis=-1, keepdims=True)
+
+
+def as_logits(probs: np.ndarray) -> np.ndarray:
+    """Log-probabilities of aggregated targets (floored at 1e-7): logits of the same softmax."""
+    return np.log(np.clip(probs, 1e-7, None))
 
 
 def prior_corrected(logits: np.ndarray, reference: np.ndarray) -> np.ndarray:
