@@ -32,7 +32,8 @@ Round t, sampled clients :math:`S_t`, announced proxy indices :math:`I_t`
    DP-SGD trains this loss when configured;
 3. **logits up**: the client answers with its logits on :math:`x_{I_t}` (``[n, C]``; with
    ``calibrate = "prior"`` re-centred per class on the student's over the batch,
-   :func:`prior_corrected`) and, with
+   :func:`prior_corrected`; with ``unseen-classes = "student"`` the columns of the classes its
+   data never holds are the student's logits, :func:`with_unseen_from`) and, with
    ``student-down.certainty = "support"``, a certainty per sample :math:`c_k(x) = \sum_c
    \sigma(f_{\theta_t}(x))_c\, \min(1, C\,\pi_k(c))` in [0, 1] (:math:`\pi_k`: its label
    shares; a class it holds at least its uniform share of counts fully): how likely the
@@ -115,6 +116,7 @@ AUGMENT_STREAM = 0xA06
 GUARD_RECENT, GUARD_WINDOW = 5, 20
 LOCAL_LOSSES = ("kd", "feature", "relation", "prox", "none")
 CALIBRATIONS = ("none", "prior")
+UNSEEN_ANSWERS = ("own", "student")
 SERVER_LR_RULES = ("fixed", "fedexp")
 #: Request key prefix of a student's mean logits on the announced batch (``<prefix><arch>``):
 #: the reference of the clients' prior calibration, computed once on the server.
@@ -126,7 +128,8 @@ class StudentDownConfig:
     """``student-down.*``: the client's local loss, certainty, and the server student's training.
 
     ``local-loss`` is one of ``kd``, ``feature``, ``relation``, ``prox``, ``none`` (module docstring, step 2),
-    weighted by ``kd-weight`` (``prox-mu`` for ``prox``). ``certainty`` is ``none`` or
+    weighted by ``kd-weight`` (``prox-mu`` for ``prox``). ``calibrate`` (``none``, ``prior``) and
+    ``unseen-classes`` (``own``, ``student``) shape the answer (step 3). ``certainty`` is ``none`` or
     ``support``, with teachers below ``certainty-threshold`` left out of a sample.
     ``server-lr-rule`` is ``fixed`` (every round at ``server-lr``) or ``fedexp`` (each round's
     from the spread of the clients' answers, at most ``server-lr``: :func:`fedexp_ratio`).
@@ -140,6 +143,7 @@ class StudentDownConfig:
 
     local_loss: str = "kd"
     calibrate: str = "none"
+    unseen_classes: str = "own"
     kd_weight: float = 1.0
     prox_mu: float = 0.01
     certainty: str = "none"
@@ -166,6 +170,9 @@ class StudentDownConfig:
         if self.calibrate not in CALIBRATIONS:
             raise ConfigError(f"student-down.calibrate must be one of {', '.join(CALIBRATIONS)}, "
                               f"got {self.calibrate!r}")
+        if self.unseen_classes not in UNSEEN_ANSWERS:
+            raise ConfigError(f"student-down.unseen-classes must be one of "
+                              f"{', '.join(UNSEEN_ANSWERS)}, got {self.unseen_classes!r}")
         if self.server_model and self.server_model not in MODELS:
             raise ConfigError(f"student-down.server-model {self.server_model!r} is not a model of "
                               f"the zoo; valid names: {', '.join(MODELS.names())}")
@@ -222,6 +229,11 @@ class StudentDown(PublicSetAlgorithm):
                 "student-down.server-lr-rule = 'fedexp' reads each client's answer (the spread "
                 "of the answers around their aggregate), which secure aggregation hides: use "
                 "'fixed', or aggregation.secure = false")
+        if options.unseen_classes == "student" and cfg.privacy.dp_sgd:
+            raise ConfigError(
+                "student-down.unseen-classes = 'student' chooses which logits a client releases "
+                "by the classes its data holds, a use of its labels that DP-SGD's accounting "
+                "does not cover: use 'own' under privacy.dp-sgd")
         if (options.local_loss == "kd" and options.kd_weight > 0 and cfg.privacy.dp_sgd
                 and cfg.privacy.grad_sample_mode == "ghost"):
             raise ConfigError(
@@ -497,13 +509,17 @@ class StudentDown(PublicSetAlgorithm):
         stats = self.local_fit(client, model, rnd, extra_loss=self.local_term(teacher))
         self.save_personal_model(client, model)
         certainty, calibrate = self.options.certainty != "none", self.options.calibrate == "prior"
+        unseen = self.options.unseen_classes == "student"
         batch = self.cfg.train.eval_batch_size
-        # the student's answer on the batch: certainty's judge; its mean is calibration's
-        # reference, which the server sends (computed once there), else computed here
+        # the student's answer on the batch: certainty's judge and the unseen classes' answer;
+        # its mean is calibration's reference, which the server sends (computed once there),
+        # else computed here
         reference = self.sent_mean(request, client) if calibrate else None
         student_logits = (predict_logits(teacher, x_pub, batch_size=batch)
-                          if certainty or (calibrate and reference is None) else None)
+                          if certainty or unseen or (calibrate and reference is None) else None)
         own = predict_logits(model, x_pub, batch_size=batch)  # one pass of the model
+        if unseen:
+            own = with_unseen_from(own, student_logits, client.data.train.y)
         if calibrate:
             own = prior_corrected(own, student_logits.mean(axis=0) if reference is None
                                   else reference)
@@ -600,6 +616,24 @@ def centred(logits: np.ndarray) -> np.ndarray:
 def as_logits(probs: np.ndarray) -> np.ndarray:
     """Log-probabilities of aggregated targets (floored at 1e-7): logits of the same softmax."""
     return np.log(np.clip(probs, 1e-7, None))
+
+
+def with_unseen_from(logits: np.ndarray, student_logits: np.ndarray,
+                     labels: np.ndarray) -> np.ndarray:
+    r"""A client's logits [N, C] with the columns of the classes its ``labels`` never hold taken
+    from the student's answer: :math:`z_c(x)` for a class c it trained on, :math:`z^s_c(x)` for
+    any other.
+
+    A model trained on 2-3 classes knows nothing new about the others; what its local training
+    did to their logits (pushed down on every input, more on inputs like its own classes) is
+    its label skew, not knowledge, and in the mean over clients it pulls each class's logit
+    down by the share of clients that lack it. Taking the student's logits there leaves those
+    classes where the student had them (no move; in FedExP's terms, a zero update), so each
+    class's move is the mean of the moves of the clients that hold it, diluted by the others'
+    zeros.
+    """
+    held = np.bincount(np.asarray(labels, np.int64), minlength=logits.shape[1]) > 0
+    return np.where(held[None, :], logits, student_logits).astype(logits.dtype, copy=False)
 
 
 def prior_corrected(logits: np.ndarray, reference: np.ndarray) -> np.ndarray:

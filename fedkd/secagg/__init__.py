@@ -6,8 +6,8 @@ rule's sums (:meth:`fedkd.aggregation.AggregationRule.summands`) and takes part 
 exchanges (:mod:`fedkd.secagg.client`, :mod:`fedkd.secagg.server`) at the end of which the server
 holds only the sum over clients, from which the rule's targets follow
 (:meth:`~fedkd.aggregation.AggregationRule.from_sums`). Only ``sum_decomposable`` rules can run
-so (``mean``, ``weighted``, ``classwise``, ``era``, ``logit-mean``); the others are refused when
-the configuration is built.
+so (``mean``, ``weighted``, ``classwise``, ``era``, ``logit-mean``, ``weighted-logit-mean``);
+the others are refused when the configuration is built.
 """
 
 from fedkd.secagg.client import MASK, PHASES, PUBLIC_KEY_C, PUBLIC_KEY_S, SHARE_KEYS, UNMASK

@@ -11,7 +11,7 @@ from fedkd.compose import build_config, load_plugins
 
 load_plugins()
 
-DECOMPOSABLE = ["mean", "weighted", "classwise", "era", "logit-mean"]
+DECOMPOSABLE = ["mean", "weighted", "classwise", "era", "logit-mean", "weighted-logit-mean"]
 
 
 def _sums(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -48,7 +48,7 @@ def test_sums_give_the_plain_rule_s_targets(name: str, masked: bool) -> None:
         mask[0] = True
     rule = build_aggregator(name)
     weights = None
-    if name == "weighted":
+    if name in ("weighted", "weighted-logit-mean"):
         weights = rng.integers(1, 500, 6).astype(float)
     elif name == "classwise":
         weights = rng.integers(0, 300, (6, 5)).astype(float) + 1e-6
@@ -86,7 +86,8 @@ BASE = {"algorithm": "dsfl", "data.dataset": "digits", "aggregation.secure": Tru
 ])
 def test_secure_aggregation_refuses_a_rule_that_is_not_sum_decomposable(rule: str, why: str) -> None:
     with pytest.raises(Exception, match=rf"aggregation.secure: the '{rule}' rule is not "
-                                        rf"sum-decomposable \(.*{why}.*Rules that can: classwise, era, logit-mean, mean, weighted"):
+                                        rf"sum-decomposable \(.*{why}.*Rules that can: classwise, era, logit-mean, mean, weighted, "
+                                        r"weighted-logit-mean"):
         build_config({**BASE, "aggregation.rule": rule})
 
 
