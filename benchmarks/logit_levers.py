@@ -158,16 +158,21 @@ VARIANTS: dict[str, dict[str, Any]] = {
         **FEDEXP, "student-down.server-lr": 5.0, "distill.server-steps": 200,
         "student-down.server-momentum": 0.6, "distill.average": decay}
        for decay in (0.95, 0.97)},
-    # make run's row with the classes a client never held answered by the student.
-    "student-down, best, fedexp up to 5, average 0.9, 200 server steps, momentum 0.6, "
-    "unseen classes from the student": {
-        **FEDEXP, "student-down.server-lr": 5.0, "distill.server-steps": 200,
-        "student-down.server-momentum": 0.6, "student-down.unseen-classes": "student"},
     # make run's row with FedAvg's weighting: each client's logits by its data size.
     "student-down, best, fedexp up to 5, average 0.9, 200 server steps, momentum 0.6, "
     "weighted by data size": {
         **FEDEXP, "student-down.server-lr": 5.0, "distill.server-steps": 200,
         "student-down.server-momentum": 0.6, "aggregation.rule": "weighted-logit-mean"},
+    # Data-free: no proxy set, the clients synthesise one (FedDM-style distribution matching,
+    # 10 images per class held, every 20 rounds): DS-FL on it (logit_global's row) and make
+    # run's student-down on it.
+    "synthetic-proxy": {"algorithm": "synthetic-proxy", "aggregation.rule": "classwise",
+                        "synthesis.method": "matching", "synthesis.every": 20,
+                        "synthesis.label-weight": 0.5},
+    "synthetic-student-down, fedexp up to 5, average 0.9, 200 server steps, momentum 0.6": {
+        **FEDEXP, "algorithm": "synthetic-student-down", "student-down.server-lr": 5.0,
+        "distill.server-steps": 200, "student-down.server-momentum": 0.6,
+        "synthesis.method": "matching", "synthesis.every": 20},
     # Bytes with McMahan's CNN (1.66 M weights; the logits up do not depend on the model).
     "fedavg, McMahan CNN": {"algorithm": "fedavg", "train.model": "cnn"},
     "student-down, best, server lr 3, average 0.8, McMahan CNN": {

@@ -32,8 +32,7 @@ Round t, sampled clients :math:`S_t`, announced proxy indices :math:`I_t`
    DP-SGD trains this loss when configured;
 3. **logits up**: the client answers with its logits on :math:`x_{I_t}` (``[n, C]``; with
    ``calibrate = "prior"`` re-centred per class on the student's over the batch,
-   :func:`prior_corrected`; with ``unseen-classes = "student"`` the columns of the classes its
-   data never holds are the student's logits, :func:`with_unseen_from`) and, with
+   :func:`prior_corrected`) and, with
    ``student-down.certainty = "support"``, a certainty per sample :math:`c_k(x) = \sum_c
    \sigma(f_{\theta_t}(x))_c\, \min(1, C\,\pi_k(c))` in [0, 1] (:math:`\pi_k`: its label
    shares; a class it holds at least its uniform share of counts fully): how likely the
@@ -83,7 +82,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,8 +102,8 @@ from fedkd.errors import ConfigError
 from fedkd.losses import feature_loss, kd_kl, relation_loss
 from fedkd.models import MODELS
 from fedkd.protocol import Payload, PhaseSpec
-from fedkd.training import (fit_to_targets, model_with_state, predict_logits, seeded_generator,
-                            state_to_numpy)
+from fedkd.training import (FitStats, fit_to_targets, model_with_state, predict_logits,
+                            seeded_generator, state_to_numpy)
 from fedkd.validate import positive
 
 _log = logging.getLogger("flwr")  # the run's console and log file
@@ -116,7 +115,6 @@ AUGMENT_STREAM = 0xA06
 GUARD_RECENT, GUARD_WINDOW = 5, 20
 LOCAL_LOSSES = ("kd", "feature", "relation", "prox", "none")
 CALIBRATIONS = ("none", "prior")
-UNSEEN_ANSWERS = ("own", "student")
 SERVER_LR_RULES = ("fixed", "fedexp")
 #: Request key prefix of a student's mean logits on the announced batch (``<prefix><arch>``):
 #: the reference of the clients' prior calibration, computed once on the server.
@@ -128,8 +126,7 @@ class StudentDownConfig:
     """``student-down.*``: the client's local loss, certainty, and the server student's training.
 
     ``local-loss`` is one of ``kd``, ``feature``, ``relation``, ``prox``, ``none`` (module docstring, step 2),
-    weighted by ``kd-weight`` (``prox-mu`` for ``prox``). ``calibrate`` (``none``, ``prior``) and
-    ``unseen-classes`` (``own``, ``student``) shape the answer (step 3). ``certainty`` is ``none`` or
+    weighted by ``kd-weight`` (``prox-mu`` for ``prox``). ``certainty`` is ``none`` or
     ``support``, with teachers below ``certainty-threshold`` left out of a sample.
     ``server-lr-rule`` is ``fixed`` (every round at ``server-lr``) or ``fedexp`` (each round's
     from the spread of the clients' answers, at most ``server-lr``: :func:`fedexp_ratio`).
@@ -143,7 +140,6 @@ class StudentDownConfig:
 
     local_loss: str = "kd"
     calibrate: str = "none"
-    unseen_classes: str = "own"
     kd_weight: float = 1.0
     prox_mu: float = 0.01
     certainty: str = "none"
@@ -170,9 +166,6 @@ class StudentDownConfig:
         if self.calibrate not in CALIBRATIONS:
             raise ConfigError(f"student-down.calibrate must be one of {', '.join(CALIBRATIONS)}, "
                               f"got {self.calibrate!r}")
-        if self.unseen_classes not in UNSEEN_ANSWERS:
-            raise ConfigError(f"student-down.unseen-classes must be one of "
-                              f"{', '.join(UNSEEN_ANSWERS)}, got {self.unseen_classes!r}")
         if self.server_model and self.server_model not in MODELS:
             raise ConfigError(f"student-down.server-model {self.server_model!r} is not a model of "
                               f"the zoo; valid names: {', '.join(MODELS.names())}")
@@ -229,11 +222,6 @@ class StudentDown(PublicSetAlgorithm):
                 "student-down.server-lr-rule = 'fedexp' reads each client's answer (the spread "
                 "of the answers around their aggregate), which secure aggregation hides: use "
                 "'fixed', or aggregation.secure = false")
-        if options.unseen_classes == "student" and cfg.privacy.dp_sgd:
-            raise ConfigError(
-                "student-down.unseen-classes = 'student' chooses which logits a client releases "
-                "by the classes its data holds, a use of its labels that DP-SGD's accounting "
-                "does not cover: use 'own' under privacy.dp-sgd")
         if (options.local_loss == "kd" and options.kd_weight > 0 and cfg.privacy.dp_sgd
                 and cfg.privacy.grad_sample_mode == "ghost"):
             raise ConfigError(
@@ -270,9 +258,18 @@ class StudentDown(PublicSetAlgorithm):
         if len(data.public) == 0:
             raise ValueError(f"{self.name} needs a public split: set data.public-fraction > 0")
         self._public = data.public
+        self.build_students()
+
+    def build_students(self) -> None:
+        """One student per architecture that goes down, plus the server's if it differs."""
         for i, arch in enumerate(dict.fromkeys([*self.architectures, self.server_architecture])):
             self._students[arch] = self.build_model(arch, seed=self.cfg.seed + i)
         self._student = self._students[self.server_architecture]
+
+    def students_arrays(self) -> dict[str, np.ndarray]:
+        """The weights of every student that goes down, each under ``<architecture>/``."""
+        return {f"{arch}/{k}": v for arch in self.architectures
+                for k, v in state_to_numpy(self._students[arch]).items()}
 
     def proxy_request(self, rnd: int, indices: np.ndarray) -> Payload:
         """The announcement plus the students' weights, each under ``<architecture>/``: a
@@ -280,8 +277,7 @@ class StudentDown(PublicSetAlgorithm):
         model; a heterogeneous federation sends every student to every client, since a client's
         architecture is its own choice (``train.client-models`` or its node config)."""
         request = super().proxy_request(rnd, indices)
-        arrays = {**request.arrays, **{f"{arch}/{k}": v for arch in self.architectures
-                                       for k, v in state_to_numpy(self._students[arch]).items()}}
+        arrays = {**request.arrays, **self.students_arrays()}
         self._answers = self.students_answers(indices)
         if self.options.calibrate == "prior":  # the calibration's reference, once for all
             arrays.update({f"{STUDENT_MEAN}{arch}": z.mean(axis=0).astype(np.float32)
@@ -317,10 +313,17 @@ class StudentDown(PublicSetAlgorithm):
         return self.logits_spec("fit", "train", n, extra=extra, reply_metrics=("loss", "accuracy"))
 
     def run_round(self, rnd: int, nodes: Sequence[int], exchange: Exchange) -> dict[str, float]:
-        asked = self.ask(rnd, nodes, exchange, self.fit_phase)
+        return self.ask_and_distill(rnd, nodes, exchange, self.fit_phase)
+
+    def ask_and_distill(self, rnd: int, nodes: Sequence[int], exchange: Exchange,
+                        phase: Callable[[int], PhaseSpec]) -> dict[str, float]:
+        """Steps 1 and 3-5 of the module docstring: the announcement (with the students) in
+        ``phase``, the answers' aggregate, the students' distillation."""
+        asked = self.ask(rnd, nodes, exchange, phase)
         indices, probs = self.targets(asked)
+        trained = all("loss" in r.metrics for r in asked.replies)  # not in a query phase
         metrics = {"teachers": len(asked.teachers), "answered": len(indices),
-                   **train_metrics(asked.replies)}
+                   **(train_metrics(asked.replies) if trained else {})}
         if len(indices) == 0:
             return metrics
         eta, lr_stats = self.round_server_lr(asked, indices, probs)
@@ -501,33 +504,40 @@ class StudentDown(PublicSetAlgorithm):
         if phase != "fit":
             raise ValueError(f"{self.name} has no client phase {phase!r}")
         rnd = int(request.config["round"])
+        model, teacher, stats = self.train_from_student(request, client, rnd)
+        return self.answer_batch(request, client, model, teacher, rnd,
+                                 {"loss": stats.loss, "accuracy": stats.accuracy})
+
+    def train_from_student(self, request: Payload, client: ClientContext,
+                           rnd: int) -> tuple[nn.Module, nn.Module, FitStats]:
+        """Steps 1-2: the student sent, trained locally (kept as the personal model). Returns the
+        trained model, the student as sent (frozen) and the training's stats."""
         model = self.received_student(request, client)
-        x_pub = self.public_inputs(request, client)
-        teacher = copy.deepcopy(model).eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
+        teacher = frozen(copy.deepcopy(model))
         stats = self.local_fit(client, model, rnd, extra_loss=self.local_term(teacher))
         self.save_personal_model(client, model)
+        return model, teacher, stats
+
+    def answer_batch(self, request: Payload, client: ClientContext, model: nn.Module,
+                     teacher: nn.Module, rnd: int, metrics: dict[str, float]) -> Payload:
+        """Step 3: ``model``'s logits on the announced batch (calibrated on ``teacher``, the
+        student as sent, and with its certainty where configured), released and uploaded."""
+        x_pub = self.public_inputs(request, client)
         certainty, calibrate = self.options.certainty != "none", self.options.calibrate == "prior"
-        unseen = self.options.unseen_classes == "student"
         batch = self.cfg.train.eval_batch_size
-        # the student's answer on the batch: certainty's judge and the unseen classes' answer;
-        # its mean is calibration's reference, which the server sends (computed once there),
-        # else computed here
+        # the student's answer on the batch: certainty's judge; its mean is calibration's
+        # reference, which the server sends (computed once there), else computed here
         reference = self.sent_mean(request, client) if calibrate else None
         student_logits = (predict_logits(teacher, x_pub, batch_size=batch)
-                          if certainty or unseen or (calibrate and reference is None) else None)
+                          if certainty or (calibrate and reference is None) else None)
         own = predict_logits(model, x_pub, batch_size=batch)  # one pass of the model
-        if unseen:
-            own = with_unseen_from(own, student_logits, client.data.train.y)
         if calibrate:
             own = prior_corrected(own, student_logits.mean(axis=0) if reference is None
                                   else reference)
         arrays = self.upload_released(client, self.release(client, own, rnd), rnd)
         if certainty:  # judged by the student: it knows every class
             arrays[CERTAINTY] = client_certainty(student_logits, client.data.train.y)
-        return Payload(arrays=arrays, metrics={"num-examples": len(client.data.train),
-                                               "loss": stats.loss, "accuracy": stats.accuracy})
+        return Payload(arrays=arrays, metrics={"num-examples": len(client.data.train), **metrics})
 
     def sent_mean(self, request: Payload, client: ClientContext) -> np.ndarray | None:
         """The mean logits of this client's student on the announced batch, as the server sent
@@ -584,6 +594,14 @@ class StudentDown(PublicSetAlgorithm):
         return prox
 
 
+def frozen(model: nn.Module) -> nn.Module:
+    """``model`` in eval mode with no parameter requiring a gradient (a fixed teacher)."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
 def fedexp_ratio(teachers: np.ndarray, aggregate: np.ndarray, own: np.ndarray) -> float:
     r"""FedExP's server step size (Jhunjhunwala, Wang and Joshi, ICLR 2023; without its
     :math:`\epsilon`) in function space: with :math:`\Delta_k = z_k - z_s` the move of teacher
@@ -616,24 +634,6 @@ def centred(logits: np.ndarray) -> np.ndarray:
 def as_logits(probs: np.ndarray) -> np.ndarray:
     """Log-probabilities of aggregated targets (floored at 1e-7): logits of the same softmax."""
     return np.log(np.clip(probs, 1e-7, None))
-
-
-def with_unseen_from(logits: np.ndarray, student_logits: np.ndarray,
-                     labels: np.ndarray) -> np.ndarray:
-    r"""A client's logits [N, C] with the columns of the classes its ``labels`` never hold taken
-    from the student's answer: :math:`z_c(x)` for a class c it trained on, :math:`z^s_c(x)` for
-    any other.
-
-    A model trained on 2-3 classes knows nothing new about the others; what its local training
-    did to their logits (pushed down on every input, more on inputs like its own classes) is
-    its label skew, not knowledge, and in the mean over clients it pulls each class's logit
-    down by the share of clients that lack it. Taking the student's logits there leaves those
-    classes where the student had them (no move; in FedExP's terms, a zero update), so each
-    class's move is the mean of the moves of the clients that hold it, diluted by the others'
-    zeros.
-    """
-    held = np.bincount(np.asarray(labels, np.int64), minlength=logits.shape[1]) > 0
-    return np.where(held[None, :], logits, student_logits).astype(logits.dtype, copy=False)
 
 
 def prior_corrected(logits: np.ndarray, reference: np.ndarray) -> np.ndarray:

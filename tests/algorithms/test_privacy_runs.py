@@ -109,6 +109,9 @@ BUDGET_CASES = {
     "synthetic-proxy/dp-sgd": ({**_SYNTHESIS, **DP}, 3.9),
     "synthetic-proxy/classwise+dp-sgd+output-noise": (
         {**_SYNTHESIS, "aggregation.rule": "classwise", **_DP_NOISE}, 6.5),
+    # synthetic-student-down: synthetic-proxy's releases with the student coming down (free)
+    "synthetic-student-down/dp-sgd": ({**_SYNTHESIS, "algorithm": "synthetic-student-down",
+                                       **DP}, 3.9),
 }
 
 

@@ -13,8 +13,7 @@ from fedkd.algorithms.base import PERSONAL_PREFIX
 from fedkd.algorithms.public_set import ProxyAnswers
 from fedkd.algorithms.certainty import CERTAINTY, support_certainty
 from fedkd.algorithms.student_down import (AUGMENT_STREAM, STUDENT_MEAN, StudentDown,
-                                           fedexp_ratio, heldout_kl, shifted, with_momentum,
-                                           with_unseen_from)
+                                           fedexp_ratio, heldout_kl, shifted, with_momentum)
 from fedkd.compose import build_config
 from fedkd.data.federated import load_federated
 from fedkd.errors import ConfigError
@@ -199,9 +198,6 @@ def test_a_malformed_certainty_is_rejected(certainty: np.ndarray) -> None:
     ({"student-down.server-batch": -1}, "server-batch must be >= 0"),
     ({"student-down.server-lr-guard": 0.5}, "server-lr-guard must be 0 \\(off\\) or > 1"),
     ({"student-down.server-lr-rule": "adam"}, "server-lr-rule must be one of fixed, fedexp"),
-    ({"student-down.unseen-classes": "student", "privacy.dp-sgd": True},
-     "DP-SGD's accounting does not cover"),
-    ({"student-down.unseen-classes": "zero"}, "unseen-classes must be one of own, student"),
     ({"student-down.server-lr-rule": "fedexp", "aggregation.secure": True,
       "aggregation.rule": "mean"}, "which secure aggregation hides"),
 ])
@@ -452,30 +448,3 @@ def test_a_malformed_calibration_reference_from_the_server_is_refused(mean: np.n
     request.arrays[f"{STUDENT_MEAN}mlp"] = mean
     with pytest.raises(ValueError, match="must be 10 finite values"):
         algorithm.answer("fit", request, clients[0])
-
-
-def test_unseen_classes_take_the_students_logits_known_values() -> None:
-    own = np.array([[5.0, -3.0, 1.0, -4.0], [2.0, -1.0, 6.0, -2.0]], np.float32)
-    student = np.array([[0.5, 0.1, 0.2, 0.3], [0.4, 0.6, 0.7, 0.8]], np.float32)
-    out = with_unseen_from(own, student, np.array([0, 2, 2, 0]))  # holds classes 0 and 2
-    np.testing.assert_array_equal(out, np.array([[5.0, 0.1, 1.0, 0.3], [2.0, 0.6, 6.0, 0.8]],
-                                                 np.float32))
-    assert out.dtype == np.float32
-    # a client holding every class answers with its own logits; one holding none, the student's
-    np.testing.assert_array_equal(with_unseen_from(own, student, np.arange(4)), own)
-    np.testing.assert_array_equal(with_unseen_from(own, student, np.zeros(0, np.int64)), student)
-
-
-def test_a_client_answers_its_unseen_classes_with_the_students_logits() -> None:
-    # the reply's columns for classes the client's data never holds are the student's answer on
-    # the batch, the others its own model's; with prior calibration the unseen columns are
-    # unchanged by it (their batch mean is the student's, the reference)
-    _, algorithm, clients = _setup({"student-down.unseen-classes": "student",
-                                    "student-down.calibrate": "prior"}, num_clients=10)
-    client = next(c for c in clients.values() if len(np.unique(c.data.train.y)) < 10)
-    held = np.bincount(client.data.train.y, minlength=10) > 0
-    request = algorithm.proxy_request(1, algorithm.announce())
-    student = algorithm._answers[1]["mlp"]
-    reply = algorithm.answer("fit", request, client).arrays["logits"]
-    np.testing.assert_allclose(reply[:, ~held], student[:, ~held], atol=1e-5)
-    assert not np.allclose(reply[:, held], student[:, held], atol=1e-3)
