@@ -206,6 +206,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "student-down, best, weighted by data size, server lr 8, average 0.9, DP epsilon 8": {
         **BEST_AVERAGED, "aggregation.rule": "weighted-logit-mean", "student-down.server-lr": 8.0,
         **DP_EPSILON_8},
+    # Both: the trim drops each coordinate's extremes, the rest count for their data.
+    "student-down, best, weighted trimmed mean, server lr 8, average 0.9, DP epsilon 8": {
+        **BEST_AVERAGED, "aggregation.rule": "weighted-trimmed-mean",
+        "student-down.server-lr": 8.0, **DP_EPSILON_8},
     "student-down, best, trimmed mean, fedexp up to 5, average 0.9, DP epsilon 8": {
         **FEDEXP, "aggregation.rule": "trimmed-mean", "student-down.server-lr": 5.0,
         **DP_EPSILON_8},

@@ -9,7 +9,8 @@ import pytest
 
 from tests.algorithms.inprocess import run_inprocess
 
-KEYS = ("round", "global-accuracy", "global-loss", "train-loss", "train-accuracy", "bytes-up")
+KEYS = ("round", "global-accuracy", "global-loss", "train-loss", "train-accuracy", "bytes-up",
+        "synthetic-pool")
 
 
 def table(rows: list[dict]) -> list[list]:
@@ -26,8 +27,12 @@ def table(rows: list[dict]) -> list[list]:
         {"algorithm": "student-down", "student-down.server-model": "fedgen-cnn",
          "distill.replay-rounds": 2, "distill.public-batch": 60, "distill.server-steps": 10,
          "distill.average": 0.5},
+        # the synthetic pool comes back with the checkpoint: round 3 synthesises onto it
+        {"algorithm": "synthetic-student-down", "synthesis.every": 2, "synthesis.steps": 5,
+         "synthesis.per-class": 2, "distill.public-batch": 60, "distill.server-steps": 10,
+         "distill.average": 0.5},
     ],
-    ids=["fedavg", "fedgen", "student-down"],
+    ids=["fedavg", "fedgen", "student-down", "synthetic-student-down"],
 )
 def test_resumed_run_matches_an_uninterrupted_one(tmp_path: Path, overrides: dict) -> None:
     # Clients of these algorithms keep no state between rounds, so a resumed run must
