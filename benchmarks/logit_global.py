@@ -18,6 +18,7 @@ Dirichlet 1.0 and pathological with 2 classes per client. Rows:
 * ``synthetic-proxy``: data-free: no proxy set is used; the clients synthesise one (FedDM-style
   distribution matching, 10 images per class held, every 20 rounds) and DS-FL runs on the pool
   with the ``classwise`` rule, targets anchored on the synthesis labels (label-weight 0.5).
+* ``synthetic-student-down``: the same pool, and ``student-down``'s row on it.
 
 Each run is a separate ``python -m simulations.run`` (own SuperLink, real Ray backend); the table
 is built from the runs' own ``metrics.jsonl``. Finished runs are read back, not rerun.
@@ -92,6 +93,9 @@ ROWS: dict[str, dict[str, Any]] = {
                         "synthesis.method": "matching", "synthesis.every": 20,
                         "synthesis.label-weight": 0.5, **PROXY},
     "student-down": STUDENT_DOWN,
+    # data-free: make run's student-down on synthetic-proxy's pool
+    "synthetic-student-down": {**STUDENT_DOWN, "algorithm": "synthetic-student-down",
+                               "synthesis.method": "matching", "synthesis.every": 20},
     "student-down (certainty)": {**STUDENT_DOWN, "student-down.certainty": "support"},
     "student-down (feature loss)": {**STUDENT_DOWN, "student-down.local-loss": "feature",
                                     "student-down.kd-weight": 0.1},

@@ -24,7 +24,8 @@ SECAGG_ARRAYS = {"secagg-share-keys": {"arrays/ciphertexts", "arrays/b-hash"},
 
 @pytest.mark.parametrize(("algorithm", "rule"), [("dsfl", "classwise"), ("fedmd", "mean"),
                                                ("fedmd", "weighted"),
-                                               ("student-down", "logit-mean")])
+                                               ("student-down", "logit-mean"),
+                                               ("student-down", "weighted-logit-mean")])
 def test_secure_run_matches_the_plain_run_and_no_reply_holds_logits(
         algorithm: str, rule: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     overrides = {"algorithm": algorithm, "aggregation.rule": rule, **FAST}
