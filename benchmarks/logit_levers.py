@@ -202,14 +202,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
         **BEST_AVERAGED, "aggregation.rule": "trimmed-mean", "student-down.server-lr": eta,
         "student-down.server-lr-guard": 0.0, **DP_EPSILON_8}
        for eta in (8.0, 12.0)},
-    # FedAvg's weighting under DP: a small client's DP-SGD noise spreads over fewer examples.
-    "student-down, best, weighted by data size, server lr 8, average 0.9, DP epsilon 8": {
-        **BEST_AVERAGED, "aggregation.rule": "weighted-logit-mean", "student-down.server-lr": 8.0,
-        **DP_EPSILON_8},
-    # Both: the trim drops each coordinate's extremes, the rest count for their data.
-    "student-down, best, weighted trimmed mean, server lr 8, average 0.9, DP epsilon 8": {
-        **BEST_AVERAGED, "aggregation.rule": "weighted-trimmed-mean",
-        "student-down.server-lr": 8.0, **DP_EPSILON_8},
+    # The best round's own rule at server-lr 8 under DP.
+    "student-down, best, logit mean, server lr 8, average 0.9, DP epsilon 8": {
+        **BEST_AVERAGED, "student-down.server-lr": 8.0, **DP_EPSILON_8},
     "student-down, best, trimmed mean, fedexp up to 5, average 0.9, DP epsilon 8": {
         **FEDEXP, "aggregation.rule": "trimmed-mean", "student-down.server-lr": 5.0,
         **DP_EPSILON_8},

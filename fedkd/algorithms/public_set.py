@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from torch import nn
 
-from fedkd.aggregation import Targets
+from fedkd.aggregation import AGGREGATORS, Targets
 from fedkd.algorithms.base import Algorithm, ClientContext, Exchange, ExchangeResult
 from fedkd.data.datasets import ArrayDataset
 from fedkd.config import RunConfig
@@ -86,6 +86,15 @@ class PublicSetAlgorithm(Algorithm):
             raise ConfigError(
                 f"{cls.name} with the {cfg.aggregation.rule} rule releases label counts: under "
                 "DP-SGD they need privacy.output-noise > 0")
+        rule = AGGREGATORS.get(cfg.aggregation.rule)
+        if (rule.uses_weights and not rule.needs_counts and not cls.NEEDS_NUM_EXAMPLES
+                and cfg.privacy.dp_sgd and cfg.privacy.output_noise <= 0
+                and not cfg.aggregation.secure):
+            raise ConfigError(
+                f"{cls.name} with the {cfg.aggregation.rule} rule weighs each client by its data "
+                "size (num-examples), which a client under DP-SGD withholds (its replies say 1), "
+                "so every client would weigh the same: release a noised count with "
+                "privacy.output-noise > 0, or use the unweighted rule (logit-mean)")
 
     @classmethod
     def planned_releases(cls, cfg: RunConfig) -> int:

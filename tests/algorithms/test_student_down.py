@@ -198,6 +198,9 @@ def test_a_malformed_certainty_is_rejected(certainty: np.ndarray) -> None:
     ({"student-down.server-batch": -1}, "server-batch must be >= 0"),
     ({"student-down.server-lr-guard": 0.5}, "server-lr-guard must be 0 \\(off\\) or > 1"),
     ({"student-down.server-lr-rule": "adam"}, "server-lr-rule must be one of fixed, fedexp"),
+    # a data-size rule under DP-SGD would weigh every client alike (the size is withheld)
+    ({"aggregation.rule": "weighted-logit-mean", "privacy.dp-sgd": True},
+     "which a client under DP-SGD withholds"),
     ({"student-down.server-lr-rule": "fedexp", "aggregation.secure": True,
       "aggregation.rule": "mean"}, "which secure aggregation hides"),
 ])
@@ -448,3 +451,12 @@ def test_a_malformed_calibration_reference_from_the_server_is_refused(mean: np.n
     request.arrays[f"{STUDENT_MEAN}mlp"] = mean
     with pytest.raises(ValueError, match="must be 10 finite values"):
         algorithm.answer("fit", request, clients[0])
+
+
+def test_a_data_size_rule_runs_under_dp_sgd_only_with_a_noised_count(tmp_path: Path) -> None:
+    # under DP-SGD with output noise the count is released noised (and charged), so the
+    # weighted rule is accepted; under secure aggregation the size stays inside the sum
+    dp = {"data.dataset": "digits", "algorithm": "student-down", "privacy.dp-sgd": True,
+          "aggregation.rule": "weighted-logit-mean"}
+    StudentDown(build_config({**dp, "privacy.output-noise": 1.0}), 10, (1, 8, 8))
+    StudentDown(build_config({**dp, "aggregation.secure": True}), 10, (1, 8, 8))
