@@ -38,7 +38,8 @@ cost no epsilon. Each synthesis round also writes a picture of the pooled images
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import numpy as np
 from torch import nn
@@ -110,6 +111,29 @@ class SyntheticPool:
         return PhaseSpec(name="synthesise", message_type="train", reply_arrays=arrays,
                          reply_metrics=("loss", "accuracy"), check=self.check_upload,
                          max_reply_bytes=most * per_image + 65536)
+
+    def answer_phase(self, n: int) -> PhaseSpec:
+        """Logits on ``n`` announced pool images, without training (a synthesis round's: the
+        clients trained before synthesising); a query."""
+        return replace(self.fit_phase(n), name="answer", message_type="query",
+                       reply_metrics=())
+
+    def run_round(self, rnd: int, nodes: Sequence[int], exchange: Exchange) -> dict[str, float]:
+        """A synthesis round's :meth:`collect` when due, then the algorithm's round on the pool
+        (:meth:`share_on_pool`) in its fit phase, or in :meth:`answer_phase` after a synthesis."""
+        metrics: dict[str, float] = {}
+        phase = self.fit_phase
+        if self.synthesis_due(rnd):
+            metrics = self.collect(rnd, nodes, exchange)
+            phase = self.answer_phase  # they trained before synthesising
+        if self._public is None or len(self._public) == 0:
+            return metrics  # nothing pooled yet: no proxy to share logits on
+        return {**metrics, **self.share_on_pool(rnd, nodes, exchange, phase)}
+
+    def share_on_pool(self, rnd: int, nodes: Sequence[int], exchange: Exchange,
+                      phase: Callable[[int], PhaseSpec]) -> dict[str, float]:
+        """The algorithm's round on the pool, asking in ``phase``: the subclass says."""
+        raise NotImplementedError
 
     def synthesis_request(self, rnd: int) -> Payload:
         """What a synthesis round's request carries (here: the round)."""

@@ -21,9 +21,7 @@ leak training data** (:mod:`fedkd.algorithms.synthetic_pool` says how it is meas
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import replace
-from typing import ClassVar
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -45,28 +43,16 @@ class SyntheticProxy(SyntheticPool, DSFL):
     config_sections = {"synthesis": SynthesisConfig}
     SERVER_STATE = (*PublicSetAlgorithm.SERVER_STATE, "_public")
     INDEX_STREAM = 0x5F17
-    #: Phase of a synthesis round in which clients answer on the pool without training again.
-    ANSWER_MESSAGE_TYPE: ClassVar[str] = "query"
 
     # ----- server half --------------------------------------------------------------------
     def setup_server(self, data: FederatedData) -> None:
         self._public = None  # the pool: filled by the first synthesis round
         self._student = self.build_model(seed=self.cfg.seed)
 
-    def answer_phase(self, n: int) -> PhaseSpec:
-        """Logits on ``n`` announced pool images, without training (a synthesis round's)."""
-        return replace(self.fit_phase(n), name="answer", message_type=self.ANSWER_MESSAGE_TYPE,
-                       reply_metrics=())
-
-    def run_round(self, rnd: int, nodes: Sequence[int], exchange: Exchange) -> dict[str, float]:
-        metrics: dict[str, float] = {}
-        phase = self.fit_phase
-        if self.synthesis_due(rnd):
-            metrics = self.collect(rnd, nodes, exchange)
-            phase = self.answer_phase  # they trained before synthesising
-        if self._public is None or len(self._public) == 0:
-            return metrics  # nothing pooled yet: no proxy to share logits on
-        return {**metrics, **self.share_and_teach(rnd, nodes, exchange, phase)}
+    def share_on_pool(self, rnd: int, nodes: Sequence[int], exchange: Exchange,
+                      phase: Callable[[int], PhaseSpec]) -> dict[str, float]:
+        """DS-FL's round on the pool."""
+        return self.share_and_teach(rnd, nodes, exchange, phase)
 
     def teach(self, rnd: int, teachers: list[int], indices: np.ndarray, targets: np.ndarray,
               exchange: Exchange, phase: PhaseSpec) -> tuple[FitStats, ExchangeResult]:

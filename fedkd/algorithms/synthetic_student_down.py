@@ -25,8 +25,7 @@ never weights or data. Without DP the images can leak training data
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from torch import nn
@@ -58,20 +57,10 @@ class SyntheticStudentDown(SyntheticPool, StudentDown):
         """The students go down with the synthesis request: clients train from them."""
         return Payload(arrays=self.students_arrays(), config={"round": rnd})
 
-    def answer_phase(self, n: int) -> PhaseSpec:
-        """Logits on ``n`` announced pool images, without training (a synthesis round's)."""
-        return replace(self.fit_phase(n), name="answer", message_type="query",
-                       reply_metrics=())
-
-    def run_round(self, rnd: int, nodes: Sequence[int], exchange: Exchange) -> dict[str, float]:
-        metrics: dict[str, float] = {}
-        phase = self.fit_phase
-        if self.synthesis_due(rnd):
-            metrics = self.collect(rnd, nodes, exchange)
-            phase = self.answer_phase  # they trained before synthesising
-        if self._public is None or len(self._public) == 0:
-            return metrics  # nothing pooled yet: no proxy to share logits on
-        return {**metrics, **self.ask_and_distill(rnd, nodes, exchange, phase)}
+    def share_on_pool(self, rnd: int, nodes: Sequence[int], exchange: Exchange,
+                      phase: Callable[[int], PhaseSpec]) -> dict[str, float]:
+        """Student-down's round on the pool."""
+        return self.ask_and_distill(rnd, nodes, exchange, phase)
 
     def proxy_request(self, rnd: int, indices: np.ndarray) -> Payload:
         """Student-down's announcement (the students, the calibration's reference) with the
