@@ -25,6 +25,7 @@ never weights or data. Without DP the images can leak training data
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -79,7 +80,8 @@ class SyntheticStudentDown(SyntheticPool, StudentDown):
     def client_phase(self, phase: str, request: Payload, client: ClientContext) -> Payload:
         if phase == "answer":  # the personal model trained before synthesising answers
             rnd = int(request.config["round"])
-            teacher = frozen(self.received_student(request, client))
+            # a copy: the process's one model of the architecture holds the personal model next
+            teacher = frozen(copy.deepcopy(self.received_student(request, client)))
             return self.answer_batch(request, client, self.personal_model(client), teacher,
                                      rnd, {})
         return super().client_phase(phase, request, client)

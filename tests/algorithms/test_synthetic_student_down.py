@@ -13,7 +13,9 @@ from fedkd.algorithms import ALGORITHMS
 from fedkd.algorithms.base import PERSONAL_PREFIX, ExchangeResult
 from fedkd.compose import build_config
 from fedkd.data.federated import load_federated
+from fedkd.algorithms.student_down import STUDENT_MEAN
 from fedkd.errors import ConfigError
+from fedkd.protocol import Payload
 from fedkd.training import state_to_numpy
 from tests.algorithms.inprocess import run_inprocess
 
@@ -81,6 +83,15 @@ def test_a_client_synthesises_from_the_student_it_was_sent_and_answers_with_that
     assert len(announcement.arrays["inputs"]) == len(indices) == len(upload.arrays["synthetic"])
     answer = algorithm.answer("answer", announcement, client)
     assert set(answer.arrays) == {"logits"} and answer.arrays["logits"].shape == (len(indices), 10)
+    # without the calibration reference the client computes it from the student it was sent,
+    # not from its own model (here made unlike the student): the same reply
+    client.state.update({PERSONAL_PREFIX + k: np.full_like(v, 0.01) for k, v in student.items()})
+    answer = algorithm.answer("answer", announcement, client)
+    alone = Payload(arrays={k: v for k, v in announcement.arrays.items()
+                            if not k.startswith(STUDENT_MEAN)}, config=announcement.config)
+    assert len(alone.arrays) == len(announcement.arrays) - 1
+    np.testing.assert_array_equal(algorithm.answer("answer", alone, client).arrays["logits"],
+                                  answer.arrays["logits"])
 
 
 def test_data_reading_synthesis_is_refused_under_dp_with_the_reason() -> None:
