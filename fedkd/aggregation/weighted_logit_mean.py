@@ -18,21 +18,16 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from fedkd.aggregation.base import (
-    AGGREGATORS,
-    AggregationRule,
-    BoolArray,
-    FloatArray,
-    masked_average,
-    softmax,
-)
+from fedkd.aggregation.base import AGGREGATORS, BoolArray, FloatArray, masked_average, softmax
+from fedkd.aggregation.logit_mean import LogitMeanRule
 
 __all__ = ["WeightedLogitMeanRule"]
 
 
 @AGGREGATORS.register("weighted-logit-mean")
-class WeightedLogitMeanRule(AggregationRule):
-    """``softmax`` of the ``weights``-weighted mean of ``z_k / T`` over the valid teachers.
+class WeightedLogitMeanRule(LogitMeanRule):
+    """``softmax`` of the ``weights``-weighted mean of ``z_k / T`` over the valid teachers:
+    ``logit-mean`` with weights (its teacher values and finish, for secure sums, are the same).
 
     Parameters
     ----------
@@ -42,17 +37,9 @@ class WeightedLogitMeanRule(AggregationRule):
 
     uses_weights: ClassVar[bool] = True
     requires_weights: ClassVar[bool] = True
-    needs_logits = True
-    sum_decomposable = True
 
     def _aggregate(
         self, scaled_logits: FloatArray, mask: BoolArray, weights: FloatArray | None
     ) -> FloatArray:
         assert weights is not None  # guaranteed by requires_weights
         return softmax(masked_average(scaled_logits, weights, mask))
-
-    def _teacher_values(self, scaled_logits: FloatArray) -> FloatArray:
-        return scaled_logits
-
-    def _finish(self, average: FloatArray, weighted: BoolArray) -> FloatArray:
-        return softmax(average)

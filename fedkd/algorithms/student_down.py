@@ -102,6 +102,7 @@ from fedkd.errors import ConfigError
 from fedkd.losses import feature_loss, kd_kl, relation_loss
 from fedkd.models import MODELS
 from fedkd.protocol import Payload, PhaseSpec
+from fedkd.synthesis.base import frozen
 from fedkd.training import (FitStats, fit_to_targets, model_with_state, predict_logits,
                             seeded_generator, state_to_numpy)
 from fedkd.validate import positive
@@ -505,17 +506,18 @@ class StudentDown(PublicSetAlgorithm):
             raise ValueError(f"{self.name} has no client phase {phase!r}")
         rnd = int(request.config["round"])
         model, teacher, stats = self.train_from_student(request, client, rnd)
+        self.save_personal_model(client, model)
         return self.answer_batch(request, client, model, teacher, rnd,
                                  {"loss": stats.loss, "accuracy": stats.accuracy})
 
     def train_from_student(self, request: Payload, client: ClientContext,
                            rnd: int) -> tuple[nn.Module, nn.Module, FitStats]:
-        """Steps 1-2: the student sent, trained locally (kept as the personal model). Returns the
-        trained model, the student as sent (frozen) and the training's stats."""
+        """Steps 1-2: the student sent, trained locally. Returns the trained model (the caller
+        keeps it as the personal model), the student as sent (a frozen copy) and the training's
+        stats."""
         model = self.received_student(request, client)
-        teacher = frozen(copy.deepcopy(model))
+        teacher = frozen_copy(model)
         stats = self.local_fit(client, model, rnd, extra_loss=self.local_term(teacher))
-        self.save_personal_model(client, model)
         return model, teacher, stats
 
     def answer_batch(self, request: Payload, client: ClientContext, model: nn.Module,
@@ -594,12 +596,11 @@ class StudentDown(PublicSetAlgorithm):
         return prox
 
 
-def frozen(model: nn.Module) -> nn.Module:
-    """``model`` in eval mode with no parameter requiring a gradient (a fixed teacher)."""
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in eval mode with no parameter requiring a gradient (a fixed
+    teacher). A copy, because the model a message receives is the process's one model of its
+    architecture (:func:`fedkd.training.model_with_state`), which the next load overwrites."""
+    return frozen(copy.deepcopy(model))
 
 
 def fedexp_ratio(teachers: np.ndarray, aggregate: np.ndarray, own: np.ndarray) -> float:

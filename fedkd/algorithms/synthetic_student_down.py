@@ -25,7 +25,6 @@ never weights or data. Without DP the images can leak training data
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -33,7 +32,7 @@ from torch import nn
 
 from fedkd.algorithms.base import ClientContext, Exchange
 from fedkd.algorithms.registry import ALGORITHMS
-from fedkd.algorithms.student_down import StudentDown, StudentDownConfig, frozen
+from fedkd.algorithms.student_down import StudentDown, StudentDownConfig, frozen_copy
 from fedkd.algorithms.synthetic_pool import SyntheticPool
 from fedkd.data.federated import FederatedData
 from fedkd.protocol import Payload, PhaseSpec
@@ -80,8 +79,7 @@ class SyntheticStudentDown(SyntheticPool, StudentDown):
     def client_phase(self, phase: str, request: Payload, client: ClientContext) -> Payload:
         if phase == "answer":  # the personal model trained before synthesising answers
             rnd = int(request.config["round"])
-            # a copy: the process's one model of the architecture holds the personal model next
-            teacher = frozen(copy.deepcopy(self.received_student(request, client)))
+            teacher = frozen_copy(self.received_student(request, client))
             return self.answer_batch(request, client, self.personal_model(client), teacher,
                                      rnd, {})
         return super().client_phase(phase, request, client)
