@@ -163,6 +163,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "weighted by data size": {
         **FEDEXP, "student-down.server-lr": 5.0, "distill.server-steps": 200,
         "student-down.server-momentum": 0.6, "aggregation.rule": "weighted-logit-mean"},
+    # make run's row with logit adjustment in local training (tau 1: the balanced softmax, a
+    # class the client lacks left out of its softmax; tau 0.5: half way): against label skew.
+    **{f"student-down, best, fedexp up to 5, average 0.9, 200 server steps, momentum 0.6, "
+       f"logit adjust {tau:g}": {
+        **FEDEXP, "student-down.server-lr": 5.0, "distill.server-steps": 200,
+        "student-down.server-momentum": 0.6, "student-down.local-logit-adjust": tau}
+       for tau in (1.0, 0.5)},
     # Data-free: no proxy set, the clients synthesise one (FedDM-style distribution matching,
     # 10 images per class held, every 20 rounds): DS-FL on it (logit_global's row) and make
     # run's student-down on it.
@@ -205,6 +212,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # The best round's own rule at server-lr 8 under DP.
     "student-down, best, logit mean, server lr 8, average 0.9, DP epsilon 8": {
         **BEST_AVERAGED, "student-down.server-lr": 8.0, **DP_EPSILON_8},
+    # The mean, each teacher's row clipped to the sample's median length: a client with 5
+    # examples under DP-SGD answers twice as long as the others and the plain mean follows it
+    # (seed 0).
+    "student-down, best, clipped logit mean, server lr 8, average 0.9, DP epsilon 8": {
+        **BEST_AVERAGED, "student-down.server-lr": 8.0, "aggregation.rule": "clipped-logit-mean",
+        **DP_EPSILON_8},
     "student-down, best, trimmed mean, fedexp up to 5, average 0.9, DP epsilon 8": {
         **FEDEXP, "aggregation.rule": "trimmed-mean", "student-down.server-lr": 5.0,
         **DP_EPSILON_8},
