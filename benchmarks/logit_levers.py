@@ -218,6 +218,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "student-down, best, clipped logit mean, server lr 8, average 0.9, DP epsilon 8": {
         **BEST_AVERAGED, "student-down.server-lr": 8.0, "aggregation.rule": "clipped-logit-mean",
         **DP_EPSILON_8},
+    # The same, clipped around the teachers' coordinate-wise median (one step of centred
+    # clipping): a teacher that answers in another direction is bounded too.
+    "student-down, best, median-clipped logit mean, server lr 8, average 0.9, DP epsilon 8": {
+        **BEST_AVERAGED, "student-down.server-lr": 8.0, "aggregation.rule": "clipped-logit-mean",
+        "aggregation.clipped-logit-mean.centre": "median", **DP_EPSILON_8},
     "student-down, best, trimmed mean, fedexp up to 5, average 0.9, DP epsilon 8": {
         **FEDEXP, "aggregation.rule": "trimmed-mean", "student-down.server-lr": 5.0,
         **DP_EPSILON_8},

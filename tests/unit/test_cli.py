@@ -202,7 +202,7 @@ def test_unknown_profile_lists_the_valid_names(capsys: pytest.CaptureFixture[str
     ("override", "message"),
     [
         ('algorithm="fedx"', "unknown algorithm 'fedx'; valid names: dsfl, fd, fedavg, fedgen"),
-        ('aggregation.rule="avg"', "unknown aggregation rule 'avg'; valid names: classwise, confidence, "),
+        ('aggregation.rule="avg"', "unknown aggregation rule 'avg'; valid names: classwise, clipped-logit-mean, confidence, "),
         ('train.model="vgg"', "unknown model 'vgg'; valid names:"),
         ("train.nope=1", "unknown config key 'train.nope'"),
         ("data.alpha", "override 'data.alpha' is not key=value"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from fedkd.aggregation import AGGREGATORS, build_aggregator
 
@@ -36,6 +37,28 @@ def test_equal_lengths_give_the_logit_mean_and_a_mask_leaves_teachers_out() -> N
     out = rule(wild, mask=mask)
     e = np.exp(wild[0, 0] - wild[0, 0].max())
     np.testing.assert_allclose(out[0], e / e.sum(), rtol=1e-5)
+
+
+def test_centre_median_known_values_and_two_teachers_give_the_logit_mean() -> None:
+    # centred rows (1, -1), (2, -2), (-10, 10): median (1, -1); distances 0, sqrt 2, 11 sqrt 2,
+    # median sqrt 2; the moves (0, 0), (1, -1) and (-1, 1) (cut) average to zero: softmax(1, -1)
+    logits = np.array([[[1.0, -1.0]], [[3.0, -1.0]], [[-10.0, 10.0]]])
+    rule = build_aggregator("clipped-logit-mean", centre="median")
+    np.testing.assert_allclose(rule(logits)[0, 0], 1 / (1 + np.exp(-2.0)), rtol=1e-6)
+    # around zero the same teachers give softmax(1/3, -1/3) (above): the centre matters
+    assert build_aggregator("clipped-logit-mean")(logits)[0, 0] < rule(logits)[0, 0]
+    # two teachers sit at equal distances from their median (their mean): the logit mean
+    pair = np.random.default_rng(1).normal(size=(2, 6, 5)) * 4
+    np.testing.assert_allclose(rule(pair), build_aggregator("logit-mean")(pair), rtol=1e-5)
+    # a masked-out teacher's garbage changes nothing
+    masked = np.concatenate([logits, np.full((1, 1, 2), 1e6)])
+    mask = np.array([[True], [True], [True], [False]])
+    np.testing.assert_allclose(rule(masked, mask=mask), rule(logits), rtol=1e-6)
+
+
+def test_an_unknown_centre_is_refused() -> None:
+    with pytest.raises(ValueError, match="centre must be one of zero, median"):
+        build_aggregator("clipped-logit-mean", centre="mean")
 
 
 def test_capabilities() -> None:
