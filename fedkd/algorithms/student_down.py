@@ -29,13 +29,7 @@ Round t, sampled clients :math:`S_t`, announced proxy indices :math:`I_t`
    the student's), ``prox``
    (FedProx, :math:`\frac{\mu}{2}\|\theta - \theta_t\|^2`, :math:`\mu` = ``prox-mu``), or
    ``none``; :math:`\lambda` = ``student-down.kd-weight``, :math:`T` = ``distill.temperature``.
-   With ``local-logit-adjust`` :math:`\tau > 0` the cross-entropy is taken on
-   :math:`f_\theta(x) + \tau \log \pi_k` (:math:`\pi_k`: the client's label shares, a class it
-   lacks at :data:`ABSENT_SHARE`): logit adjustment (Menon et al., ICLR 2021; FedLC, Zhang et
-   al., ICML 2022, against label skew), at :math:`\tau = 1` the balanced softmax, which leaves
-   the classes a client lacks out of its softmax, so local training does not push them down.
-   The model answers (step 3) with its unadjusted logits. DP-SGD trains this loss when
-   configured;
+   DP-SGD trains this loss when configured;
 3. **logits up**: the client answers with its logits on :math:`x_{I_t}` (``[n, C]``; with
    ``calibrate = "prior"`` re-centred per class on the student's over the batch,
    :func:`prior_corrected`) and, with
@@ -122,9 +116,6 @@ AUGMENT_STREAM = 0xA06
 GUARD_RECENT, GUARD_WINDOW = 5, 20
 LOCAL_LOSSES = ("kd", "feature", "relation", "prox", "none")
 CALIBRATIONS = ("none", "prior")
-#: The label share that ``local-logit-adjust`` gives a class the client lacks: its adjusted
-#: logit sits tau * 18.4 below, so its softmax share (and its gradient) is about zero.
-ABSENT_SHARE = 1e-8
 SERVER_LR_RULES = ("fixed", "fedexp")
 #: Request key prefix of a student's mean logits on the announced batch (``<prefix><arch>``):
 #: the reference of the clients' prior calibration, computed once on the server.
@@ -136,9 +127,7 @@ class StudentDownConfig:
     """``student-down.*``: the client's local loss, certainty, and the server student's training.
 
     ``local-loss`` is one of ``kd``, ``feature``, ``relation``, ``prox``, ``none`` (module docstring, step 2),
-    weighted by ``kd-weight`` (``prox-mu`` for ``prox``); ``local-logit-adjust`` (tau, 0: off)
-    adds tau times the log of the client's label shares to the logits of the local
-    cross-entropy (module docstring, step 2). ``certainty`` is ``none`` or
+    weighted by ``kd-weight`` (``prox-mu`` for ``prox``). ``certainty`` is ``none`` or
     ``support``, with teachers below ``certainty-threshold`` left out of a sample.
     ``server-lr-rule`` is ``fixed`` (every round at ``server-lr``) or ``fedexp`` (each round's
     from the spread of the clients' answers, at most ``server-lr``: :func:`fedexp_ratio`).
@@ -151,7 +140,6 @@ class StudentDownConfig:
     """
 
     local_loss: str = "kd"
-    local_logit_adjust: float = 0.0
     calibrate: str = "none"
     kd_weight: float = 1.0
     prox_mu: float = 0.01
@@ -183,7 +171,7 @@ class StudentDownConfig:
             raise ConfigError(f"student-down.server-model {self.server_model!r} is not a model of "
                               f"the zoo; valid names: {', '.join(MODELS.names())}")
         for name in ("kd_weight", "prox_mu", "augment_shift", "patience", "server_batch",
-                     "server_lr_guard", "local_logit_adjust"):
+                     "server_lr_guard"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"student-down.{name.replace('_', '-')} must be >= 0")
         if not 0.0 < self.holdout < 1.0:
@@ -529,32 +517,8 @@ class StudentDown(PublicSetAlgorithm):
         stats."""
         model = self.received_student(request, client)
         teacher = frozen_copy(model)
-        term, adjusted = self.local_term(teacher), self.logit_adjustment(client)
-        extra, per_sample = term, adjusted
-        if term is not None and adjusted is not None:  # one extra loss holds both terms
-            def extra(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                      logits: torch.Tensor) -> torch.Tensor:
-                return term(model, x, y, logits) + adjusted(logits, y).mean()
-            per_sample = None
-        stats = self.local_fit(client, model, rnd, extra_loss=extra, per_sample_loss=per_sample)
+        stats = self.local_fit(client, model, rnd, extra_loss=self.local_term(teacher))
         return model, teacher, stats
-
-    def logit_adjustment(self, client: ClientContext):  # noqa: ANN201 - PerSampleLoss | None
-        r"""``local-logit-adjust`` as a per-sample term added to the local cross-entropy,
-        :math:`\mathrm{CE}(z + \tau\log\pi_k, y) - \mathrm{CE}(z, y)`, so that the loss trained
-        is the adjusted cross-entropy (None when tau is 0). Per sample, so that every DP-SGD
-        mode clips it together with the cross-entropy."""
-        tau = self.options.local_logit_adjust
-        if tau == 0:
-            return None
-        counts = np.bincount(client.data.train.y, minlength=self.num_classes)
-        shares = np.maximum(counts / max(int(counts.sum()), 1), ABSENT_SHARE)
-        shift = torch.as_tensor(tau * np.log(shares), dtype=torch.float32)
-
-        def adjusted(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return (F.cross_entropy(logits + shift.to(logits.device), y, reduction="none")
-                    - F.cross_entropy(logits, y, reduction="none"))
-        return adjusted
 
     def answer_batch(self, request: Payload, client: ClientContext, model: nn.Module,
                      teacher: nn.Module, rnd: int, metrics: dict[str, float]) -> Payload:

@@ -198,7 +198,6 @@ def test_a_malformed_certainty_is_rejected(certainty: np.ndarray) -> None:
     ({"student-down.server-batch": -1}, "server-batch must be >= 0"),
     ({"student-down.server-lr-guard": 0.5}, "server-lr-guard must be 0 \\(off\\) or > 1"),
     ({"student-down.server-lr-rule": "adam"}, "server-lr-rule must be one of fixed, fedexp"),
-    ({"student-down.local-logit-adjust": -1.0}, "local-logit-adjust must be >= 0"),
     # a data-size rule under DP-SGD would weigh every client alike (the size is withheld)
     ({"aggregation.rule": "weighted-logit-mean", "privacy.dp-sgd": True},
      "which a client under DP-SGD withholds"),
@@ -461,45 +460,3 @@ def test_a_data_size_rule_runs_under_dp_sgd_only_with_a_noised_count(tmp_path: P
           "aggregation.rule": "weighted-logit-mean"}
     StudentDown(build_config({**dp, "privacy.output-noise": 1.0}), 10, (1, 8, 8))
     StudentDown(build_config({**dp, "aggregation.secure": True}), 10, (1, 8, 8))
-
-
-def test_logit_adjustment_trains_the_balanced_cross_entropy_known_values() -> None:
-    # Client 0 of the 3 holds some classes; with tau 1 the loss trained is the cross-entropy of
-    # z + log(shares), a class it lacks at log(1e-8), so such a class gets (almost) no gradient.
-    _, algorithm, clients = _setup({"student-down.local-logit-adjust": 1.0,
-                                    "data.partitioner": "pathological", "data.classes-per-client": 2})
-    client = clients[0]
-    y = np.asarray(client.data.train.y)
-    counts = np.bincount(y, minlength=10)
-    held = np.flatnonzero(counts)
-    assert len(held) == 2
-    term = algorithm.logit_adjustment(client)
-    logits = torch.tensor(np.random.default_rng(0).normal(size=(4, 10)), dtype=torch.float32,
-                          requires_grad=True)
-    labels = torch.as_tensor(np.repeat(held, 2)[:4])
-    plain = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
-    loss = plain + term(logits, labels)
-    # by hand: softmax over the held classes only, their logits shifted by log(share)
-    z = logits.detach().numpy()[:, held] + np.log(counts[held] / counts.sum())
-    by_hand = -(z[np.arange(4), np.searchsorted(held, labels.numpy())]
-                - np.log(np.exp(z).sum(axis=1)))
-    np.testing.assert_allclose(loss.detach().numpy(), by_hand, rtol=1e-5)
-    loss.sum().backward()
-    absent = np.setdiff1d(np.arange(10), held)
-    assert np.abs(logits.grad.numpy()[:, absent]).max() < 1e-6
-    assert np.abs(logits.grad.numpy()[:, held]).max() > 1e-2
-    # off by default
-    assert StudentDown(_setup({})[0], 10, (1, 8, 8)).logit_adjustment(client) is None
-
-
-def test_logit_adjustment_changes_local_training_and_runs_under_dp_sgd(tmp_path: Path) -> None:
-    base = {**FAST, "data.partitioner": "pathological", "data.classes-per-client": 2,
-            "student-down.local-loss": "none"}
-    plain, _, _ = run_inprocess(base, 3, tmp_path / "plain")
-    adjusted, _, _ = run_inprocess({**base, "student-down.local-logit-adjust": 1.0}, 3,
-                                   tmp_path / "adjusted")
-    assert plain[-1]["train-loss"] != pytest.approx(adjusted[-1]["train-loss"])
-    dp, _, _ = run_inprocess({**base, "student-down.local-logit-adjust": 1.0,
-                              "student-down.local-loss": "kd", "privacy.dp-sgd": True,
-                              "privacy.noise-multiplier": 1.0}, 3, tmp_path / "dp")
-    assert dp[-1]["epsilon-max"] > 0 and np.isfinite(dp[-1]["global-accuracy"])
