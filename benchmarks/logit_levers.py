@@ -208,9 +208,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # The best round's own rule at server-lr 8 under DP.
     "student-down, best, logit mean, server lr 8, average 0.9, DP epsilon 8": {
         **BEST_AVERAGED, "student-down.server-lr": 8.0, **DP_EPSILON_8},
-    # The mean, each teacher's row clipped to the sample's median length: a client with 5
-    # examples under DP-SGD answers twice as long as the others and the plain mean follows it
-    # (seed 0).
+    # The mean, each teacher's row clipped to the sample's median length: seed 0's client of 27
+    # examples trains on noise under DP-SGD, answers with rows twice as long as the others',
+    # and the plain mean follows it.
     "student-down, best, clipped logit mean, server lr 8, average 0.9, DP epsilon 8": {
         **BEST_AVERAGED, "student-down.server-lr": 8.0, "aggregation.rule": "clipped-logit-mean",
         **DP_EPSILON_8},

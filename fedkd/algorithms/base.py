@@ -309,6 +309,14 @@ class Algorithm(ABC):
                 client, int(request.config.get("round", 0)), int(reply.metrics["num-examples"]))
         return reply
 
+    @classmethod
+    def withholds_num_examples(cls, cfg: RunConfig) -> bool:
+        """Whether this algorithm's training replies say 1 for ``num-examples``: under DP-SGD or
+        secure aggregation without output noise, where the server does not need the data size
+        (:attr:`NEEDS_NUM_EXAMPLES`; :meth:`release_num_examples`)."""
+        return ((cfg.privacy.enabled or cfg.aggregation.secure) and cfg.privacy.output_noise <= 0
+                and not cls.NEEDS_NUM_EXAMPLES)
+
     def release_num_examples(self, client: ClientContext, rnd: int, n: int) -> int:
         """What a training reply under privacy says its ``num-examples`` is.
 
@@ -320,7 +328,7 @@ class Algorithm(ABC):
         "Privacy": the data size of FedAvg, FD and FedGen clients is then not protected).
         """
         if self.cfg.privacy.output_noise <= 0:
-            return n if type(self).NEEDS_NUM_EXAMPLES else 1
+            return 1 if type(self).withholds_num_examples(self.cfg) else n
         kept = client.state.get(NUM_EXAMPLES_RELEASE_KEY)
         if kept is not None and int(kept[0]) == rnd:
             return int(kept[1])

@@ -87,8 +87,8 @@ class PublicSetAlgorithm(Algorithm):
                 f"{cls.name} with the {cfg.aggregation.rule} rule releases label counts: under "
                 "DP-SGD they need privacy.output-noise > 0")
         rule = AGGREGATORS.get(cfg.aggregation.rule)
-        if (rule.uses_weights and not rule.needs_counts and not cls.NEEDS_NUM_EXAMPLES
-                and cfg.privacy.dp_sgd and cfg.privacy.output_noise <= 0
+        # under secure aggregation a client weighs its own summands by its true size
+        if (rule.uses_weights and not rule.needs_counts and cls.withholds_num_examples(cfg)
                 and not cfg.aggregation.secure):
             raise ConfigError(
                 f"{cls.name} with the {cfg.aggregation.rule} rule weighs each client by its data "
